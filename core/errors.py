@@ -1,0 +1,61 @@
+"""Errors that are part of thawkit's interface.
+
+Every error a user can cause derives from :class:`ThawkitError`. The CLI turns
+them into one clear message and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ThawkitError(Exception):
+    """Base class of every error caused by user input (recipe, names, files, plugins)."""
+
+
+class UnknownNameError(ThawkitError, KeyError):
+    """A strategy, optimizer, source, model or block name that is not registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str], *, where: str | None = None):
+        self.kind, self.name = kind, name
+        self.known = sorted(known)
+        self.suggestions = closest(name, self.known)
+        super().__init__(self._message(where))
+
+    def _message(self, where: str | None) -> str:
+        prefix = f"{where}: " if where else ""
+        msg = f"{prefix}unknown {self.kind} {self.name!r}"
+        if self.suggestions:
+            msg += f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?"
+        if len(self.known) <= 60:
+            msg += f"\navailable {self.kind}s: {', '.join(self.known) or '(none)'}"
+        else:
+            msg += f"\n{len(self.known)} {self.kind}s are available; list them with `thawkit models`"
+        return msg
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class ConfigError(ThawkitError, ValueError):
+    """A recipe or parameter that does not validate; the message names the field path."""
+
+
+class PluginError(ThawkitError):
+    """A plugin failed to import, register or contribute, or two plugins clash."""
+
+
+class WeightsError(ThawkitError):
+    """A weights file that is missing, unreadable, unsafe or for another architecture."""
+
+
+class LayoutError(ThawkitError):
+    """A model layout that does not assign every parameter to exactly one block."""
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The registered names nearest to ``name`` (case-insensitive), best first."""
+    candidates = list(candidates)
+    lowered = {c.lower(): c for c in candidates}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
+    return [lowered[h] for h in hits]

@@ -1,0 +1,301 @@
+"""The plugin manager: built-ins, entry points and runtime registration.
+
+``get_plugin_manager()`` builds a fresh manager every call (tests use it);
+``default_plugin_manager()`` is the cached one the public API and the CLI use,
+and ``reset_plugin_manager()`` drops it.
+
+Environment switches:
+
+* ``THAWKIT_PLUGINS``: unset loads every ``thawkit`` entry point; empty loads
+  none; ``a,b`` loads only the entry points (or distributions) named.
+* ``THAWKIT_STRICT_PLUGINS=1``: a plugin that fails to import, register or
+  contribute is an error instead of a warning.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, UnknownNameError
+
+ENTRY_POINT_GROUP = "thawkit"
+hookimpl = pluggy.HookimplMarker("thawkit")
+
+#: Built-in plugins, registered exactly like third-party ones (in this order).
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "thawkit.defaults",
+    "thawkit.plugins.torchvision",
+    "thawkit.plugins.timm",
+    "thawkit.plugins.python_source",
+    "thawkit.plugins.optimizers",
+    "thawkit.plugins.schedules",
+    "thawkit.plugins.strategies.head_only",
+    "thawkit.plugins.strategies.last_block",
+    "thawkit.plugins.strategies.gradual",
+    "thawkit.plugins.strategies.full",
+    "thawkit.plugins.strategies.pattern",
+    "thawkit.plugins.strategies.bitfit",
+    "thawkit.plugins.strategies.norm_only",
+)
+
+
+class PluginLoadWarning(UserWarning):
+    """A third-party plugin failed and was skipped."""
+
+
+def strict_plugins() -> bool:
+    return os.environ.get("THAWKIT_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class Entry:
+    """One registered name: the object, and the plugin that contributed it."""
+
+    name: str
+    obj: Any
+    plugin: str
+
+
+class Registry:
+    """Names contributed by collector hooks; the core owns de-duplication."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.entries: dict[str, Entry] = {}
+
+    def add(self, name: str, obj: Any, plugin: str, replace: bool = False) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {plugin!r} registered a {self.kind} without a name: {obj!r}")
+        old = self.entries.get(name)
+        if old is not None and not replace:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {old.plugin!r} and by plugin "
+                f"{plugin!r}; rename one, or pass replace=True to override on purpose")
+        self.entries[name] = Entry(name, obj, plugin)
+
+    def get(self, name: str, *, where: str | None = None) -> Any:
+        try:
+            return self.entries[name].obj
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.entries, where=where) from None
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+
+class ThawkitPluginManager(pluggy.PluginManager):
+    """A pluggy manager with thawkit's hooks and registries built from its collector hooks."""
+
+    def __init__(self) -> None:
+        super().__init__("thawkit")
+        self.add_hookspecs(hookspecs)
+        self._registries: dict[str, Registry] = {}
+        self.builtin_names: set[str] = set()
+        self.load_errors: dict[str, str] = {}
+        self._dist_of: dict[str, tuple[str | None, str | None]] = {}
+
+    # Registries are rebuilt lazily whenever a plugin comes or goes.
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        out = super().register(plugin, name)
+        self._registries.clear()
+        return out
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        out = super().unregister(plugin, name)
+        self._registries.clear()
+        return out
+
+    def _collect(self, hook: str, kind: str, unpack: Callable[..., tuple[str, Any]]) -> Registry:
+        if hook in self._registries:
+            return self._registries[hook]
+        registry = Registry(kind)
+        caller = getattr(self.hook, hook)
+        # get_hookimpls lists trylast (built-in) implementations first: defaults
+        # register before the plugins that may replace them.
+        for impl in caller.get_hookimpls():
+            plugin = impl.plugin_name
+
+            def register(*args: Any, replace: bool = False, _plugin: str = plugin, **kw: Any) -> None:
+                name, obj = unpack(*args, **kw)
+                registry.add(name, obj, _plugin, replace=replace)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # one bad plugin must not break the rest
+                self._plugin_failed(plugin, f"{hook} raised {type(exc).__name__}: {exc}")
+        self._registries[hook] = registry
+        return registry
+
+    def _plugin_failed(self, plugin: str, error: str) -> None:
+        msg = f"thawkit plugin {plugin!r} failed and was skipped: {error}"
+        if strict_plugins() or plugin in self.builtin_names:
+            raise PluginError(msg + ("" if plugin in self.builtin_names else
+                                     " (THAWKIT_STRICT_PLUGINS is set)"))
+        self.load_errors[plugin] = error
+        warnings.warn(msg, PluginLoadWarning, stacklevel=3)
+
+    @property
+    def strategies(self) -> Registry:
+        def unpack(cls: Any) -> tuple[str, Any]:
+            return getattr(cls, "name", None), cls
+        return self._collect("thawkit_register_strategies", "strategy", unpack)
+
+    @property
+    def sources(self) -> Registry:
+        return self._collect("thawkit_register_sources", "source", lambda name, obj: (name, obj))
+
+    @property
+    def optimizers(self) -> Registry:
+        return self._collect("thawkit_register_optimizers", "optimizer", lambda name, obj: (name, obj))
+
+    @property
+    def schedules(self) -> Registry:
+        return self._collect("thawkit_register_schedules", "schedule", lambda name, obj: (name, obj))
+
+    # ------------------------------------------------------------ loading
+    def register_builtin(self, module_name: str) -> None:
+        module = importlib.import_module(module_name)
+        short = module_name.rsplit(".", 1)[-1] if module_name != "thawkit.defaults" else "defaults"
+        name = f"thawkit.{short}" if not module_name.startswith("thawkit.plugins.strategies") \
+            else f"thawkit.strategy.{short}"
+        self.builtin_names.add(name)
+        self.register(module, name=name)
+
+    def load_entrypoints(self, only: Iterable[str] | None = None) -> None:
+        """Load third-party plugins from the ``thawkit`` entry-point group, each in its own try."""
+        wanted = None if only is None else {n.strip() for n in only if n.strip()}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            if wanted is not None and ep.name not in wanted and dist_name not in wanted:
+                continue
+            if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                self.register(plugin, name=ep.name)
+                self._dist_of[ep.name] = (dist_name, dist.version if dist is not None else None)
+            except Exception as exc:
+                self._plugin_failed(ep.name, f"{type(exc).__name__}: {exc} (entry point {ep.value})")
+
+    def load_local(self, ref: str) -> object:
+        """Register a plugin given as a module name or a ``.py`` file path."""
+        try:
+            if ref.endswith(".py") or os.sep in ref or "/" in ref:
+                path = Path(ref)
+                if not path.is_file():
+                    raise PluginError(f"plugin file {ref!r} does not exist")
+                mod_name = f"thawkit_local_{path.stem}"
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+                name = str(path)
+            else:
+                module = importlib.import_module(ref)
+                name = ref
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        if self.get_plugin(name) is None:
+            self.register(module, name=name)
+        self.check()
+        return module
+
+    def check(self) -> None:
+        """``check_pending()`` with a message that names the plugin and the misspelt hook."""
+        try:
+            self.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {exc.plugin!r}: {exc}; hooks are listed in thawkit/hookspecs.py "
+                              f"(thawkit_register_strategies, thawkit_describe_layout, ...)") from None
+
+    def plugin_info(self, include_builtin: bool = False) -> list[dict[str, Any]]:
+        """Name, version, source and implemented hooks of every registered plugin."""
+        rows = []
+        for name, plugin in self.list_name_plugin():
+            builtin = name in self.builtin_names
+            if builtin and not include_builtin:
+                continue
+            dist, version = self._dist_of.get(name, (None, None))
+            if builtin:
+                from . import __version__
+                dist, version = "thawkit", __version__
+            hooks = sorted(h.name for h in (self.get_hookcallers(plugin) or []))
+            rows.append({"name": name, "version": version, "distribution": dist,
+                         "builtin": builtin, "hooks": hooks})
+        return rows
+
+
+def get_plugin_manager(*, entrypoints: bool | None = None, builtins: bool = True) -> ThawkitPluginManager:
+    """A fresh plugin manager with the built-ins and (per ``THAWKIT_PLUGINS``) entry points.
+
+    Example::
+
+        pm = thawkit.get_plugin_manager()
+        pm.register(my_plugin_module)          # runtime registration
+        adapted = thawkit.adapt(model, "my-strategy", pm=pm)
+    """
+    pm = ThawkitPluginManager()
+    if builtins:
+        for module_name in DEFAULT_PLUGINS:
+            pm.register_builtin(module_name)
+    env = os.environ.get("THAWKIT_PLUGINS")
+    if entrypoints is None:
+        entrypoints = env is None or env.strip() != ""
+    if entrypoints:
+        pm.load_entrypoints(None if env is None else env.split(","))
+    # a third-party plugin implementing a hook that does not exist is dropped (or, strict, an error)
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            bad = pm.get_name(exc.plugin) if exc.plugin is not None else None
+            if bad is None or bad in pm.builtin_names or strict_plugins():
+                pm.check()
+            pm.unregister(name=bad)
+            pm._plugin_failed(bad, str(exc))
+    return pm
+
+
+_default: ThawkitPluginManager | None = None
+
+
+def default_plugin_manager() -> ThawkitPluginManager:
+    """The shared manager used when no ``pm=`` is passed; built on first use."""
+    global _default
+    if _default is None:
+        _default = get_plugin_manager()
+    return _default
+
+
+def reset_plugin_manager() -> None:
+    """Forget the shared manager (tests, or after installing a plugin)."""
+    global _default
+    _default = None
+
+
+def register(plugin: object, name: str | None = None) -> str | None:
+    """Register a plugin on the shared manager at runtime and validate its hooks."""
+    pm = default_plugin_manager()
+    out = pm.register(plugin, name=name)
+    pm.check()
+    return out

@@ -1,0 +1,82 @@
+"""The strategy interface: a named plugin that says which parameters train, and when.
+
+A strategy returns an ordered list of :class:`Phase` objects. Each phase names
+the parameters trainable from its epoch on; phases are cumulative (a later
+phase never re-freezes). Static strategies return one phase at epoch 0.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .layout import Layout
+
+NormMode = Literal["frozen", "affine", "train"]
+
+
+class StrategyParams(BaseModel):
+    """Parameters every strategy accepts; a strategy's ``Params`` subclasses this.
+
+    ``norm`` decides what normalisation layers in frozen blocks do:
+    ``frozen`` (default) keeps affine parameters fixed and running statistics
+    fixed, even under ``model.train()``; ``affine`` trains the affine parameters
+    but keeps statistics fixed; ``train`` lets statistics update (the naive
+    behaviour of ``requires_grad = False``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    norm: NormMode = "frozen"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """From ``epoch`` on, exactly the parameters in ``trainable`` train."""
+
+    epoch: int
+    trainable: frozenset[str]
+    label: str = ""
+
+    def __init__(self, epoch: int, trainable: Iterable[str], label: str = ""):
+        object.__setattr__(self, "epoch", int(epoch))
+        object.__setattr__(self, "trainable", frozenset(trainable))
+        object.__setattr__(self, "label", label)
+
+
+class Strategy:
+    """Base class of freezing strategies.
+
+    Subclasses set ``name`` and ``description``, optionally a ``Params`` model,
+    and implement :meth:`phases`. Example (a complete plugin)::
+
+        class EveryOtherBlock(thawkit.Strategy):
+            name = "every-other"
+            description = "Train every other block and the head."
+
+            def phases(self, layout, model):
+                return [thawkit.Phase(0, layout.params_of(layout.blocks[::2] + [layout.head]))]
+
+        @thawkit.hookimpl
+        def thawkit_register_strategies(register):
+            register(EveryOtherBlock)
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+
+    def __init__(self, params: StrategyParams | None = None):
+        self.params = params if params is not None else self.Params()
+
+    def phases(self, layout: Layout, model: nn.Module) -> list[Phase]:
+        raise NotImplementedError(f"strategy {self.name!r} does not implement phases()")
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.description or (cls.__doc__ or "").strip()).splitlines()[0] if (
+            cls.description or cls.__doc__) else ""

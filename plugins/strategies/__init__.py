@@ -1,0 +1,1 @@
+"""Built-in freezing strategies, one plugin module each."""
