@@ -1,1 +1,57 @@
-"""(placeholder, being written)"""
+"""Source ``python:<module>:<callable>``: a user's own model factory, described by the generic layout.
+
+``thawkit.load_backbone("python:my_pkg.models:build_net", width=64)`` imports
+``my_pkg.models`` and calls ``build_net(width=64)``. A ``weights`` option names
+a local weights file loaded safely after construction; ``device="meta"``
+builds on the meta device.
+"""
+from __future__ import annotations
+
+import importlib
+
+from thawkit.errors import ConfigError
+from thawkit.manager import hookimpl
+
+
+class PythonSource:
+    description = "your own factory: python:package.module:callable"
+
+    def load(self, name: str, options: dict):
+        import torch
+
+        from thawkit.adapting import describe_layout
+        from thawkit.backbone import apply_weights, read_weights
+
+        module_name, sep, attr = name.rpartition(":")
+        if not sep or not module_name or not attr:
+            raise ConfigError(f"python source needs python:MODULE:CALLABLE, got python:{name}")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"python:{name}: cannot import module {module_name!r}: {exc}") from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise ConfigError(f"python:{name}: module {module_name!r} has no callable {attr!r}")
+        options = dict(options)
+        weights = options.pop("weights", None)
+        device = options.pop("device", None)
+        if device is not None:
+            with torch.device(device):
+                model = factory(**options)
+        else:
+            model = factory(**options)
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"python:{name} returned {type(model).__name__}, not an nn.Module")
+        if weights is not None:
+            layout = describe_layout(model)
+            apply_weights(model, read_weights(weights), file=str(weights),
+                          head_prefixes=layout.classifiers + layout.aux)
+        return model
+
+    def list_models(self, pattern: str | None = None) -> list[str]:
+        return []
+
+
+@hookimpl(trylast=True)
+def thawkit_register_sources(register):
+    register("python", PythonSource())

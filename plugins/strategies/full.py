@@ -1,1 +1,18 @@
-"""(placeholder, being written)"""
+"""``full``: every parameter trains."""
+from __future__ import annotations
+
+from thawkit.manager import hookimpl
+from thawkit.strategy import Phase, Strategy
+
+
+class Full(Strategy):
+    name = "full"
+    description = "Everything trains (full fine-tuning)."
+
+    def phases(self, layout, model):
+        return [Phase(0, layout.params_of(layout.all_blocks), "all")]
+
+
+@hookimpl(trylast=True)
+def thawkit_register_strategies(register):
+    register(Full)

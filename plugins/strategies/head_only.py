@@ -1,1 +1,18 @@
-"""(placeholder, being written)"""
+"""``head-only``: only the new head trains (a linear probe)."""
+from __future__ import annotations
+
+from thawkit.manager import hookimpl
+from thawkit.strategy import Phase, Strategy
+
+
+class HeadOnly(Strategy):
+    name = "head-only"
+    description = "Only the head trains (linear probe); the backbone is frozen."
+
+    def phases(self, layout, model):
+        return [Phase(0, layout.head.params, "head")]
+
+
+@hookimpl(trylast=True)
+def thawkit_register_strategies(register):
+    register(HeadOnly)

@@ -1,1 +1,33 @@
-"""(placeholder, being written)"""
+"""``last-block``: the last N blocks, the neck and the head train."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from thawkit.errors import ConfigError
+from thawkit.manager import hookimpl
+from thawkit.strategy import Phase, Strategy, StrategyParams
+
+
+class LastBlockParams(StrategyParams):
+    blocks: int = Field(1, ge=0, description="How many of the last blocks train (0: neck and head only).")
+
+
+class LastBlock(Strategy):
+    name = "last-block"
+    description = "The last N blocks, the neck and the head train."
+    Params = LastBlockParams
+
+    def phases(self, layout, model):
+        n = self.params.blocks
+        if n > len(layout.blocks):
+            raise ConfigError(f"strategy.blocks: {n} is more than the {len(layout.blocks)} blocks "
+                              f"of this model ({', '.join(b.name for b in layout.blocks)}); use "
+                              f"blocks <= {len(layout.blocks)} or the 'full' strategy")
+        units = layout.thaw_order[: n + 1]
+        return [Phase(0, [p for unit in units for b in unit for p in b.params],
+                      f"last {n} block(s)")]
+
+
+@hookimpl(trylast=True)
+def thawkit_register_strategies(register):
+    register(LastBlock)

@@ -1,0 +1,1 @@
+"""The reference training loop behind `thawkit train` and `thawkit demo`."""
