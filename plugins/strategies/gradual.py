@@ -66,7 +66,6 @@ class Gradual(Strategy):
             raise ConfigError(f"strategy.phases[0].epoch: the first phase must start at epoch 0, "
                               f"not {specs[0].epoch}")
         thawed: dict[str, int] = dict.fromkeys(layout.head.params, 0)
-        block_phase: dict[str, int] = {"head": 0}
         out = []
         for i, spec in enumerate(specs):
             where = f"strategy.phases[{i}]"
@@ -77,11 +76,13 @@ class Gradual(Strategy):
             for bname in spec.blocks:
                 if bname not in block_names:
                     raise UnknownNameError("block", bname, block_names, where=f"{where}.blocks")
-                if bname in block_phase and not (bname == "head" and i == 0):
+                params = layout.block(bname).params
+                if bname == "head" and i == 0:
+                    continue
+                if params and all(p in thawed for p in params):
                     raise ConfigError(f"{where}.blocks: {bname!r} is already thawed in phase "
-                                      f"{block_phase[bname]}; phases are cumulative, name each block once")
-                block_phase[bname] = i
-                added.update(layout.block(bname).params)
+                                      f"{thawed[params[0]]}; phases are cumulative, name each block once")
+                added.update(params)
             if spec.params:
                 new = match_patterns(names, spec.params, f"phases[{i}].params") - set(thawed)
                 if not new:
