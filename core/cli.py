@@ -114,6 +114,16 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from .coverage import report
+
+    pm = _pm(args)
+    sources = [args.source] if args.source else ["torchvision", "timm"]
+    text, ok = report(sources, args.pattern, pm, verbose=args.verbose)
+    print(text)
+    return 0 if ok else 1
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from .planning import plan_from_recipe
 
@@ -155,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="e.g. torchvision:resnet50 or timm:vit_tiny_patch16_224")
     p.add_argument("--weights", help="load this local weights file (default: build on the meta device)")
     p.set_defaults(func=cmd_describe)
+    p = sub.add_parser("coverage", help="check that every model of a source loads, describes and "
+                       "takes a new head (exit 1 if any fails)")
+    p.add_argument("pattern", nargs="?", help="only models matching this wildcard")
+    p.add_argument("--source", help="torchvision or timm (default: both)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the models that pass too")
+    p.set_defaults(func=cmd_coverage)
     p = sub.add_parser("plan", help="print the plan of a recipe without training")
     p.add_argument("recipe", help="YAML or JSON recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
