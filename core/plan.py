@@ -96,7 +96,8 @@ class Plan:
         return self.table()
 
     def table(self) -> str:
-        opts = ", ".join(f"{k}={v}" for k, v in self.params.items() if k != "norm")
+        opts = ", ".join(f"{k}={_short(v)}" for k, v in self.params.items()
+                         if k != "norm" and v is not None)
         head = f"strategy {self.strategy}" + (f" ({opts})" if opts else "") + f", norm={self.norm}"
         if self.optimizer:
             o = self.optimizer
@@ -128,3 +129,9 @@ def _span(values: list[float], spec: str) -> str:
         return "-"
     lo, hi = min(values), max(values)
     return spec.format(lo) if lo == hi else f"{spec.format(lo)}..{spec.format(hi)}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return f"[{len(value)} entries]"
+    return str(value)
