@@ -68,7 +68,7 @@ def _fit_image_size(model: nn.Module, name: str | None, w: Any, tf: dict[str, An
     return tf, f"{origin}, resized to the model's image_size {size}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature_of(name: str) -> frozenset:
     import warnings
 
@@ -119,23 +119,27 @@ def data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig | Non
     if name is not None and name not in classification_models():
         name = None
     if name is not None:
+        from thawkit.errors import ConfigError
+
         try:
             kind, w = resolve_weights(name, spec.options.get("weights"))
-        except Exception:  # noqa: BLE001 - an option the loader accepted; fall back to DEFAULT
+        except ConfigError:  # an option the loader would have refused: use DEFAULT
             kind, w = "none", None
         if kind == "enum":
             origin = f"torchvision {_qual(w)} transforms"
         else:
             default = tvm.get_model_weights(name).DEFAULT
             how = (f"weights from {str(w)!r}" if kind == "file" else "built without weights")
-            origin = f"torchvision {name} DEFAULT weights ({_qual(default)}) transforms; model {how}"
+            origin = (f"torchvision {name} DEFAULT weights ({_qual(default)}) transforms; "
+                      f"model {how}")
             w = default
     else:
         name = infer_name(model)
         if name is None:
             return _family_config(model, family)
         w = tvm.get_model_weights(name).DEFAULT
-        origin = f"torchvision {name} DEFAULT weights ({_qual(w)}) transforms; model recognised as {name}"
+        origin = (f"torchvision {name} DEFAULT weights ({_qual(w)}) transforms; "
+                  f"model recognised as {name}")
     tf = _transforms(w)
     if tf is None:
         return None
@@ -150,7 +154,8 @@ def _family_config(model: nn.Module, family: str) -> DataConfig | None:
     names = _candidates(family)
     tfs = [_transforms(tvm.get_model_weights(n).DEFAULT) for n in names]
     if tfs and all(t is not None and t == tfs[0] for t in tfs):
-        tf, origin = tfs[0], f"torchvision {family} DEFAULT weights transforms (shared by {', '.join(names)})"
+        tf = tfs[0]
+        origin = f"torchvision {family} DEFAULT weights transforms (shared by {', '.join(names)})"
         tf, origin = _fit_image_size(model, None, None, tf, origin)
         return _config(tf, origin)
     size = getattr(model, "image_size", None)

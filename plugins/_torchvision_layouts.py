@@ -107,7 +107,7 @@ def _get(model: nn.Module, path: str) -> nn.Module | None:
 
 
 def _leaf(model: nn.Module, path: str) -> str | None:
-    """Path of the classifier Linear/1x1-conv at or under ``path`` (the last one with parameters)."""
+    """Path of the classifier Linear/1x1-conv at or under ``path`` (the last with parameters)."""
     mod = _get(model, path)
     while mod is not None and not _is_classifier(mod):
         kids = [(n, c) for n, c in mod.named_children() if _has_params(c)]
@@ -135,7 +135,7 @@ def _children(model: nn.Module, path: str) -> list[tuple[str, nn.Module]]:
 
 @dataclass
 class Classifier:
-    """Where a classifier lives: ``target`` is the path replaced, ``leaf`` the Linear/conv itself."""
+    """Where a classifier lives: ``target`` is the path replaced, ``leaf`` the Linear/conv."""
 
     target: str
     leaf: str
@@ -191,8 +191,8 @@ def _alexnet(model):
     from torch import nn
 
     convs = [p for p, m in _children(model, "features") if isinstance(m, nn.Conv2d)]
-    return dict(stem=convs[:1], blocks=[(p, [p]) for p in convs[1:]],
-                head=("classifier", True), feeds="classifier.5")
+    return {"stem": convs[:1], "blocks": [(p, [p]) for p in convs[1:]],
+                "head": ("classifier", True), "feeds": "classifier.5"}
 
 
 def _vgg(model):
@@ -206,13 +206,13 @@ def _vgg(model):
         if isinstance(mod, nn.MaxPool2d):
             stages.append([])
     stages = [s for s in stages if s]
-    return dict(stem=stages[0], blocks=[(f"stage{i}", s) for i, s in enumerate(stages[1:], 1)],
-                head=("classifier", True), feeds="classifier.5")
+    return {"stem": stages[0], "blocks": [(f"stage{i}", s) for i, s in enumerate(stages[1:], 1)],
+                "head": ("classifier", True), "feeds": "classifier.5"}
 
 
 def _convnext(model):
     stem, blocks = _seq_features(model)
-    return dict(stem=stem, blocks=blocks, head=("classifier", True), feeds="classifier.1")
+    return {"stem": stem, "blocks": blocks, "head": ("classifier", True), "feeds": "classifier.1"}
 
 
 def _densenet(model):
@@ -226,20 +226,20 @@ def _densenet(model):
             blocks[-1][1].append(path)  # transition_i, and norm5 after the last block
         else:
             stem.append(path)
-    return dict(stem=stem, blocks=blocks, head=("classifier", False), feeds=None)
+    return {"stem": stem, "blocks": blocks, "head": ("classifier", False), "feeds": None}
 
 
 def _efficientnet(model):
     stem, blocks = _seq_features(model)
-    return dict(stem=stem, blocks=blocks, head=("classifier", True), feeds="classifier.0")
+    return {"stem": stem, "blocks": blocks, "head": ("classifier", True), "feeds": "classifier.0"}
 
 
 def _googlenet(model):
     stem = [p for p in ("conv1", "conv2", "conv3") if _get(model, p) is not None]
     blocks = [(p, [p]) for p, _ in _children(model, "") if p.startswith("inception")]
     aux = [a for a in ("aux1", "aux2") if _get(model, a) is not None]
-    return dict(stem=stem, blocks=blocks, head=("fc", False), aux=[(a, f"{a}.fc2") for a in aux],
-                feeds="dropout")
+    return {"stem": stem, "blocks": blocks, "head": ("fc", False),
+            "aux": [(a, f"{a}.fc2") for a in aux], "feeds": "dropout"}
 
 
 def _inception(model):
@@ -247,12 +247,12 @@ def _inception(model):
     stem = [p for p in kids if p.startswith("Conv2d_")]
     blocks = [(p, [p]) for p in kids if p.startswith("Mixed_")]
     aux = [("AuxLogits", "AuxLogits.fc")] if _get(model, "AuxLogits") is not None else []
-    return dict(stem=stem, blocks=blocks, head=("fc", False), aux=aux, feeds="dropout")
+    return {"stem": stem, "blocks": blocks, "head": ("fc", False), "aux": aux, "feeds": "dropout"}
 
 
 def _maxvit(model):
-    return dict(stem=["stem"], blocks=[(p, [p]) for p, _ in _children(model, "blocks")],
-                head=("classifier", True), feeds="classifier.4")
+    return {"stem": ["stem"], "blocks": [(p, [p]) for p, _ in _children(model, "blocks")],
+                "head": ("classifier", True), "feeds": "classifier.4"}
 
 
 def _mnasnet(model):
@@ -261,56 +261,57 @@ def _mnasnet(model):
     kids = _children(model, "layers")
     stacks = [i for i, (_, m) in enumerate(kids) if isinstance(m, nn.Sequential)]
     if not stacks:  # not the stock layout: one block per child
-        return dict(stem=[kids[0][0]], blocks=[(p, [p]) for p, _ in kids[1:]],
-                    head=("classifier", True), feeds="classifier.0")
+        return {"stem": [kids[0][0]], "blocks": [(p, [p]) for p, _ in kids[1:]],
+                    "head": ("classifier", True), "feeds": "classifier.0"}
     first, last = stacks[0], stacks[-1]
     blocks = [(p, [p]) for p, _ in kids[first:last + 1]]
     tail = [p for p, _ in kids[last + 1:]]
     if tail:  # the final 1x1 conv + BN
         blocks.append((tail[0], tail))
-    return dict(stem=[p for p, _ in kids[:first]], blocks=blocks,
-                head=("classifier", True), feeds="classifier.0")
+    return {"stem": [p for p, _ in kids[:first]], "blocks": blocks,
+                "head": ("classifier", True), "feeds": "classifier.0"}
 
 
 def _mobilenet_v2(model):
     stem, blocks = _seq_features(model)
-    return dict(stem=stem, blocks=blocks, head=("classifier", True), feeds="classifier.0")
+    return {"stem": stem, "blocks": blocks, "head": ("classifier", True), "feeds": "classifier.0"}
 
 
 def _mobilenet_v3(model):
     stem, blocks = _seq_features(model)
-    return dict(stem=stem, blocks=blocks, head=("classifier", True), feeds="classifier.2")
+    return {"stem": stem, "blocks": blocks, "head": ("classifier", True), "feeds": "classifier.2"}
 
 
 def _regnet(model):
-    return dict(stem=["stem"], blocks=[(p, [p]) for p, _ in _children(model, "trunk_output")],
-                head=("fc", False), feeds="avgpool")
+    return {"stem": ["stem"], "blocks": [(p, [p]) for p, _ in _children(model, "trunk_output")],
+                "head": ("fc", False), "feeds": "avgpool"}
 
 
 def _resnet(model):
-    return dict(stem=["conv1", "bn1"], blocks=[(p, [p]) for p, _ in _children(model, "")
+    return {"stem": ["conv1", "bn1"], "blocks": [(p, [p]) for p, _ in _children(model, "")
                                                if p.startswith("layer")],
-                head=("fc", False), feeds="avgpool")
+                "head": ("fc", False), "feeds": "avgpool"}
 
 
 def _shufflenet(model):
     kids = [p for p, _ in _children(model, "") if p != "fc"]
-    return dict(stem=kids[:1], blocks=[(p, [p]) for p in kids[1:]], head=("fc", False), feeds=None)
+    return {"stem": kids[:1], "blocks": [(p, [p]) for p in kids[1:]], "head": ("fc", False),
+            "feeds": None}
 
 
 def _squeezenet(model):
     kids = _children(model, "features")
     fires = [i for i, (_, m) in enumerate(kids) if type(m).__name__ == "Fire"]
     first = fires[0] if fires else 1
-    return dict(stem=[p for p, _ in kids[:first]], blocks=[(p, [p]) for p, _ in kids[first:]],
-                head=("classifier", True), feeds="classifier.0")
+    return {"stem": [p for p, _ in kids[:first]], "blocks": [(p, [p]) for p, _ in kids[first:]],
+                "head": ("classifier", True), "feeds": "classifier.0"}
 
 
 def _swin(model):
     stem, blocks = _seq_features(model)
     if _get(model, "norm") is not None and blocks:
         blocks[-1][1].append("norm")
-    return dict(stem=stem, blocks=blocks, head=("head", False), feeds="flatten")
+    return {"stem": stem, "blocks": blocks, "head": ("head", False), "feeds": "flatten"}
 
 
 def _vit(model):
@@ -318,7 +319,7 @@ def _vit(model):
     blocks = [(p.rsplit(".", 1)[-1], [p]) for p, _ in _children(model, "encoder.layers")]
     if blocks:
         blocks[-1][1].append("encoder.ln")
-    return dict(stem=stem, blocks=blocks, head=("heads", True), feeds=None)
+    return {"stem": stem, "blocks": blocks, "head": ("heads", True), "feeds": None}
 
 
 _BUILDERS = {
@@ -375,9 +376,11 @@ def describe(model: nn.Module) -> Layout | None:
     if layout.neck is not None and not layout.neck.params:
         layout.neck = None
     if not exact:  # a user's subclass may add parameters we do not know: let others try
+        from thawkit.errors import LayoutError
+
         try:
             layout.validate(model)
-        except Exception:
+        except LayoutError:
             return None
     return layout
 
@@ -407,7 +410,8 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float = 0.0,
         else:
             remove_aux(model)
     for clf, p in targets:
-        set_submodule(model, clf.target, new_classifier(model.get_submodule(clf.leaf), num_classes, p))
+        new = new_classifier(model.get_submodule(clf.leaf), num_classes, p)
+        set_submodule(model, clf.target, new)
     if isinstance(getattr(model, "num_classes", None), int):
         model.num_classes = num_classes
     return model

@@ -21,7 +21,8 @@ Source ``torchvision:NAME`` for the 80 classification models of
     are then replaced by fresh ``num_classes`` ones, as ``adapt(num_classes=...)``
     would do.
 ``device``
-    build directly on that device. ``"meta"`` builds the architecture without memory
+    where the model ends up (built and loaded on the CPU, then moved). ``"meta"``
+    builds the architecture without memory
     and never reads weights (no download, no file read; a missing file is still an
     error): with published weights the architecture is the one they imply (class
     count, vit image size, googlenet/inception ``transform_input``). Regnets, whose
@@ -84,8 +85,8 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
     if isinstance(weights, os.PathLike):
         return "file", Path(weights)
     if not isinstance(weights, str):
-        raise ConfigError(f"{WHERE}: weights must be None, 'DEFAULT', a weights name or a file path, "
-                          f"got {weights!r}")
+        raise ConfigError(f"{WHERE}: weights must be None, 'DEFAULT', a weights name or a "
+                          f"file path, got {weights!r}")
     text = weights.strip()
     key = text
     if "." in text and not text.lower().endswith(_FILE_SUFFIXES):
@@ -100,11 +101,13 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
         return "enum", enum_cls.DEFAULT
     if key.upper() in available:  # enum names are upper case; accept "imagenet1k_v2"
         return "enum", enum_cls[key.upper()]
-    if text.lower().endswith(_FILE_SUFFIXES) or os.sep in text or "/" in text or Path(text).exists():
+    looks_like_path = text.lower().endswith(_FILE_SUFFIXES) or os.sep in text or "/" in text
+    if looks_like_path or Path(text).exists():
         return "file", Path(text).expanduser()
     raise ConfigError(
-        f"{WHERE}: unknown weights {text!r} for {name!r}; available: DEFAULT, {', '.join(available)} "
-        f"({enum_cls.__name__}), or a path to a {'/'.join(_FILE_SUFFIXES)} file")
+        f"{WHERE}: unknown weights {text!r} for {name!r}; available: DEFAULT, "
+        f"{', '.join(available)} ({enum_cls.__name__}), or a path to a "
+        f"{'/'.join(_FILE_SUFFIXES)} file")
 
 
 def _overwrite(kwargs: dict, key: str, value: Any) -> None:
@@ -183,7 +186,7 @@ def _call_builder(name: str, kwargs: dict) -> nn.Module:
 
 
 def build(name: str, device: Any = None, **kwargs: Any) -> nn.Module:
-    """``torchvision.models.get_model(name, **kwargs)`` built on ``device`` (``"meta"`` included)."""
+    """``torchvision.models.get_model(name, **kwargs)`` on ``device`` (``"meta"`` included)."""
     import torch
 
     if name in ("googlenet", "inception_v3") and kwargs.get("weights") is None:
@@ -207,8 +210,9 @@ def build(name: str, device: Any = None, **kwargs: Any) -> nn.Module:
 class TorchvisionSource:
     """Backbones from ``torchvision.models`` (classification models)."""
 
-    description = ("torchvision.models classifiers; options: weights=None|'DEFAULT'|'IMAGENET1K_V2'|"
-                   "path.pth/.safetensors, device='meta', num_classes=..., builder kwargs")
+    description = ("torchvision.models classifiers; options: "
+                   "weights=None|'DEFAULT'|'IMAGENET1K_V2'|path.pth/.safetensors, "
+                   "device='meta', num_classes=..., builder kwargs")
 
     def list_models(self, pattern: str | None = None) -> list[str]:
         names = classification_models()
@@ -217,7 +221,7 @@ class TorchvisionSource:
         return names
 
     def load(self, name: str, options: dict[str, Any]) -> nn.Module:
-        """Build ``name``; see the module docstring for ``weights``, ``num_classes`` and ``device``."""
+        """Build ``name``; the module docstring explains the options."""
         import torch
 
         from thawkit.backbone import apply_weights, read_weights
@@ -250,7 +254,7 @@ class TorchvisionSource:
         # published weights
         categories = weights.meta.get("categories")
         new_classes = None
-        if categories is not None and "num_classes" in opts and opts["num_classes"] != len(categories):
+        if categories is not None and opts.get("num_classes", len(categories)) != len(categories):
             new_classes = opts.pop("num_classes")
         if on_meta:
             kwargs, drop_aux = _weights_arch_kwargs(name, weights, opts)
@@ -290,8 +294,8 @@ def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layo
 @hookimpl
 def thawkit_replace_head(model: nn.Module, layout: Layout, num_classes: int, dropout: float,
                          keep_aux: bool) -> nn.Module | None:
-    if not _is_torchvision(model):
-        return None
+    if not _is_torchvision(model) or (layout is not None and layout.source != "torchvision"):
+        return None  # described by another plugin (or the generic fallback): let it replace
     return tvl.replace_head(model, num_classes, dropout, keep_aux)
 
 
