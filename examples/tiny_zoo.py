@@ -1,0 +1,191 @@
+"""A complete third-party plugin: a tiny model zoo that implements every thawkit hook.
+
+Each ``# [hook]`` region below is the example of that hook's section in the README
+(a test keeps the two identical). Run it to see the hooks work together::
+
+    python examples/tiny_zoo.py
+
+or load it into the command line: ``thawkit -p examples/tiny_zoo.py strategies``.
+Packaged, it would declare ``[project.entry-points.thawkit] tinyzoo = "tiny_zoo"``.
+"""
+import fnmatch
+import math
+import sys
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+import thawkit
+
+
+class TinyNet(nn.Module):
+    """stem -> stages -> global average pool -> head (dropout, linear)."""
+
+    def __init__(self, width: int = 16, depth: int = 4, num_classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.pos_embed = nn.Parameter(torch.zeros(1, width, 32, 32))
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+            for _ in range(depth))
+        self.head = nn.Sequential(nn.Dropout(0.0), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        x = self.stem(x) + self.pos_embed
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x.mean((2, 3)))
+
+
+# [thawkit_register_sources]
+class TinyZoo:
+    description = "tiny convolutional nets for 64 px images"
+    widths = {"tiny16": 16, "tiny32": 32}
+
+    def load(self, name, options):
+        if name not in self.widths:
+            raise thawkit.UnknownNameError("model", name, self.widths, where="tinyzoo")
+        options = dict(options)
+        options.pop("weights", None)  # a real zoo would load them here
+        with torch.device(options.pop("device", "cpu")):
+            return TinyNet(self.widths[name], **options)
+
+    def list_models(self, pattern=None):
+        return [m for m in self.widths if pattern is None or fnmatch.fnmatch(m, pattern)]
+
+
+@thawkit.hookimpl
+def thawkit_register_sources(register):
+    register("tinyzoo", TinyZoo())
+# [end]
+
+
+# [thawkit_describe_layout]
+@thawkit.hookimpl
+def thawkit_describe_layout(model, spec):
+    if isinstance(model, TinyNet):  # the generic layout would see one block, "stages"
+        return thawkit.layout_from_prefixes(
+            model, stem=["stem", "pos_embed"],
+            blocks=[(f"stage{i}", [f"stages.{i}"]) for i in range(len(model.stages))],
+            head=["head"], classifiers=["head.1"], source="tinyzoo")
+# [end]
+
+
+# [thawkit_replace_head]
+@thawkit.hookimpl
+def thawkit_replace_head(model, layout, num_classes, dropout, keep_aux):
+    if isinstance(model, TinyNet):  # zero-initialised: training starts from uniform logits
+        linear = nn.Linear(model.head[1].in_features, num_classes)
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        model.head = nn.Sequential(nn.Dropout(dropout), linear)
+        return model
+# [end]
+
+
+# [thawkit_data_config]
+@thawkit.hookimpl
+def thawkit_data_config(model, spec):
+    if spec is not None and spec.source == "tinyzoo":
+        return thawkit.DataConfig(input_size=(3, 64, 64), mean=(0.5, 0.5, 0.5),
+                                  std=(0.5, 0.5, 0.5), crop_pct=1.0, origin="tinyzoo")
+# [end]
+
+
+# [thawkit_no_weight_decay]
+@thawkit.hookimpl
+def thawkit_no_weight_decay(model):
+    if isinstance(model, TinyNet):
+        return ["pos_embed"]  # 4-D, so it would be decayed like a weight otherwise
+# [end]
+
+
+# [thawkit_layer_scales]
+@thawkit.hookimpl
+def thawkit_layer_scales(model, layout, layer_decay, min_scale):
+    if isinstance(model, TinyNet):  # two stages per layer: the stem sits with the first pair
+        layers = (len(layout.blocks) + 1) // 2
+        depth = {"stem": layers, "head": 0}
+        depth.update({b.name: layers - i // 2 for i, b in enumerate(layout.blocks)})
+        return {p: max(min_scale, layer_decay ** depth[block])
+                for p, block in layout.block_of().items()}
+# [end]
+
+
+# [thawkit_register_strategies]
+class TopFractionParams(thawkit.StrategyParams):
+    fraction: float = Field(0.5, gt=0, le=1, description="Share of the blocks that train.")
+
+
+class TopFraction(thawkit.Strategy):
+    name = "top-fraction"
+    description = "The top `fraction` of the blocks (rounded up), the neck and the head train."
+    Params = TopFractionParams
+
+    def phases(self, layout, model):
+        n = math.ceil(self.params.fraction * len(layout.blocks))
+        units = layout.thaw_order[: n + 1]  # neck+head first, then blocks from the top
+        return [thawkit.Phase(0, [p for unit in units for b in unit for p in b.params])]
+
+
+@thawkit.hookimpl
+def thawkit_register_strategies(register):
+    register(TopFraction)
+# [end]
+
+
+# [thawkit_register_optimizers]
+def sgd_nesterov(param_groups, momentum=0.9, **kwargs):
+    return torch.optim.SGD(param_groups, momentum=momentum, nesterov=True, **kwargs)
+
+
+@thawkit.hookimpl
+def thawkit_register_optimizers(register):
+    register("sgd-nesterov", sgd_nesterov)
+# [end]
+
+
+# [thawkit_register_schedules]
+class ExponentialParams(BaseModel, extra="forbid"):
+    gamma: float = Field(0.999, gt=0, le=1, description="lr factor per step")
+
+
+def exponential(optimizer, *, epochs, steps_per_epoch, warmup_epochs=0.0, gamma=0.999):
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
+
+
+exponential.Params = ExponentialParams
+exponential.interval = "step"
+
+
+@thawkit.hookimpl
+def thawkit_register_schedules(register):
+    register("exponential", exponential)
+# [end]
+
+
+# [thawkit_adapted]
+@thawkit.hookimpl
+def thawkit_adapted(adapted):
+    if isinstance(adapted.model, TinyNet):
+        print(f"tinyzoo: {adapted.plan.summary()}")
+# [end]
+
+
+if __name__ == "__main__":
+    thawkit.register(sys.modules[__name__], name="tinyzoo")
+    model = thawkit.load_backbone("tinyzoo:tiny16")
+    print(thawkit.data_config(model))
+    adapted = thawkit.adapt(model, "top-fraction", num_classes=5, fraction=0.5, dropout=0.1)
+    optimizer = adapted.optimizer("sgd-nesterov", lr=0.05, weight_decay=1e-4, layer_decay=0.5)
+    schedule = thawkit.default_plugin_manager().schedules.get("exponential")
+    scheduler = schedule(optimizer, epochs=1, steps_per_epoch=2, gamma=0.9)
+    for _ in range(2):
+        loss = nn.functional.cross_entropy(adapted.model(torch.randn(4, 3, 64, 64)),
+                                           torch.randint(0, 5, (4,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    print(adapted.plan)

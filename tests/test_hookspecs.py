@@ -1,0 +1,420 @@
+"""Every hook is documented and tested: a meta-test over core/hookspecs.py, then one test per hook.
+
+Each ``test_<hook>`` registers its own small plugin on a fresh manager and checks
+that thawkit's public API honours it. Only small hand-written ``nn.Module``s are
+used, so these tests need neither torchvision nor timm.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+import thawkit
+from thawkit import hookspecs
+from thawkit.backbone import BackboneSpec, DataConfig
+from thawkit.recipe import validate_recipe
+
+TESTS = Path(__file__).parent
+README = TESTS.parent / "README.md"
+HOOKS = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+         if hasattr(fn, "thawkit_spec")}
+# Gaps in core/hookspecs.py that are reported and awaiting a fix. strict: once fixed, the
+# test passes unexpectedly and fails, so the entry is removed here.
+KNOWN_DOC_GAPS = {
+    "thawkit_no_weight_decay": "docstring has no 'Parameters:' section documenting `model`",
+}
+
+
+# ------------------------------------------------------------------- meta-tests
+def _docs(fn) -> str:
+    return inspect.getdoc(fn) or ""
+
+
+def _section(doc: str, title: str, until: str) -> str:
+    match = re.search(rf"^{title}:(.*?)(?=^{until}:|\Z)", doc, re.S | re.M)
+    return match.group(1) if match else ""
+
+
+def test_hookspecs_module_defines_only_prefixed_hooks():
+    public = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
+              if f.__module__ == hookspecs.__name__ and not n.startswith("_")]
+    assert public, "core/hookspecs.py defines no hooks"
+    assert sorted(public) == sorted(HOOKS), "a public function in hookspecs.py is not a @hookspec"
+    assert [n for n in HOOKS if not n.startswith("thawkit_")] == []
+    assert set(HOOKS) == {n for n in dir(thawkit.get_plugin_manager(entrypoints=False).hook)
+                          if n.startswith("thawkit_")}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DOC_GAPS[n]))
+    if n in KNOWN_DOC_GAPS else n for n in sorted(HOOKS)])
+def test_hookspec_documents_its_signature(name):
+    fn = HOOKS[name]
+    doc = _docs(fn)
+    sig = inspect.signature(fn)
+    params = list(sig.parameters)
+    assert doc, f"{name} has no docstring"
+    documented = _section(doc, "Parameters", "Returns")
+    assert documented, f"{name}: the docstring has no 'Parameters:' section"
+    for param in params:
+        assert re.search(rf"\b{param}\b", documented), \
+            f"{name}: parameter {param!r} is not documented"
+        assert sig.parameters[param].annotation is not inspect.Parameter.empty, \
+            f"{name}: parameter {param!r} has no type annotation"
+    assert sig.return_annotation is not inspect.Signature.empty, f"{name}: no return annotation"
+    returns = _section(doc, "Returns", "Example")
+    assert returns.strip(), f"{name}: the docstring has no 'Returns:' section"
+    if fn.thawkit_spec["firstresult"]:
+        assert re.search(r"first\s+non-none\s+result\s+wins", returns, re.I), \
+            f"{name} is firstresult; its docstring must say that the first non-None result wins"
+    else:
+        assert re.search(r"\ball\s+(implementations|plugins)\b", returns, re.I), \
+            f"{name} calls every plugin; its docstring must say so"
+
+
+@pytest.mark.parametrize("name", sorted(HOOKS))
+def test_hookspec_example_implements_the_hook(name):
+    doc = _docs(HOOKS[name])
+    example = doc.split("Example::", 1)[1] if "Example::" in doc else ""
+    assert "@thawkit.hookimpl" in example, f"{name}: no 'Example::' with a @thawkit.hookimpl"
+    match = re.search(rf"def {name}\(([^)]*)\)", example)
+    assert match, f"{name}: the example does not define {name}()"
+    used = {a.strip() for a in match.group(1).split(",") if a.strip()}
+    assert used <= set(inspect.signature(HOOKS[name]).parameters), \
+        f"{name}: the example takes arguments the hook does not pass: {used}"
+
+
+def _test_names() -> set[str]:
+    names = set()
+    for path in TESTS.glob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names.add(node.name)
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(HOOKS))
+def test_every_hook_has_a_test_named_after_it(name):
+    assert any(t == f"test_{name}" or t.startswith(f"test_{name}_") for t in _test_names()), \
+        f"no test named test_{name}... in tests/"
+
+
+@pytest.mark.parametrize("name", sorted(HOOKS))
+def test_every_hook_has_a_readme_section(name):
+    text = README.read_text()
+    match = re.search(rf"^### `{name}`\n(.*?)(?=^##|\Z)", text, re.S | re.M)
+    assert match, f"README.md has no '### `{name}`' section"
+    params = list(inspect.signature(HOOKS[name]).parameters)
+    assert f"def {name}({', '.join(params)}) -> " in match.group(1), \
+        f"README section of {name} does not show its signature"
+    for param in params:
+        assert f"`{param}`" in match.group(1), \
+            f"README section of {name} does not document {param!r}"
+
+
+# --------------------------------------------------------------- small models
+class StagedNet(nn.Module):
+    """stem, three stages in a ModuleList, a learned position embedding and a linear head."""
+
+    def __init__(self, width: int = 4, num_classes: int = 5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.pos_embed = nn.Parameter(torch.zeros(1, width, 8, 8))
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
+            for _ in range(3))
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x) + self.pos_embed
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _staged_layout(model):
+    return thawkit.layout_from_prefixes(
+        model, stem=["stem", "pos_embed"],
+        blocks=[(f"stage{i}", [f"stages.{i}"]) for i in range(len(model.stages))],
+        head=["fc"], classifiers=["fc"], source="staged")
+
+
+class HeadOnlyForTests(thawkit.Strategy):
+    name = "probe"
+    description = "head only"
+
+    def phases(self, layout, model):
+        return [thawkit.Phase(0, layout.head.params)]
+
+
+class StrategyPlugin:
+    @thawkit.hookimpl
+    def thawkit_register_strategies(self, register):
+        register(HeadOnlyForTests)
+
+
+class SourcePlugin:
+    """Source ``staged:net`` building :class:`StagedNet`."""
+
+    class Source:
+        description = "staged nets"
+
+        def load(self, name, options):
+            if name != "net":
+                raise thawkit.UnknownNameError("model", name, ["net"])
+            options = dict(options)
+            with torch.device(options.pop("device", None) or "cpu"):
+                return StagedNet(**options)
+
+        def list_models(self, pattern=None):
+            return ["net"]
+
+    @thawkit.hookimpl
+    def thawkit_register_sources(self, register):
+        register("staged", self.Source())
+
+
+def _x(n: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, 8, 8)
+
+
+# ---------------------------------------------------------------- hook tests
+def test_thawkit_register_sources(pm):
+    pm.register(SourcePlugin(), name="staged-source")
+    assert "staged" in thawkit.list_sources(pm=pm)
+    model = thawkit.load_backbone("staged:net", pm=pm, width=6)
+    assert isinstance(model, StagedNet) and model.fc.in_features == 6
+    assert thawkit.spec_of(model) == BackboneSpec("staged", "net")
+    assert thawkit.spec_of(model).options == {"width": 6}
+    with pytest.raises(thawkit.UnknownNameError, match="did you mean 'staged'"):
+        thawkit.load_backbone("stagged:net", pm=pm)
+
+
+def test_thawkit_describe_layout(pm):
+    assert [b.name for b in thawkit.describe_layout(StagedNet(), pm=pm).blocks] == ["stages"]
+
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_describe_layout(self, model, spec):
+            if isinstance(model, StagedNet):
+                return _staged_layout(model)
+            return None
+
+    pm.register(Plugin(), name="staged-layout")
+    layout = thawkit.describe_layout(StagedNet(), pm=pm)
+    assert layout.source == "staged"
+    assert [b.name for b in layout.all_blocks] == ["stem", "stage0", "stage1", "stage2", "head"]
+    adapted = thawkit.adapt(StagedNet(), "last-block", blocks=1, pm=pm)
+    assert {n for n, p in adapted.model.named_parameters() if p.requires_grad} == {
+        "stages.2.0.weight", "stages.2.0.bias", "stages.2.1.weight", "stages.2.1.bias",
+        "fc.weight", "fc.bias"}
+    # a model the plugin does not know still gets the generic layout
+    assert thawkit.describe_layout(_mlp(), pm=pm).source == "generic"
+
+
+def test_thawkit_replace_head(pm):
+    calls = []
+
+    class ZeroHead(nn.Linear):
+        pass
+
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_replace_head(self, model, layout, num_classes, dropout, keep_aux):
+            calls.append((type(model).__name__, layout.classifiers, num_classes, dropout, keep_aux))
+            if not isinstance(model, StagedNet):
+                return None
+            model.fc = ZeroHead(model.fc.in_features, num_classes)
+            nn.init.zeros_(model.fc.weight)
+            return model
+
+    pm.register(Plugin(), name="zero-head")
+    adapted = thawkit.adapt(StagedNet(), "head-only", num_classes=7, dropout=0.25, pm=pm)
+    assert calls == [("StagedNet", ["fc"], 7, 0.25, False)]
+    assert isinstance(adapted.model.fc, ZeroHead)
+    assert adapted.model(_x()).shape == (2, 7)
+    assert adapted.plan.param("fc.weight").trainable
+    # the plugin returned None for the MLP: core's default replaced its last Linear
+    other = thawkit.adapt(_mlp(), "head-only", num_classes=2, pm=pm)
+    assert not isinstance(other.model[4], ZeroHead) and other.model[4].out_features == 2
+
+
+def test_thawkit_data_config(pm):
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_data_config(self, model, spec):
+            if spec is not None and spec.source == "staged":
+                return DataConfig(input_size=(3, 96, 96), crop_pct=1.0, origin="staged plugin")
+            return None
+
+    pm.register(SourcePlugin(), name="staged-source")
+    pm.register(Plugin(), name="staged-data")
+    config = thawkit.data_config(thawkit.load_backbone("staged:net", pm=pm), pm=pm)
+    assert (config.image_size, config.eval_resize, config.origin) == (96, 96, "staged plugin")
+    fallback = thawkit.data_config(StagedNet(), pm=pm)  # built by hand: no spec, core's default
+    assert fallback.image_size == 224 and fallback.mean == (0.485, 0.456, 0.406)
+
+
+def test_thawkit_no_weight_decay(pm):
+    def decay_of(adapted):
+        adapted.optimizer("adamw", lr=0.1, weight_decay=0.05)
+        row = adapted.plan.param("pos_embed")
+        return row.group, row.weight_decay
+
+    before = decay_of(thawkit.adapt(StagedNet(), "full", pm=pm))
+    assert before[1] == 0.05  # 4-D: decayed unless a plugin says otherwise
+
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_no_weight_decay(self, model):
+            return ["pos_*"] if isinstance(model, StagedNet) else None
+
+    pm.register(Plugin(), name="no-decay")
+    adapted = thawkit.adapt(StagedNet(), "full", pm=pm)
+    group, decay = decay_of(adapted)
+    assert decay == 0.0 and group.endswith(".no_decay")
+    optimizer = adapted.optimizer("adamw", lr=0.1, weight_decay=0.05)
+    [torch_group] = [g for g in optimizer.param_groups if g["name"] == group]
+    assert any(p is adapted.model.pos_embed for p in torch_group["params"])
+    assert torch_group["weight_decay"] == 0.0
+    assert adapted.plan.param("stem.weight").weight_decay == 0.05  # other weights still decay
+
+
+def test_thawkit_layer_scales(pm):
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_layer_scales(self, model, layout, layer_decay, min_scale):
+            if not isinstance(model, StagedNet):
+                return None
+            return {n: (layer_decay if n.startswith("stages.") else 1.0)
+                    for n, _ in model.named_parameters()}
+
+    pm.register(Plugin(), name="scales")
+    adapted = thawkit.adapt(StagedNet(), "full", pm=pm)
+    adapted.optimizer("sgd", lr=0.1, weight_decay=0.0, layer_decay=0.5)
+    plan = adapted.plan
+    assert plan.param("stages.0.0.weight").lr == pytest.approx(0.05)
+    assert plan.param("stem.weight").lr == pytest.approx(0.1)
+    assert plan.param("fc.weight").lr == pytest.approx(0.1)
+    adapted.optimizer("sgd", lr=0.1, weight_decay=0.0, layer_decay=None)
+    assert adapted.plan.param("stages.0.0.weight").lr == pytest.approx(0.1)  # hook not asked
+
+    class Incomplete:
+        @thawkit.hookimpl(tryfirst=True)
+        def thawkit_layer_scales(self, model, layout, layer_decay, min_scale):
+            return {"fc.weight": 1.0}
+
+    pm.register(Incomplete(), name="incomplete")
+    with pytest.raises(thawkit.ConfigError, match="thawkit_layer_scales"):
+        adapted.optimizer("sgd", lr=0.1, layer_decay=0.5)
+
+
+def test_thawkit_register_strategies(pm):
+    class OddParams(thawkit.StrategyParams):
+        blocks: list[int] = Field(description="Indices of the blocks that train.")
+
+    class OddBlocks(thawkit.Strategy):
+        name = "chosen-blocks"
+        description = "Chosen blocks and the head train."
+        Params = OddParams
+
+        def phases(self, layout, model):
+            chosen = [layout.blocks[i] for i in self.params.blocks]
+            return [thawkit.Phase(0, layout.params_of(chosen + [layout.head]))]
+
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_register_strategies(self, register):
+            register(OddBlocks)
+
+    pm.register(Plugin(), name="chosen")
+    assert "chosen-blocks" in thawkit.list_strategies(pm=pm)
+    assert pm.strategies.entries["chosen-blocks"].plugin == "chosen"
+    adapted = thawkit.adapt(_mlp(), "chosen-blocks", blocks=[0], pm=pm)
+    assert {n for n, p in adapted.model.named_parameters() if p.requires_grad} == {
+        "2.weight", "2.bias", "4.weight", "4.bias"}
+    with pytest.raises(thawkit.ConfigError, match=r"strategy\.blocks"):
+        thawkit.adapt(_mlp(), "chosen-blocks", blocks="first", pm=pm)
+
+
+def test_thawkit_register_optimizers(pm):
+    seen = {}
+
+    def sgd_nesterov(param_groups, momentum=0.9, **kwargs):
+        seen["groups"] = [g["name"] for g in param_groups]
+        return torch.optim.SGD(param_groups, momentum=momentum, nesterov=True, **kwargs)
+
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_register_optimizers(self, register):
+            register("sgd-nesterov", sgd_nesterov)
+
+    pm.register(Plugin(), name="nesterov")
+    assert "sgd-nesterov" in thawkit.list_optimizers(pm=pm)
+    adapted = thawkit.adapt(_mlp(), "full", pm=pm)
+    optimizer = adapted.optimizer("sgd-nesterov", lr=0.1, weight_decay=1e-4, momentum=0.8)
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.8
+    assert seen["groups"] == [g["name"] for g in optimizer.param_groups]
+    assert "head" in seen["groups"]
+
+
+def test_thawkit_register_schedules(pm, tmp_path):
+    class GammaParams(BaseModel, extra="forbid"):
+        gamma: float = Field(0.99, gt=0, le=1)
+
+    def exponential(optimizer, *, epochs, steps_per_epoch, warmup_epochs=0.0, gamma=0.99):
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
+
+    exponential.Params = GammaParams
+
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_register_schedules(self, register):
+            register("exponential", exponential)
+
+    pm.register(Plugin(), name="exp-schedule")
+    pm.register(SourcePlugin(), name="staged-source")
+    recipe = {"backbone": {"source": "staged", "name": "net"}, "strategy": {"name": "full"},
+              "schedule": {"name": "exponential", "gamma": 0.5}}
+    validated = validate_recipe(recipe, pm=pm)
+    assert validated.schedule.params == {"gamma": 0.5}
+    with pytest.raises(thawkit.ConfigError, match=r"schedule\.gamma"):
+        validate_recipe({**recipe, "schedule": {"name": "exponential", "gamma": 2}}, pm=pm)
+    with pytest.raises(thawkit.UnknownNameError, match="did you mean 'exponential'"):
+        validate_recipe({**recipe, "schedule": {"name": "exponentail"}}, pm=pm)
+
+    optimizer = thawkit.adapt(_mlp(), "full", pm=pm).optimizer("sgd", lr=1.0)
+    factory = pm.schedules.get("exponential")
+    scheduler = factory(optimizer, epochs=1, steps_per_epoch=2, warmup_epochs=0.0, gamma=0.5)
+    optimizer.step()
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == [0.5] * len(optimizer.param_groups)
+
+
+def test_thawkit_adapted(pm):
+    seen = []
+
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_adapted(self, adapted):
+            trainable = {n for n, p in adapted.model.named_parameters() if p.requires_grad}
+            seen.append((adapted.strategy.name, adapted.phase, trainable))
+
+    pm.register(Plugin(), name="watcher")
+    pm.register(StrategyPlugin(), name="probe-strategy")
+    adapted = thawkit.adapt(_mlp(), "probe", num_classes=2, pm=pm)
+    # called once, after the head was replaced and the first phase applied
+    assert seen == [("probe", 0, {"4.weight", "4.bias"})]
+    assert adapted.model[4].out_features == 2
