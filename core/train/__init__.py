@@ -1,1 +1,57 @@
-"""The reference training loop behind `thawkit train` and `thawkit demo`."""
+"""The reference training loop behind ``thawkit train``, ``predict``, ``export`` and ``demo``.
+
+Imported lazily (no torch until a function is used)::
+
+    from thawkit.train import train, resume
+    recipe = thawkit.load_recipe("recipe.yaml")
+    outcome = train(recipe, run_dir="runs/try1", stop_after=2)   # status "stopped"
+    outcome = resume("runs/try1")                                # bit-identical to one go
+
+Modules: ``data`` (ImageFolder checks, transforms, seeded order), ``session``
+(recipe -> model, optimizer, schedule, run directory), ``loop`` (the epoch
+loop), ``checkpoint`` (atomic files), ``plot``, ``inference`` (predict, export),
+``demo`` and ``commands`` (the CLI subcommands).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "train": "runs", "resume": "runs", "summary": "runs",
+    "Trainer": "loop", "Pipeline": "loop", "Outcome": "loop", "DivergedError": "loop",
+    "DataError": "data", "CheckpointError": "checkpoint",
+    "load_run_model": "inference", "predict": "inference", "export_run": "inference",
+    "load_exported": "inference", "ExportError": "inference",
+    "run_demo": "demo", "plot_run": "plot",
+}
+
+__all__ = [
+    "CheckpointError",
+    "DataError",
+    "DivergedError",
+    "ExportError",
+    "Outcome",
+    "Pipeline",
+    "Trainer",
+    "export_run",
+    "load_exported",
+    "load_run_model",
+    "plot_run",
+    "predict",
+    "resume",
+    "run_demo",
+    "summary",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'thawkit.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,129 @@
+"""The ``train``, ``demo``, ``predict`` and ``export`` subcommands (torch is imported only when one runs)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from thawkit.errors import ConfigError
+
+EXIT_INTERRUPTED = 130
+
+
+def _pm(args: argparse.Namespace):
+    from thawkit.manager import default_plugin_manager
+
+    pm = default_plugin_manager()
+    for ref in getattr(args, "plugin", None) or []:
+        pm.load_local(ref)
+    return pm
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from thawkit.recipe import load_recipe
+
+    from .runs import resume, train
+
+    pm = _pm(args)
+    overrides = list(args.set or [])
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.resume:
+        if overrides or args.output:
+            raise ConfigError("--resume continues a run with its own recipe; --set, --epochs and "
+                              "--output cannot change it (start a new run instead)")
+        expect = load_recipe(args.recipe, pm=pm) if args.recipe else None
+        outcome = resume(args.resume, pm=pm, stop_after=args.stop_after, expect=expect)
+    else:
+        if not args.recipe:
+            raise ConfigError("train: name a RECIPE file, or --resume RUN_DIR")
+        if args.output:
+            overrides.append(f"train.output={args.output}")
+        recipe = load_recipe(args.recipe, overrides=overrides, pm=pm)
+        outcome = train(recipe, pm=pm, stop_after=args.stop_after)
+    print(outcome.message)
+    return EXIT_INTERRUPTED if outcome.status == "interrupted" else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, quick=args.quick, pm=_pm(args))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict
+
+    results = predict(args.run_dir, args.images, top_k=args.top_k, best=args.best, pm=_pm(args))
+    for file, top in results:
+        print(file)
+        for name, p in top:
+            print(f"  {100 * p:6.2f}%  {name}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference import export_run
+
+    weights, config = export_run(args.run_dir, args.out, best=args.best, force=args.force,
+                                 pm=_pm(args))
+    print(f"wrote {weights} and {config}")
+    print("rebuild with: thawkit.load_backbone(config['spec'], weights=WEIGHTS, "
+          "**config['load_options'])")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add ``train``, ``demo``, ``predict`` and ``export`` to the ``thawkit`` parser."""
+    p = subparsers.add_parser(
+        "train", help="fine-tune a backbone as a recipe says, or continue a run",
+        description="Train RECIPE into its run directory (metrics, plot, weights, checkpoint), "
+                    "or continue a stopped or interrupted run with --resume RUN_DIR.")
+    p.add_argument("recipe", nargs="?", help="YAML or JSON recipe (optional with --resume)")
+    p.add_argument("--output", metavar="DIR", help="run directory (overrides train.output)")
+    p.add_argument("--epochs", type=_positive, metavar="N", help="overrides train.epochs")
+    p.add_argument("--stop-after", type=_positive, metavar="N",
+                   help="stop once N epochs of the run are done, as if interrupted (the schedule "
+                        "still plans for all epochs); continue with --resume")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set optimizer.lr=0.01; repeatable")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "demo", help="offline demo: pretrain on digits 0-4, adapt to 5-9 with 10 labels per class",
+        description="Pretrain a small CNN on scikit-learn's handwritten digits 0-4, save it, load it "
+                    "back through thawkit.load_backbone, adapt it to digits 5-9 with about 10 "
+                    "labels per class (head-only, last-block, gradual, full) and compare with "
+                    "training from scratch. Offline, a few minutes on 2 CPU cores.")
+    p.add_argument("--output", default="thawkit-demo", metavar="DIR",
+                   help="where data, run directories and plots go (default: thawkit-demo)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test, ~30 s)")
+    p.set_defaults(func=cmd_demo)
+
+    p = subparsers.add_parser("predict", help="print the top classes of images with a trained run")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (5)")
+    p.add_argument("--best", action="store_true", help="use best.safetensors (best val top-1 epoch)")
+    p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser(
+        "export", help="write standalone weights plus the config to rebuild them",
+        description="Write OUT (.safetensors, config beside it as .json; or a directory with "
+                    "model.safetensors and config.json) that thawkit.load_backbone rebuilds.")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("out", help="OUT.safetensors or a directory")
+    p.add_argument("--best", action="store_true", help="export best.safetensors instead of the final")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,193 @@
+"""Use a finished run: rebuild its model, predict classes for images, export standalone weights.
+
+An export is a ``.safetensors`` file plus a JSON config (also embedded in the
+file's metadata) holding the backbone spec and the ``load_backbone`` options
+that rebuild the architecture, so the weights load with thawkit alone::
+
+    config = json.load(open("digits.json"))
+    model = thawkit.load_backbone(config["spec"], weights="digits.safetensors",
+                                  **config["load_options"])
+
+Export checks this round trip before writing: the rebuilt model must give the
+trained model's logits.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thawkit.errors import ConfigError, ThawkitError
+
+from .checkpoint import read_jsonl, save_weights, write_json
+from .data import Preprocess, preprocess_images
+from .session import build_model, read_data_info, read_run_recipe
+
+if TYPE_CHECKING:
+    from thawkit.manager import ThawkitPluginManager
+    from thawkit.recipe import Recipe
+    from torch import nn
+
+EXPORT_FORMAT = "thawkit-export/1"
+
+
+class ExportError(ThawkitError):
+    """The exported weights would not rebuild the trained model."""
+
+
+@dataclass
+class RunModel:
+    model: nn.Module
+    classes: list[str]
+    prep: Preprocess
+    recipe: Recipe
+    layout: Any
+    weights: Path
+
+
+def _pm(pm):
+    from thawkit.manager import default_plugin_manager
+
+    return pm or default_plugin_manager()
+
+
+def load_run_model(run_dir: str | Path, *, best: bool = False,
+                   pm: ThawkitPluginManager | None = None) -> RunModel:
+    """The trained model of a run (final weights, or ``best=True`` for the best epoch), in eval mode."""
+    from thawkit.backbone import read_weights
+    from thawkit.errors import WeightsError
+
+    pm = _pm(pm)
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
+    recipe = read_run_recipe(run_dir, pm=pm)
+    info = read_data_info(run_dir)
+    file = run_dir / ("best.safetensors" if best else "model.safetensors")
+    if not file.is_file():
+        status = "unknown"
+        if (run_dir / "run.json").is_file():
+            status = json.loads((run_dir / "run.json").read_text()).get("status", status)
+        hint = "" if best else "; use --best for the best epoch so far, or finish it with " \
+                               f"thawkit train --resume {run_dir}"
+        raise ConfigError(f"{str(run_dir)!r} has no {file.name} (run status: {status}){hint}")
+    adapted = build_model(recipe, pm=pm, num_classes=len(info["classes"]), pretrained=False)
+    model = adapted.model
+    state = read_weights(file)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"{file} does not fit the model its recipe builds: "
+                           f"{str(exc).splitlines()[0]}") from None
+    model.eval()
+    return RunModel(model, list(info["classes"]), Preprocess.from_dict(info["preprocess"]), recipe,
+                    adapted.layout, file)
+
+
+def predict(run_dir: str | Path, images: list[str], *, top_k: int = 5, best: bool = False,
+            pm: ThawkitPluginManager | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+    """For each image, the ``top_k`` classes by name with their probabilities, best first."""
+    import torch
+
+    if not images:
+        raise ConfigError("predict: name at least one image file")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    run = load_run_model(run_dir, best=best, pm=pm)
+    x = preprocess_images(images, run.prep)
+    with torch.no_grad():
+        probs = run.model(x).float().softmax(dim=1)
+    k = min(top_k, len(run.classes))
+    values, indices = probs.topk(k, dim=1)
+    return [(file, [(run.classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())])
+            for file, v, ix in zip(images, values, indices)]
+
+
+def _export_paths(out: str | Path) -> tuple[Path, Path]:
+    out = Path(out)
+    if out.suffix == ".safetensors":
+        return out, out.with_suffix(".json")
+    return out / "model.safetensors", out / "config.json"
+
+
+def _plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """Rename ``<path>.1.*`` keys of a ``Sequential(Dropout, classifier)`` head to ``<path>.*``:
+    dropout is the identity at inference, and the builder's own head has no Sequential."""
+    from torch import nn
+
+    for path in layout.classifiers:
+        parent, _, leaf = path.rpartition(".")
+        if leaf != "1" or not parent:
+            continue
+        holder = model.get_submodule(parent)
+        if isinstance(holder, nn.Sequential) and len(holder) == 2 and isinstance(holder[0], nn.Dropout):
+            state = {(parent + k[len(path):] if k == path or k.startswith(path + ".") else k): v
+                     for k, v in state.items()}
+    return state
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, force: bool = False,
+               pm: ThawkitPluginManager | None = None) -> tuple[Path, Path]:
+    """Write standalone weights and their config; returns ``(weights_path, config_path)``.
+
+    ``out``: a ``.safetensors`` path (config beside it, ``.json``) or a directory
+    (``model.safetensors`` and ``config.json`` inside).
+    """
+    import torch
+    from thawkit.backbone import load_backbone
+
+    pm = _pm(pm)
+    weights_path, config_path = _export_paths(out)
+    existing = [str(p) for p in (weights_path, config_path) if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"export: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''};"
+                          " choose another OUT or pass --force to overwrite")
+    run = load_run_model(run_dir, best=best, pm=pm)
+    recipe = run.recipe
+    options = {**recipe.backbone.kwargs, "num_classes": len(run.classes)}
+    config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,
+              "classes": run.classes, "preprocess": run.prep.to_dict(),
+              "source_run": str(Path(run_dir)), "source_weights": run.weights.name,
+              "epochs": len(read_jsonl(Path(run_dir) / "metrics.jsonl"))}
+    state = _plain_head(run.model, run.layout, run.model.state_dict())
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    trial = weights_path.with_name(f".{weights_path.stem}.check.safetensors")
+    save_weights(trial, state, metadata={"thawkit_export": json.dumps(config)})
+    try:
+        try:
+            rebuilt = load_backbone(config["spec"], pm=pm, weights=str(trial), **options)
+        except ThawkitError as exc:
+            raise ExportError(f"export: thawkit.load_backbone({config['spec']!r}, weights=..., "
+                              f"{', '.join(f'{k}={v!r}' for k, v in options.items())}) cannot rebuild "
+                              f"this run's model: {exc}") from None
+        rebuilt.eval()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 3, run.prep.image_size, run.prep.image_size, generator=gen)
+        with torch.no_grad():
+            same = torch.allclose(rebuilt(x), run.model(x), rtol=1e-5, atol=1e-6)
+        if not same:
+            raise ExportError(f"export: the model that load_backbone({config['spec']!r}) rebuilds "
+                              "from the exported weights gives other logits than the trained model")
+        trial.replace(weights_path)
+    finally:
+        trial.unlink(missing_ok=True)
+    write_json(config_path, config)
+    return weights_path, config_path
+
+
+def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild an exported model from its ``.safetensors`` file (config from the file's metadata)."""
+    from safetensors import safe_open
+    from thawkit.backbone import load_backbone
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"exported weights {str(path)!r} do not exist")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if "thawkit_export" not in meta:
+        raise ConfigError(f"{str(path)!r} is not a thawkit export (no thawkit_export metadata)")
+    config = json.loads(meta["thawkit_export"])
+    model = load_backbone(config["spec"], pm=_pm(pm), weights=str(path), **config["load_options"])
+    return model.eval(), config

@@ -1,0 +1,354 @@
+"""The training loop: phases, schedules, metrics, checkpoints, stop/resume, Ctrl-C and NaN stops.
+
+Where batches come from and how logits are computed is the :class:`Pipeline`'s
+business, not the loop's: a cache of frozen-prefix features slots in as another
+pipeline (``train_batches`` yielding cached features, ``forward`` running only
+the trainable suffix, ``phase_changed`` dropping the cache when a gradual phase
+thaws part of the prefix), with the loop unchanged.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from thawkit.errors import ThawkitError
+
+from .checkpoint import (
+    append_jsonl,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+    truncate_metrics,
+    write_json,
+)
+from .data import DataError
+
+if TYPE_CHECKING:
+    from .session import Session
+
+METRICS = "metrics.jsonl"
+
+
+class DivergedError(ThawkitError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Pipeline:
+    """Batches in, logits out: plain images through the whole model."""
+
+    def __init__(self, session: Session):
+        self.model = session.model
+        self.loaders = session.loaders
+        self.device = session.device
+
+    def _to_device(self, batches: Iterable) -> Iterator:
+        nb = self.device.type == "cuda"
+        for x, y in batches:
+            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+
+    def train_batches(self, epoch: int, skip: int) -> Iterator:
+        self.loaders.batches.set_epoch(epoch, skip)
+        return self._to_device(self.loaders.train)
+
+    def val_batches(self) -> Iterator:
+        return self._to_device(self.loaders.val)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def phase_changed(self, adapted: Any) -> None:
+        """Called when the trainable set changes (and on start); nothing is cached here."""
+
+
+@dataclass
+class Progress:
+    """What the loop has done so far; all of it goes into the checkpoint."""
+
+    epoch: int = 0           # epochs completed
+    step: int = 0            # optimizer steps done within ``epoch``
+    loss_sum: float = 0.0    # running sums of the current epoch
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    lrs: dict[str, float] = field(default_factory=dict)
+    best_top1: float = -1.0
+    best_epoch: int = -1
+
+
+@dataclass
+class Outcome:
+    status: str              # finished | stopped | interrupted
+    epochs_done: int
+    message: str = ""
+
+
+class Trainer:
+    """Runs a prepared :class:`Session`, from scratch or from its run directory's checkpoint.
+
+    ``stop_after``: end (as if interrupted) once that many epochs of the run are done.
+    ``on_step(trainer)``: called after every optimizer step (tests use it to interrupt).
+    """
+
+    def __init__(self, session: Session, *, stop_after: int | None = None,
+                 log: Callable[[str], None] = print, progress_bar: bool | None = None,
+                 on_step: Callable[[Trainer], None] | None = None, pipeline: Pipeline | None = None):
+        import torch
+
+        self.s = session
+        self.stop_after = stop_after
+        self.log = log
+        self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self.on_step = on_step
+        self.pipeline = pipeline or Pipeline(session)
+        self.state = Progress()
+        self.interrupt_requested = False
+        label_smoothing = session.recipe.train.label_smoothing
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.num_classes = len(session.loaders.classes)
+
+    # ------------------------------------------------------------ state
+    def checkpoint_state(self) -> dict[str, Any]:
+        s = self.s
+        return {"epoch": self.state.epoch, "step": self.state.step,
+                "progress": {k: v for k, v in vars(self.state).items() if k not in ("epoch", "step")},
+                "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
+                "strategy": s.adapted.state_dict(), "rng": rng_state(),
+                "recipe": s.recipe.model_dump(mode="json")}
+
+    def restore(self) -> None:
+        """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
+        s = self.s
+        ckpt = load_checkpoint(s.run_dir)
+        s.model.load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+        s.scaler.load_state_dict(ckpt["scaler"])
+        s.adapted.load_state_dict(ckpt["strategy"])
+        self.state = Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), **ckpt["progress"])
+        truncate_metrics(s.run_dir / METRICS, self.state.epoch)
+        set_rng_state(ckpt["rng"])
+
+    def save(self) -> None:
+        save_checkpoint(self.s.run_dir, self.checkpoint_state())
+
+    # ------------------------------------------------------------- loop
+    def fit(self) -> Outcome:
+        self._status("running")
+        try:
+            with _sigint_to_flag(self):
+                outcome = self._run()
+        except DivergedError as exc:
+            self._status("diverged", str(exc))
+            self._plot()
+            raise
+        except DataError as exc:
+            msg = _worker_message(exc)
+            self._status("failed", msg)
+            raise DataError(msg) from None
+        self._status(outcome.status, outcome.message)
+        self._plot()
+        return outcome
+
+    def _run(self) -> Outcome:
+        s, st = self.s, self.state
+        self.pipeline.phase_changed(s.adapted)
+        while st.epoch < s.epochs:
+            if self.stop_after is not None and st.epoch >= self.stop_after:
+                return Outcome("stopped", st.epoch, f"stopped after {st.epoch} of {s.epochs} epochs "
+                               f"as asked; continue with: thawkit train --resume {s.run_dir}")
+            if s.adapted.on_epoch_start(st.epoch):
+                self.pipeline.phase_changed(s.adapted)
+            if not self._train_epoch():
+                return Outcome("interrupted", st.epoch, self._interrupted_message())
+            record = self._end_epoch()
+            self.log(self._line(record))
+            if self.interrupt_requested and st.epoch < s.epochs:
+                return Outcome("interrupted", st.epoch, self._interrupted_message())
+        save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
+        best = f"; best val top-1 {100 * st.best_top1:.2f}% at epoch {st.best_epoch + 1}" \
+            if st.best_epoch >= 0 else ""
+        return Outcome("finished", st.epoch, f"finished {s.epochs} epochs{best}; weights in "
+                       f"{s.run_dir / 'model.safetensors'}")
+
+    def _interrupted_message(self) -> str:
+        st = self.state
+        where = f"epoch {st.epoch + 1}, step {st.step}" if st.step else f"the end of epoch {st.epoch}"
+        return f"interrupted at {where}; checkpoint saved; continue with: thawkit train " \
+               f"--resume {self.s.run_dir}"
+
+    def _train_epoch(self) -> bool:
+        """One epoch (or its rest); False when Ctrl-C stopped it (checkpoint already saved)."""
+        import torch
+
+        s, st = self.s, self.state
+        model, opt = s.model, s.optimizer
+        model.train()
+        if st.step == 0:
+            st.lrs = {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(opt.param_groups)}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        clip = s.recipe.train.grad_clip
+        total = s.loaders.steps_per_epoch
+        bar = self._bar(total, st.step)
+        started = time.perf_counter()
+        try:
+            for x, y in self.pipeline.train_batches(st.epoch, st.step):
+                with torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32,
+                                    enabled=s.amp_dtype is not None):
+                    logits = self.pipeline.forward(x)
+                    loss = self.criterion(logits.float(), y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise DivergedError(
+                        f"loss is {value} at epoch {st.epoch + 1}, step {st.step + 1}; the run "
+                        f"stopped and keeps its last good checkpoint ({self._last_good()}); lower "
+                        "optimizer.lr, set train.grad_clip, or check the data")
+                opt.zero_grad(set_to_none=True)
+                s.scaler.scale(loss).backward()
+                if clip:
+                    s.scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(trainable, clip)
+                s.scaler.step(opt)
+                s.scaler.update()
+                if s.interval == "step":
+                    s.scheduler.step()
+                st.step += 1
+                st.loss_sum += value * y.shape[0]
+                st.correct += int((logits.detach().argmax(1) == y).sum())
+                st.seen += int(y.shape[0])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}")
+                if self.on_step is not None:
+                    self.on_step(self)
+                if self.interrupt_requested and st.step < total:
+                    st.seconds += time.perf_counter() - started
+                    self.save()
+                    return False
+        finally:
+            if bar is not None:
+                bar.close()
+        st.seconds += time.perf_counter() - started
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (plain cross-entropy), top-1 and, with 5 or more classes, top-5."""
+        import torch
+        import torch.nn.functional as F
+
+        s = self.s
+        s.model.eval()
+        loss_sum, top1, top5, n = 0.0, 0, 0, 0
+        with torch.no_grad(), torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32,
+                                             enabled=s.amp_dtype is not None):
+            for x, y in self.pipeline.val_batches():
+                logits = self.pipeline.forward(x).float()
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                top1 += int((logits.argmax(1) == y).sum())
+                if self.num_classes >= 5:
+                    top5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
+                n += int(y.shape[0])
+        out = {"val_loss": loss_sum / n, "val_top1": top1 / n}
+        if self.num_classes >= 5:
+            out["val_top5"] = top5 / n
+        return out
+
+    def _end_epoch(self) -> dict[str, Any]:
+        s, st = self.s, self.state
+        started = time.perf_counter()
+        val = self.evaluate()
+        if s.interval == "epoch":
+            from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+            if isinstance(s.scheduler, ReduceLROnPlateau):
+                s.scheduler.step(val["val_loss"])
+            else:
+                s.scheduler.step()
+        adapted = s.adapted
+        record = {"epoch": st.epoch, "phase": adapted.phase,
+                  "phase_label": adapted.phases[adapted.phase].label,
+                  "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
+                  "lrs": st.lrs, "train_loss": st.loss_sum / max(st.seen, 1),
+                  "train_top1": st.correct / max(st.seen, 1), **val,
+                  "seconds": round(st.seconds + time.perf_counter() - started, 3)}
+        append_jsonl(s.run_dir / METRICS, record)
+        if val["val_top1"] > st.best_top1:
+            st.best_top1, st.best_epoch = val["val_top1"], st.epoch
+            save_weights(s.run_dir / "best.safetensors", s.model.state_dict())
+        st.epoch += 1
+        st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
+        self.save()
+        return record
+
+    # ---------------------------------------------------------- output
+    def _line(self, r: dict[str, Any]) -> str:
+        lr = max(r["lrs"].values()) if r["lrs"] else float("nan")
+        top5 = f" top5 {100 * r['val_top5']:.2f}%" if "val_top5" in r else ""
+        return (f"epoch {r['epoch'] + 1}/{self.s.epochs} phase {r['phase']} "
+                f"trainable {r['trainable_params']:,} lr {lr:.3g} train_loss {r['train_loss']:.4f} "
+                f"val_loss {r['val_loss']:.4f} top1 {100 * r['val_top1']:.2f}%{top5} "
+                f"{r['seconds']:.1f}s")
+
+    def _bar(self, total: int, initial: int):
+        if not self.progress_bar:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True,
+                    desc=f"epoch {self.state.epoch + 1}/{self.s.epochs}")
+
+    def _last_good(self) -> str:
+        path = self.s.run_dir / "checkpoint.pt"
+        return f"{path}, after epoch {self.state.epoch}" if path.exists() else "none was written yet"
+
+    def _status(self, status: str, message: str = "") -> None:
+        st = self.state
+        write_json(self.s.run_dir / "run.json", {
+            "status": status, "message": message, "epochs": self.s.epochs,
+            "epochs_done": st.epoch, "best_top1": st.best_top1 if st.best_epoch >= 0 else None,
+            "best_epoch": st.best_epoch if st.best_epoch >= 0 else None,
+            "device": str(self.s.device),
+            "amp": str(self.s.amp_dtype).replace("torch.", "") if self.s.amp_dtype else None})
+
+    def _plot(self) -> None:
+        from .plot import plot_run
+
+        plot_run(self.s.run_dir)
+
+
+@contextmanager
+def _sigint_to_flag(trainer: Trainer):
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second: abort at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        trainer.interrupt_requested = True
+        signal.signal(signal.SIGINT, previous)
+        print("\nthawkit: stopping after this step and saving a checkpoint "
+              "(press Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worker_message(exc: DataError) -> str:
+    """The original message of a DataError re-raised from a DataLoader worker."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith((f"{DataError.__module__}.DataError:", "DataError:")):
+            return ln.split(":", 1)[1].strip()
+    return lines[-1] if lines else str(exc)

@@ -1,0 +1,119 @@
+"""Start a run from a recipe, or continue one from its run directory."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thawkit.errors import ConfigError
+
+from .session import check_new_run_dir, prepare, read_run_recipe
+
+if TYPE_CHECKING:
+    from thawkit.manager import ThawkitPluginManager
+    from thawkit.recipe import Recipe
+
+    from .loop import Outcome, Trainer
+
+
+def _pm(pm: ThawkitPluginManager | None) -> ThawkitPluginManager:
+    from thawkit.manager import default_plugin_manager
+
+    return pm or default_plugin_manager()
+
+
+def _check_stop_after(stop_after: int | None) -> None:
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after must be a positive number of epochs, got {stop_after}")
+
+
+def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: str | Path | None = None,
+          stop_after: int | None = None, log: Callable[[str], None] = print,
+          progress_bar: bool | None = None, on_step: Callable[[Trainer], None] | None = None) -> Outcome:
+    """Train a validated recipe into ``run_dir`` (default ``recipe.train.output``), which must not
+    hold another run.
+
+    Example::
+
+        recipe = thawkit.load_recipe("recipe.yaml", overrides=["train.epochs=5"])
+        outcome = thawkit.train.train(recipe, run_dir="runs/try1")
+    """
+    from .loop import Trainer
+
+    _check_stop_after(stop_after)
+    pm = _pm(pm)
+    run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
+    check_new_run_dir(run_dir)
+    session = prepare(recipe, pm=pm, run_dir=run_dir)
+    trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
+                      on_step=on_step)
+    return trainer.fit()
+
+
+def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
+           stop_after: int | None = None, log: Callable[[str], None] = print,
+           progress_bar: bool | None = None, on_step: Callable[[Trainer], None] | None = None,
+           expect: Recipe | None = None) -> Outcome:
+    """Continue the run in ``run_dir`` from its checkpoint, with its own recipe.
+
+    ``expect``: a recipe the caller named too; it must describe the same run.
+    """
+    from .checkpoint import load_checkpoint
+    from .loop import Trainer
+
+    _check_stop_after(stop_after)
+    pm = _pm(pm)
+    run_dir = Path(run_dir)
+    load_checkpoint(run_dir)  # a missing or unreadable checkpoint fails before any building
+    recipe = read_run_recipe(run_dir, pm=pm)
+    if expect is not None:
+        _check_same(expect, recipe, run_dir)
+    session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True)
+    trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
+                      on_step=on_step)
+    trainer.restore()
+    if trainer.state.epoch >= recipe.train.epochs:
+        return _already_done(trainer)
+    log(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"
+        + (f", step {trainer.state.step}" if trainer.state.step else "")
+        + f" of {recipe.train.epochs}")
+    return trainer.fit()
+
+
+def _already_done(trainer: Trainer) -> Outcome:
+    from .loop import Outcome
+
+    return Outcome("finished", trainer.state.epoch,
+                   f"{trainer.s.run_dir} already finished all {trainer.s.epochs} epochs")
+
+
+def _check_same(given: Recipe, saved: Recipe, run_dir: Path) -> None:
+    a, b = given.model_dump(mode="json"), saved.model_dump(mode="json")
+    for d in (a, b):
+        d["train"].pop("output", None)
+    if a["head"].get("num_classes") is None:
+        a["head"]["num_classes"] = b["head"].get("num_classes")
+    diffs = [f"{sec}.{k}" for sec in sorted(set(a) | set(b)) if isinstance(a.get(sec), dict)
+             for k in sorted(set(a[sec]) | set(b.get(sec, {})))
+             if a[sec].get(k) != b.get(sec, {}).get(k)]
+    diffs += [sec for sec in ("plugins",) if a.get(sec) != b.get(sec)]
+    if diffs:
+        raise ConfigError(f"--resume {run_dir}: the recipe given differs from the run's own recipe "
+                          f"in {', '.join(diffs)}; a run continues with the recipe it started with "
+                          f"({run_dir / 'recipe.yaml'}); start a new run to change it")
+
+
+def summary(run_dir: str | Path) -> dict[str, Any]:
+    """Status, last metrics and best accuracy of a run directory (for tables and tests)."""
+    import json
+
+    from .checkpoint import read_jsonl
+
+    run_dir = Path(run_dir)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    status = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    return {"status": status.get("status"), "epochs": len(rows),
+            "seconds": round(sum(r["seconds"] for r in rows), 3),
+            "final_top1": rows[-1]["val_top1"] if rows else None,
+            "best_top1": max((r["val_top1"] for r in rows), default=None),
+            "trainable_params": [r["trainable_params"] for r in rows]}

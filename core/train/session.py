@@ -1,0 +1,211 @@
+"""From a recipe (or a run directory) to everything the loop needs, and the run directory's files.
+
+A run directory holds:
+
+* ``recipe.yaml``: the resolved recipe (``head.num_classes`` filled in), the
+  single source of truth for ``--resume``, ``predict`` and ``export``;
+* ``plan.json``: the plan (every parameter's block, phase, group, lr, weight decay);
+* ``data.json``: class names and the resolved preprocessing;
+* ``metrics.jsonl``, ``curves.png``, ``model.safetensors``, ``best.safetensors``,
+  ``checkpoint.pt`` and ``run.json`` (status) written as the run goes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thawkit.errors import ConfigError
+
+from .checkpoint import CHECKPOINT, write_json, write_text
+from .data import Loaders, Preprocess, build_loaders, check_classes, scan_folder
+
+if TYPE_CHECKING:
+    import torch
+    from thawkit.adapting import Adapted
+    from thawkit.manager import ThawkitPluginManager
+    from thawkit.recipe import Recipe
+
+RECIPE_FILE = "recipe.yaml"
+DATA_FILE = "data.json"
+
+
+@dataclass
+class Session:
+    """A prepared run: model, optimizer, schedule, data, device and run directory."""
+
+    recipe: Recipe
+    run_dir: Path
+    adapted: Adapted
+    optimizer: Any
+    scheduler: Any
+    interval: str
+    loaders: Loaders
+    prep: Preprocess
+    device: torch.device
+    amp_dtype: Any  # torch.dtype or None (no mixed precision)
+    scaler: Any
+
+    @property
+    def model(self):
+        return self.adapted.model
+
+    @property
+    def epochs(self) -> int:
+        return self.recipe.train.epochs
+
+
+# ------------------------------------------------------------------ device
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda, cuda:N "
+                          "or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name!r} does not exist ({torch.cuda.device_count()} "
+                          "CUDA devices)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device is 'mps' but MPS is not available here; use auto or cpu")
+    return device
+
+
+def amp_dtype_for(device, amp: bool | None):
+    """bfloat16 where the GPU supports it, else float16; None on CPU unless asked for."""
+    import torch
+
+    if amp is None:
+        amp = device.type == "cuda"
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import numpy as np
+    import torch
+
+    if deterministic:
+        # must be set before cuBLAS initialises; harmless on CPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = False
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -------------------------------------------------------------- run dirs
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run never overwrites another run's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"train.output: {str(run_dir)!r} exists and is not a directory")
+    if run_dir.is_dir():
+        taken = [n for n in (CHECKPOINT, "metrics.jsonl", RECIPE_FILE, "model.safetensors")
+                 if (run_dir / n).exists()]
+        if taken:
+            raise ConfigError(f"train.output: {str(run_dir)!r} already holds a run ({', '.join(taken)});"
+                              f" continue it with --resume {run_dir}, or choose another --output")
+
+
+def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path) -> Recipe:
+    data = recipe.model_dump(mode="json")
+    data["head"]["num_classes"] = num_classes
+    data["train"]["output"] = str(run_dir)
+    return type(recipe).model_validate(data)
+
+
+def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager) -> Recipe:
+    from thawkit.recipe import load_recipe
+
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {RECIPE_FILE}")
+    return load_recipe(path, pm=pm)
+
+
+def read_data_info(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / DATA_FILE
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {DATA_FILE}")
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------- build
+def build_model(recipe: Recipe, *, pm: ThawkitPluginManager, num_classes: int,
+                pretrained: bool = True) -> Adapted:
+    """The adapted model of a recipe; ``pretrained=False`` skips the backbone's weights
+    (for rebuilding a trained model whose own weights are loaded next)."""
+    from thawkit.planning import build_adapted
+
+    if not pretrained:
+        data = recipe.model_dump(mode="json")
+        data["backbone"]["weights"] = None
+        data["backbone"]["pretrained"] = False
+        recipe = type(recipe).model_validate(data)
+    return build_adapted(recipe, pm=pm, num_classes=num_classes)
+
+
+def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int, *, pm: ThawkitPluginManager):
+    s = recipe.schedule
+    factory = pm.schedules.get(s.name, where="schedule.name")
+    scheduler = factory(optimizer, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch,
+                        warmup_epochs=s.warmup_epochs, **s.params)
+    interval = getattr(factory, "interval", "step")
+    if interval not in ("step", "epoch"):
+        raise ConfigError(f"schedule {s.name!r}: interval must be 'step' or 'epoch', not {interval!r}")
+    return scheduler, interval
+
+
+def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: bool = False) -> Session:
+    """Check the data, build model, optimizer and schedule, and (for a new run) write the run's
+    recipe, plan and data description. Nothing is written before every check has passed."""
+    import torch
+
+    t = recipe.train
+    seed_everything(t.seed, t.deterministic)
+    train = scan_folder(recipe.data.train, "data.train")
+    val = scan_folder(recipe.data.val, "data.val")
+    n = check_classes(train, val, recipe.head.num_classes)
+    device = pick_device(t.device)
+    adapted = build_model(recipe, pm=pm, num_classes=n)
+    if resume:
+        prep = Preprocess.from_dict(read_data_info(run_dir)["preprocess"])
+    else:
+        from thawkit.adapting import data_config
+
+        prep = Preprocess.resolve(data_config(adapted.model, pm=pm), recipe.data)
+    adapted.model.to(device)
+    optimizer = adapted.optimizer(recipe.optimizer.name)
+    loaders = build_loaders(train, val, prep, batch_size=recipe.data.batch_size,
+                            num_workers=recipe.data.num_workers, seed=t.seed,
+                            pin_memory=device.type == "cuda")
+    scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch, pm=pm)
+    amp_dtype = amp_dtype_for(device, t.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if not resume:
+        import yaml
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir)
+        write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"),
+                                                         sort_keys=False))
+        write_text(run_dir / "plan.json", adapted.plan.to_json() + "\n")
+        write_json(run_dir / DATA_FILE, {
+            "classes": train.classes, "preprocess": prep.to_dict(),
+            "train": {"dir": str(train.root), "images": len(train)},
+            "val": {"dir": str(val.root), "images": len(val)}})
+    return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,
+                   amp_dtype, scaler)

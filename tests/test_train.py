@@ -1,0 +1,337 @@
+"""thawkit train: two-epoch runs on a tiny ImageFolder, the run directory, bad data, NaN stop,
+predict and export."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+SPEC_NAME = "thawkit.train.demo_model:small_cnn"
+CLASSES = ("cat", "dog", "eel")
+
+
+def write_folder(root: Path, classes=CLASSES, per_class: int = 6, size: int = 20, seed: int = 0) -> Path:
+    """``root/<class>/<i>.png``: random RGB images, a class-dependent tint so they are learnable."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = rng.integers(0, 120, (size, size, 3))
+            a[..., c % 3] += 120
+            Image.fromarray(a.astype("uint8")).save(root / name / f"{i}.png")
+    return root
+
+
+def make_data(tmp: Path, classes=CLASSES) -> Path:
+    write_folder(tmp / "train", classes, 6, seed=1)
+    write_folder(tmp / "val", classes, 3, seed=2)
+    return tmp
+
+
+def recipe_dict(data: Path, out: Path, /, **sections) -> dict:
+    d = {
+        "backbone": {"source": "python", "name": SPEC_NAME, "kwargs": {"width": 4}},
+        "strategy": {"name": "head-only"},
+        "optimizer": {"name": "adamw", "lr": 0.01},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "data": {"train": str(data / "train"), "val": str(data / "val"), "image_size": 16,
+                 "batch_size": 4},
+        "train": {"epochs": 2, "deterministic": True, "output": str(out)},
+    }
+    for key, value in sections.items():
+        d[key] = {**d.get(key, {}), **value}
+    return d
+
+
+def write_recipe(path: Path, d: dict) -> Path:
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def load(d: dict, pm):
+    from thawkit.recipe import validate_recipe
+
+    return validate_recipe(d, where="test", pm=pm)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster (and as exactly) on one thread, above all on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One two-epoch gradual run with head dropout, shared by the read-only tests below."""
+    import thawkit
+    from thawkit.train import train
+
+    tmp = tmp_path_factory.mktemp("run")
+    data = make_data(tmp)
+    d = recipe_dict(data, tmp / "run", strategy={"name": "gradual", "every": 1},
+                    head={"dropout": 0.2})
+    pm = thawkit.get_plugin_manager(entrypoints=False)
+    outcome = train(load(d, pm), pm=pm, log=lambda s: None)
+    assert outcome.status == "finished"
+    return tmp / "run", data
+
+
+def test_two_epoch_run_writes_the_run_directory(finished_run):
+    from safetensors.torch import load_file
+
+    run, _ = finished_run
+    for name in ("recipe.yaml", "plan.json", "data.json", "metrics.jsonl", "curves.png",
+                 "model.safetensors", "best.safetensors", "checkpoint.pt", "run.json"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["head"]["num_classes"] == 3  # inferred from the data
+    assert json.loads((run / "data.json").read_text())["classes"] == list(CLASSES)
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["strategy"] == "gradual" and len(plan["phases"]) >= 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["phase"] for r in rows] == [0, 1]
+    assert rows[0]["trainable_params"] < rows[1]["trainable_params"]
+    for r in rows:
+        assert {"lrs", "train_loss", "val_loss", "val_top1", "seconds", "phase_label"} <= set(r)
+        assert "val_top5" not in r  # 3 classes
+        assert set(r["lrs"]) >= {"head", "block3"}
+        assert 0 <= r["val_top1"] <= 1
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "finished" and status["epochs_done"] == 2
+    final, best = load_file(str(run / "model.safetensors")), load_file(str(run / "best.safetensors"))
+    assert set(final) == set(best)
+
+
+def test_gradual_lrs_follow_one_schedule_across_phases(finished_run):
+    run, _ = finished_run
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # every group is scheduled from the start: a block thawed at epoch 1 gets the same lr as the
+    # head at that moment, not its initial one
+    assert rows[1]["lrs"]["block3"] == rows[1]["lrs"]["head"]
+    assert rows[0]["lrs"]["head"] < 0.01  # still warming up at epoch 0
+
+
+def test_cli_train_via_parser(tmp_path, capsys):
+    from thawkit.cli import main
+
+    data = make_data(tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(data, tmp_path / "unused"))
+    rc = main(["train", str(recipe), "--output", str(tmp_path / "cli"), "--epochs", "1",
+               "--set", "optimizer.lr=0.005", "--set", "schedule.warmup_epochs=0"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "finished 1 epochs" in out
+    saved = yaml.safe_load((tmp_path / "cli" / "recipe.yaml").read_text())
+    assert saved["optimizer"]["lr"] == 0.005 and saved["train"]["epochs"] == 1
+    # a second run into the same directory is refused; nothing is overwritten
+    before = (tmp_path / "cli" / "model.safetensors").read_bytes()
+    rc = main(["train", str(recipe), "--output", str(tmp_path / "cli")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already holds a run" in err and "--resume" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "cli" / "model.safetensors").read_bytes() == before
+
+
+# --------------------------------------------------------------- bad data
+def _bad(tmp_path, pm, mutate, **sections):
+    from thawkit.train import train
+
+    data = make_data(tmp_path)
+    mutate(data)
+    d = recipe_dict(data, tmp_path / "run", **sections)
+    with pytest.raises(Exception) as info:
+        train(load(d, pm), pm=pm, log=lambda s: None)
+    assert not (tmp_path / "run").exists(), "nothing is written before the data checks pass"
+    return info
+
+
+def test_missing_train_directory(tmp_path, pm):
+    from thawkit.errors import ConfigError
+
+    info = _bad(tmp_path, pm, lambda d: shutil.rmtree(d / "train"))
+    assert info.type is ConfigError
+    assert "data.train" in str(info.value) and "does not exist" in str(info.value)
+
+
+def test_missing_val_field(tmp_path, pm):
+    from thawkit.errors import ConfigError
+
+    info = _bad(tmp_path, pm, lambda d: None, data={"val": None})
+    assert info.type is ConfigError and "data.val: required" in str(info.value)
+
+
+def test_empty_directory(tmp_path, pm):
+    from thawkit.errors import ConfigError
+
+    def empty(d):
+        shutil.rmtree(d / "val")
+        (d / "val").mkdir()
+    info = _bad(tmp_path, pm, empty)
+    assert info.type is ConfigError and "no class sub-directories" in str(info.value)
+
+
+def test_class_directory_without_images(tmp_path, pm):
+    from thawkit.errors import ConfigError
+
+    def hollow(d):
+        for f in (d / "train" / "dog").iterdir():
+            f.unlink()
+    info = _bad(tmp_path, pm, hollow)
+    assert info.type is ConfigError
+    assert "without images" in str(info.value) and "dog" in str(info.value)
+
+
+def test_val_classes_differ(tmp_path, pm):
+    from thawkit.errors import ConfigError
+
+    info = _bad(tmp_path, pm, lambda d: (d / "val" / "dog").rename(d / "val" / "fox"))
+    msg = str(info.value)
+    assert info.type is ConfigError and "missing in val: dog" in msg and "not in train: fox" in msg
+
+
+def test_num_classes_disagrees(tmp_path, pm):
+    from thawkit.errors import ConfigError
+
+    info = _bad(tmp_path, pm, lambda d: None, head={"num_classes": 4})
+    msg = str(info.value)
+    assert info.type is ConfigError and "head.num_classes is 4" in msg and "3 classes" in msg
+
+
+def test_corrupt_image_names_the_file(tmp_path, pm):
+    from thawkit.train import DataError
+
+    bad = {}
+
+    def corrupt(d):
+        bad["file"] = d / "train" / "eel" / "3.png"
+        bad["file"].write_bytes(b"not an image at all")
+    info = _bad(tmp_path, pm, corrupt)
+    assert info.type is DataError and str(bad["file"]) in str(info.value)
+
+
+def test_truncated_image_stops_the_run_naming_it(tmp_path, pm):
+    """A file whose header reads but whose pixels do not: found when first loaded."""
+    from thawkit.train import DataError, train
+
+    data = make_data(tmp_path)
+    file = data / "val" / "cat" / "1.png"
+    file.write_bytes(file.read_bytes()[:60])
+    d = recipe_dict(data, tmp_path / "run")
+    with pytest.raises(DataError) as info:
+        train(load(d, pm), pm=pm, log=lambda s: None)
+    assert str(file) in str(info.value)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_cli_bad_data_is_one_line_exit_2(tmp_path, capsys):
+    from thawkit.cli import main
+
+    data = make_data(tmp_path)
+    (data / "val" / "dog").rename(data / "val" / "fox")
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(data, tmp_path / "run"))
+    rc = main(["train", str(recipe)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "data.val" in err
+
+
+# -------------------------------------------------------------------- NaN
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(tmp_path, pm):
+    import torch
+    from thawkit.train import DivergedError, train
+    from thawkit.train.checkpoint import load_checkpoint
+
+    data = make_data(tmp_path)
+    d = recipe_dict(data, tmp_path / "run")
+
+    def poison(trainer):  # after step 2 of epoch 2 the weights turn NaN: step 3's loss is NaN
+        if trainer.state.epoch == 1 and trainer.state.step == 2:
+            with torch.no_grad():
+                trainer.s.model.fc.weight.fill_(float("nan"))
+    with pytest.raises(DivergedError) as info:
+        train(load(d, pm), pm=pm, log=lambda s: None, on_step=poison)
+    msg = str(info.value)
+    assert "epoch 2, step 3" in msg and "nan" in msg and "checkpoint" in msg
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "diverged"
+
+
+# --------------------------------------------------------- predict, export
+def test_predict_prints_top_classes_by_name(finished_run, capsys):
+    from thawkit.cli import main
+    from thawkit.train import predict
+
+    run, data = finished_run
+    images = [str(data / "val" / "eel" / "0.png"), str(data / "val" / "cat" / "1.png")]
+    results = predict(run, images, top_k=2)
+    assert [f for f, _ in results] == images
+    for _, top in results:
+        assert len(top) == 2 and {n for n, _ in top} <= set(CLASSES)
+        assert top[0][1] >= top[1][1]
+    rc = main(["predict", str(run), *images, "--top-k", "5"])
+    out = capsys.readouterr().out
+    assert rc == 0 and images[0] in out
+    assert sum(name in out for name in CLASSES) == 3  # top-5 of 3 classes shows all 3
+
+
+def test_predict_errors(finished_run, tmp_path, capsys):
+    from thawkit.cli import main
+
+    run, _ = finished_run
+    assert main(["predict", str(run), str(tmp_path / "nope.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), str(tmp_path / "nope.png")]) == 2
+    assert "not a thawkit run directory" in capsys.readouterr().err
+
+
+def test_export_round_trip_gives_the_same_logits(finished_run, tmp_path, capsys):
+    import thawkit
+    import torch
+    from thawkit.cli import main
+    from thawkit.train import load_exported, load_run_model
+
+    run, _ = finished_run
+    out = tmp_path / "exported.safetensors"
+    assert main(["export", str(run), str(out)]) == 0
+    config = json.loads(out.with_suffix(".json").read_text())
+    assert config["classes"] == list(CLASSES)
+    # head dropout was 0.2: the exported file still rebuilds with plain load_backbone
+    model = thawkit.load_backbone(config["spec"], weights=str(out), **config["load_options"]).eval()
+    trained = load_run_model(run).model
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(x), trained(x))
+        again, meta = load_exported(out)
+        assert torch.equal(again(x), trained(x)) and meta == config
+    assert main(["export", str(run), str(out)]) == 2  # never overwrites without --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["export", str(run), str(tmp_path / "dir"), "--best"]) == 0
+    assert (tmp_path / "dir" / "model.safetensors").is_file()
+    assert (tmp_path / "dir" / "config.json").is_file()
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from thawkit.cli import build_parser; p = build_parser(); "
+            "p.parse_args(['train', 'r.yaml', '--stop-after', '1']); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
