@@ -274,8 +274,9 @@ class TorchvisionSource:
 # (``thawkit.defaults``, registered first) are ``trylast`` too, so a ``trylast`` impl
 # here would only ever be asked after the fallback had already answered. Plain impls
 # still run after every plugin registered later (entry points, runtime plugins), so
-# third-party plugins keep overriding these.
-@hookimpl
+# third-party plugins keep overriding these. The collector hook stays ``trylast`` so the
+# built-in registration comes first and a plugin can take the name with ``replace=True``.
+@hookimpl(trylast=True)
 def thawkit_register_sources(register):
     register("torchvision", TorchvisionSource())
 
