@@ -45,6 +45,7 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
     check_new_run_dir(run_dir)
     session = prepare(recipe, pm=pm, run_dir=run_dir)
+    log(session.describe())
     trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
                       on_step=on_step)
     return trainer.fit()

@@ -57,6 +57,15 @@ class Session:
     def epochs(self) -> int:
         return self.recipe.train.epochs
 
+    def describe(self) -> str:
+        r, a = self.recipe, self.adapted
+        amp = f" ({str(self.amp_dtype).replace('torch.', '')} mixed precision)" if self.amp_dtype else ""
+        return (f"{r.backbone.spec} -> {len(self.loaders.classes)} classes, strategy {r.strategy.name} "
+                f"({len(a.phases)} phase{'s' if len(a.phases) > 1 else ''}), {r.optimizer.name} + "
+                f"{r.schedule.name}; {len(self.loaders.train.dataset)} train / "
+                f"{len(self.loaders.val.dataset)} val images, {self.loaders.steps_per_epoch} steps "
+                f"per epoch, {self.epochs} epochs on {self.device}{amp}; run directory {self.run_dir}")
+
 
 # ------------------------------------------------------------------ device
 def pick_device(name: str):
@@ -99,7 +108,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         # must be set before cuBLAS initialises; harmless on CPU
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    # an op without a deterministic kernel (some CUDA backward passes) warns, naming itself,
+    # rather than ending the run; on CPU the ops thawkit's loop uses are deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False
     random.seed(seed)
