@@ -62,13 +62,15 @@ def test_head_only_stop_and_resume_is_bit_identical(tmp_path, data, pm):
     assert_same_run(a, b)
 
 
-def test_gradual_stopped_mid_phase_is_bit_identical(tmp_path, data, pm):
-    """Phase 0 covers epochs 0-1: stopping after epoch 1 stops inside it. Dropout, random crops
-    and flips, and weight decay on thawed blocks all have to continue exactly."""
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_gradual_stopped_mid_phase_is_bit_identical(tmp_path, data, pm, stop_after):
+    """Phases cover epochs 0-1 and 2-3: stopping after epoch 1 or 3 stops inside one (after 3,
+    with a thawed block's optimizer state to carry). Dropout, random crops and flips, and
+    weight decay on thawed blocks all have to continue exactly."""
     sections = {"strategy": {"name": "gradual", "every": 2}, "train": {"epochs": 4},
                 "backbone": {"kwargs": {"width": 4, "dropout": 0.3}},
                 "data": {"augment": True}, "schedule": {"name": "onecycle"}}
-    a, b, _ = straight_and_resumed(tmp_path, data, pm, stop_after=1, **sections)
+    a, b, _ = straight_and_resumed(tmp_path, data, pm, stop_after=stop_after, **sections)
     rows = metrics(b)
     assert [r["phase"] for r in rows] == [0, 0, 1, 1]
     assert_same_run(a, b)

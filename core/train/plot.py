@@ -37,7 +37,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", ms=3, label="train loss")
     ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", ms=3, label="val loss")
     ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", ms=3, label="val top-1")
-    if "val_top5" in rows[0]:
+    if "val_top5" in rows[0] and any(r["val_top5"] < 1 for r in rows):  # 5 classes: always 100%
         ax_acc.plot(epochs, [100 * r["val_top5"] for r in rows], "o-", ms=3, label="val top-5")
     ax_acc.plot(epochs, [100 * r["train_top1"] for r in rows], "--", lw=1, label="train top-1")
     series: dict[tuple, str] = {}  # groups with identical lr curves are drawn once
