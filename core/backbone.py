@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,7 +133,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                     f"tensors ({first}). Re-save it with torch.save(model.state_dict(), path) or as "
                     ".safetensors") from None
             raise WeightsError(f"weights file {str(path)!r} is corrupt or not a torch file: {first}") from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        except Exception as exc:  # torch raises many types on garbage (IndexError, KeyError, ...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(f"weights file {str(path)!r} is corrupt or not a torch file: {first}") from None
     return _unwrap(state, path)

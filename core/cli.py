@@ -56,10 +56,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     pm = _pm(args)
     rows = [[r["name"], r["version"] or "-", r["distribution"] or "-", ", ".join(r["hooks"])]
             for r in pm.plugin_info(include_builtin=args.all)]
-    if not rows:
+    if rows:
+        print(_table(rows, ["plugin", "version", "distribution", "hooks"]))
+    else:
         print("no third-party plugins installed (built-ins: thawkit plugins --all)")
-        return 0
-    print(_table(rows, ["plugin", "version", "distribution", "hooks"]))
     for name, err in pm.load_errors.items():
         print(f"skipped {name}: {err}")
     return 0
@@ -177,12 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe field, e.g. --set optimizer.lr=0.01")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
-    try:
-        from .train.commands import add_commands
-    except ImportError:  # the training commands are optional while they are being built
-        add_commands = None
-    if add_commands is not None:
-        add_commands(sub)
+    from .train.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

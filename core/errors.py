@@ -27,10 +27,11 @@ class UnknownNameError(ThawkitError, KeyError):
         msg = f"{prefix}unknown {self.kind} {self.name!r}"
         if self.suggestions:
             msg += f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?"
-        if len(self.known) <= 60:
-            msg += f"\navailable {self.kind}s: {', '.join(self.known) or '(none)'}"
+        plural = self.kind[:-1] + "ies" if self.kind.endswith("y") else self.kind + "s"
+        if "model" not in self.kind or len(self.known) <= 60:
+            msg += f"\navailable {plural}: {', '.join(self.known) or '(none)'}"
         else:
-            msg += f"\n{len(self.known)} {self.kind}s are available; list them with `thawkit models`"
+            msg += f"\n{len(self.known)} {plural} are available; list them with `thawkit models`"
         return msg
 
     def __str__(self) -> str:  # KeyError would repr() the message

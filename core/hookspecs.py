@@ -3,9 +3,10 @@
 A plugin is any module or object with functions decorated by
 :data:`thawkit.hookimpl` and named after a hook below. Built-in support
 (torchvision, timm, the strategies, the optimizers) is written as ordinary
-plugins that implement these hooks with ``trylast=True`` where a decision is
-made, so a third-party plugin overrides a default by implementing the same
-hook; for registries, by registering the same name with ``replace=True``.
+plugins registered before any third-party plugin; pluggy asks the newest
+plugin first, so a third-party plugin overrides a built-in decision by
+implementing the same hook, and a built-in registry entry by registering the
+same name with ``replace=True``. Core's generic fallbacks answer last.
 
 Two kinds of hook:
 
@@ -129,6 +130,9 @@ def thawkit_no_weight_decay(model: nn.Module) -> list[str] | None:
     Biases, normalisation weights and 1-D parameters are never decayed anyway; this
     hook adds model-specific names such as ``pos_embed`` or ``cls_token``.
 
+    Parameters:
+        model: the adapted model (head already replaced).
+
     Returns: an iterable of names or ``None``; results of all plugins are merged.
     Core's own implementation returns ``model.no_weight_decay()`` when the model
     defines it (timm's convention).
@@ -211,8 +215,9 @@ def thawkit_register_schedules(register: Callable[..., None]) -> None:
 
     Parameters:
         register: call ``register(name, factory, replace=False)`` where
-            ``factory(optimizer, *, epochs: int, steps_per_epoch: int, **params)`` returns
-            a ``torch.optim.lr_scheduler`` object. An optional attribute
+            ``factory(optimizer, *, epochs: int, steps_per_epoch: int, warmup_epochs: float,
+            **params)`` returns a ``torch.optim.lr_scheduler`` object (``warmup_epochs``
+            is the recipe's ``schedule.warmup_epochs``, passed to every schedule). An optional attribute
             ``factory.Params`` (pydantic model) validates ``params``; an optional
             ``factory.interval`` is ``"step"`` (default) or ``"epoch"``.
 
@@ -222,7 +227,7 @@ def thawkit_register_schedules(register: Callable[..., None]) -> None:
 
         @thawkit.hookimpl
         def thawkit_register_schedules(register):
-            register("exp", lambda opt, *, epochs, steps_per_epoch, gamma=0.999:
+            register("exp", lambda opt, *, epochs, steps_per_epoch, warmup_epochs=0, gamma=0.999:
                      torch.optim.lr_scheduler.ExponentialLR(opt, gamma))
     """
 

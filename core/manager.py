@@ -34,7 +34,6 @@ hookimpl = pluggy.HookimplMarker("thawkit")
 
 #: Built-in plugins, registered exactly like third-party ones (in this order).
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "thawkit.defaults",
     "thawkit.plugins.torchvision",
     "thawkit.plugins.timm",
     "thawkit.plugins.python_source",
@@ -47,6 +46,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "thawkit.plugins.strategies.pattern",
     "thawkit.plugins.strategies.bitfit",
     "thawkit.plugins.strategies.norm_only",
+    # core's generic fallbacks come last: pluggy calls a later-registered trylast
+    # implementation before an earlier one, so this one answers only when no one else does
+    "thawkit.defaults",
 )
 
 
@@ -124,9 +126,9 @@ class ThawkitPluginManager(pluggy.PluginManager):
             return self._registries[hook]
         registry = Registry(kind)
         caller = getattr(self.hook, hook)
-        # get_hookimpls lists trylast (built-in) implementations first: defaults
-        # register before the plugins that may replace them.
-        for impl in caller.get_hookimpls():
+        # built-ins register first, so a third-party plugin can replace their names
+        impls = sorted(caller.get_hookimpls(), key=lambda i: i.plugin_name not in self.builtin_names)
+        for impl in impls:
             plugin = impl.plugin_name
 
             def register(*args: Any, replace: bool = False, _plugin: str = plugin, **kw: Any) -> None:
@@ -143,10 +145,10 @@ class ThawkitPluginManager(pluggy.PluginManager):
         return registry
 
     def _plugin_failed(self, plugin: str, error: str) -> None:
-        msg = f"thawkit plugin {plugin!r} failed and was skipped: {error}"
         if strict_plugins() or plugin in self.builtin_names:
-            raise PluginError(msg + ("" if plugin in self.builtin_names else
-                                     " (THAWKIT_STRICT_PLUGINS is set)"))
+            why = "" if plugin in self.builtin_names else " (THAWKIT_STRICT_PLUGINS is set)"
+            raise PluginError(f"thawkit plugin {plugin!r} failed: {error}{why}")
+        msg = f"thawkit plugin {plugin!r} failed and was skipped: {error}"
         self.load_errors[plugin] = error
         warnings.warn(msg, PluginLoadWarning, stacklevel=3)
 
@@ -215,8 +217,7 @@ class ThawkitPluginManager(pluggy.PluginManager):
         except Exception as exc:
             raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
         if self.get_plugin(name) is None:
-            self.register(module, name=name)
-        self.check()
+            self.add_plugin(module, name=name)
         return module
 
     def check(self) -> None:
@@ -224,13 +225,34 @@ class ThawkitPluginManager(pluggy.PluginManager):
         try:
             self.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {exc.plugin!r}: {exc}; hooks are listed in thawkit/hookspecs.py "
-                              f"(thawkit_register_strategies, thawkit_describe_layout, ...)") from None
+            raise PluginError(self._validation_message(exc)) from None
+
+    def _validation_message(self, exc: pluggy.PluginValidationError) -> str:
+        name = self.get_name(exc.plugin) if exc.plugin is not None else None
+        return (f"plugin {name or exc.plugin!r}: {exc}; hooks are listed in thawkit/hookspecs.py "
+                "(thawkit_register_strategies, thawkit_describe_layout, ...)")
+
+    def add_plugin(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin`` and validate its hooks; on failure it is not left registered."""
+        try:
+            out = self.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(self._validation_message(exc)) from None
+        except ValueError as exc:  # already registered under that name, or blocked
+            raise PluginError(f"plugin {name or plugin!r}: {exc}") from None
+        try:
+            self.check()
+        except PluginError:
+            self.unregister(plugin)
+            raise
+        return out
 
     def plugin_info(self, include_builtin: bool = False) -> list[dict[str, Any]]:
         """Name, version, source and implemented hooks of every registered plugin."""
         rows = []
         for name, plugin in self.list_name_plugin():
+            if plugin is None:  # blocked by name
+                continue
             builtin = name in self.builtin_names
             if builtin and not include_builtin:
                 continue
@@ -295,7 +317,4 @@ def reset_plugin_manager() -> None:
 
 def register(plugin: object, name: str | None = None) -> str | None:
     """Register a plugin on the shared manager at runtime and validate its hooks."""
-    pm = default_plugin_manager()
-    out = pm.register(plugin, name=name)
-    pm.check()
-    return out
+    return default_plugin_manager().add_plugin(plugin, name=name)

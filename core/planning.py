@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, UnknownNameError, WeightsError
 
 if TYPE_CHECKING:
     from .adapting import Adapted
@@ -21,7 +21,7 @@ def count_classes(directory: str) -> int | None:
 
 
 def build_adapted(recipe: Recipe, *, pm: ThawkitPluginManager, meta: bool = False,
-                  num_classes: int | None = None) -> Adapted:
+                  num_classes: int | None = None, where: str = "recipe") -> Adapted:
     """Load the backbone, replace the head, apply the strategy and configure the optimizer.
 
     ``meta=True`` builds on the meta device without reading weights (for plans);
@@ -38,7 +38,12 @@ def build_adapted(recipe: Recipe, *, pm: ThawkitPluginManager, meta: bool = Fals
                 and not Path(weights).is_file():
             raise WeightsError(f"backbone.weights: weights file {weights!r} does not exist")
         options["device"] = "meta"
-    model = load_backbone(recipe.backbone.spec, pm=pm, **options)
+    try:
+        model = load_backbone(recipe.backbone.spec, pm=pm, **options)
+    except UnknownNameError as exc:
+        raise UnknownNameError(exc.kind, exc.name, exc.known,
+                               where=f"{where}: backbone.name" if "model" in exc.kind else
+                               f"{where}: backbone.source") from None
     n = num_classes or recipe.head.num_classes
     if n is None and recipe.data.train:
         n = count_classes(recipe.data.train)
@@ -59,4 +64,4 @@ def plan_from_recipe(path: str, *, overrides: list[str] | None = None,
     if recipe.head.num_classes is None and recipe.data.train and count_classes(recipe.data.train) is None:
         raise ConfigError(f"{path}: data.train: directory {recipe.data.train!r} does not exist "
                           "(needed to infer head.num_classes; or set head.num_classes)")
-    return build_adapted(recipe, pm=pm, meta=True), recipe
+    return build_adapted(recipe, pm=pm, meta=True, where=str(path)), recipe

@@ -175,17 +175,35 @@ def format_validation_error(exc: ValidationError, *, where: str, prefix: tuple[A
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        if isinstance(part, int):  # a list index: stay on the item model
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
             return []
-        model = ann
+        model = inner
     return list(model.model_fields)
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
-                    pm: ThawkitPluginManager | None = None) -> Recipe:
-    """Validate a recipe mapping against the static sections and the plugin registries."""
+                    pm: ThawkitPluginManager | None = None, base: Path | None = None) -> Recipe:
+    """Validate a recipe mapping against the static sections and the plugin registries.
+
+    ``base`` is the recipe file's folder: relative ``.py`` plugin paths resolve against it.
+    """
     from .manager import default_plugin_manager
 
     pm = pm or default_plugin_manager()
@@ -194,6 +212,8 @@ def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where=where)) from None
     for ref in recipe.plugins:
+        if base is not None and ref.endswith(".py") and (base / ref).is_file():
+            ref = str(base / ref)  # relative to the recipe file first, then to the working folder
         pm.load_local(ref)
     validate_strategy_params(recipe.strategy.name, recipe.strategy.params, pm=pm, where=where)
     if recipe.backbone.source not in pm.sources:
@@ -208,8 +228,10 @@ def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
         try:
             params_model.model_validate(recipe.schedule.params)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, where=where, prefix=("schedule",),
-                                                      model=params_model)) from None
+            text = format_validation_error(exc, where=where, prefix=("schedule",), model=params_model)
+            own = [f for f in ScheduleSection.model_fields]
+            raise ConfigError(text.replace("allowed fields: ", f"allowed fields: {', '.join(own)}, ")
+                              ) from None
     return recipe
 
 
@@ -224,8 +246,11 @@ def validate_strategy_params(name: str, params: dict[str, Any], *,
                                                   model=cls.Params)) from None
 
 
-def check_kwargs(factory: Any, kwargs: dict[str, Any], *, where: str, what: str) -> None:
+def check_kwargs(factory: Any, kwargs: dict[str, Any], *, where: str, what: str,
+                 section: type[BaseModel] | None = OptimizerSection) -> None:
     """Reject keyword arguments the factory (or the class it wraps) does not take."""
+    from .errors import closest
+
     if not kwargs:
         return
     target = getattr(factory, "accepts", None) or factory
@@ -236,12 +261,16 @@ def check_kwargs(factory: Any, kwargs: dict[str, Any], *, where: str, what: str)
     params = sig.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    allowed = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-               and n not in ("params", "param_groups", "lr", "weight_decay")]
+    own = list(section.model_fields) if section is not None else []
+    allowed = own + [n for n, p in params.items()
+                     if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                     and n not in ("self", "params", "param_groups", "lr", "weight_decay") and n not in own]
     bad = [k for k in kwargs if k not in params]
     if bad:
-        raise ConfigError(f"{where}.{bad[0]}: not a parameter of {what}; allowed: "
-                          f"{', '.join(allowed)}")
+        hint = closest(bad[0], allowed)
+        guess = f"did you mean {', '.join(repr(h) for h in hint)}? " if hint else ""
+        raise ConfigError(f"{where}.{bad[0]}: not a field of the optimizer section nor a parameter of "
+                          f"{what}; {guess}allowed: {', '.join(allowed)}")
 
 
 def load_recipe(path: str | Path, *, overrides: list[str] | None = None,
@@ -250,7 +279,7 @@ def load_recipe(path: str | Path, *, overrides: list[str] | None = None,
     data = read_mapping(path)
     for item in overrides or []:
         apply_override(data, item)
-    return validate_recipe(data, where=str(path), pm=pm)
+    return validate_recipe(data, where=str(path), pm=pm, base=Path(path).parent)
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

@@ -211,7 +211,8 @@ BAD_INPUTS = {
     "strategy parameter": (["--set", "strategy.every=0"],
                            "strategy.every: Input should be greater than or equal to 1"),
     "optimizer argument": (["--set", "optimizer.momentun=0.9"],
-                           "optimizer.momentun: not a parameter of optimizer 'adamw'; allowed: "),
+                           "optimizer.momentun: not a field of the optimizer section nor a parameter of "
+                           "optimizer 'adamw'; allowed: "),
     "bad --set": (["--set", "optimizer.lr"], "--set 'optimizer.lr': expected key.path=value"),
 }
 

@@ -27,9 +27,7 @@ HOOKS = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfuncti
          if hasattr(fn, "thawkit_spec")}
 # Gaps in core/hookspecs.py that are reported and awaiting a fix. strict: once fixed, the
 # test passes unexpectedly and fails, so the entry is removed here.
-KNOWN_DOC_GAPS = {
-    "thawkit_no_weight_decay": "docstring has no 'Parameters:' section documenting `model`",
-}
+KNOWN_DOC_GAPS: dict[str, str] = {}
 
 
 # ------------------------------------------------------------------- meta-tests

@@ -369,9 +369,6 @@ def test_missing_and_corrupt_files(mpm, tmp_path):
         load(mpm, "resnet18", weights=str(bad_st))
 
 
-@pytest.mark.xfail(strict=True, reason="core/backbone.py read_weights(): torch.load's weights-only "
-                   "unpickler raises IndexError/KeyError on some non-torch files (plain text, ~8% of "
-                   "random bytes), which escape instead of becoming a WeightsError")
 def test_text_file_as_weights_is_a_weights_error(mpm, tmp_path):
     bad = tmp_path / "notes.pth"
     bad.write_text("this is not a checkpoint\n" * 4)
