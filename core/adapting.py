@@ -23,12 +23,13 @@ def _pm(pm: ThawkitPluginManager | None) -> ThawkitPluginManager:
     return pm or default_plugin_manager()
 
 
-def describe_layout(model: nn.Module, *, pm: ThawkitPluginManager | None = None) -> Layout:
+def describe_layout(model: nn.Module, *, pm: ThawkitPluginManager | None = None,
+                    require_head: bool = True) -> Layout:
     """The model's layout from the first plugin that knows it, checked to cover every parameter once."""
     layout = _pm(pm).hook.thawkit_describe_layout(model=model, spec=spec_of(model))
     if layout is None:
         raise LayoutError(f"no plugin could describe {type(model).__name__}")
-    return layout.validate(model)
+    return layout.validate(model, require_head=require_head)
 
 
 def replace_head(model: nn.Module, num_classes: int, *, dropout: float = 0.0, keep_aux: bool = False,
@@ -39,7 +40,7 @@ def replace_head(model: nn.Module, num_classes: int, *, dropout: float = 0.0, ke
     if not 0.0 <= float(dropout) < 1.0:
         raise ConfigError(f"head.dropout must be in [0, 1), got {dropout!r}")
     pm = _pm(pm)
-    layout = describe_layout(model, pm=pm)
+    layout = describe_layout(model, pm=pm, require_head=False)
     spec = spec_of(model)
     new = pm.hook.thawkit_replace_head(model=model, layout=layout, num_classes=num_classes,
                                        dropout=float(dropout), keep_aux=keep_aux)

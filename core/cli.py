@@ -94,7 +94,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     pm = _pm(args)
     options: dict[str, Any] = {"device": "meta"} if not args.weights else {"weights": args.weights}
     model = load_backbone(args.spec, pm=pm, **options)
-    layout = describe_layout(model, pm=pm)
+    layout = describe_layout(model, pm=pm, require_head=False)
     params = dict(model.named_parameters())
     total = sum(p.numel() for p in params.values())
     print(f"{args.spec}: {type(model).__name__}, {total:,} parameters, layout from {layout.source}")
@@ -104,7 +104,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         mods = ", ".join(b.modules[:4]) + (f" (+{len(b.modules) - 4})" if len(b.modules) > 4 else "")
         rows.append([b.name, b.role, f"{n:,}", str(len(b.params)), mods])
     print(_table(rows, ["block", "role", "params", "tensors", "modules"]))
-    print(f"head: classifier {', '.join(layout.classifiers) or '-'}"
+    print(f"head: classifier {', '.join(layout.classifiers) or '(none: built with num_classes=0)'}"
           + (f"; auxiliary {', '.join(layout.aux)}" if layout.aux else "")
           + (f"; fed by {layout.feeds}" if layout.feeds else ""))
     dc = data_config(model, pm=pm)

@@ -90,8 +90,12 @@ class Layout:
         return [p for b in blocks for p in b.params]
 
     # -------------------------------------------------------------- checking
-    def validate(self, model: nn.Module) -> Layout:
-        """Raise :class:`LayoutError` unless every parameter is in exactly one block."""
+    def validate(self, model: nn.Module, *, require_head: bool = True) -> Layout:
+        """Raise :class:`LayoutError` unless every parameter is in exactly one block.
+
+        ``require_head=False`` accepts an empty head (a model built with
+        ``num_classes=0``, about to get a new head).
+        """
         names = [n for n, _ in model.named_parameters()]
         seen: dict[str, str] = {}
         dupes = []
@@ -114,8 +118,9 @@ class Layout:
             problems.append(f"names that are not parameters of the model: {', '.join(unknown[:10])}")
         if repeated:
             problems.append(f"block names used twice: {', '.join(repeated)}")
-        if not self.head.params:
-            problems.append("the head has no parameters")
+        if require_head and not self.head.params:
+            problems.append("the head has no parameters (built with num_classes=0? pass "
+                            "num_classes to thawkit.adapt() or thawkit.load_backbone())")
         if problems:
             raise LayoutError(f"{self.source} layout of {type(model).__name__} is invalid: "
                               + "; ".join(problems))

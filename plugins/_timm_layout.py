@@ -245,13 +245,9 @@ def describe(model: nn.Module) -> Layout:
 
     name = type(model).__name__
     head = final_classifiers(model)
-    if not head:
-        if callable(getattr(model, "reset_classifier", None)):
-            raise LayoutError(
-                f"timm model {name} has no classifier (num_classes=0, get_classifier() holds no "
-                "parameters): give it one when loading, thawkit.load_backbone('timm:NAME', "
-                "num_classes=N), or call model.reset_classifier(N) first")
-        # an encoder without any classification head: describe it up to its last projection
+    # a model built with num_classes=0 keeps an empty head until replace_head creates one;
+    # an encoder without any classification head is described up to its last projection
+    if not head and not callable(getattr(model, "reset_classifier", None)):
         last = last_linear(model)
         if not last:
             raise LayoutError(f"timm model {name} has neither a classifier nor a final projection")

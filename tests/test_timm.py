@@ -165,11 +165,18 @@ def test_matcher_layouts_follow_timm_groups(mpm):
 
 def test_model_without_classifier_needs_num_classes(mpm):
     model = load(mpm, "vit_small_patch14_dinov2", device="meta")
-    with pytest.raises(LayoutError, match="num_classes=N"):
+    with pytest.raises(LayoutError, match="num_classes=0"):
         describe_layout(model, pm=mpm)
-    model = load(mpm, "vit_small_patch14_dinov2", device="meta", num_classes=10)
-    model, layout = replace_head(model, N, pm=mpm)
+    model, layout = replace_head(model, N, pm=mpm)  # a head is created for the headless model
     assert outputs(model.get_submodule(layout.classifiers[0])) == N
+    assert layout.head.params and len(layout.blocks) >= 2
+
+
+def test_headless_model_adapts_with_num_classes(pm):
+    model = thawkit.load_backbone("timm:test_vit", pm=pm, num_classes=0)
+    adapted = thawkit.adapt(model, "last-block", num_classes=N, pm=pm)
+    assert adapted.model(torch.randn(2, 3, 160, 160)).shape == (2, N)
+    assert set(adapted.layout.head.params) <= adapted.trainable
 
 
 def test_encoders_describe_but_refuse_a_head(mpm):
