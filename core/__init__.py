@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_backbone": "backbone", "BackboneSpec": "backbone", "DataConfig": "backbone",
     "read_weights": "backbone", "spec_of": "backbone",
-    "adapt": "adapting", "Adapted": "adapting", "replace_head": "adapting", "describe_layout": "adapting", "data_config": "adapting",
+    "adapt": "adapting", "Adapted": "adapting", "replace_head": "adapting",
+    "describe_layout": "adapting", "data_config": "adapting",
     "list_strategies": "adapting", "list_optimizers": "adapting", "list_sources": "adapting",
     "Strategy": "strategy", "StrategyParams": "strategy", "Phase": "strategy",
     "Layout": "layout", "Block": "layout", "layout_from_prefixes": "layout",

@@ -132,11 +132,15 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                     f"refusing to load {str(path)!r}: it contains pickled code or objects, not only "
                     f"tensors ({first}). Re-save it with torch.save(model.state_dict(), path) or as "
                     ".safetensors") from None
-            raise WeightsError(f"weights file {str(path)!r} is corrupt or not a torch file: {first}") from None
+            raise _corrupt(path, first) from None
         except Exception as exc:  # torch raises many types on garbage (IndexError, KeyError, ...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise WeightsError(f"weights file {str(path)!r} is corrupt or not a torch file: {first}") from None
+            raise _corrupt(path, first) from None
     return _unwrap(state, path)
+
+
+def _corrupt(path: Path, first: str) -> WeightsError:
+    return WeightsError(f"weights file {str(path)!r} is corrupt or not a torch file: {first}")
 
 
 def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ def _pm(args: argparse.Namespace):
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
     out += [fmt.format(*map(str, r)) for r in rows]
     return "\n".join(line.rstrip() for line in out)

@@ -118,7 +118,7 @@ class Plan:
         per_phase = [f"{p.trainable:,}" for p in self.phases]
         rows.append(["total", "", f"{self.total:,}", *per_phase, "", "", ""])
         widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
-        fmt = "  ".join("{:<%d}" % w if i < 2 else "{:>%d}" % w for i, w in enumerate(widths))
+        fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines = [head, fmt.format(*cols), fmt.format(*["-" * w for w in widths])]
         lines += [fmt.format(*r) for r in rows]
         return "\n".join(line.rstrip() for line in lines)

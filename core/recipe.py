@@ -320,7 +320,7 @@ def recipe_json_schema(pm: ThawkitPluginManager | None = None) -> dict[str, Any]
         ))
     fields: dict[str, Any] = {n: (f.annotation, f) for n, f in Recipe.model_fields.items()}
     if variants:
-        union = Annotated[Union[tuple(variants)], Discriminator("name")]  # type: ignore[valid-type]
+        union = Annotated[Union[tuple(variants)], Discriminator("name")]  # type: ignore[valid-type]  # noqa: UP007
         fields["strategy"] = (union, Field(description="Freezing strategy and its parameters."))
     model = create_model("ThawkitRecipe", __base__=_Section, **fields)
     schema = model.model_json_schema()

@@ -23,7 +23,8 @@ def _vit():
 def _norm_param_names(model):
     from thawkit.norm import norm_modules
 
-    return {f"{path}.{n}" for path, m in norm_modules(model).items() for n, _ in m.named_parameters(recurse=False)}
+    return {f"{path}.{n}" for path, m in norm_modules(model).items()
+            for n, _ in m.named_parameters(recurse=False)}
 
 
 @pytest.mark.parametrize("build", [_resnet18, _vit])
@@ -35,7 +36,8 @@ def test_every_trainable_parameter_in_exactly_one_group(build, strategy, pm):
     seen = [names[id(p)] for g in opt.param_groups for p in g["params"]]
     assert len(seen) == len(set(seen))
     assert set(seen) == set(adapted.ever_trainable)
-    assert all(g["name"] for g in opt.param_groups) and len({g["name"] for g in opt.param_groups}) == len(opt.param_groups)
+    group_names = [g["name"] for g in opt.param_groups]
+    assert all(group_names) and len(set(group_names)) == len(group_names)
 
 
 @pytest.mark.parametrize("build", [_resnet18, _vit])
@@ -49,7 +51,8 @@ def test_no_decay_groups_hold_exactly_biases_norms_1d_and_model_names(build, pm)
     expected = {n for n, p in model.named_parameters()
                 if p.ndim <= 1 or n.endswith(".bias") or n in norms
                 or any(fnmatch.fnmatchcase(n, pat) for pat in listed)}
-    got_no_decay = {names[id(p)] for g in opt.param_groups if g["name"].endswith(".no_decay") for p in g["params"]}
+    got_no_decay = {names[id(p)] for g in opt.param_groups if g["name"].endswith(".no_decay")
+                    for p in g["params"]}
     assert got_no_decay == expected
     for g in opt.param_groups:
         assert g["weight_decay"] == (0.0 if g["name"].endswith(".no_decay") else 0.05)

@@ -24,14 +24,6 @@ from torch import nn
 N = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny CPU forwards: one intra-op thread is faster, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def mpm():

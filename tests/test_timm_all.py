@@ -22,7 +22,6 @@ import time
 import pytest
 import thawkit
 import timm
-import torch
 from thawkit.adapting import describe_layout, replace_head
 from thawkit.errors import LayoutError
 from thawkit.plugins._timm_layout import final_classifiers, out_features
@@ -45,13 +44,6 @@ EXPECTED_FAILURES = {
     "mobilenetv5_300m_enc": (ENCODER, "encoder without a classification head"),
 }
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def check(name: str, pm) -> str:

@@ -26,14 +26,6 @@ ALL_MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
 N = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small CPU forward passes: one intra-op thread is as fast, and robust on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def mpm():
@@ -131,7 +123,9 @@ def test_block_counts_follow_the_reference(mpm, name):
 
 
 def test_layout_details(mpm):
-    d = lambda n: describe_layout(load(mpm, n, device="meta"), pm=mpm)
+    def d(name):
+        return describe_layout(load(mpm, name, device="meta"), pm=mpm)
+
     vit = d("vit_b_16")
     assert {"class_token", "encoder.pos_embedding", "conv_proj.weight"} <= set(vit.stem.params)
     assert "encoder.ln.weight" in vit.blocks[-1].params

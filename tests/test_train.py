@@ -61,16 +61,6 @@ def load(d: dict, pm):
     return validate_recipe(d, where="test", pm=pm)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster (and as exactly) on one thread, above all on a busy machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
