@@ -110,6 +110,10 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
         f"{'/'.join(_FILE_SUFFIXES)} file")
 
 
+#: builder options that published weights fix and a rebuild without them must repeat
+ARCH_OPTIONS = ("transform_input", "image_size", "input_size")
+
+
 def _overwrite(kwargs: dict, key: str, value: Any) -> None:
     """torchvision's ``_ovewrite_named_param``: a conflicting user value is an error."""
     if key in kwargs and kwargs[key] != value:
@@ -256,8 +260,8 @@ class TorchvisionSource:
         new_classes = None
         if categories is not None and opts.get("num_classes", len(categories)) != len(categories):
             new_classes = opts.pop("num_classes")
+        kwargs, drop_aux = _weights_arch_kwargs(name, weights, opts)
         if on_meta:
-            kwargs, drop_aux = _weights_arch_kwargs(name, weights, opts)
             model = build(name, device, **kwargs)
             if drop_aux:
                 tvl.remove_aux(model)
@@ -265,6 +269,13 @@ class TorchvisionSource:
             model = build(name, None, weights=weights, **opts)
         if new_classes is not None:
             tvl.replace_head(model, int(new_classes), 0.0, keep_aux=True)
+        # what rebuilds this architecture without the published weights (a run's own
+        # weights loaded into a model built with weights=None): googlenet/inception's
+        # input transform and aux heads, vit/maxvit's input size
+        arch = {k: kwargs[k] for k in ARCH_OPTIONS if k in kwargs}
+        if name in ("googlenet", "inception_v3"):
+            arch["aux_logits"] = not drop_aux
+        model._thawkit_arch_options = arch
         return model.to(device) if device is not None and not on_meta else model
 
 

@@ -511,3 +511,37 @@ def test_a_later_plugin_overrides_the_torchvision_layout():
     pm.register(Coarse)
     layout = describe_layout(model, pm=pm)
     assert layout.source == "coarse" and [b.name for b in layout.blocks] == ["low", "high"]
+
+
+def test_architecture_options_of_published_weights_rebuild_the_same_network(mpm, tmp_path):
+    """googlenet with published weights turns on transform_input; a rebuild without them
+    (predict/export load a run's own weights into weights=None) must repeat it."""
+    import torchvision
+
+    from thawkit.backbone import arch_options
+
+    w = torchvision.models.GoogLeNet_Weights.DEFAULT
+    torch.manual_seed(0)
+    published = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        os.makedirs(tmp_path / "hub" / "checkpoints")
+        torch.save(published.state_dict(), tmp_path / "hub" / "checkpoints" / os.path.basename(w.url))
+        trained = load(mpm, "googlenet", weights="DEFAULT")
+    finally:
+        torch.hub.set_dir(old)
+    assert arch_options(trained) == {"transform_input": True, "aux_logits": False}
+    assert arch_options(load(mpm, "googlenet", weights=None, init_weights=True)) == {}
+    rebuilt = load(mpm, "googlenet", weights=None, init_weights=True, **arch_options(trained))
+    rebuilt.load_state_dict(trained.state_dict())
+    naive = load(mpm, "googlenet", weights=None, init_weights=True, aux_logits=False)
+    naive.load_state_dict(trained.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = trained.eval()(x)
+        assert torch.equal(rebuilt.eval()(x), expected)
+        # the bug this guards against: without the option the rebuilt network sees other inputs
+        # (a randomly initialised googlenet's logits barely depend on them, so compare the inputs)
+        assert not torch.equal(naive._transform_input(x), trained._transform_input(x))
+    assert rebuilt.transform_input and not naive.transform_input

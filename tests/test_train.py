@@ -326,3 +326,17 @@ def test_help_does_not_import_torch():
             "p.parse_args(['train', 'r.yaml', '--stop-after', '1']); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_resolved_recipe_keeps_the_architecture_options_of_published_weights(tmp_path, pm):
+    """predict/export rebuild with weights=None: options that published weights implied
+    (googlenet's transform_input, ...) go into the run's recipe; the user's own kwargs win."""
+    from thawkit.train.session import resolved_recipe
+
+    data = recipe_dict(tmp_path, tmp_path / "run")
+    data["backbone"]["kwargs"] = {"width": 16, "aux_logits": True}
+    recipe = load(data, pm)
+    out = resolved_recipe(recipe, num_classes=3, run_dir=tmp_path / "run",
+                          arch={"transform_input": True, "aux_logits": False})
+    assert out.backbone.kwargs == {"transform_input": True, "aux_logits": True, "width": 16}
+    assert out.head.num_classes == 3

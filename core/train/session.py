@@ -131,9 +131,12 @@ def check_new_run_dir(run_dir: Path) -> None:
                               f" continue it with --resume {run_dir}, or choose another --output")
 
 
-def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path) -> Recipe:
+def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
+                    arch: dict[str, Any] | None = None) -> Recipe:
     data = recipe.model_dump(mode="json")
     data["head"]["num_classes"] = num_classes
+    # options that the published weights implied, so predict/export rebuild the same network
+    data["backbone"]["kwargs"] = {**(arch or {}), **data["backbone"]["kwargs"]}
     data["train"]["output"] = str(run_dir)
     return type(recipe).model_validate(data)
 
@@ -210,7 +213,10 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
         import yaml
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir)
+        from thawkit.backbone import arch_options
+
+        recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
+                                 arch=arch_options(adapted.model))
         write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"),
                                                          sort_keys=False))
         write_text(run_dir / "plan.json", adapted.plan.to_json() + "\n")
