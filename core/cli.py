@@ -95,6 +95,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"device": "meta"} if not args.weights else {"weights": args.weights}
     model = load_backbone(args.spec, pm=pm, **options)
     layout = describe_layout(model, pm=pm, require_head=False)
+    if args.json:
+        print(json.dumps({"spec": args.spec, "class": type(model).__name__, "layout": layout.to_dict(),
+                          "data_config": data_config(model, pm=pm).to_dict()}, indent=2))
+        return 0
     params = dict(model.named_parameters())
     total = sum(p.numel() for p in params.values())
     print(f"{args.spec}: {type(model).__name__}, {total:,} parameters, layout from {layout.source}")
@@ -164,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", help="print a model's layout, head and data config")
     p.add_argument("spec", help="e.g. torchvision:resnet50 or timm:vit_tiny_patch16_224")
     p.add_argument("--weights", help="load this local weights file (default: build on the meta device)")
+    p.add_argument("--json", action="store_true", help="print the layout and data config as JSON")
     p.set_defaults(func=cmd_describe)
     p = sub.add_parser("coverage", help="check that every model of a source loads, describes and "
                        "takes a new head (exit 1 if any fails)")

@@ -32,10 +32,6 @@ class Block:
     params: list[str]
     modules: list[str] = field(default_factory=list)
 
-    @property
-    def numel_key(self) -> str:  # pragma: no cover - convenience for printing
-        return self.name
-
 
 @dataclass
 class Layout:
