@@ -136,6 +136,27 @@ def test_third_party_decision_overrides_a_builtin(pm):
     assert thawkit.describe_layout(_mlp(), pm=pm).source == "mine"
 
 
+def test_third_party_layout_overrides_the_torchvision_plugin(pm):
+    import torchvision
+
+    class Coarse:
+        @thawkit.hookimpl
+        def thawkit_describe_layout(self, model, spec):
+            if type(model).__name__ == "ResNet":
+                return thawkit.layout_from_prefixes(
+                    model, stem=["conv1", "bn1"], blocks=[("early", ["layer1", "layer2"]),
+                                                          ("late", ["layer3", "layer4"])],
+                    head=["fc"], classifiers=["fc"], source="coarse")
+
+    model = torchvision.models.resnet18()
+    assert thawkit.describe_layout(model, pm=pm).source == "torchvision"
+    pm.register(Coarse(), name="coarse")
+    adapted = thawkit.adapt(model, "last-block", pm=pm)
+    assert [b.name for b in adapted.layout.blocks] == ["early", "late"]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {n for n, _ in model.named_parameters() if n.startswith(("layer3", "layer4", "fc"))}
+
+
 def test_manager_without_builtins_is_empty():
     pm = thawkit.get_plugin_manager(entrypoints=False, builtins=False)
     assert pm.strategies.names() == [] and pm.list_name_plugin() == []
