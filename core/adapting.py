@@ -330,8 +330,7 @@ class Adapted:
                               "layout changed since the state was saved")
 
     def __repr__(self) -> str:
-        return f"<Adapted {type(self.model).__name__} strategy={self.strategy.name!r} " \
-               f"phase={self.phase}/{len(self.phases)} {self.plan.summary()}>"
+        return f"<Adapted {type(self.model).__name__} {self.plan.summary()}>"
 
 
 def _common_prefix(param: str, path: str) -> int:

@@ -90,7 +90,7 @@ class Plan:
     def summary(self) -> str:
         pct = 100.0 * self.trainable / max(self.total, 1)
         return (f"{self.strategy}: {self.trainable:,} of {self.total:,} parameters trainable "
-                f"({pct:.1f}%) in phase {self.phase} of {len(self.phases)}")
+                f"({pct:.1f}%), phase {self.phase + 1} of {len(self.phases)}")
 
     def __str__(self) -> str:
         return self.table()
