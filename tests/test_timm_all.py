@@ -2,7 +2,8 @@
 
 For each of ``timm.list_models()`` (1371 architectures with timm 1.0.31): the
 layout validates (every parameter in exactly one block) with at least two
-blocks and a head, and after ``replace_head`` the classifier(s) that
+blocks and a head; every parameter's lr scale and weight decay under layer decay equal
+``timm.optim.param_groups_layer_decay``'s; and after ``replace_head`` the classifier(s) that
 ``get_classifier()`` returns have ``N`` outputs and stay on the meta device.
 Models that timm builds without a classifier (``num_classes=0``) must refuse
 to be described for training with the hint to pass ``num_classes``, and
@@ -24,7 +25,9 @@ import thawkit
 import timm
 from thawkit.adapting import describe_layout, replace_head
 from thawkit.errors import LayoutError
+from thawkit.groups import OptimConfig, build_groups
 from thawkit.plugins._timm_layout import final_classifiers, out_features
+from timm.optim import param_groups_layer_decay
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +74,24 @@ def check(name: str, pm) -> str:
     assert set(layout.classifiers) == set(finals), f"layout {layout.classifiers} vs {finals}"
     if device == "meta":
         assert all(p.is_meta for p in model.parameters()), "new head left the meta device"
+    check_layer_decay(model, layout, pm)
     return device
+
+
+def check_layer_decay(model, layout, pm) -> None:
+    """Every parameter's lr scale and weight decay equal timm's param_groups_layer_decay."""
+    specs = build_groups(model, layout, [n for n, _ in model.named_parameters()],
+                         OptimConfig(lr=1.0, weight_decay=0.05, layer_decay=0.75), pm)
+    ours = {n: (g.lr, g.weight_decay) for g in specs for n in g.params}
+    listed = list(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else []
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    for group in param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=listed,
+                                          layer_decay=0.75):
+        for p in group["params"]:
+            name = by_id[id(p)]
+            assert ours[name] == pytest.approx((group["lr_scale"], group["weight_decay"])), \
+                f"layer decay of {name}: thawkit {ours[name]}, " \
+                f"timm {group['lr_scale'], group['weight_decay']}"
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
