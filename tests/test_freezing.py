@@ -3,59 +3,43 @@ import copy
 
 import pytest
 import torch
-import torchvision
 
 import thawkit
-
-
-def _resnet(name):
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)(num_classes=10)
-
-
-def _vit():
-    import timm
-
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10)
-
-
-def _trainable(model):
-    return {n for n, p in model.named_parameters() if p.requires_grad}
+from builders import resnet, trainable, vit
 
 
 # ------------------------------------------------------------- hand-written equivalence
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_head_only_equals_fc_only(arch, pm):
-    hand = _resnet(arch)
+    hand = resnet(arch)
     for n, p in hand.named_parameters():
         p.requires_grad = n.startswith("fc.")
-    adapted = thawkit.adapt(_resnet(arch), "head-only", pm=pm)
-    assert _trainable(adapted.model) == _trainable(hand) == {"fc.weight", "fc.bias"}
+    adapted = thawkit.adapt(resnet(arch), "head-only", pm=pm)
+    assert trainable(adapted.model) == trainable(hand) == {"fc.weight", "fc.bias"}
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_last_block_equals_layer4_and_fc(arch, pm):
-    hand = _resnet(arch)
+    hand = resnet(arch)
     for n, p in hand.named_parameters():
         p.requires_grad = n.startswith(("layer4.", "fc."))
-    adapted = thawkit.adapt(_resnet(arch), "last-block", blocks=1, pm=pm)
-    assert _trainable(adapted.model) == _trainable(hand)
+    adapted = thawkit.adapt(resnet(arch), "last-block", blocks=1, pm=pm)
+    assert trainable(adapted.model) == trainable(hand)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_pattern_equals_layer4_in_name(arch, pm):
-    hand = _resnet(arch)
+    hand = resnet(arch)
     for n, p in hand.named_parameters():
         p.requires_grad = "layer4" in n or n.startswith("fc")
-    adapted = thawkit.adapt(_resnet(arch), "pattern", include=["layer4"], pm=pm)
-    assert _trainable(adapted.model) == _trainable(hand)
+    adapted = thawkit.adapt(resnet(arch), "pattern", include=["layer4"], pm=pm)
+    assert trainable(adapted.model) == trainable(hand)
 
 
 @pytest.mark.parametrize("strategy,params", [("head-only", {}), ("last-block", {"blocks": 2}),
                                              ("gradual", {"every": 1}), ("pattern", {"include": ["layer3"]})])
 def test_groups_cover_the_filter_requires_grad_recipe(strategy, params, pm):
-    adapted = thawkit.adapt(_resnet("resnet18"), strategy, num_classes=4, pm=pm, **params)
+    adapted = thawkit.adapt(resnet(), strategy, num_classes=4, pm=pm, **params)
     opt = adapted.optimizer("adamw", lr=1e-3, weight_decay=0.05)
     in_groups = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(in_groups) == len(set(in_groups)), "a parameter sits in two groups"
@@ -87,11 +71,11 @@ def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("build", [_resnet.__name__, _vit.__name__])
+@pytest.mark.parametrize("build", ["resnet", "vit"])
 @pytest.mark.parametrize("strategy,params", [("head-only", {}), ("last-block", {"blocks": 1}),
                                              ("gradual", {"every": 2})])
 def test_frozen_parameters_and_buffers_are_bit_identical(build, strategy, params, pm):
-    model = _resnet("resnet18") if build == "_resnet" else _vit()
+    model = resnet() if build == "resnet" else vit()
     adapted = thawkit.adapt(model, strategy, pm=pm, **params)
     frozen_at_end = {n for n, p in model.named_parameters() if n not in adapted.phases[
         adapted.phase_at(2)].trainable}
@@ -121,14 +105,14 @@ def test_frozen_parameters_and_buffers_are_bit_identical(build, strategy, params
 
 def test_naive_norm_train_mode_does_update_statistics(pm):
     """Control: with norm=train the running statistics of frozen blocks do move."""
-    adapted = thawkit.adapt(_resnet("resnet18"), "head-only", norm="train", pm=pm)
+    adapted = thawkit.adapt(resnet(), "head-only", norm="train", pm=pm)
     before = adapted.model.layer1[0].bn1.running_mean.clone()
     _train_steps(adapted, steps=1)
     assert not torch.equal(before, adapted.model.layer1[0].bn1.running_mean)
 
 
 def test_affine_norm_mode_trains_affine_but_keeps_statistics(pm):
-    adapted = thawkit.adapt(_resnet("resnet18"), "head-only", norm="affine", pm=pm)
+    adapted = thawkit.adapt(resnet(), "head-only", norm="affine", pm=pm)
     bn = adapted.model.layer1[0].bn1
     assert bn.weight.requires_grad and not adapted.model.layer1[0].conv1.weight.requires_grad
     stats, weight = bn.running_var.clone(), bn.weight.detach().clone()
@@ -139,7 +123,7 @@ def test_affine_norm_mode_trains_affine_but_keeps_statistics(pm):
 
 
 def test_frozen_norm_survives_deepcopy_and_eval_roundtrip(pm):
-    adapted = thawkit.adapt(_resnet("resnet18"), "head-only", pm=pm)
+    adapted = thawkit.adapt(resnet(), "head-only", pm=pm)
     clone = copy.deepcopy(adapted.model)
     clone.train()
     before = clone.bn1.running_mean.clone()
@@ -148,7 +132,7 @@ def test_frozen_norm_survives_deepcopy_and_eval_roundtrip(pm):
 
 
 def test_thawed_block_norm_updates_statistics_after_thawing(pm):
-    adapted = thawkit.adapt(_resnet("resnet18"), "gradual", every=1, pm=pm)
+    adapted = thawkit.adapt(resnet(), "gradual", every=1, pm=pm)
     bn = adapted.model.layer4[1].bn2
     adapted.on_epoch_start(1)  # layer4 thaws
     adapted.model.train()

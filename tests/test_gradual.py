@@ -1,37 +1,21 @@
 """Gradual unfreezing: phases, explicit schedules, state round trip, and bad parameters."""
 import pytest
-import torch
-import torchvision
 
 import thawkit
+from builders import resnet, trainable, vit
 from thawkit.errors import ConfigError, UnknownNameError
 
 
-def _resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10)
-
-
-def _vit():
-    import timm
-
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10)
-
-
-def _trainable(model):
-    return {n for n, p in model.named_parameters() if p.requires_grad}
-
-
 def test_resnet18_thaws_one_block_every_two_epochs(pm):
-    adapted = thawkit.adapt(_resnet18(), "gradual", every=2, pm=pm)
+    adapted = thawkit.adapt(resnet(), "gradual", every=2, pm=pm)
     model = adapted.model
     expected_new = [b.name for b in reversed(adapted.layout.blocks)] + ["stem"]
-    seen = [_trainable(model)]
+    seen = [trainable(model)]
     assert seen[0] == set(adapted.layout.head.params)
     for epoch in range(1, 2 * len(expected_new) + 3):
         changed = adapted.on_epoch_start(epoch)
         assert changed == (epoch % 2 == 0 and epoch // 2 <= len(expected_new))
-        now = _trainable(model)
+        now = trainable(model)
         if changed:
             new_block = expected_new[epoch // 2 - 1]
             assert now - seen[-1] == set(adapted.layout.block(new_block).params)
@@ -42,31 +26,31 @@ def test_resnet18_thaws_one_block_every_two_epochs(pm):
 
 
 def test_vit_gradual_thaws_transformer_blocks_from_the_top(pm):
-    adapted = thawkit.adapt(_vit(), "gradual", every=1, start=2, pm=pm)
+    adapted = thawkit.adapt(vit(), "gradual", every=1, start=2, pm=pm)
     model = adapted.model
-    first = _trainable(model)
+    first = trainable(model)
     assert any(n.startswith("blocks.11.") for n in first) and any(n.startswith("blocks.10.") for n in first)
     assert not any(n.startswith("blocks.9.") for n in first)
     adapted.on_epoch_start(1)
-    assert any(n.startswith("blocks.9.") for n in _trainable(model))
+    assert any(n.startswith("blocks.9.") for n in trainable(model))
     adapted.on_epoch_start(100)
-    assert _trainable(model) == {n for n, _ in model.named_parameters()}
-    assert "cls_token" in _trainable(model) and "pos_embed" in _trainable(model)
+    assert trainable(model) == {n for n, _ in model.named_parameters()}
+    assert "cls_token" in trainable(model) and "pos_embed" in trainable(model)
 
 
 def test_explicit_phases_blocks_patterns_and_rest(pm):
-    adapted = thawkit.adapt(_resnet18(), "gradual", pm=pm, phases=[
+    adapted = thawkit.adapt(resnet(), "gradual", pm=pm, phases=[
         {"epoch": 0, "blocks": ["layer4"]},
         {"epoch": 3, "params": [r"^layer3\.1\."]},
         {"epoch": 5, "rest": True},
     ])
     model = adapted.model
-    assert _trainable(model) == {n for n, _ in model.named_parameters() if n.startswith(("layer4.", "fc."))}
+    assert trainable(model) == {n for n, _ in model.named_parameters() if n.startswith(("layer4.", "fc."))}
     adapted.on_epoch_start(3)
-    assert {n for n in _trainable(model) if n.startswith("layer3.")} == \
+    assert {n for n in trainable(model) if n.startswith("layer3.")} == \
         {n for n, _ in model.named_parameters() if n.startswith("layer3.1.")}
     adapted.on_epoch_start(5)
-    assert _trainable(model) == {n for n, _ in model.named_parameters()}
+    assert trainable(model) == {n for n, _ in model.named_parameters()}
     assert [p.epoch for p in adapted.plan.phases] == [0, 3, 5]
 
 
@@ -80,12 +64,12 @@ def test_explicit_phases_blocks_patterns_and_rest(pm):
 ])
 def test_bad_explicit_phases(phases, match, pm):
     with pytest.raises(ConfigError, match=match):
-        thawkit.adapt(_resnet18(), "gradual", phases=phases, pm=pm)
+        thawkit.adapt(resnet(), "gradual", phases=phases, pm=pm)
 
 
 def test_unknown_block_in_phase_suggests_closest(pm):
     with pytest.raises(UnknownNameError, match="layer4"):
-        thawkit.adapt(_resnet18(), "gradual", phases=[{"epoch": 0, "blocks": ["layr4"]}], pm=pm)
+        thawkit.adapt(resnet(), "gradual", phases=[{"epoch": 0, "blocks": ["layr4"]}], pm=pm)
 
 
 @pytest.mark.parametrize("strategy,params,match", [
@@ -99,17 +83,17 @@ def test_unknown_block_in_phase_suggests_closest(pm):
 ])
 def test_bad_strategy_parameters(strategy, params, match, pm):
     with pytest.raises(ConfigError, match=match):
-        thawkit.adapt(_resnet18(), strategy, pm=pm, **params)
+        thawkit.adapt(resnet(), strategy, pm=pm, **params)
 
 
 def test_unknown_strategy_lists_closest_and_all(pm):
     with pytest.raises(UnknownNameError) as info:
-        thawkit.adapt(_resnet18(), "gradul", pm=pm)
+        thawkit.adapt(resnet(), "gradul", pm=pm)
     assert "'gradual'" in str(info.value) and "head-only" in str(info.value)
 
 
 def test_state_round_trip_mid_gradual_restores_trainable_set_and_groups(pm):
-    first = thawkit.adapt(_resnet18(), "gradual", every=2, pm=pm)
+    first = thawkit.adapt(resnet(), "gradual", every=2, pm=pm)
     opt1 = first.optimizer("adamw", lr=1e-3, layer_decay=0.8)
     for epoch in range(5):
         first.on_epoch_start(epoch)
@@ -117,10 +101,10 @@ def test_state_round_trip_mid_gradual_restores_trainable_set_and_groups(pm):
     import json
     state = json.loads(json.dumps(state))  # a checkpoint stores it as plain data
 
-    second = thawkit.adapt(_resnet18(), "gradual", every=2, pm=pm)
+    second = thawkit.adapt(resnet(), "gradual", every=2, pm=pm)
     opt2 = second.optimizer("adamw", lr=1e-3, layer_decay=0.8)
     second.load_state_dict(state)
-    assert _trainable(second.model) == _trainable(first.model)
+    assert trainable(second.model) == trainable(first.model)
     assert second.phase == first.phase == 2
     assert [g["name"] for g in opt2.param_groups] == [g["name"] for g in opt1.param_groups]
     opt2.load_state_dict(opt1.state_dict())  # same structure: loads without complaint
@@ -128,17 +112,17 @@ def test_state_round_trip_mid_gradual_restores_trainable_set_and_groups(pm):
 
 
 def test_state_for_another_strategy_is_refused(pm):
-    a = thawkit.adapt(_resnet18(), "gradual", every=2, pm=pm)
-    b = thawkit.adapt(_resnet18(), "gradual", every=3, pm=pm)
+    a = thawkit.adapt(resnet(), "gradual", every=2, pm=pm)
+    b = thawkit.adapt(resnet(), "gradual", every=3, pm=pm)
     with pytest.raises(ConfigError, match="strategy parameters"):
         b.load_state_dict(a.state_dict())
-    c = thawkit.adapt(_resnet18(), "head-only", pm=pm)
+    c = thawkit.adapt(resnet(), "head-only", pm=pm)
     with pytest.raises(ConfigError, match="gradual"):
         c.load_state_dict(a.state_dict())
 
 
 def test_plan_table_and_json(pm):
-    adapted = thawkit.adapt(_resnet18(), "gradual", every=2, num_classes=5, pm=pm)
+    adapted = thawkit.adapt(resnet(), "gradual", every=2, num_classes=5, pm=pm)
     adapted.optimizer("adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.8)
     text = str(adapted.plan)
     assert "layer4" in text and "head" in text and "e2" in text and "total" in text

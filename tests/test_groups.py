@@ -3,21 +3,10 @@ import fnmatch
 
 import pytest
 import torch
-import torchvision
 
 import thawkit
+from builders import resnet, vit
 from thawkit.errors import ConfigError, UnknownNameError
-
-
-def _resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10)
-
-
-def _vit():
-    import timm
-
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10)
 
 
 def _norm_param_names(model):
@@ -27,7 +16,7 @@ def _norm_param_names(model):
             for n, _ in m.named_parameters(recurse=False)}
 
 
-@pytest.mark.parametrize("build", [_resnet18, _vit])
+@pytest.mark.parametrize("build", [resnet, vit])
 @pytest.mark.parametrize("strategy", ["full", "last-block", "bitfit", "norm-only", "gradual"])
 def test_every_trainable_parameter_in_exactly_one_group(build, strategy, pm):
     adapted = thawkit.adapt(build(), strategy, pm=pm)
@@ -40,7 +29,7 @@ def test_every_trainable_parameter_in_exactly_one_group(build, strategy, pm):
     assert all(group_names) and len(set(group_names)) == len(group_names)
 
 
-@pytest.mark.parametrize("build", [_resnet18, _vit])
+@pytest.mark.parametrize("build", [resnet, vit])
 def test_no_decay_groups_hold_exactly_biases_norms_1d_and_model_names(build, pm):
     model = build()
     adapted = thawkit.adapt(model, "full", pm=pm)
@@ -56,12 +45,12 @@ def test_no_decay_groups_hold_exactly_biases_norms_1d_and_model_names(build, pm)
     assert got_no_decay == expected
     for g in opt.param_groups:
         assert g["weight_decay"] == (0.0 if g["name"].endswith(".no_decay") else 0.05)
-    if build is _vit:
+    if build is vit:
         assert {"pos_embed", "cls_token"} <= got_no_decay
 
 
 def test_layer_decay_and_head_multiplier_live_in_group_lr(pm):
-    adapted = thawkit.adapt(_resnet18(), "full", pm=pm)
+    adapted = thawkit.adapt(resnet(), "full", pm=pm)
     opt = adapted.optimizer("sgd", lr=0.1, weight_decay=0.0, layer_decay=0.5, head_lr_mult=2.0, momentum=0.9)
     lr = {g["name"]: g["lr"] for g in opt.param_groups}
     order = [b.name for b in adapted.layout.all_blocks]
@@ -74,7 +63,7 @@ def test_layer_decay_and_head_multiplier_live_in_group_lr(pm):
 
 
 def test_explicit_block_lrs_override(pm):
-    adapted = thawkit.adapt(_resnet18(), "last-block", blocks=1, pm=pm)
+    adapted = thawkit.adapt(resnet(), "last-block", blocks=1, pm=pm)
     opt = adapted.optimizer("adamw", lr=1e-3, lrs={"layer4": 1e-5})
     lr = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lr["layer4"] == 1e-5 and lr["head"] == 1e-3
@@ -107,7 +96,7 @@ def test_layer_decay_matches_timm_param_groups_layer_decay(arch, pm):
     lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1),
 ])
 def test_torch_schedulers_keep_multipliers_across_thawing(make_sched, pm):
-    adapted = thawkit.adapt(_resnet18(), "gradual", every=1, pm=pm)
+    adapted = thawkit.adapt(resnet(), "gradual", every=1, pm=pm)
     opt = adapted.optimizer("adamw", lr=1e-2, layer_decay=0.5)
     sched = make_sched(opt)
     base = [g["lr"] for g in opt.param_groups]
@@ -124,7 +113,7 @@ def test_torch_schedulers_keep_multipliers_across_thawing(make_sched, pm):
 
 
 def test_bad_optimizer_settings(pm):
-    adapted = thawkit.adapt(_resnet18(), "full", pm=pm)
+    adapted = thawkit.adapt(resnet(), "full", pm=pm)
     with pytest.raises(UnknownNameError, match="adamw"):
         adapted.optimizer("adamx")
     with pytest.raises(ConfigError, match="layer_decay"):
@@ -134,7 +123,7 @@ def test_bad_optimizer_settings(pm):
 
 
 def test_param_groups_for_your_own_optimizer(pm):
-    adapted = thawkit.adapt(_resnet18(), "last-block", pm=pm)
+    adapted = thawkit.adapt(resnet(), "last-block", pm=pm)
     groups = adapted.param_groups(lr=0.05, weight_decay=1e-4)
     opt = torch.optim.SGD(groups, lr=0.05)
     assert [g["name"] for g in opt.param_groups] == [g["name"] for g in groups]
