@@ -39,10 +39,6 @@ def _force_eval(module: nn.Module, args: tuple) -> None:
     module.training = False
 
 
-def is_forced(module: nn.Module) -> bool:
-    return any(h is _force_eval for h in module._forward_pre_hooks.values())
-
-
 def set_inference(module: nn.Module, on: bool, model_training: bool) -> None:
     """Keep ``module`` in inference mode under ``model.train()`` (on), or release it to follow
     the model's mode again (off)."""
