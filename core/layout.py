@@ -206,10 +206,13 @@ def generic_layout(model: nn.Module) -> Layout:
     container (``nn.Sequential`` at the root) is split one level deeper.
     """
     head_path = last_linear(model)
-    if head_path is None or head_path == "":
+    if head_path is None:
         raise LayoutError(
             f"cannot describe {type(model).__name__}: no nn.Linear or 1x1 nn.Conv2d classifier "
             "found; write a plugin implementing thawkit_describe_layout for it")
+    if head_path == "":
+        raise LayoutError(f"{type(model).__name__} is a bare classifier: there is no backbone to "
+                          "freeze or thaw")
     container = _split_container(model, head_path)
     prefix = f"{container}." if container else ""
     parent = model.get_submodule(container) if container else model
@@ -219,8 +222,9 @@ def generic_layout(model: nn.Module) -> Layout:
         children.append(head_top)
     before = children[: children.index(head_top)]
     after = children[children.index(head_top) + 1:]
-    root_params = [n for n, _ in model.named_parameters() if not n.startswith(prefix)] \
-        if container else [n for n, _ in model.named_parameters(recurse=False)]
+    # _split_container only descends through parameter-free wrappers, so root parameters
+    # exist only when there is no container
+    root_params = [n for n, _ in model.named_parameters(recurse=False)]
     stem_prefixes = ([prefix + before[0]] if before else []) + root_params
     blocks = [(prefix + b, [prefix + b]) for b in before[1:]]
     # the rest of the head's top-level child (classifier = Sequential(..., Linear)) and

@@ -19,8 +19,8 @@ class PythonSource:
     def load(self, name: str, options: dict):
         import torch
 
-        from thawkit.adapting import describe_layout
         from thawkit.backbone import apply_weights, read_weights
+        from thawkit.layout import last_linear
 
         module_name, sep, attr = name.rpartition(":")
         if not sep or not module_name or not attr:
@@ -43,9 +43,11 @@ class PythonSource:
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"python:{name} returned {type(model).__name__}, not an nn.Module")
         if weights is not None:
-            layout = describe_layout(model)
+            # the generic layout's classifier (a source is not handed the plugin manager, so
+            # it must not consult the shared one behind the caller's back)
+            head = last_linear(model)
             apply_weights(model, read_weights(weights), file=str(weights),
-                          head_prefixes=layout.classifiers + layout.aux)
+                          head_prefixes=[head] if head else [])
         return model
 
     def list_models(self, pattern: str | None = None) -> list[str]:
