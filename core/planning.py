@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .backbone import WEIGHT_SUFFIXES
 from .errors import ConfigError, UnknownNameError, WeightsError
 
 if TYPE_CHECKING:
@@ -34,8 +35,7 @@ def build_adapted(recipe: Recipe, *, pm: ThawkitPluginManager, meta: bool = Fals
     if meta:
         weights = options.pop("weights", None)
         options.pop("pretrained", None)
-        if weights is not None and weights.endswith((".pth", ".pt", ".bin", ".safetensors", ".ckpt")) \
-                and not Path(weights).is_file():
+        if weights is not None and weights.lower().endswith(WEIGHT_SUFFIXES) and not Path(weights).is_file():
             raise WeightsError(f"backbone.weights: weights file {weights!r} does not exist")
         options["device"] = "meta"
     try:

@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thawkit.backbone import WEIGHT_SUFFIXES
 from thawkit.errors import ConfigError, UnknownNameError
 from thawkit.manager import hookimpl
 
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from thawkit.layout import Layout
 
 WHERE = "torchvision source"
-_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 
 def classification_models() -> list[str]:
@@ -89,7 +89,7 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
                           f"file path, got {weights!r}")
     text = weights.strip()
     key = text
-    if "." in text and not text.lower().endswith(_FILE_SUFFIXES):
+    if "." in text and not text.lower().endswith(WEIGHT_SUFFIXES):
         cls_name, _, member = text.rpartition(".")
         if cls_name == enum_cls.__name__:
             key = member
@@ -101,13 +101,13 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
         return "enum", enum_cls.DEFAULT
     if key.upper() in available:  # enum names are upper case; accept "imagenet1k_v2"
         return "enum", enum_cls[key.upper()]
-    looks_like_path = text.lower().endswith(_FILE_SUFFIXES) or os.sep in text or "/" in text
+    looks_like_path = text.lower().endswith(WEIGHT_SUFFIXES) or os.sep in text or "/" in text
     if looks_like_path or Path(text).exists():
         return "file", Path(text).expanduser()
     raise ConfigError(
         f"{WHERE}: unknown weights {text!r} for {name!r}; available: DEFAULT, "
         f"{', '.join(available)} ({enum_cls.__name__}), or a path to a "
-        f"{'/'.join(_FILE_SUFFIXES)} file")
+        f"{'/'.join(WEIGHT_SUFFIXES)} file")
 
 
 #: builder options that published weights fix and a rebuild without them must repeat
