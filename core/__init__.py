@@ -1,39 +1,65 @@
 """thawkit: adapt pretrained PyTorch vision models to new tasks, correctly.
 
-The public API is imported lazily so that ``thawkit --help`` never imports torch::
+Everything public is importable from here; names load lazily so that
+``thawkit --help`` never imports torch::
 
     import thawkit
     model = thawkit.load_backbone("torchvision:resnet18")
     adapted = thawkit.adapt(model, "last-block", num_classes=10, blocks=1)
     optimizer = adapted.optimizer("adamw", lr=1e-3, weight_decay=0.05)
+
+Plugins, built-in ones included, import only names listed in ``__all__``.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .manager import hookimpl
+from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
+    from .adapted import Adapted
+    from .api import (adapt, data_config, describe_layout, list_optimizers, list_sources,
+                      list_strategies, replace_head)
+    from .backbone import (WEIGHT_SUFFIXES, BackboneSpec, DataConfig, WeightsReport, apply_weights,
+                           arch_options, load_backbone, read_weights, spec_of)
+    from .errors import (ConfigError, LayoutError, PluginError, ThawkitError, UnknownNameError,
+                         WeightsError, closest, format_validation_error)
+    from .heads import new_classifier, set_submodule
+    from .layout import Block, Layout, generic_layout, last_linear, layout_from_prefixes
+    from .norm import is_norm, norm_modules
+    from .param_groups import GroupSpec, OptimizerSettings
+    from .plan_report import Plan
+    from .plugin_manager import (DEFAULT_PLUGINS, Registry, ThawkitPluginManager,
+                                 default_plugin_manager, get_plugin_manager, register,
+                                 reset_plugin_manager)
+    from .recipe import Recipe, adapt_recipe, load_recipe, recipe_json_schema, validate_recipe
+    from .strategy import Phase, Strategy, StrategyParams, strategy_instance
+
 _LAZY = {
-    "load_backbone": "backbone", "BackboneSpec": "backbone", "DataConfig": "backbone",
-    "read_weights": "backbone", "spec_of": "backbone",
-    "adapt": "adapting", "Adapted": "adapting", "replace_head": "adapting",
-    "describe_layout": "adapting", "data_config": "adapting",
-    "list_strategies": "adapting", "list_optimizers": "adapting", "list_sources": "adapting",
-    "Strategy": "strategy", "StrategyParams": "strategy", "Phase": "strategy",
-    "Layout": "layout", "Block": "layout", "layout_from_prefixes": "layout",
-    "generic_layout": "layout",
-    "Plan": "plan",
-    "get_plugin_manager": "manager", "default_plugin_manager": "manager",
-    "reset_plugin_manager": "manager", "register": "manager", "DEFAULT_PLUGINS": "manager",
-    "ThawkitError": "errors", "ConfigError": "errors", "UnknownNameError": "errors",
-    "PluginError": "errors", "WeightsError": "errors", "LayoutError": "errors",
-    "load_recipe": "recipe", "Recipe": "recipe",
+    "Adapted": "adapted",
+    **dict.fromkeys(["adapt", "data_config", "describe_layout", "list_optimizers", "list_sources",
+                     "list_strategies", "replace_head"], "api"),
+    **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "WeightsReport", "apply_weights",
+                     "arch_options", "load_backbone", "read_weights", "spec_of"], "backbone"),
+    **dict.fromkeys(["ConfigError", "LayoutError", "PluginError", "ThawkitError", "UnknownNameError",
+                     "WeightsError", "closest", "format_validation_error"], "errors"),
+    **dict.fromkeys(["new_classifier", "set_submodule"], "heads"),
+    **dict.fromkeys(["Block", "Layout", "generic_layout", "last_linear", "layout_from_prefixes"],
+                    "layout"),
+    **dict.fromkeys(["is_norm", "norm_modules"], "norm"),
+    **dict.fromkeys(["GroupSpec", "OptimizerSettings"], "param_groups"),
+    "Plan": "plan_report",
+    **dict.fromkeys(["DEFAULT_PLUGINS", "Registry", "ThawkitPluginManager", "default_plugin_manager",
+                     "get_plugin_manager", "register", "reset_plugin_manager"], "plugin_manager"),
+    **dict.fromkeys(["Recipe", "adapt_recipe", "load_recipe", "recipe_json_schema",
+                     "validate_recipe"], "recipe"),
+    **dict.fromkeys(["Phase", "Strategy", "StrategyParams", "strategy_instance"], "strategy"),
 }
 
-__all__ = ["hookimpl", "__version__", *sorted(_LAZY)]
+__all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

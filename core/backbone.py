@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .manager import ThawkitPluginManager
+    from .plugin_manager import ThawkitPluginManager
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,7 +100,7 @@ def load_backbone(spec: str, *, pm: ThawkitPluginManager | None = None, **option
 
         model = thawkit.load_backbone("torchvision:resnet18", weights="resnet18.safetensors")
     """
-    from .manager import default_plugin_manager
+    from .plugin_manager import default_plugin_manager
 
     pm = pm or default_plugin_manager()
     parsed = BackboneSpec.parse(spec, options)

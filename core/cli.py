@@ -1,19 +1,18 @@
-"""The ``thawkit`` command line. Imports nothing heavy until a command runs (``--help`` stays fast)."""
+"""The ``thawkit`` command line: core's commands, plus those plugins add (``thawkit_register_commands``).
+
+Imports nothing heavy until a command runs (``thawkit --help`` stays fast). Each
+invocation builds its own plugin manager, with the ``--plugin`` modules, and
+hands it to the command as ``args.pm``.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-
-def _pm(args: argparse.Namespace):
-    from .manager import default_plugin_manager
-
-    pm = default_plugin_manager()
-    for ref in getattr(args, "plugin", None) or []:
-        pm.load_local(ref)
-    return pm
+if TYPE_CHECKING:
+    from .plugin_manager import ThawkitPluginManager
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -36,7 +35,7 @@ def _params_text(model: Any, skip: tuple[str, ...] = ("norm",)) -> str:
 
 # ------------------------------------------------------------------ commands
 def cmd_strategies(args: argparse.Namespace) -> int:
-    pm = _pm(args)
+    pm = args.pm
     reg = pm.strategies
     rows = [[name, reg.entries[name].plugin, reg.get(name).summary(), _params_text(reg.get(name).Params)]
             for name in reg.names()]
@@ -46,14 +45,14 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def cmd_optimizers(args: argparse.Namespace) -> int:
-    pm = _pm(args)
+    pm = args.pm
     reg = pm.optimizers
     print(_table([[n, reg.entries[n].plugin] for n in reg.names()], ["optimizer", "plugin"]))
     return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    pm = _pm(args)
+    pm = args.pm
     rows = [[r["name"], r["version"] or "-", r["distribution"] or "-", ", ".join(r["hooks"])]
             for r in pm.plugin_info(include_builtin=args.all)]
     if rows:
@@ -68,12 +67,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from .recipe import recipe_json_schema
 
-    print(json.dumps(recipe_json_schema(_pm(args)), indent=2))
+    print(json.dumps(recipe_json_schema(args.pm), indent=2))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    pm = _pm(args)
+    pm = args.pm
     sources = [args.source] if args.source else [n for n in pm.sources.names()]
     total = 0
     for name in sources:
@@ -88,10 +87,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from .adapting import data_config, describe_layout
+    from .api import data_config, describe_layout
     from .backbone import load_backbone
 
-    pm = _pm(args)
+    pm = args.pm
     options: dict[str, Any] = {"device": "meta"} if not args.weights else {"weights": args.weights}
     model = load_backbone(args.spec, pm=pm, **options)
     layout = describe_layout(model, pm=pm, require_head=False)
@@ -118,21 +117,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_coverage(args: argparse.Namespace) -> int:
-    from .coverage import report
-
-    pm = _pm(args)
-    sources = [args.source] if args.source else ["torchvision", "timm"]
-    text, ok = report(sources, args.pattern, pm, verbose=args.verbose)
-    print(text)
-    return 0 if ok else 1
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .planning import plan_from_recipe
+    from .recipe import adapt_recipe, load_recipe
 
-    pm = _pm(args)
-    adapted, _ = plan_from_recipe(args.recipe, overrides=args.set, pm=pm)
+    recipe = load_recipe(args.recipe, overrides=args.set, pm=args.pm)
+    adapted = adapt_recipe(recipe, meta=True, where=args.recipe)
+    adapted.param_groups(recipe.optimizer)
     if args.json:
         print(adapted.plan.to_json())
     else:
@@ -141,7 +131,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(pm: ThawkitPluginManager | None = None) -> argparse.ArgumentParser:
+    """The ``thawkit`` parser with core's commands and every plugin's (from ``pm``)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -170,39 +161,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="load this local weights file (default: build on the meta device)")
     p.add_argument("--json", action="store_true", help="print the layout and data config as JSON")
     p.set_defaults(func=cmd_describe)
-    p = sub.add_parser("coverage", help="check that every model of a source loads, describes and "
-                       "takes a new head (exit 1 if any fails)")
-    p.add_argument("pattern", nargs="?", help="only models matching this wildcard")
-    p.add_argument("--source", help="torchvision or timm (default: both)")
-    p.add_argument("-v", "--verbose", action="store_true", help="list the models that pass too")
-    p.set_defaults(func=cmd_coverage)
     p = sub.add_parser("plan", help="print the plan of a recipe without training")
     p.add_argument("recipe", help="YAML or JSON recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set optimizer.lr=0.01")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
-    from .train.commands import add_commands
-
-    add_commands(sub)
+    if pm is not None:
+        pm.hook.thawkit_register_commands(subparsers=sub)
     return parser
 
 
+def _early(argv: list[str] | None) -> tuple[list[str], str]:
+    """The ``--plugin`` modules and the command's name, read ahead of the full parse (a local
+    plugin may add commands, and its errors name the command)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("-p", "--plugin", action="append", default=[])
+    known, rest = early.parse_known_args(argv)
+    words = [w for w in rest if not w.startswith("-")]
+    return known.plugin, f"thawkit {words[0]}" if words else "thawkit"
+
+
+def _plugin_manager(refs: list[str]) -> ThawkitPluginManager:
+    """A manager for this invocation, with the ``--plugin`` modules."""
+    from .plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    for ref in refs:
+        pm.load_local(ref)
+    return pm
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    """Run the ``thawkit`` command line; returns the exit code (2 for a user's mistake)."""
     from .errors import ThawkitError
 
+    refs, command = _early(argv)
     try:
+        pm = _plugin_manager(refs)
+        parser = build_parser(pm)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        args.pm = pm
+        command = f"thawkit {args.command}"
         return int(args.func(args) or 0)
     except ThawkitError as exc:
-        print(f"thawkit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"thawkit {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 
 class ThawkitError(Exception):
@@ -60,3 +64,55 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     lowered = {c.lower(): c for c in candidates}
     hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
     return [lowered[h] for h in hits]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(recipe)"
+
+
+def format_validation_error(exc: ValidationError, *, where: str, model: type[BaseModel],
+                            prefix: tuple[Any, ...] = ()) -> str:
+    """A pydantic error as one line per problem: ``where: field.path: what is wrong``.
+
+    Unknown fields list the fields ``model`` allows at that place. ``prefix`` is
+    prepended to every field path (``("strategy",)`` for a strategy's ``Params``).
+    Plugins use it to report their own pydantic models the way recipes are reported.
+    """
+    lines = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(model, loc[len(prefix):-1])
+            msg = f"unknown field; allowed fields: {', '.join(allowed)}" if allowed else "unknown field"
+        elif err["type"] == "missing":
+            msg = "field required"
+        lines.append(f"{where}: {_loc(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc:
+        if isinstance(part, int):  # a list index: stay on the item model
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``."""
+    import typing
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

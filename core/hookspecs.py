@@ -1,35 +1,125 @@
-"""Every hook thawkit defines. Read this file first.
+"""Every hook thawkit defines, in the order a run meets them. Read this file first.
 
-A plugin is any module or object with functions decorated by
-:data:`thawkit.hookimpl` and named after a hook below. Built-in support
-(torchvision, timm, the strategies, the optimizers) is written as ordinary
-plugins registered before any third-party plugin; pluggy asks the newest
-plugin first, so a third-party plugin overrides a built-in decision by
-implementing the same hook, and a built-in registry entry by registering the
-same name with ``replace=True``. Core's generic fallbacks answer last.
+A plugin is any module or object with functions decorated by :data:`hookimpl`
+and named after a hook below. Built-in support (torchvision, timm, the
+strategies, the optimizers, the training loop) is written as ordinary plugins,
+registered before any third-party plugin.
 
-Two kinds of hook:
+Two kinds of hook, and one ordering rule for each:
 
-* **collector hooks** (``thawkit_register_*``) are handed a ``register``
-  callable. thawkit owns de-duplication: the same name from two plugins is an
-  error naming both, unless the later one passes ``replace=True``.
-* **decision hooks** are ``firstresult``: plugins are asked in turn (newest
-  first, built-in defaults last) and the first non-``None`` answer wins.
+* **collector hooks** (``thawkit_register_*``, ``thawkit_recipe_sections``) are
+  handed a ``register`` callable. Plugins are called in registration order
+  (built-ins first, then entry points, then runtime registrations), so a later
+  plugin can override an earlier name with ``register(..., replace=True)``;
+  the same name from two plugins without ``replace`` is an error naming both.
+* **decision hooks** are ``firstresult``: pluggy asks the newest plugin first and
+  the first non-``None`` answer wins, so a third-party plugin overrides a
+  built-in by answering. Core's generic fallbacks (``thawkit.fallbacks``) are
+  the only ``trylast`` implementations: they answer when no one else does.
+
+Plugins may add hooks of their own through :func:`thawkit_add_hookspecs` (the
+training plugin adds ``thawkit_register_schedules`` that way).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from .adapted import Adapted
     from .backbone import BackboneSpec, DataConfig
     from .layout import Layout
+    from .plugin_manager import ThawkitPluginManager
+    from .recipe import Recipe
 
+#: Marks a function as the specification of a hook (thawkit's own use).
 hookspec = pluggy.HookspecMarker("thawkit")
+#: Marks a plugin's function as the implementation of a hook: ``@thawkit.hookimpl``.
+hookimpl = pluggy.HookimplMarker("thawkit")
+
+
+# -------------------------------------------------------------------------------------------
+# plugin setup: extra hooks, command-line commands, recipe sections
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
+    """Add a plugin's own hook specifications to the plugin manager.
+
+    Parameters:
+        pm: the plugin manager; call ``pm.add_hookspecs(module_with_specs)``.
+
+    Returns: nothing (all implementations are called). Historic: a plugin registered
+    later is called on registration, so its specs exist before any plugin that
+    implements them is validated.
+
+    Example::
+
+        @thawkit.hookimpl
+        def thawkit_add_hookspecs(pm):
+            from . import my_hookspecs
+            pm.add_hookspecs(my_hookspecs)
+    """
+
+
+@hookspec
+def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add subcommands to the ``thawkit`` command line.
+
+    Parameters:
+        subparsers: the ``argparse`` subparsers of the ``thawkit`` parser; call
+            ``subparsers.add_parser(name, help=...)`` and give the parser a handler with
+            ``set_defaults(func=handler)``. ``handler(args)`` returns the exit code;
+            ``args.pm`` is the plugin manager of this invocation. A handler raises
+            :class:`thawkit.ThawkitError` for a user's mistake (one message, exit code 2).
+
+    Returns: nothing (all implementations are called). Keep imports inside the
+    handler: ``thawkit --help`` builds every parser and must stay fast.
+
+    Example::
+
+        @thawkit.hookimpl
+        def thawkit_register_commands(subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.set_defaults(func=lambda args: print("hello") or 0)
+    """
+
+
+@hookspec
+def thawkit_recipe_sections(register: Callable[..., None]) -> None:
+    """Add top-level sections to the recipe (the training plugin adds ``data``, ``train`` and
+    ``schedule``).
+
+    Parameters:
+        register: call ``register(name, model, replace=False)`` where ``model`` is a pydantic
+            model whose fields all have defaults. The recipe validates the section with it
+            (unknown keys are errors naming the field path). If the model defines
+            ``resolve(self, pm, where) -> None`` it is called after validation, to check names
+            against registries; it raises :class:`thawkit.ConfigError`.
+
+    Returns: nothing (all implementations are called). Core's own sections
+    (``backbone``, ``head``, ``strategy``, ``optimizer``, ``plugins``) cannot be replaced.
+
+    Example::
+
+        class WandbSection(pydantic.BaseModel):
+            project: str | None = None
+
+        @thawkit.hookimpl
+        def thawkit_recipe_sections(register):
+            register("wandb", WandbSection)
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# loading a backbone
+# -------------------------------------------------------------------------------------------
 
 
 @hookspec
@@ -50,6 +140,31 @@ def thawkit_register_sources(register: Callable[..., None]) -> None:
         def thawkit_register_sources(register):
             register("mymodels", MyModelZoo())
     """
+
+
+@hookspec(firstresult=True)
+def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig | None:
+    """The input a backbone expects: size, mean/std, interpolation and crop fraction.
+
+    Parameters:
+        model: the backbone.
+        spec: how it was loaded, or ``None``.
+
+    Returns: a :class:`thawkit.DataConfig`, or ``None`` if this plugin does not know the
+    model. First non-None result wins; core falls back to 224 px ImageNet statistics.
+
+    Example::
+
+        @thawkit.hookimpl
+        def thawkit_data_config(model, spec):
+            if spec and spec.source == "mymodels":
+                return thawkit.DataConfig(input_size=(3, 96, 96))
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# describing a model
+# -------------------------------------------------------------------------------------------
 
 
 @hookspec(firstresult=True)
@@ -74,6 +189,11 @@ def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layo
                     blocks=[(f"stage{i}", [f"stages.{i}"]) for i in range(4)],
                     head=["fc"], classifiers=["fc"])
     """
+
+
+# -------------------------------------------------------------------------------------------
+# adapting: new head, strategy, num_classes from a recipe
+# -------------------------------------------------------------------------------------------
 
 
 @hookspec(firstresult=True)
@@ -104,23 +224,84 @@ def thawkit_replace_head(
     """
 
 
-@hookspec(firstresult=True)
-def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig | None:
-    """The input a backbone expects: size, mean/std, interpolation and crop fraction.
+@hookspec
+def thawkit_register_strategies(register: Callable[..., None]) -> None:
+    """Register freezing strategies, picked by name in ``adapt()`` and recipes.
 
     Parameters:
-        model: the backbone.
-        spec: how it was loaded, or ``None``.
+        register: call ``register(StrategyClass, replace=False)``. The class subclasses
+            :class:`thawkit.Strategy` and sets ``name``, ``description`` and,
+            optionally, ``Params`` (a pydantic model validating its parameters).
 
-    Returns: a :class:`thawkit.DataConfig`, or ``None`` if this plugin does not know the
-    model. First non-None result wins; core falls back to 224 px ImageNet statistics.
+    Returns: nothing (all implementations are called).
 
     Example::
 
         @thawkit.hookimpl
-        def thawkit_data_config(model, spec):
-            if spec and spec.source == "mymodels":
-                return thawkit.DataConfig(input_size=(3, 96, 96))
+        def thawkit_register_strategies(register):
+            register(EveryOtherBlock)
+    """
+
+
+@hookspec(firstresult=True)
+def thawkit_infer_num_classes(recipe: Recipe, where: str) -> int | None:
+    """The number of classes of a recipe whose ``head.num_classes`` is omitted.
+
+    Parameters:
+        recipe: the validated recipe.
+        where: the recipe's file name, for error messages.
+
+    Returns: the number of classes, or ``None`` when this plugin cannot tell. First
+    non-None result wins. The training plugin counts the class folders of
+    ``data.train`` (and raises :class:`thawkit.ConfigError` when that folder is missing).
+
+    Example::
+
+        @thawkit.hookimpl
+        def thawkit_infer_num_classes(recipe, where):
+            return len(my_label_file(recipe).classes)
+    """
+
+
+@hookspec
+def thawkit_adapted(adapted: Adapted) -> None:
+    """Called once ``adapt()`` has replaced the head and applied the strategy's first phase.
+
+    Parameters:
+        adapted: the :class:`thawkit.Adapted` object (model, layout, plan, strategy).
+
+    Returns: nothing; use it to log, wrap or check. All implementations are called.
+
+    Example::
+
+        @thawkit.hookimpl
+        def thawkit_adapted(adapted):
+            print(adapted.plan.summary())
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# optimizing: optimizers, weight decay, layer-wise learning rates
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def thawkit_register_optimizers(register: Callable[..., None]) -> None:
+    """Register optimizers by name.
+
+    Parameters:
+        register: call ``register(name, factory, replace=False)`` where
+            ``factory(param_groups: list[dict], **kwargs) -> torch.optim.Optimizer``;
+            each group carries its own ``lr`` and ``weight_decay``.
+
+    Returns: nothing (all implementations are called).
+
+    Example::
+
+        @thawkit.hookimpl
+        def thawkit_register_optimizers(register):
+            register("sgd-nesterov", lambda groups, **kw: torch.optim.SGD(
+                groups, momentum=0.9, nesterov=True, **kw))
     """
 
 
@@ -168,83 +349,4 @@ def thawkit_layer_scales(
         @thawkit.hookimpl
         def thawkit_layer_scales(model, layout, layer_decay, min_scale):
             return {name: 1.0 for name, _ in model.named_parameters()}  # no decay
-    """
-
-
-@hookspec
-def thawkit_register_strategies(register: Callable[..., None]) -> None:
-    """Register freezing strategies, picked by name in ``adapt()`` and recipes.
-
-    Parameters:
-        register: call ``register(StrategyClass, replace=False)``. The class subclasses
-            :class:`thawkit.Strategy` and sets ``name``, ``description`` and,
-            optionally, ``Params`` (a pydantic model validating its parameters).
-
-    Returns: nothing (all implementations are called).
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_register_strategies(register):
-            register(EveryOtherBlock)
-    """
-
-
-@hookspec
-def thawkit_register_optimizers(register: Callable[..., None]) -> None:
-    """Register optimizers by name.
-
-    Parameters:
-        register: call ``register(name, factory, replace=False)`` where
-            ``factory(param_groups: list[dict], **kwargs) -> torch.optim.Optimizer``;
-            each group carries its own ``lr`` and ``weight_decay``.
-
-    Returns: nothing (all implementations are called).
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_register_optimizers(register):
-            register("sgd-nesterov", lambda groups, **kw: torch.optim.SGD(
-                groups, momentum=0.9, nesterov=True, **kw))
-    """
-
-
-@hookspec
-def thawkit_register_schedules(register: Callable[..., None]) -> None:
-    """Register learning-rate schedules for ``thawkit train``.
-
-    Parameters:
-        register: call ``register(name, factory, replace=False)`` where
-            ``factory(optimizer, *, epochs: int, steps_per_epoch: int, warmup_epochs: float,
-            **params)`` returns a ``torch.optim.lr_scheduler`` object (``warmup_epochs``
-            is the recipe's ``schedule.warmup_epochs``, passed to every schedule). An optional attribute
-            ``factory.Params`` (pydantic model) validates ``params``; an optional
-            ``factory.interval`` is ``"step"`` (default) or ``"epoch"``.
-
-    Returns: nothing (all implementations are called).
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_register_schedules(register):
-            register("exp", lambda opt, *, epochs, steps_per_epoch, warmup_epochs=0, gamma=0.999:
-                     torch.optim.lr_scheduler.ExponentialLR(opt, gamma))
-    """
-
-
-@hookspec
-def thawkit_adapted(adapted: Any) -> None:
-    """Called once ``adapt()`` has replaced the head and applied the strategy's first phase.
-
-    Parameters:
-        adapted: the :class:`thawkit.Adapted` object (model, layout, plan, strategy).
-
-    Returns: nothing; use it to log, wrap or check. All implementations are called.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_adapted(adapted):
-            print(adapted.plan.summary())
     """

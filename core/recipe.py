@@ -1,22 +1,36 @@
-"""The recipe: one validated description of a whole run (pydantic v2, ``extra="forbid"``).
+"""The recipe: one validated description of a whole run (pydantic v2, unknown keys rejected).
 
-Validated once where it enters (file or dict); named parts (strategy,
-optimizer, schedule) are checked against the plugin registries, and each
-strategy validates its own parameters with its ``Params`` model.
+A recipe is validated once, where it enters (a file or a mapping), into typed
+objects that the rest of thawkit takes as they are: ``recipe.strategy.instance``
+is the :class:`~thawkit.Strategy` with its validated parameters and
+``recipe.optimizer`` the :class:`~thawkit.OptimizerSettings`. Core defines the
+sections ``backbone``, ``head``, ``strategy``, ``optimizer`` and ``plugins``;
+plugins add their own through ``thawkit_recipe_sections`` (the training plugin
+adds ``data``, ``train`` and ``schedule``).
+
+A recipe that names ``plugins:`` and is loaded without ``pm=`` gets a plugin
+manager of its own (the shared built-ins and entry points, plus those plugins):
+``recipe.plugin_manager``. The shared manager is never changed by a recipe.
 """
 from __future__ import annotations
 
-import inspect
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, UnknownNameError, format_validation_error
+from .param_groups import OptimizerSettings
+from .strategy import Strategy, strategy_instance
 
 if TYPE_CHECKING:
-    from .manager import ThawkitPluginManager
+    from .adapted import Adapted
+    from .plugin_manager import ThawkitPluginManager
+
+#: The sections core defines; plugins cannot replace them.
+CORE_SECTIONS = ("backbone", "head", "strategy", "optimizer", "plugins")
 
 
 class _Section(BaseModel):
@@ -58,71 +72,62 @@ class StrategySection(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(description="Strategy name; `thawkit strategies` lists them.")
+    _instance: Strategy | None = PrivateAttr(default=None)
 
     @property
     def params(self) -> dict[str, Any]:
+        """The strategy's parameters as written (everything beside ``name``)."""
         return dict(self.model_extra or {})
-
-
-class OptimizerSection(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = Field("adamw", description="Optimizer name; `thawkit optimizers` lists them.")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    layer_decay: float | None = Field(None, gt=0, le=1, description="Layer-wise LR decay factor.")
-    min_scale: float = Field(0.0, ge=0, description="Lower bound on layer-decay scales.")
-    head_lr_mult: float = Field(1.0, gt=0, description="Multiplier on the head's learning rate.")
-    lrs: dict[str, float] = Field(default_factory=dict, description="Explicit lr per block name.")
 
     @property
-    def kwargs(self) -> dict[str, Any]:
-        """Extra optimizer arguments (momentum, betas, ...), checked against the optimizer."""
-        return dict(self.model_extra or {})
-
-
-class ScheduleSection(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = Field("constant", description="constant, cosine, step, onecycle, plateau, ...")
-    warmup_epochs: float = Field(0.0, ge=0)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class DataSection(_Section):
-    train: str | None = Field(None, description="ImageFolder directory of training images.")
-    val: str | None = Field(None, description="ImageFolder directory of validation images.")
-    image_size: int | None = Field(None, gt=0, description="Override the backbone's input size.")
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    augment: bool = Field(True, description="Random resized crop and flip when training.")
-    batch_size: int = Field(32, gt=0)
-    num_workers: int = Field(0, ge=0)
-
-
-class TrainSection(_Section):
-    epochs: int = Field(10, gt=0)
-    seed: int = 0
-    deterministic: bool = False
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, mps.")
-    amp: bool | None = Field(None, description="Mixed precision; default: on for CUDA.")
-    output: str = Field("runs/exp", description="Run directory.")
-    grad_clip: float | None = Field(None, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    def instance(self) -> Strategy:
+        """The registered strategy with its validated parameters (set when the recipe validates)."""
+        if self._instance is None:
+            raise ConfigError("this strategy section was not validated against a plugin manager; "
+                              "read recipes with thawkit.load_recipe() or validate_recipe()")
+        return self._instance
 
 
 class Recipe(_Section):
-    """A whole fine-tuning run."""
+    """A whole fine-tuning run: core's sections, plus one attribute per plugin section.
+
+    Build it with :func:`load_recipe` (a file) or :func:`validate_recipe` (a mapping).
+    """
 
     backbone: BackboneSection
     head: HeadSection = Field(default_factory=HeadSection)
     strategy: StrategySection
-    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
-    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
-    data: DataSection = Field(default_factory=DataSection)
-    train: TrainSection = Field(default_factory=TrainSection)
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules or .py files.")
+    _pm: ThawkitPluginManager | None = PrivateAttr(default=None)
+
+    @property
+    def plugin_manager(self) -> ThawkitPluginManager:
+        """The plugin manager this recipe was validated against (and adapts with)."""
+        if self._pm is None:
+            raise ConfigError("this recipe was not validated; use thawkit.load_recipe()")
+        return self._pm
+
+    def section(self, name: str) -> Any:
+        """A plugin section by name (``recipe.section("train")`` is ``recipe.train``)."""
+        return getattr(self, name)
+
+
+def recipe_model(pm: ThawkitPluginManager) -> type[Recipe]:
+    """The :class:`Recipe` class with every section the plugins of ``pm`` add."""
+    sections = pm.recipe_sections
+    for name in sections.names():
+        if name in CORE_SECTIONS:
+            raise ConfigError(f"plugin {sections.entries[name].plugin!r} registers recipe section "
+                              f"{name!r}, which is one of core's ({', '.join(CORE_SECTIONS)})")
+    return _recipe_class(tuple((name, sections.get(name)) for name in sections.names()))
+
+
+@functools.lru_cache(maxsize=64)
+def _recipe_class(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[Recipe]:
+    # one class per set of sections, so recipes validated against equal plugin sets compare equal
+    extra: dict[str, Any] = {name: (model, Field(default_factory=model)) for name, model in sections}
+    return create_model("Recipe", __base__=Recipe, **extra) if extra else Recipe
 
 
 # ---------------------------------------------------------------------- loading
@@ -153,136 +158,98 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(recipe)"
-
-
-def format_validation_error(exc: ValidationError, *, where: str, prefix: tuple[Any, ...] = (),
-                            model: type[BaseModel] | None = None) -> str:
-    """One line per problem: the field path, what is wrong and, for unknown fields, what is allowed."""
-    lines = []
-    for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model or Recipe, loc[len(prefix):-1])
-            msg = f"unknown field; allowed fields: {', '.join(allowed)}" if allowed else "unknown field"
-        elif err["type"] == "missing":
-            msg = "field required"
-        lines.append(f"{where}: {_loc(loc)}: {msg}")
-    return "\n".join(lines)
-
-
-def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    for part in loc:
-        if isinstance(part, int):  # a list index: stay on the item model
-            continue
-        field = model.model_fields.get(str(part))
-        inner = _model_in(field.annotation) if field is not None else None
-        if inner is None:
-            return []
-        model = inner
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``."""
-    import typing
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
                     pm: ThawkitPluginManager | None = None, base: Path | None = None) -> Recipe:
-    """Validate a recipe mapping against the static sections and the plugin registries.
+    """Validate a recipe mapping once: sections, then names against the plugin registries.
 
     ``base`` is the recipe file's folder: relative ``.py`` plugin paths resolve against it.
+    Without ``pm``, a recipe naming ``plugins:`` gets a fresh manager of its own.
     """
-    from .manager import default_plugin_manager
+    from .plugin_manager import default_plugin_manager, get_plugin_manager
 
-    pm = pm or default_plugin_manager()
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where=where)) from None
-    for ref in recipe.plugins:
+    refs = data.get("plugins") or []
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise ConfigError(f"{where}: plugins: expected a list of module names or .py files")
+    if pm is None:
+        pm = get_plugin_manager() if refs else default_plugin_manager()
+    for ref in refs:
         if base is not None and ref.endswith(".py") and (base / ref).is_file():
             ref = str(base / ref)  # relative to the recipe file first, then to the working folder
         pm.load_local(ref)
-    validate_strategy_params(recipe.strategy.name, recipe.strategy.params, pm=pm, where=where)
+    model = recipe_model(pm)
+    try:
+        recipe = model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where=where, model=model)) from None
+    recipe.strategy._instance = strategy_instance(recipe.strategy.name, recipe.strategy.params,
+                                                  pm=pm, where=where)
     if recipe.backbone.source not in pm.sources:
         raise UnknownNameError("source", recipe.backbone.source, pm.sources.names(),
                                where=f"{where}: backbone.source")
     factory = pm.optimizers.get(recipe.optimizer.name, where=f"{where}: optimizer.name")
-    check_kwargs(factory, recipe.optimizer.kwargs, where=f"{where}: optimizer",
-                 what=f"optimizer {recipe.optimizer.name!r}")
-    sched = pm.schedules.get(recipe.schedule.name, where=f"{where}: schedule.name")
-    params_model = getattr(sched, "Params", None)
-    if params_model is not None:
-        try:
-            params_model.model_validate(recipe.schedule.params)
-        except ValidationError as exc:
-            text = format_validation_error(exc, where=where, prefix=("schedule",), model=params_model)
-            own = [f for f in ScheduleSection.model_fields]
-            raise ConfigError(text.replace("allowed fields: ", f"allowed fields: {', '.join(own)}, ")
-                              ) from None
+    recipe.optimizer.check_against(factory, where=f"{where}: optimizer")
+    for name in pm.recipe_sections.names():
+        resolve = getattr(recipe.section(name), "resolve", None)
+        if callable(resolve):
+            resolve(pm, where)
+    recipe._pm = pm
     return recipe
-
-
-def validate_strategy_params(name: str, params: dict[str, Any], *,
-                             pm: ThawkitPluginManager, where: str = "strategy") -> Any:
-    """The strategy's validated ``Params``; errors name ``strategy.<field>``."""
-    cls = pm.strategies.get(name, where=f"{where}: strategy.name")
-    try:
-        return cls.Params.model_validate(params)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where=where, prefix=("strategy",),
-                                                  model=cls.Params)) from None
-
-
-def check_kwargs(factory: Any, kwargs: dict[str, Any], *, where: str, what: str,
-                 section: type[BaseModel] | None = OptimizerSection) -> None:
-    """Reject keyword arguments the factory (or the class it wraps) does not take."""
-    from .errors import closest
-
-    if not kwargs:
-        return
-    target = getattr(factory, "accepts", None) or factory
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):
-        return
-    params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    own = list(section.model_fields) if section is not None else []
-    allowed = own + [n for n, p in params.items()
-                     if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-                     and n not in ("self", "params", "param_groups", "lr", "weight_decay") and n not in own]
-    bad = [k for k in kwargs if k not in params]
-    if bad:
-        hint = closest(bad[0], allowed)
-        guess = f"did you mean {', '.join(repr(h) for h in hint)}? " if hint else ""
-        raise ConfigError(f"{where}.{bad[0]}: not a field of the optimizer section nor a parameter of "
-                          f"{what}; {guess}allowed: {', '.join(allowed)}")
 
 
 def load_recipe(path: str | Path, *, overrides: list[str] | None = None,
                 pm: ThawkitPluginManager | None = None) -> Recipe:
-    """Read, override (``key.path=value``, value parsed as YAML) and validate a recipe file."""
+    """Read, override (``key.path=value``, value parsed as YAML) and validate a recipe file.
+
+    Example::
+
+        recipe = thawkit.load_recipe("recipe.yaml", overrides=["optimizer.lr=0.01"])
+        adapted = thawkit.adapt_recipe(recipe)
+    """
     data = read_mapping(path)
     for item in overrides or []:
         apply_override(data, item)
     return validate_recipe(data, where=str(path), pm=pm, base=Path(path).parent)
 
 
+def adapt_recipe(recipe: Recipe, *, meta: bool = False, load_weights: bool = True,
+                 num_classes: int | None = None, where: str = "recipe") -> Adapted:
+    """Load the recipe's backbone, replace its head and apply its strategy.
+
+    ``meta=True`` builds on the meta device without reading weights (for plans; a named
+    weights file must still exist); ``load_weights=False`` skips the backbone's weights
+    (to rebuild a trained model whose own weights are loaded next). The number of
+    classes is ``num_classes``, else ``head.num_classes``, else what a plugin infers
+    (``thawkit_infer_num_classes``); with none, the model keeps its own head.
+    Parameter groups are not built here: call ``adapted.optimizer(recipe.optimizer)``.
+    """
+    from .api import adapt
+    from .backbone import WEIGHT_SUFFIXES, load_backbone
+    from .errors import WeightsError
+
+    pm = recipe.plugin_manager
+    options: dict[str, Any] = recipe.backbone.load_options()
+    if meta or not load_weights:
+        weights = options.pop("weights", None)
+        options.pop("pretrained", None)
+        if meta and isinstance(weights, str) and weights.lower().endswith(WEIGHT_SUFFIXES) \
+                and not Path(weights).is_file():
+            raise WeightsError(f"{where}: backbone.weights: weights file {weights!r} does not exist")
+    if meta:
+        options["device"] = "meta"
+    try:
+        model = load_backbone(recipe.backbone.spec, pm=pm, **options)
+    except UnknownNameError as exc:
+        field = "backbone.name" if "model" in exc.kind else "backbone.source"
+        raise UnknownNameError(exc.kind, exc.name, exc.known, where=f"{where}: {field}") from None
+    n = num_classes or recipe.head.num_classes
+    if n is None:
+        n = pm.hook.thawkit_infer_num_classes(recipe=recipe, where=where)
+    return adapt(model, recipe.strategy.instance, num_classes=n, dropout=recipe.head.dropout,
+                 keep_aux=recipe.head.keep_aux, pm=pm)
+
+
 def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``key.path=value`` in a recipe mapping (the value parsed as YAML), as ``--set`` does."""
     import yaml
 
     if "=" not in item:
@@ -308,7 +275,7 @@ def recipe_json_schema(pm: ThawkitPluginManager | None = None) -> dict[str, Any]
 
     from pydantic import Discriminator
 
-    from .manager import default_plugin_manager
+    from .plugin_manager import default_plugin_manager
 
     pm = pm or default_plugin_manager()
     variants = []
@@ -318,7 +285,7 @@ def recipe_json_schema(pm: ThawkitPluginManager | None = None) -> dict[str, Any]
             f"Strategy_{name.replace('-', '_')}", __base__=cls.Params,
             name=(Literal[name], Field(description=cls.summary())),  # type: ignore[valid-type]
         ))
-    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in Recipe.model_fields.items()}
+    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in recipe_model(pm).model_fields.items()}
     if variants:
         union = Annotated[Union[tuple(variants)], Discriminator("name")]  # type: ignore[valid-type]  # noqa: UP007
         fields["strategy"] = (union, Field(description="Freezing strategy and its parameters."))

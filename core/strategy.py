@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError, format_validation_error
 
 if TYPE_CHECKING:
     from torch import nn
 
     from .layout import Layout
+    from .plugin_manager import ThawkitPluginManager
 
 NormMode = Literal["frozen", "affine", "train"]
 
@@ -73,6 +76,15 @@ class Strategy:
     def __init__(self, params: StrategyParams | None = None):
         self.params = params if params is not None else self.Params()
 
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.params == self.params  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.params.model_dump_json()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
     def phases(self, layout: Layout, model: nn.Module) -> list[Phase]:
         raise NotImplementedError(f"strategy {self.name!r} does not implement phases()")
 
@@ -80,3 +92,19 @@ class Strategy:
     def summary(cls) -> str:
         return (cls.description or (cls.__doc__ or "").strip()).splitlines()[0] if (
             cls.description or cls.__doc__) else ""
+
+
+def strategy_instance(name: str, params: dict[str, Any], *, pm: ThawkitPluginManager,
+                      where: str = "strategy") -> Strategy:
+    """The registered strategy ``name`` with ``params`` validated by its ``Params`` model.
+
+    Errors name the field as ``strategy.<field>`` and, for an unknown name, the closest names.
+    """
+    cls = pm.strategies.get(name, where=f"{where}: strategy.name")
+    try:
+        validated = cls.Params.model_validate(params)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where=where, prefix=("strategy",),
+                                                  model=cls.Params)) from None
+    instance: Strategy = cls(validated)
+    return instance

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import thawkit
+from thawkit.plugins.train.schedules import schedule_registry
 
 
 class TinyNet(nn.Module):
@@ -165,6 +166,60 @@ def thawkit_register_schedules(register):
 # [end]
 
 
+# [thawkit_add_hookspecs]
+class TinyZooHooks:
+    """A hook the tiny zoo offers other plugins: more widths for its models."""
+
+    @thawkit.hookspec
+    def thawkit_tinyzoo_widths(self, register) -> None:
+        """Add tiny-zoo models: call ``register(name, width)``; all implementations are called."""
+
+
+@thawkit.hookimpl
+def thawkit_add_hookspecs(pm):
+    pm.add_hookspecs(TinyZooHooks)
+# [end]
+
+
+@thawkit.hookimpl
+def thawkit_tinyzoo_widths(register):
+    register("tiny8", 8)
+
+
+# [thawkit_register_commands]
+def list_zoo(args):
+    widths = args.pm.registry("thawkit_tinyzoo_widths", "tiny-zoo model")
+    for name in widths.names():
+        print(f"{name}: width {widths.get(name)}")
+    return 0
+
+
+@thawkit.hookimpl
+def thawkit_register_commands(subparsers):
+    p = subparsers.add_parser("tinyzoo", help="list the extra tiny-zoo widths")
+    p.set_defaults(func=list_zoo)
+# [end]
+
+
+# [thawkit_recipe_sections]
+class LabelsSection(BaseModel, extra="forbid"):
+    classes: list[str] = Field(default_factory=list, description="class names, in label order")
+
+
+@thawkit.hookimpl
+def thawkit_recipe_sections(register):
+    register("labels", LabelsSection)
+# [end]
+
+
+# [thawkit_infer_num_classes]
+@thawkit.hookimpl
+def thawkit_infer_num_classes(recipe, where):
+    classes = recipe.section("labels").classes
+    return len(classes) or None
+# [end]
+
+
 # [thawkit_adapted]
 @thawkit.hookimpl
 def thawkit_adapted(adapted):
@@ -179,7 +234,7 @@ if __name__ == "__main__":
     print(thawkit.data_config(model))
     adapted = thawkit.adapt(model, "top-fraction", num_classes=5, fraction=0.5, dropout=0.1)
     optimizer = adapted.optimizer("sgd-nesterov", lr=0.05, weight_decay=1e-4, layer_decay=0.5)
-    schedule = thawkit.default_plugin_manager().schedules.get("exponential")
+    schedule = schedule_registry(thawkit.default_plugin_manager()).get("exponential")
     scheduler = schedule(optimizer, epochs=1, steps_per_epoch=2, gamma=0.9)
     for _ in range(2):
         loss = nn.functional.cross_entropy(adapted.model(torch.randn(4, 3, 64, 64)),

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from thawkit.errors import LayoutError
-from thawkit.layout import Block, Layout
+from thawkit import LayoutError
+from thawkit import Block, Layout
 
 if TYPE_CHECKING:
     from torch import nn
@@ -241,7 +241,7 @@ def _children_layout(model: nn.Module, head: list[str]) -> Layout:
 
 def describe(model: nn.Module) -> Layout:
     """The layout of a timm model (see :func:`thawkit.plugins.timm.thawkit_describe_layout`)."""
-    from thawkit.layout import last_linear
+    from thawkit import last_linear
 
     name = type(model).__name__
     head = final_classifiers(model)
@@ -314,7 +314,7 @@ def reset_head(model: nn.Module, layout: Layout, num_classes: int, dropout: floa
     probability of timm's pre-classifier dropout, or wraps the classifier in
     ``Sequential(Dropout, classifier)`` where the model has none.
     """
-    from thawkit.defaults import new_classifier, set_submodule
+    from thawkit import new_classifier, set_submodule
     from torch import nn
 
     name = type(model).__name__

@@ -24,7 +24,7 @@ from . import _torchvision_layouts as tvl
 if TYPE_CHECKING:
     from torch import nn
 
-    from thawkit.backbone import BackboneSpec, DataConfig
+    from thawkit import BackboneSpec, DataConfig
 
 
 def _qual(w: Any) -> str:
@@ -43,7 +43,7 @@ def _transforms(w: Any) -> dict[str, Any] | None:
 
 
 def _config(tf: dict[str, Any], origin: str) -> DataConfig:
-    from thawkit.backbone import DataConfig
+    from thawkit import DataConfig
 
     return DataConfig(input_size=(3, tf["crop"], tf["crop"]), mean=tf["mean"], std=tf["std"],
                       interpolation=tf["interpolation"], crop_pct=tf["crop"] / tf["resize"],
@@ -119,7 +119,7 @@ def data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig | Non
     if name is not None and name not in classification_models():
         name = None
     if name is not None:
-        from thawkit.errors import ConfigError
+        from thawkit import ConfigError
 
         try:
             kind, w = resolve_weights(name, spec.options.get("weights"))
@@ -160,7 +160,7 @@ def _family_config(model: nn.Module, family: str) -> DataConfig | None:
         return _config(tf, origin)
     size = getattr(model, "image_size", None)
     if family == "vit" and isinstance(size, int):
-        from thawkit.backbone import DataConfig
+        from thawkit import DataConfig
 
         return DataConfig(input_size=(3, size, size), origin=f"torchvision ViT image_size {size}, "
                           "ImageNet statistics")

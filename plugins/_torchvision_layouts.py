@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-    from thawkit.layout import Layout
+    from thawkit import Layout
 
 #: torchvision class name -> family key. Subclasses (quantizable variants, user
 #: subclasses) are recognised through the MRO.
@@ -353,7 +353,7 @@ def family_layout(model: nn.Module, family: str) -> FamilyLayout | None:
 
 def describe(model: nn.Module) -> Layout | None:
     """The layout of a torchvision classification model, or ``None`` if it is not one."""
-    from thawkit.layout import layout_from_prefixes
+    from thawkit import layout_from_prefixes
 
     fam = family_of(model)
     if fam is None:
@@ -376,7 +376,7 @@ def describe(model: nn.Module) -> Layout | None:
     if layout.neck is not None and not layout.neck.params:
         layout.neck = None
     if not exact:  # a user's subclass may add parameters we do not know: let others try
-        from thawkit.errors import LayoutError
+        from thawkit import LayoutError
 
         try:
             layout.validate(model)
@@ -394,7 +394,7 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float = 0.0,
     Dropout when ``dropout > 0``. Aux classifiers are replaced without extra dropout
     (they apply their own). Returns ``None`` for models that are not torchvision's.
     """
-    from thawkit.defaults import new_classifier, set_submodule
+    from thawkit import new_classifier, set_submodule
 
     fam = family_of(model)
     if fam is None:

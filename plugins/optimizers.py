@@ -1,7 +1,7 @@
 """Optimizers by name: every ``torch.optim`` optimizer class, lower-cased (``adamw``, ``sgd``, ...)."""
 from __future__ import annotations
 
-from thawkit.manager import hookimpl
+from thawkit import hookimpl
 
 
 class TorchOptimizer:
@@ -27,7 +27,7 @@ def torch_optimizer_classes() -> dict[str, type]:
     return out
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_optimizers(register):
     for name, cls in torch_optimizer_classes().items():
         register(name, TorchOptimizer(cls))

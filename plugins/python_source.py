@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from thawkit.errors import ConfigError
-from thawkit.manager import hookimpl
+from thawkit import ConfigError
+from thawkit import hookimpl
 
 
 class PythonSource:
@@ -19,8 +19,8 @@ class PythonSource:
     def load(self, name: str, options: dict):
         import torch
 
-        from thawkit.backbone import apply_weights, read_weights
-        from thawkit.layout import last_linear
+        from thawkit import apply_weights, read_weights
+        from thawkit import last_linear
 
         module_name, sep, attr = name.rpartition(":")
         if not sep or not module_name or not attr:
@@ -54,6 +54,6 @@ class PythonSource:
         return []
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_sources(register):
     register("python", PythonSource())

@@ -43,15 +43,15 @@ from collections.abc import Callable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from thawkit.errors import ConfigError, UnknownNameError, WeightsError
-from thawkit.manager import hookimpl
+from thawkit import ConfigError, UnknownNameError, WeightsError
+from thawkit import hookimpl
 
 from ._timm_layout import describe, final_classifiers, is_timm, reset_head
 
 if TYPE_CHECKING:
     import torch
-    from thawkit.backbone import BackboneSpec, DataConfig
-    from thawkit.layout import Layout
+    from thawkit import BackboneSpec, DataConfig
+    from thawkit import Layout
     from torch import nn
 
 
@@ -162,7 +162,7 @@ def _fits(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], head: li
 
 def load_weights(model: nn.Module, path: Any, name: str) -> None:
     """Load a local weights file into a timm model (see the module docstring)."""
-    from thawkit.backbone import apply_weights, read_weights
+    from thawkit import apply_weights, read_weights
 
     state = read_weights(path)
     file = str(path)
@@ -217,7 +217,7 @@ def _adapt_input_convs(model: nn.Module, state: dict, own: dict) -> dict:
     return state
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_sources(register: Callable[..., None]) -> None:
     register("timm", TimmSource())
 
@@ -273,7 +273,7 @@ def thawkit_layer_scales(model: nn.Module, layout: Layout, layer_decay: float,
 def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig | None:
     if not is_timm(model):
         return None
-    from thawkit.backbone import DataConfig
+    from thawkit import DataConfig
     from timm.data import resolve_model_data_config
 
     cfg = resolve_model_data_config(model)
@@ -308,7 +308,7 @@ def _optimizer_factory(name: str) -> Callable[..., torch.optim.Optimizer]:
     return factory
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_optimizers(register: Callable[..., None]) -> None:
     for name in timm_optimizer_names():
         register(name, _optimizer_factory(name))

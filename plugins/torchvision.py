@@ -42,17 +42,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit.backbone import WEIGHT_SUFFIXES
-from thawkit.errors import ConfigError, UnknownNameError
-from thawkit.manager import hookimpl
+from thawkit import WEIGHT_SUFFIXES
+from thawkit import ConfigError, UnknownNameError
+from thawkit import hookimpl
 
 from . import _torchvision_layouts as tvl
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from thawkit.backbone import BackboneSpec, DataConfig
-    from thawkit.layout import Layout
+    from thawkit import BackboneSpec, DataConfig
+    from thawkit import Layout
 
 WHERE = "torchvision source"
 
@@ -228,8 +228,8 @@ class TorchvisionSource:
         """Build ``name``; the module docstring explains the options."""
         import torch
 
-        from thawkit.backbone import apply_weights, read_weights
-        from thawkit.errors import WeightsError
+        from thawkit import apply_weights, read_weights
+        from thawkit import WeightsError
 
         names = classification_models()
         if name not in names:
@@ -280,14 +280,10 @@ class TorchvisionSource:
 
 
 # --------------------------------------------------------------------- hooks
-# The decision hooks below are plain (not ``trylast``) on purpose: pluggy calls
-# ``trylast`` implementations newest-registered *last*, and core's generic fallbacks
-# (``thawkit.defaults``, registered first) are ``trylast`` too, so a ``trylast`` impl
-# here would only ever be asked after the fallback had already answered. Plain impls
-# still run after every plugin registered later (entry points, runtime plugins), so
-# third-party plugins keep overriding these. The collector hook stays ``trylast`` so the
-# built-in registration comes first and a plugin can take the name with ``replace=True``.
-@hookimpl(trylast=True)
+# Plain hookimpls, like any plugin's: plugins registered later (entry points, runtime
+# plugins) are asked first and override these decisions; core's ``trylast`` fallbacks
+# answer only when no plugin does (see thawkit/hookspecs.py).
+@hookimpl
 def thawkit_register_sources(register):
     register("torchvision", TorchvisionSource())
 

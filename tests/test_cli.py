@@ -155,7 +155,7 @@ def test_plugins_without_and_with_all():
     rows = {line.split()[0]: line for line in full.stdout.splitlines()[2:]}
     assert "thawkit_register_strategies" in rows["thawkit.strategy.gradual"]
     assert f" {thawkit.__version__} " in rows["thawkit.strategy.gradual"]
-    assert "thawkit_describe_layout" in rows["thawkit.defaults"]
+    assert "thawkit_describe_layout" in rows["thawkit.fallbacks"]
     assert len(rows) == len(thawkit.DEFAULT_PLUGINS)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from thawkit.train.demo import run_demo
+    from thawkit.plugins.train.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo") / "out"
     lines: list[str] = []
@@ -18,7 +18,7 @@ def demo(tmp_path_factory):
 
 
 def test_table_numbers_come_from_the_runs(demo):
-    from thawkit.train.demo import QUICK
+    from thawkit.plugins.train.demo import QUICK
 
     out, rows, text = demo
     assert [r.strategy for r in rows] == ["head-only", "last-block", "gradual", "full", "full"]
@@ -48,7 +48,7 @@ def test_table_numbers_come_from_the_runs(demo):
 def test_pretrained_weights_load_like_a_users_own(demo):
     import thawkit
     import torch
-    from thawkit.train.demo import PRETRAIN_CLASSES, QUICK, SPEC
+    from thawkit.plugins.train.demo import PRETRAIN_CLASSES, QUICK, SPEC
 
     out, _, text = demo
     weights = out / "pretrained-digits-0-4.safetensors"
@@ -75,7 +75,7 @@ def test_example_recipe_continues_from_the_demo(demo, tmp_path):
     from pathlib import Path
 
     import thawkit
-    from thawkit.train import train
+    from thawkit.plugins.train import train
 
     out, _, _ = demo
     recipe = Path(__file__).parent.parent / "examples" / "recipes" / "digits_gradual.yaml"

@@ -119,7 +119,10 @@ def test_custom_strategy_file_is_also_a_cli_plugin(in_root):
 
 
 def test_tiny_zoo_hooks_are_each_one_region():
-    hooks = [n for n in dir(thawkit.hookspecs) if n.startswith("thawkit_")]
+    from thawkit.plugins.train import hookspecs as train_hookspecs
+
+    hooks = [n for module in (thawkit.hookspecs, train_hookspecs) for n in dir(module)
+             if n.startswith("thawkit_")]
     text = (EXAMPLES / "tiny_zoo.py").read_text()
     assert sorted(re.findall(r"^# \[(thawkit_\w+)\]$", text, re.M)) == sorted(hooks)
     for hook in hooks:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import thawkit
+from thawkit.plugins.train.schedules import schedule_registry
 from thawkit import hookspecs
 from thawkit.backbone import BackboneSpec, DataConfig
 from thawkit.recipe import validate_recipe
@@ -46,8 +47,13 @@ def test_hookspecs_module_defines_only_prefixed_hooks():
     assert public, "core/hookspecs.py defines no hooks"
     assert sorted(public) == sorted(HOOKS), "a public function in hookspecs.py is not a @hookspec"
     assert [n for n in HOOKS if not n.startswith("thawkit_")] == []
-    assert set(HOOKS) == {n for n in dir(thawkit.get_plugin_manager(entrypoints=False).hook)
-                          if n.startswith("thawkit_")}
+    from thawkit.plugins.train import hookspecs as train_hookspecs
+
+    # core's hooks, plus those the built-in training plugin adds through thawkit_add_hookspecs
+    added = {n for n in dir(train_hookspecs) if n.startswith("thawkit_")}
+    assert added and not added & set(HOOKS)
+    assert set(HOOKS) | added == {n for n in dir(thawkit.get_plugin_manager(entrypoints=False).hook)
+                                  if n.startswith("thawkit_")}
 
 
 @pytest.mark.parametrize("name", [
@@ -394,7 +400,7 @@ def test_thawkit_register_schedules(pm, tmp_path):
         validate_recipe({**recipe, "schedule": {"name": "exponentail"}}, pm=pm)
 
     optimizer = thawkit.adapt(_mlp(), "full", pm=pm).optimizer("sgd", lr=1.0)
-    factory = pm.schedules.get("exponential")
+    factory = schedule_registry(pm).get("exponential")
     scheduler = factory(optimizer, epochs=1, steps_per_epoch=2, warmup_epochs=0.0, gamma=0.5)
     optimizer.step()
     scheduler.step()
@@ -416,3 +422,117 @@ def test_thawkit_adapted(pm):
     # called once, after the head was replaced and the first phase applied
     assert seen == [("probe", 0, {"4.weight", "4.bias"})]
     assert adapted.model[4].out_features == 2
+
+
+# ------------------------------------------------------- plugin setup hooks
+def test_thawkit_add_hookspecs(pm):
+    class Specs:
+        @thawkit.hookspec(firstresult=True)
+        def thawkit_greeting(self, name: str) -> str | None:
+            """A greeting for ``name``."""
+
+    class Adds:
+        @thawkit.hookimpl
+        def thawkit_add_hookspecs(self, pm):
+            pm.add_hookspecs(Specs)
+
+    class Answers:
+        @thawkit.hookimpl
+        def thawkit_greeting(self, name):
+            return f"hello {name}"
+
+    # registered before the plugin that specifies its hook: validated once the spec arrives
+    pm.register(Answers(), name="answers")
+    with pytest.raises(thawkit.PluginError, match="answers"):
+        pm.check()
+    pm.register(Adds(), name="adds")  # historic: called on registration
+    pm.check()
+    assert pm.hook.thawkit_greeting(name="x") == "hello x"
+    with pytest.raises(Exception, match="argument"):
+        pm.hook.thawkit_greeting(nom="x")
+
+
+def test_thawkit_register_commands(tmp_path, capsys):
+    from thawkit.cli import build_parser, main
+
+    plugin = tmp_path / "hello_plugin.py"
+    plugin.write_text(
+        "import thawkit\n\n"
+        "def hello(args):\n"
+        "    print(f'hello {args.who}, {len(args.pm.strategies.names())} strategies')\n"
+        "    return 3\n\n"
+        "@thawkit.hookimpl\n"
+        "def thawkit_register_commands(subparsers):\n"
+        "    p = subparsers.add_parser('hello', help='greet')\n"
+        "    p.add_argument('who')\n"
+        "    p.set_defaults(func=hello)\n")
+    assert main(["-p", str(plugin), "hello", "you"]) == 3
+    n = len(thawkit.get_plugin_manager(entrypoints=False).strategies.names())
+    assert capsys.readouterr().out == f"hello you, {n} strategies\n"
+
+    # the training commands come from the built-in training plugin, not from core
+    pm = thawkit.get_plugin_manager(entrypoints=False)
+    with_train = build_parser(pm).format_help()
+    pm.unregister(name="thawkit.train")
+    without = build_parser(pm).format_help()
+    for command in ("train", "demo", "predict", "export"):
+        assert f"    {command} " in with_train and f"    {command} " not in without
+
+
+class LabelsSection(BaseModel, extra="forbid"):
+    classes: list[str] = Field(default_factory=list)
+
+    def resolve(self, pm, where):
+        if len(set(self.classes)) != len(self.classes):
+            raise thawkit.ConfigError(f"{where}: labels.classes: names repeat")
+
+
+class LabelsPlugin:
+    @thawkit.hookimpl
+    def thawkit_recipe_sections(self, register):
+        register("labels", LabelsSection)
+
+    @thawkit.hookimpl
+    def thawkit_infer_num_classes(self, recipe, where):
+        return len(recipe.labels.classes) or None
+
+
+def test_thawkit_recipe_sections(pm):
+    pm.register(SourcePlugin(), name="staged-source")
+    base = {"backbone": {"source": "staged", "name": "net"}, "strategy": {"name": "full"}}
+    with pytest.raises(thawkit.ConfigError, match="labels: unknown field"):
+        validate_recipe({**base, "labels": {"classes": ["a"]}}, pm=pm)
+    pm.register(LabelsPlugin(), name="labels")
+    recipe = validate_recipe({**base, "labels": {"classes": ["a", "b"]}}, pm=pm)
+    assert recipe.labels == LabelsSection(classes=["a", "b"]) == recipe.section("labels")
+    assert validate_recipe(base, pm=pm).labels.classes == []  # sections default
+    with pytest.raises(thawkit.ConfigError, match=r"labels\.clases: unknown field; allowed fields: "
+                                                   "classes"):
+        validate_recipe({**base, "labels": {"clases": []}}, pm=pm)
+    with pytest.raises(thawkit.ConfigError, match="labels.classes: names repeat"):
+        validate_recipe({**base, "labels": {"classes": ["a", "a"]}}, pm=pm)
+    assert "labels" in thawkit.recipe_json_schema(pm)["properties"]
+
+    class Clash:
+        @thawkit.hookimpl
+        def thawkit_recipe_sections(self, register):
+            register("optimizer", LabelsSection)
+
+    pm.register(Clash(), name="clash")
+    with pytest.raises(thawkit.ConfigError, match="plugin 'clash' registers recipe section "
+                                                  "'optimizer', which is one of core's"):
+        validate_recipe(base, pm=pm)
+
+
+def test_thawkit_infer_num_classes(pm):
+    pm.register(SourcePlugin(), name="staged-source")
+    pm.register(LabelsPlugin(), name="labels")
+    base = {"backbone": {"source": "staged", "name": "net"}, "strategy": {"name": "full"}}
+    inferred = thawkit.adapt_recipe(validate_recipe({**base, "labels": {"classes": list("abc")}},
+                                                    pm=pm))
+    assert inferred.model.fc.out_features == 3
+    explicit = validate_recipe({**base, "labels": {"classes": list("abc")},
+                                "head": {"num_classes": 5}}, pm=pm)
+    assert thawkit.adapt_recipe(explicit).model.fc.out_features == 5  # the recipe's own wins
+    kept = thawkit.adapt_recipe(validate_recipe(base, pm=pm))  # no answer: the model's head stays
+    assert kept.model.fc.out_features == StagedNet().fc.out_features

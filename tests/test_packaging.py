@@ -50,10 +50,11 @@ def wheel(source, tmp_path_factory) -> zipfile.ZipFile:
 
 def test_wheel_contains_every_package(wheel):
     names = wheel.namelist()
-    for package in ("thawkit", "thawkit/plugins", "thawkit/plugins/strategies", "thawkit/train"):
+    for package in ("thawkit", "thawkit/plugins", "thawkit/plugins/strategies", "thawkit/plugins/train"):
         assert f"{package}/__init__.py" in names, package
-    for module in ("hookspecs", "manager", "cli", "recipe", "adapting", "__main__"):
+    for module in ("hookspecs", "plugin_manager", "cli", "recipe", "adapted", "api"):
         assert f"thawkit/{module}.py" in names
+    assert "thawkit/py.typed" in names, "the wheel must tell type checkers thawkit is typed"
     strategies = {Path(n).stem for n in names if n.startswith("thawkit/plugins/strategies/")}
     assert {"gradual", "head_only", "last_block", "full", "pattern"} <= strategies
     assert not [n for n in names if n.startswith(("core/", "plugins/", "tests/"))]

@@ -16,7 +16,7 @@ from torch import nn
 
 import thawkit
 from thawkit.cli import main
-from thawkit.manager import DEFAULT_PLUGINS, PluginLoadWarning
+from thawkit.plugin_manager import DEFAULT_PLUGINS, PluginLoadWarning
 
 STRATEGY_PLUGIN = '''
 import thawkit

@@ -9,6 +9,7 @@ import yaml
 from torch import nn
 
 import thawkit
+from thawkit.plugins.train.schedules import schedule_registry
 from thawkit.errors import ConfigError, UnknownNameError
 from thawkit.recipe import apply_override, load_recipe, recipe_json_schema, validate_recipe
 
@@ -82,7 +83,7 @@ def test_missing_section_is_named(toy_pm):
 
 
 @pytest.mark.parametrize("section, field, allowed", [
-    (None, "stratgy", "backbone, head, strategy, optimizer, schedule, data, train, plugins"),
+    (None, "stratgy", "backbone, head, strategy, optimizer, plugins, data, schedule, train"),
     ("head", "num_clases", "num_classes, dropout, keep_aux"),
     ("data", "batchsize", "batch_size"),
     ("train", "epoch", "epochs"),
@@ -197,7 +198,7 @@ def test_unknown_name_gives_closest_names_and_full_list(tmp_path, toy_pm, path, 
     assert (err.kind, err.name) == (kind, value)
     assert suggestion in err.suggestions
     registry = {"strategy": toy_pm.strategies, "optimizer": toy_pm.optimizers,
-                "source": toy_pm.sources, "schedule": toy_pm.schedules}[kind]
+                "source": toy_pm.sources, "schedule": schedule_registry(toy_pm)}[kind]
     assert err.known == registry.names()
     first, listing = str(err).split("\n")
     assert first.startswith(f"{file}: {path}: unknown {kind} '{value}'; did you mean ")

@@ -34,7 +34,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 def straight_and_resumed(tmp_path, data, pm, /, stop_after=None, on_step=None, **sections):
     """An uninterrupted run, and the same run stopped (by --stop-after or on_step) and resumed."""
-    from thawkit.train import resume, train
+    from thawkit.plugins.train import resume, train
 
     d = recipe_dict(data, tmp_path / "straight", **sections)
     assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
@@ -68,7 +68,7 @@ def test_gradual_stopped_mid_phase_is_bit_identical(tmp_path, data, pm, stop_aft
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identical(tmp_path, data, pm):
-    from thawkit.train.checkpoint import load_checkpoint
+    from thawkit.plugins.train.checkpoint import load_checkpoint
 
     def ctrl_c(trainer):
         if trainer.state.epoch == 1 and trainer.state.step == 2:
@@ -86,9 +86,9 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identical(tmp_path, data, pm):
 
 
 def test_ctrl_c_exit_code_and_checkpoint(tmp_path, data, pm):
-    from thawkit.train import train
-    from thawkit.train.checkpoint import load_checkpoint
-    from thawkit.train.commands import EXIT_INTERRUPTED
+    from thawkit.plugins.train import train
+    from thawkit.plugins.train.checkpoint import load_checkpoint
+    from thawkit.plugins.train.commands import EXIT_INTERRUPTED
 
     def ctrl_c(trainer):
         if trainer.state.step == 1:
@@ -104,8 +104,8 @@ def test_ctrl_c_exit_code_and_checkpoint(tmp_path, data, pm):
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, data, pm, monkeypatch):
     import torch
-    from thawkit.train import train
-    from thawkit.train.checkpoint import load_checkpoint, save_checkpoint
+    from thawkit.plugins.train import train
+    from thawkit.plugins.train.checkpoint import load_checkpoint, save_checkpoint
 
     d = recipe_dict(data, tmp_path / "run")
     assert train(load(d, pm), pm=pm, log=quiet, stop_after=1).status == "stopped"
@@ -129,7 +129,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, data, pm
 
 def test_torn_checkpoint_is_a_clear_error(tmp_path, data, pm):
     from thawkit.cli import main
-    from thawkit.train import train
+    from thawkit.plugins.train import train
 
     d = recipe_dict(data, tmp_path / "run")
     assert train(load(d, pm), pm=pm, log=quiet, stop_after=1).status == "stopped"
@@ -140,7 +140,7 @@ def test_torn_checkpoint_is_a_clear_error(tmp_path, data, pm):
 
 def test_resume_errors(tmp_path, data, pm, capsys):
     from thawkit.cli import main
-    from thawkit.train import train
+    from thawkit.plugins.train import train
 
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -5,6 +5,8 @@ import itertools
 import math
 
 import pytest
+import thawkit
+from thawkit.plugins.train.schedules import schedule_registry
 
 EPOCHS, STEPS, BASE = 5, 4, 0.1
 MULTS = (1.0, 0.5, 0.125)  # e.g. head, last block, stem under layer decay
@@ -39,7 +41,7 @@ def drive(factory, opt, sched, epochs=EPOCHS, steps=STEPS, val_losses=None):
 def schedules():
     import thawkit
 
-    return thawkit.get_plugin_manager(entrypoints=False).schedules
+    return schedule_registry(thawkit.get_plugin_manager(entrypoints=False))
 
 
 def test_builtin_names(schedules):
@@ -192,6 +194,6 @@ def test_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, thawkit.plugins.schedules as s; "
+    code = ("import sys, thawkit.plugins.train.schedules as s; "
             "assert 'torch' not in sys.modules; assert s.thawkit_register_schedules")
     subprocess.run([sys.executable, "-c", code], check=True)

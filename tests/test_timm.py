@@ -15,7 +15,7 @@ import thawkit
 import timm
 import torch
 from safetensors.torch import save_file
-from thawkit.adapting import data_config, describe_layout, replace_head
+from thawkit.api import data_config, describe_layout, replace_head
 from thawkit.errors import ConfigError, LayoutError, UnknownNameError, WeightsError
 from thawkit.plugins import timm as timm_plugin
 from thawkit.plugins._timm_layout import final_classifiers

@@ -23,9 +23,9 @@ import time
 import pytest
 import thawkit
 import timm
-from thawkit.adapting import describe_layout, replace_head
+from thawkit.api import describe_layout, replace_head
 from thawkit.errors import LayoutError
-from thawkit.groups import OptimConfig, build_groups
+from thawkit.param_groups import OptimizerSettings, build_groups
 from thawkit.plugins._timm_layout import final_classifiers, out_features
 from timm.optim import param_groups_layer_decay
 
@@ -81,7 +81,7 @@ def check(name: str, pm) -> str:
 def check_layer_decay(model, layout, pm) -> None:
     """Every parameter's lr scale and weight decay equal timm's param_groups_layer_decay."""
     specs = build_groups(model, layout, [n for n, _ in model.named_parameters()],
-                         OptimConfig(lr=1.0, weight_decay=0.05, layer_decay=0.75), pm)
+                         OptimizerSettings(lr=1.0, weight_decay=0.05, layer_decay=0.75), pm)
     ours = {n: (g.lr, g.weight_decay) for g in specs for n in g.params}
     listed = list(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else []
     by_id = {id(p): n for n, p in model.named_parameters()}

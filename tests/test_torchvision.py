@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 import thawkit
-from thawkit.adapting import describe_layout, replace_head
+from thawkit.api import describe_layout, replace_head
 from thawkit.errors import ConfigError, UnknownNameError, WeightsError
 from thawkit.plugins import _torchvision_layouts as tvl
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-SPEC_NAME = "thawkit.train.demo_model:small_cnn"
+SPEC_NAME = "thawkit.plugins.train.demo_model:small_cnn"
 CLASSES = ("cat", "dog", "eel")
 
 
@@ -66,7 +66,7 @@ def load(d: dict, pm):
 def finished_run(tmp_path_factory):
     """One two-epoch gradual run with head dropout, shared by the read-only tests below."""
     import thawkit
-    from thawkit.train import train
+    from thawkit.plugins.train import train
 
     tmp = tmp_path_factory.mktemp("run")
     data = make_data(tmp)
@@ -139,7 +139,7 @@ def test_cli_train_via_parser(tmp_path, capsys):
 
 # --------------------------------------------------------------- bad data
 def _bad(tmp_path, pm, mutate, **sections):
-    from thawkit.train import train
+    from thawkit.plugins.train import train
 
     data = make_data(tmp_path)
     mutate(data)
@@ -203,7 +203,7 @@ def test_num_classes_disagrees(tmp_path, pm):
 
 
 def test_corrupt_image_names_the_file(tmp_path, pm):
-    from thawkit.train import DataError
+    from thawkit.plugins.train import DataError
 
     bad = {}
 
@@ -216,7 +216,7 @@ def test_corrupt_image_names_the_file(tmp_path, pm):
 
 def test_truncated_image_stops_the_run_naming_it(tmp_path, pm):
     """A file whose header reads but whose pixels do not: found when first loaded."""
-    from thawkit.train import DataError, train
+    from thawkit.plugins.train import DataError, train
 
     data = make_data(tmp_path)
     file = data / "val" / "cat" / "1.png"
@@ -243,8 +243,8 @@ def test_cli_bad_data_is_one_line_exit_2(tmp_path, capsys):
 # -------------------------------------------------------------------- NaN
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(tmp_path, pm):
     import torch
-    from thawkit.train import DivergedError, train
-    from thawkit.train.checkpoint import load_checkpoint
+    from thawkit.plugins.train import DivergedError, train
+    from thawkit.plugins.train.checkpoint import load_checkpoint
 
     data = make_data(tmp_path)
     d = recipe_dict(data, tmp_path / "run")
@@ -267,7 +267,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(tmp_path, pm)
 # --------------------------------------------------------- predict, export
 def test_predict_prints_top_classes_by_name(finished_run, capsys):
     from thawkit.cli import main
-    from thawkit.train import predict
+    from thawkit.plugins.train import predict
 
     run, data = finished_run
     images = [str(data / "val" / "eel" / "0.png"), str(data / "val" / "cat" / "1.png")]
@@ -296,7 +296,7 @@ def test_export_round_trip_gives_the_same_logits(finished_run, tmp_path, capsys)
     import thawkit
     import torch
     from thawkit.cli import main
-    from thawkit.train import load_exported, load_run_model
+    from thawkit.plugins.train import load_exported, load_run_model
 
     run, _ = finished_run
     out = tmp_path / "exported.safetensors"
@@ -322,8 +322,12 @@ def test_help_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from thawkit.cli import build_parser; p = build_parser(); "
-            "p.parse_args(['train', 'r.yaml', '--stop-after', '1']); "
+    code = ("import sys, contextlib, io, thawkit\n"
+            "from thawkit.cli import build_parser, main\n"
+            "p = build_parser(thawkit.get_plugin_manager())\n"
+            "p.parse_args(['train', 'r.yaml', '--stop-after', '1'])\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['--help'])\n"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -331,7 +335,7 @@ def test_help_does_not_import_torch():
 def test_resolved_recipe_keeps_the_architecture_options_of_published_weights(tmp_path, pm):
     """predict/export rebuild with weights=None: options that published weights implied
     (googlenet's transform_input, ...) go into the run's recipe; the user's own kwargs win."""
-    from thawkit.train.session import resolved_recipe
+    from thawkit.plugins.train.session import resolved_recipe
 
     data = recipe_dict(tmp_path, tmp_path / "run")
     data["backbone"]["kwargs"] = {"width": 16, "aux_logits": True}

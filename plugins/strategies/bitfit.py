@@ -1,8 +1,8 @@
 """``bitfit``: only biases and the head train (BitFit, Ben Zaken et al. 2022)."""
 from __future__ import annotations
 
-from thawkit.manager import hookimpl
-from thawkit.strategy import Phase, Strategy
+from thawkit import hookimpl
+from thawkit import Phase, Strategy
 
 
 class BitFit(Strategy):
@@ -14,6 +14,6 @@ class BitFit(Strategy):
         return [Phase(0, set(biases) | set(layout.head.params), "biases + head")]
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_strategies(register):
     register(BitFit)

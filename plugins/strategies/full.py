@@ -1,8 +1,8 @@
 """``full``: every parameter trains."""
 from __future__ import annotations
 
-from thawkit.manager import hookimpl
-from thawkit.strategy import Phase, Strategy
+from thawkit import hookimpl
+from thawkit import Phase, Strategy
 
 
 class Full(Strategy):
@@ -13,6 +13,6 @@ class Full(Strategy):
         return [Phase(0, layout.params_of(layout.all_blocks), "all")]
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_strategies(register):
     register(Full)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from thawkit.errors import ConfigError, UnknownNameError
-from thawkit.manager import hookimpl
-from thawkit.strategy import Phase, Strategy, StrategyParams
+from thawkit import ConfigError, UnknownNameError
+from thawkit import hookimpl
+from thawkit import Phase, Strategy, StrategyParams
 
 from .pattern import match_patterns
 
@@ -100,6 +100,6 @@ class Gradual(Strategy):
         return out
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_strategies(register):
     register(Gradual)

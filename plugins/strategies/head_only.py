@@ -1,8 +1,8 @@
 """``head-only``: only the new head trains (a linear probe)."""
 from __future__ import annotations
 
-from thawkit.manager import hookimpl
-from thawkit.strategy import Phase, Strategy
+from thawkit import hookimpl
+from thawkit import Phase, Strategy
 
 
 class HeadOnly(Strategy):
@@ -13,6 +13,6 @@ class HeadOnly(Strategy):
         return [Phase(0, layout.head.params, "head")]
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_strategies(register):
     register(HeadOnly)

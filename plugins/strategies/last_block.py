@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from thawkit.errors import ConfigError
-from thawkit.manager import hookimpl
-from thawkit.strategy import Phase, Strategy, StrategyParams
+from thawkit import ConfigError
+from thawkit import hookimpl
+from thawkit import Phase, Strategy, StrategyParams
 
 
 class LastBlockParams(StrategyParams):
@@ -28,6 +28,6 @@ class LastBlock(Strategy):
                       f"last {n} block(s)")]
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_strategies(register):
     register(LastBlock)

@@ -1,9 +1,9 @@
 """``norm-only``: the affine parameters of normalisation layers and the head train."""
 from __future__ import annotations
 
-from thawkit.manager import hookimpl
-from thawkit.norm import norm_modules
-from thawkit.strategy import Phase, Strategy
+from thawkit import hookimpl
+from thawkit import norm_modules
+from thawkit import Phase, Strategy
 
 
 class NormOnly(Strategy):
@@ -16,6 +16,6 @@ class NormOnly(Strategy):
         return [Phase(0, names | set(layout.head.params), "norms + head")]
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_strategies(register):
     register(NormOnly)

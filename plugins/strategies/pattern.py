@@ -8,9 +8,9 @@ import re
 
 from pydantic import Field, field_validator
 
-from thawkit.errors import ConfigError
-from thawkit.manager import hookimpl
-from thawkit.strategy import Phase, Strategy, StrategyParams
+from thawkit import ConfigError
+from thawkit import hookimpl
+from thawkit import Phase, Strategy, StrategyParams
 
 
 def _compile(patterns: list[str], field: str) -> list[re.Pattern]:
@@ -60,6 +60,6 @@ class Pattern(Strategy):
         return [Phase(0, chosen | set(layout.head.params), "pattern + head")]
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def thawkit_register_strategies(register):
     register(Pattern)

@@ -2,7 +2,7 @@
 
 Imported lazily (no torch until a function is used)::
 
-    from thawkit.train import train, resume
+    from thawkit.plugins.train import train, resume
     recipe = thawkit.load_recipe("recipe.yaml")
     outcome = train(recipe, run_dir="runs/try1", stop_after=2)   # status "stopped"
     outcome = resume("runs/try1")                                # bit-identical to one go
@@ -49,7 +49,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'thawkit.train' has no attribute {name!r}")
+        raise AttributeError(f"module 'thawkit.plugins.train' has no attribute {name!r}")
     return getattr(importlib.import_module(f".{module}", __name__), name)
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from thawkit.manager import ThawkitPluginManager
+    from thawkit import ThawkitPluginManager
 
-SPEC = "python:thawkit.train.demo_model:small_cnn"
+SPEC = "python:thawkit.plugins.train.demo_model:small_cnn"
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 LABELS_PER_CLASS = 10
@@ -98,7 +98,7 @@ def write_digits(root: Path, *, seed: int = 0) -> dict[str, Any]:
 def _recipe(name: str, *, strategy: dict[str, Any], data: Path, out: Path, epochs: int,
             lr: float, weights: str | None, batch_size: int, width: int, pm,
             layer_decay: float | None = None) -> Any:
-    from thawkit.recipe import validate_recipe
+    from thawkit import validate_recipe
 
     # num_classes matches the pretrained head so its weights load; adapt() then replaces it
     backbone: dict[str, Any] = {"source": "python", "name": SPEC.split(":", 1)[1],
@@ -155,8 +155,8 @@ def run_demo(output: str | Path = "thawkit-demo", *, quick: bool = False,
              settings: DemoSettings | None = None) -> list[DemoRow]:
     """Run the demo into ``output`` and return its table rows (see the module docstring)."""
     import torch
-    from thawkit.errors import ConfigError
-    from thawkit.manager import default_plugin_manager
+    from thawkit import ConfigError
+    from thawkit import default_plugin_manager
 
     pm = pm or default_plugin_manager()
     out = Path(output)

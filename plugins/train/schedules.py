@@ -23,11 +23,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from thawkit.errors import ConfigError
-from thawkit.manager import hookimpl
+from thawkit import ConfigError, hookimpl
 
 if TYPE_CHECKING:
     import torch
+    from thawkit import Registry, ThawkitPluginManager
 
 
 class _Params(BaseModel):
@@ -75,7 +75,7 @@ Factory = Callable[..., Any]
 
 
 def _validated(name: str, params_model: type[_Params], params: dict[str, Any]) -> Any:
-    from thawkit.recipe import format_validation_error
+    from thawkit import format_validation_error
 
     try:
         return params_model.model_validate(params)
@@ -238,7 +238,12 @@ def _plateau(optimizer, p, *, warmup_epochs, **_):
         cooldown=p.cooldown, min_lr=[lr * p.min_lr_ratio for lr in peaks])
 
 
-@hookimpl(trylast=True)
+def schedule_registry(pm: ThawkitPluginManager) -> Registry:
+    """Schedule factories by name, from every plugin's ``thawkit_register_schedules``."""
+    return pm.registry("thawkit_register_schedules", "schedule")
+
+
+@hookimpl
 def thawkit_register_schedules(register: Callable[..., None]) -> None:
     for name, factory in _FACTORIES.items():
         register(name, factory)

@@ -1,103 +1,20 @@
-"""``adapt()``: layout, head replacement, strategy phases, norm policy and the plan, in one object."""
+"""The :class:`Adapted` model: layout, strategy phases, norm policy, parameter groups and plan."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backbone import DataConfig, spec_of
-from .errors import ConfigError, LayoutError
-from .groups import GroupSpec, OptimConfig, build_groups, torch_param_groups
+from .errors import ConfigError
 from .norm import has_running_stats, norm_modules, set_inference
-from .plan import BlockRow, ParamRow, PhaseRow, Plan
+from .param_groups import GroupSpec, OptimizerSettings, build_groups, torch_param_groups
+from .plan_report import BlockRow, ParamRow, PhaseRow, Plan
 from .strategy import Phase, Strategy
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from .layout import Layout
-    from .manager import ThawkitPluginManager
-
-
-def _pm(pm: ThawkitPluginManager | None) -> ThawkitPluginManager:
-    from .manager import default_plugin_manager
-
-    return pm or default_plugin_manager()
-
-
-def describe_layout(model: nn.Module, *, pm: ThawkitPluginManager | None = None,
-                    require_head: bool = True) -> Layout:
-    """The model's layout from the first plugin that knows it, checked to cover every parameter once."""
-    layout = _pm(pm).hook.thawkit_describe_layout(model=model, spec=spec_of(model))
-    if layout is None:
-        raise LayoutError(f"no plugin could describe {type(model).__name__}")
-    return layout.validate(model, require_head=require_head)
-
-
-def replace_head(model: nn.Module, num_classes: int, *, dropout: float = 0.0, keep_aux: bool = False,
-                 pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, Layout]:
-    """Replace the classifier(s) for ``num_classes`` outputs; returns the model and its new layout."""
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ConfigError(f"head.num_classes must be a positive integer, got {num_classes!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ConfigError(f"head.dropout must be in [0, 1), got {dropout!r}")
-    pm = _pm(pm)
-    layout = describe_layout(model, pm=pm, require_head=False)
-    spec = spec_of(model)
-    new = pm.hook.thawkit_replace_head(model=model, layout=layout, num_classes=num_classes,
-                                       dropout=float(dropout), keep_aux=keep_aux)
-    if new is None:
-        raise LayoutError(f"no plugin can replace the head of {type(model).__name__} "
-                          f"(classifier paths: {layout.classifiers or 'none found'})")
-    if spec is not None:
-        new._thawkit_spec = spec
-    return new, describe_layout(new, pm=pm)
-
-
-def data_config(model: nn.Module, *, pm: ThawkitPluginManager | None = None) -> DataConfig:
-    """Input size, mean/std, interpolation and crop the backbone expects."""
-    return _pm(pm).hook.thawkit_data_config(model=model, spec=spec_of(model))
-
-
-def list_strategies(*, pm: ThawkitPluginManager | None = None) -> list[str]:
-    """Names of every registered strategy."""
-    return _pm(pm).strategies.names()
-
-
-def list_optimizers(*, pm: ThawkitPluginManager | None = None) -> list[str]:
-    return _pm(pm).optimizers.names()
-
-
-def list_sources(*, pm: ThawkitPluginManager | None = None) -> list[str]:
-    return _pm(pm).sources.names()
-
-
-def adapt(model: nn.Module, strategy: str, *, num_classes: int | None = None, dropout: float = 0.0,
-          keep_aux: bool = False, pm: ThawkitPluginManager | None = None, **params: Any) -> Adapted:
-    """Replace the head (when ``num_classes`` is given) and apply a strategy picked by name.
-
-    ``params`` are the strategy's parameters (validated by its ``Params`` model),
-    plus ``norm`` = ``"frozen"`` (default), ``"affine"`` or ``"train"`` for
-    normalisation layers in frozen blocks.
-
-    Example::
-
-        adapted = thawkit.adapt(model, "gradual", num_classes=10, every=2)
-        optimizer = adapted.optimizer("adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.8)
-        for epoch in range(epochs):
-            adapted.on_epoch_start(epoch)
-            ...
-    """
-    from .recipe import validate_strategy_params
-
-    pm = _pm(pm)
-    validated = validate_strategy_params(strategy, params, pm=pm)
-    cls = pm.strategies.get(strategy)
-    if num_classes is not None:
-        model, layout = replace_head(model, num_classes, dropout=dropout, keep_aux=keep_aux, pm=pm)
-    else:
-        layout = describe_layout(model, pm=pm)
-    adapted = Adapted(model, layout, cls(validated), pm=pm)
-    pm.hook.thawkit_adapted(adapted=adapted)
-    return adapted
+    from .plugin_manager import ThawkitPluginManager
 
 
 class Adapted:
@@ -117,7 +34,7 @@ class Adapted:
         self.phases = self._check_phases(strategy.phases(layout, model))
         self._norms = self._norm_owners()
         self.ever_trainable = frozenset(self.phases[-1].trainable | self._affine_extra(-1))
-        self.optim_config: OptimConfig | None = None
+        self.optimizer_settings: OptimizerSettings | None = None
         self._groups: list[GroupSpec] | None = None
         self.epoch = 0
         self.phase = 0
@@ -218,46 +135,38 @@ class Adapted:
             set_inference(module, fixed, self.model.training)
 
     # --------------------------------------------------------- optimizer
-    def configure(self, name: str | None = None, **settings: Any) -> OptimConfig:
-        """Set optimizer settings (``lr``, ``weight_decay``, ``layer_decay``, ``min_scale``,
-        ``head_lr_mult``, ``lrs``, other keyword arguments for the optimizer)."""
-        base = self.optim_config or OptimConfig()
-        fields = {k: getattr(base, k) for k in ("name", "lr", "weight_decay", "layer_decay",
-                                                 "min_scale", "head_lr_mult", "lrs")}
-        kwargs = dict(base.kwargs)
-        if name is not None:
-            fields["name"] = name
-        for key, value in settings.items():
-            if key in fields:
-                fields[key] = value
-            else:
-                kwargs[key] = value
-        fields["lrs"] = dict(fields["lrs"] or {})
-        config = OptimConfig(**fields, kwargs=kwargs)
-        self._groups = build_groups(self.model, self.layout, self.ever_trainable, config, self.pm)
-        self.optim_config = config
-        return config
+    def param_groups(self, settings: str | OptimizerSettings = "adamw",
+                     **kwargs: Any) -> list[dict[str, Any]]:
+        """Named torch parameter groups over every parameter that trains in any phase.
 
-    def param_groups(self, **settings: Any) -> list[dict[str, Any]]:
-        """Named torch parameter groups for your own optimizer; same settings as :meth:`optimizer`."""
-        if settings or self._groups is None:
-            self.configure(**settings)
+        Takes the same settings as :meth:`optimizer` (for your own optimizer class). Each
+        call is built from its own arguments and the documented defaults only; the plan
+        shows the groups of the latest call.
+        """
+        config = OptimizerSettings.of(settings, **kwargs)
+        self._groups = build_groups(self.model, self.layout, self.ever_trainable, config, self.pm)
+        self.optimizer_settings = config
         return torch_param_groups(self.model, self._groups)
 
-    def optimizer(self, name: str = "adamw", **settings: Any):
+    def optimizer(self, settings: str | OptimizerSettings = "adamw",
+                  **kwargs: Any) -> torch.optim.Optimizer:
         """A torch optimizer over every parameter that trains in any phase, in named groups.
 
-        Settings: ``lr`` (the head's rate), ``weight_decay``, ``layer_decay`` (lr times
-        decay ** distance from the head), ``min_scale``, ``head_lr_mult``, ``lrs``
-        (explicit ``{block: lr}``); anything else goes to the optimizer (``momentum``, ...).
+        ``settings`` is an optimizer name (``thawkit optimizers`` lists them) or validated
+        :class:`~thawkit.OptimizerSettings` (a recipe's ``optimizer`` section). Keyword
+        arguments: ``lr`` (the head's rate), ``weight_decay`` (default 0.01, weights only),
+        ``layer_decay`` (lr times decay ** distance from the head), ``min_scale``,
+        ``head_lr_mult``, ``lrs`` (explicit ``{block: lr}``); anything else goes to the
+        optimizer (``momentum``, ``betas``, ...). Frozen parameters are in the groups too
+        (with ``requires_grad=False``), so the optimizer never changes shape while phases thaw.
         """
-        from .recipe import check_kwargs
-
-        config = self.configure(name, **settings)
+        config = OptimizerSettings.of(settings, **kwargs)
         factory = self.pm.optimizers.get(config.name, where="optimizer.name")
-        check_kwargs(factory, config.kwargs, where="optimizer", what=f"optimizer {config.name!r}")
-        groups = torch_param_groups(self.model, self._groups)
-        return factory(groups, lr=config.lr, weight_decay=config.weight_decay, **config.kwargs)
+        config.check_against(factory)
+        groups = self.param_groups(config)
+        optimizer: torch.optim.Optimizer = factory(groups, lr=config.lr,
+                                                   weight_decay=config.weight_decay, **config.kwargs)
+        return optimizer
 
     # -------------------------------------------------------------- plan
     @property
@@ -295,8 +204,8 @@ class Adapted:
                 norm="/".join(modes) or None))
         phases = [PhaseRow(i, ph.epoch, ph.label, sum(by_name[n].numel for n in phase_sets[i]))
                   for i, ph in enumerate(self.phases)]
-        c = self.optim_config
-        optimizer = None if c is None else {
+        c = self.optimizer_settings
+        optimizer = None if c is None or self._groups is None else {
             "name": c.name, "lr": c.lr, "weight_decay": c.weight_decay, "layer_decay": c.layer_decay,
             "min_scale": c.min_scale, "head_lr_mult": c.head_lr_mult, "lrs": c.lrs, "kwargs": c.kwargs,
             "groups": [{"name": g.name, "block": g.block, "lr": g.lr, "weight_decay": g.weight_decay,

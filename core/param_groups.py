@@ -9,45 +9,92 @@ per-block rates) are baked into each group's ``lr``, which every
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, UnknownNameError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, UnknownNameError, closest, format_validation_error
 from .norm import norm_modules
 
 if TYPE_CHECKING:
     from torch import nn
 
     from .layout import Layout
-    from .manager import ThawkitPluginManager
+    from .plugin_manager import ThawkitPluginManager
 
 
-@dataclass
-class OptimConfig:
-    """Optimizer settings; ``lr`` is the head's base rate before multipliers."""
+class OptimizerSettings(BaseModel):
+    """Optimizer settings: the recipe's ``optimizer`` section and what :meth:`Adapted.optimizer`
+    takes, validated once.
 
-    name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    layer_decay: float | None = None
-    min_scale: float = 0.0
-    head_lr_mult: float = 1.0
-    lrs: dict[str, float] = field(default_factory=dict)
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    ``lr`` is the head's base rate before multipliers. ``weight_decay`` defaults to 0.01
+    for every optimizer (torch's AdamW default; torch's SGD default is 0): it applies to
+    weights only, never to biases, norm parameters or a model's ``no_weight_decay`` names.
+    Fields other than those below (``momentum``, ``betas``, ...) go to the optimizer.
+    """
 
-    def check(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr!r}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            raise ConfigError(f"optimizer.layer_decay must be in (0, 1], got {self.layer_decay!r}")
-        if not self.head_lr_mult > 0:
-            raise ConfigError(f"optimizer.head_lr_mult must be > 0, got {self.head_lr_mult!r}")
-        for block, lr in self.lrs.items():
-            if not lr > 0:
-                raise ConfigError(f"optimizer.lrs.{block} must be > 0, got {lr!r}")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    name: str = Field("adamw", description="Optimizer name; `thawkit optimizers` lists them.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate of the head (before head_lr_mult).")
+    weight_decay: float = Field(0.01, ge=0, description="Weight decay of weights (not biases, "
+                                "norms or no_weight_decay names).")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="Layer-wise LR decay factor.")
+    min_scale: float = Field(0.0, ge=0, description="Lower bound on layer-decay scales.")
+    head_lr_mult: float = Field(1.0, gt=0, description="Multiplier on the head's learning rate.")
+    lrs: dict[str, float] = Field(default_factory=dict, description="Explicit lr per block name.")
+
+    @field_validator("lrs")
+    @classmethod
+    def _positive_lrs(cls, lrs: dict[str, float]) -> dict[str, float]:
+        bad = [f"{block}={lr!r}" for block, lr in lrs.items() if not 0 < lr < float("inf")]
+        if bad:
+            raise ValueError(f"every block's lr must be a finite number > 0, got {', '.join(bad)}")
+        return lrs
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Extra optimizer arguments (momentum, betas, ...), checked against the optimizer."""
+        return dict(self.model_extra or {})
+
+    @classmethod
+    def of(cls, name: str | OptimizerSettings = "adamw", **settings: Any) -> OptimizerSettings:
+        """Settings from a name and keyword arguments (or validated settings, passed through)."""
+        if isinstance(name, OptimizerSettings):
+            return name.model_copy(update=settings) if settings else name
+        try:
+            return cls.model_validate({"name": name, **settings})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, where="optimizer", prefix=("optimizer",),
+                                                      model=cls)) from None
+
+    def check_against(self, factory: Any, *, where: str = "optimizer") -> None:
+        """Reject keyword arguments the optimizer factory (or the class it wraps) does not take."""
+        kwargs = self.kwargs
+        if not kwargs:
+            return
+        target = getattr(factory, "accepts", None) or factory
+        try:
+            sig = inspect.signature(target)
+        except (TypeError, ValueError):
+            return
+        params = sig.parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        own = list(type(self).model_fields)
+        allowed = own + [n for n, p in params.items()
+                         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                         and n not in ("self", "params", "param_groups", "lr", "weight_decay")
+                         and n not in own]
+        bad = [k for k in kwargs if k not in params]
+        if bad:
+            hint = closest(bad[0], allowed)
+            guess = f"did you mean {', '.join(repr(h) for h in hint)}? " if hint else ""
+            raise ConfigError(f"{where}.{bad[0]}: not a field of the optimizer section nor a "
+                              f"parameter of optimizer {self.name!r}; {guess}allowed: "
+                              f"{', '.join(allowed)}")
 
 
 @dataclass
@@ -78,7 +125,7 @@ def no_decay_names(model: nn.Module, pm: ThawkitPluginManager) -> set[str]:
     return out
 
 
-def lr_scales(model: nn.Module, layout: Layout, config: OptimConfig,
+def lr_scales(model: nn.Module, layout: Layout, config: OptimizerSettings,
               pm: ThawkitPluginManager) -> dict[str, float]:
     names = [n for n, _ in model.named_parameters()]
     if config.layer_decay is None:
@@ -92,10 +139,9 @@ def lr_scales(model: nn.Module, layout: Layout, config: OptimConfig,
     return scales
 
 
-def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], config: OptimConfig,
+def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], config: OptimizerSettings,
                  pm: ThawkitPluginManager) -> list[GroupSpec]:
     """Groups over ``trainable`` (every parameter that trains in any phase), each exactly once."""
-    config.check()
     block_names = [b.name for b in layout.all_blocks]
     for block in config.lrs:
         if block not in block_names:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from thawkit.errors import ThawkitError
+from thawkit import ThawkitError
 
 if TYPE_CHECKING:
     import torch

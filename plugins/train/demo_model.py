@@ -1,4 +1,4 @@
-"""A small CNN for the demo and the tests: ``python:thawkit.train.demo_model:small_cnn``.
+"""A small CNN for the demo and the tests: ``python:thawkit.plugins.train.demo_model:small_cnn``.
 
 Top-level children ``stem``, ``block1``..``block3`` and ``fc`` give core's
 generic layout a stem, three blocks and a head, with BatchNorm throughout (so

@@ -5,19 +5,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit.errors import ConfigError
+from thawkit import ConfigError
 
 from .session import check_new_run_dir, prepare, read_run_recipe
 
 if TYPE_CHECKING:
-    from thawkit.manager import ThawkitPluginManager
-    from thawkit.recipe import Recipe
+    from thawkit import ThawkitPluginManager
+    from thawkit import Recipe
 
     from .loop import Outcome, Trainer
 
 
 def _pm(pm: ThawkitPluginManager | None) -> ThawkitPluginManager:
-    from thawkit.manager import default_plugin_manager
+    from thawkit import default_plugin_manager
 
     return pm or default_plugin_manager()
 
@@ -36,7 +36,7 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
     Example::
 
         recipe = thawkit.load_recipe("recipe.yaml", overrides=["train.epochs=5"])
-        outcome = thawkit.train.train(recipe, run_dir="runs/try1")
+        outcome = thawkit.plugins.train.train(recipe, run_dir="runs/try1")
     """
     from .loop import Trainer
 

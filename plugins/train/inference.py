@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit.errors import ConfigError, ThawkitError
+from thawkit import ConfigError, ThawkitError
 
 from .checkpoint import read_jsonl, save_weights, write_json
 from .data import Preprocess, preprocess_images
-from .session import build_model, read_data_info, read_run_recipe
+from .session import read_data_info, read_run_recipe
 
 if TYPE_CHECKING:
-    from thawkit.manager import ThawkitPluginManager
-    from thawkit.recipe import Recipe
+    from thawkit import ThawkitPluginManager
+    from thawkit import Recipe
     from torch import nn
 
 EXPORT_FORMAT = "thawkit-export/1"
@@ -47,7 +47,7 @@ class RunModel:
 
 
 def _pm(pm):
-    from thawkit.manager import default_plugin_manager
+    from thawkit import default_plugin_manager
 
     return pm or default_plugin_manager()
 
@@ -55,8 +55,7 @@ def _pm(pm):
 def load_run_model(run_dir: str | Path, *, best: bool = False,
                    pm: ThawkitPluginManager | None = None) -> RunModel:
     """The trained model of a run (final weights, or ``best=True`` for the best epoch), in eval mode."""
-    from thawkit.backbone import read_weights
-    from thawkit.errors import WeightsError
+    from thawkit import WeightsError, adapt_recipe, read_weights
 
     pm = _pm(pm)
     run_dir = Path(run_dir)
@@ -72,7 +71,7 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
         hint = "" if best else "; use --best for the best epoch so far, or finish it with " \
                                f"thawkit train --resume {run_dir}"
         raise ConfigError(f"{str(run_dir)!r} has no {file.name} (run status: {status}){hint}")
-    adapted = build_model(recipe, pm=pm, num_classes=len(info["classes"]), pretrained=False)
+    adapted = adapt_recipe(recipe, num_classes=len(info["classes"]), load_weights=False)
     model = adapted.model
     state = read_weights(file)
     try:
@@ -135,7 +134,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     (``model.safetensors`` and ``config.json`` inside).
     """
     import torch
-    from thawkit.backbone import load_backbone
+    from thawkit import load_backbone
 
     pm = _pm(pm)
     weights_path, config_path = _export_paths(out)
@@ -179,7 +178,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
 def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, dict]:
     """Rebuild an exported model from its ``.safetensors`` file (config from the file's metadata)."""
     from safetensors import safe_open
-    from thawkit.backbone import load_backbone
+    from thawkit import load_backbone
 
     path = Path(path)
     if not path.is_file():

@@ -13,6 +13,7 @@ Environment switches:
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -30,26 +31,26 @@ from . import hookspecs
 from .errors import PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "thawkit"
-hookimpl = pluggy.HookimplMarker("thawkit")
 
-#: Built-in plugins, registered exactly like third-party ones (in this order).
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "thawkit.plugins.torchvision",
-    "thawkit.plugins.timm",
-    "thawkit.plugins.python_source",
-    "thawkit.plugins.optimizers",
-    "thawkit.plugins.schedules",
-    "thawkit.plugins.strategies.head_only",
-    "thawkit.plugins.strategies.last_block",
-    "thawkit.plugins.strategies.gradual",
-    "thawkit.plugins.strategies.full",
-    "thawkit.plugins.strategies.pattern",
-    "thawkit.plugins.strategies.bitfit",
-    "thawkit.plugins.strategies.norm_only",
-    # core's generic fallbacks come last: pluggy calls a later-registered trylast
-    # implementation before an earlier one, so this one answers only when no one else does
-    "thawkit.defaults",
-)
+#: Built-in plugins (plugin name -> module), registered exactly like third-party ones, in this
+#: order and before them. Core's fallbacks (``trylast``) answer only when no plugin does.
+DEFAULT_PLUGINS: dict[str, str] = {
+    "thawkit.torchvision": "thawkit.plugins.torchvision",
+    "thawkit.timm": "thawkit.plugins.timm",
+    "thawkit.python_source": "thawkit.plugins.python_source",
+    "thawkit.optimizers": "thawkit.plugins.optimizers",
+    "thawkit.strategy.head_only": "thawkit.plugins.strategies.head_only",
+    "thawkit.strategy.last_block": "thawkit.plugins.strategies.last_block",
+    "thawkit.strategy.gradual": "thawkit.plugins.strategies.gradual",
+    "thawkit.strategy.full": "thawkit.plugins.strategies.full",
+    "thawkit.strategy.pattern": "thawkit.plugins.strategies.pattern",
+    "thawkit.strategy.bitfit": "thawkit.plugins.strategies.bitfit",
+    "thawkit.strategy.norm_only": "thawkit.plugins.strategies.norm_only",
+    "thawkit.train": "thawkit.plugins.train.plugin",
+    "thawkit.schedules": "thawkit.plugins.train.schedules",
+    "thawkit.coverage": "thawkit.plugins.coverage",
+    "thawkit.fallbacks": "thawkit.fallbacks",
+}
 
 
 class PluginLoadWarning(UserWarning):
@@ -105,6 +106,7 @@ class ThawkitPluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__("thawkit")
         self.add_hookspecs(hookspecs)
+        self.hook.thawkit_add_hookspecs.call_historic(kwargs={"pm": self})
         self._registries: dict[str, Registry] = {}
         self.builtin_names: set[str] = set()
         self.load_errors: dict[str, str] = {}
@@ -121,22 +123,32 @@ class ThawkitPluginManager(pluggy.PluginManager):
         self._registries.clear()
         return out
 
-    def _collect(self, hook: str, kind: str, unpack: Callable[..., tuple[str, Any]]) -> Registry:
+    def registry(self, hook: str, kind: str,
+                 unpack: Callable[..., tuple[str, Any]] | None = None) -> Registry:
+        """The names contributed through collector hook ``hook`` (built once, until plugins change).
+
+        Each plugin's implementation is called through pluggy, one plugin at a time in
+        registration order, with a ``register`` callable that records which plugin gave
+        each name. ``unpack(*args, **kw) -> (name, obj)`` reads ``register``'s arguments;
+        the default takes ``register(name, obj)``. Plugins use this for hooks they add.
+        """
         if hook in self._registries:
             return self._registries[hook]
         registry = Registry(kind)
-        caller = getattr(self.hook, hook)
-        # built-ins register first, so a third-party plugin can replace their names
-        impls = sorted(caller.get_hookimpls(), key=lambda i: i.plugin_name not in self.builtin_names)
+        read = unpack or (lambda name, obj: (name, obj))
+        order = [name for name, _ in self.list_name_plugin()]
+        impls = sorted(getattr(self.hook, hook).get_hookimpls(),
+                       key=lambda i: order.index(i.plugin_name))
         for impl in impls:
             plugin = impl.plugin_name
+            others = [p for p in self.get_plugins() if p is not impl.plugin]
 
             def register(*args: Any, replace: bool = False, _plugin: str = plugin, **kw: Any) -> None:
-                name, obj = unpack(*args, **kw)
+                name, obj = read(*args, **kw)
                 registry.add(name, obj, _plugin, replace=replace)
 
             try:
-                impl.function(register=register)
+                self.subset_hook_caller(hook, remove_plugins=others)(register=register)
             except PluginError:
                 raise
             except Exception as exc:  # one bad plugin must not break the rest
@@ -154,30 +166,30 @@ class ThawkitPluginManager(pluggy.PluginManager):
 
     @property
     def strategies(self) -> Registry:
-        def unpack(cls: Any) -> tuple[str, Any]:
-            return getattr(cls, "name", None), cls
-        return self._collect("thawkit_register_strategies", "strategy", unpack)
+        """Strategy classes by name (``thawkit_register_strategies``)."""
+        return self.registry("thawkit_register_strategies", "strategy",
+                             lambda cls: (getattr(cls, "name", None), cls))
 
     @property
     def sources(self) -> Registry:
-        return self._collect("thawkit_register_sources", "source", lambda name, obj: (name, obj))
+        """Backbone sources by name (``thawkit_register_sources``)."""
+        return self.registry("thawkit_register_sources", "source")
 
     @property
     def optimizers(self) -> Registry:
-        return self._collect("thawkit_register_optimizers", "optimizer", lambda name, obj: (name, obj))
+        """Optimizer factories by name (``thawkit_register_optimizers``)."""
+        return self.registry("thawkit_register_optimizers", "optimizer")
 
     @property
-    def schedules(self) -> Registry:
-        return self._collect("thawkit_register_schedules", "schedule", lambda name, obj: (name, obj))
+    def recipe_sections(self) -> Registry:
+        """Recipe sections that plugins add (``thawkit_recipe_sections``)."""
+        return self.registry("thawkit_recipe_sections", "recipe section")
 
     # ------------------------------------------------------------ loading
-    def register_builtin(self, module_name: str) -> None:
-        module = importlib.import_module(module_name)
-        short = module_name.rsplit(".", 1)[-1] if module_name != "thawkit.defaults" else "defaults"
-        name = f"thawkit.{short}" if not module_name.startswith("thawkit.plugins.strategies") \
-            else f"thawkit.strategy.{short}"
+    def register_builtin(self, name: str, module_name: str) -> None:
+        """Import and register one of :data:`DEFAULT_PLUGINS`."""
         self.builtin_names.add(name)
-        self.register(module, name=name)
+        self.register(importlib.import_module(module_name), name=name)
 
     def load_entrypoints(self, only: Iterable[str] | None = None) -> None:
         """Load third-party plugins from the ``thawkit`` entry-point group, each in its own try."""
@@ -203,7 +215,9 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 path = Path(ref)
                 if not path.is_file():
                     raise PluginError(f"plugin file {ref!r} does not exist")
-                mod_name = f"thawkit_local_{path.stem}"
+                # one module per file: two plugin files with the same name never collide
+                digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+                mod_name = f"thawkit_local_{path.stem}_{digest}"
                 spec = importlib.util.spec_from_file_location(mod_name, path)
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[mod_name] = module
@@ -277,8 +291,8 @@ def get_plugin_manager(*, entrypoints: bool | None = None, builtins: bool = True
     """
     pm = ThawkitPluginManager()
     if builtins:
-        for module_name in DEFAULT_PLUGINS:
-            pm.register_builtin(module_name)
+        for name, module_name in DEFAULT_PLUGINS.items():
+            pm.register_builtin(name, module_name)
     env = os.environ.get("THAWKIT_PLUGINS")
     if entrypoints is None:
         entrypoints = env is None or env.strip() != ""

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from thawkit.errors import ThawkitError
+from thawkit import ThawkitError
 
 from .checkpoint import (
     append_jsonl,

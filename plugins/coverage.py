@@ -6,15 +6,17 @@ download), on the CPU otherwise.
 """
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from torch import nn
+from thawkit import hookimpl
 
-    from .manager import ThawkitPluginManager
+if TYPE_CHECKING:
+    from thawkit import ThawkitPluginManager
+    from torch import nn
 
 NUM_CLASSES = 7
 
@@ -42,8 +44,7 @@ def classifier_outputs(model: nn.Module, paths: list[str]) -> list[int]:
 
 
 def check_model(spec: str, pm: ThawkitPluginManager, num_classes: int = NUM_CLASSES) -> Result:
-    from .adapting import replace_head
-    from .backbone import load_backbone
+    from thawkit import load_backbone, replace_head
 
     device = "meta"
     try:
@@ -90,3 +91,20 @@ def report(sources: list[str], pattern: str | None, pm: ThawkitPluginManager,
     lines.append("coverage: " + ", ".join(figures) + (f" (pattern {pattern!r})" if pattern else ""))
     return "\n".join(lines), all_ok
 
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    sources = [args.source] if args.source else ["torchvision", "timm"]
+    text, ok = report(sources, args.pattern, args.pm, verbose=args.verbose)
+    print(text)
+    return 0 if ok else 1
+
+
+@hookimpl
+def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("coverage", help="check that every model of a source loads, describes "
+                              "and takes a new head (exit 1 if any fails)")
+    p.add_argument("pattern", nargs="?", help="only models matching this wildcard")
+    p.add_argument("--source", help="torchvision or timm (default: both)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the models that pass too")
+    p.set_defaults(func=cmd_coverage)

@@ -4,26 +4,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from thawkit.errors import ConfigError
+from thawkit import ConfigError
 
 EXIT_INTERRUPTED = 130
 
 
-def _pm(args: argparse.Namespace):
-    from thawkit.manager import default_plugin_manager
-
-    pm = default_plugin_manager()
-    for ref in getattr(args, "plugin", None) or []:
-        pm.load_local(ref)
-    return pm
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from thawkit.recipe import load_recipe
+    from thawkit import load_recipe
 
     from .runs import resume, train
 
-    pm = _pm(args)
+    pm = args.pm
     overrides = list(args.set or [])
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
@@ -47,14 +38,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.output, quick=args.quick, pm=_pm(args))
+    run_demo(args.output, quick=args.quick, pm=args.pm)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict
 
-    results = predict(args.run_dir, args.images, top_k=args.top_k, best=args.best, pm=_pm(args))
+    results = predict(args.run_dir, args.images, top_k=args.top_k, best=args.best, pm=args.pm)
     for file, top in results:
         print(file)
         for name, p in top:
@@ -66,7 +57,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export_run
 
     weights, config = export_run(args.run_dir, args.out, best=args.best, force=args.force,
-                                 pm=_pm(args))
+                                 pm=args.pm)
     print(f"wrote {weights} and {config}")
     print("rebuild with: thawkit.load_backbone(config['spec'], weights=WEIGHTS, "
           "**config['load_options'])")

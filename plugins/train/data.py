@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit.errors import ConfigError, ThawkitError
+from thawkit import ConfigError, ThawkitError
 
 if TYPE_CHECKING:
     import torch
-    from thawkit.backbone import DataConfig
-    from thawkit.recipe import DataSection
+    from thawkit import DataConfig
+    from .sections import DataSection
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 

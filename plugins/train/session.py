@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit.errors import ConfigError
+from thawkit import ConfigError
 
 from .checkpoint import CHECKPOINT, write_json, write_text
 from .data import Loaders, Preprocess, build_loaders, check_classes, scan_folder
 
 if TYPE_CHECKING:
     import torch
-    from thawkit.adapting import Adapted
-    from thawkit.manager import ThawkitPluginManager
-    from thawkit.recipe import Recipe
+    from thawkit import Adapted
+    from thawkit import ThawkitPluginManager
+    from thawkit import Recipe
 
 RECIPE_FILE = "recipe.yaml"
 DATA_FILE = "data.json"
@@ -133,16 +133,18 @@ def check_new_run_dir(run_dir: Path) -> None:
 
 def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
                     arch: dict[str, Any] | None = None) -> Recipe:
+    from thawkit import validate_recipe
+
     data = recipe.model_dump(mode="json")
     data["head"]["num_classes"] = num_classes
     # options that the published weights implied, so predict/export rebuild the same network
     data["backbone"]["kwargs"] = {**(arch or {}), **data["backbone"]["kwargs"]}
     data["train"]["output"] = str(run_dir)
-    return type(recipe).model_validate(data)
+    return validate_recipe(data, where=str(run_dir / RECIPE_FILE), pm=recipe.plugin_manager)
 
 
 def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager) -> Recipe:
-    from thawkit.recipe import load_recipe
+    from thawkit import load_recipe
 
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
@@ -158,23 +160,11 @@ def read_data_info(run_dir: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- build
-def build_model(recipe: Recipe, *, pm: ThawkitPluginManager, num_classes: int,
-                pretrained: bool = True) -> Adapted:
-    """The adapted model of a recipe; ``pretrained=False`` skips the backbone's weights
-    (for rebuilding a trained model whose own weights are loaded next)."""
-    from thawkit.planning import build_adapted
-
-    if not pretrained:
-        data = recipe.model_dump(mode="json")
-        data["backbone"]["weights"] = None
-        data["backbone"]["pretrained"] = False
-        recipe = type(recipe).model_validate(data)
-    return build_adapted(recipe, pm=pm, num_classes=num_classes)
-
-
 def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int, *, pm: ThawkitPluginManager):
+    from .schedules import schedule_registry
+
     s = recipe.schedule
-    factory = pm.schedules.get(s.name, where="schedule.name")
+    factory = schedule_registry(pm).get(s.name, where="schedule.name")
     scheduler = factory(optimizer, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch,
                         warmup_epochs=s.warmup_epochs, **s.params)
     interval = getattr(factory, "interval", "step")
@@ -187,6 +177,7 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     """Check the data, build model, optimizer and schedule, and (for a new run) write the run's
     recipe, plan and data description. Nothing is written before every check has passed."""
     import torch
+    from thawkit import adapt_recipe
 
     t = recipe.train
     seed_everything(t.seed, t.deterministic)
@@ -194,15 +185,15 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     val = scan_folder(recipe.data.val, "data.val")
     n = check_classes(train, val, recipe.head.num_classes)
     device = pick_device(t.device)
-    adapted = build_model(recipe, pm=pm, num_classes=n)
+    adapted = adapt_recipe(recipe, num_classes=n)
     if resume:
         prep = Preprocess.from_dict(read_data_info(run_dir)["preprocess"])
     else:
-        from thawkit.adapting import data_config
+        from thawkit import data_config
 
         prep = Preprocess.resolve(data_config(adapted.model, pm=pm), recipe.data)
     adapted.model.to(device)
-    optimizer = adapted.optimizer(recipe.optimizer.name)
+    optimizer = adapted.optimizer(recipe.optimizer)
     loaders = build_loaders(train, val, prep, batch_size=recipe.data.batch_size,
                             num_workers=recipe.data.num_workers, seed=t.seed,
                             pin_memory=device.type == "cuda")
@@ -213,7 +204,7 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
         import yaml
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        from thawkit.backbone import arch_options
+        from thawkit import arch_options
 
         recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
                                  arch=arch_options(adapted.model))

@@ -1,0 +1,31 @@
+"""Hooks the training plugin adds to thawkit (through ``thawkit_add_hookspecs``)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("thawkit")
+
+
+@hookspec
+def thawkit_register_schedules(register: Callable[..., None]) -> None:
+    """Register learning-rate schedules for ``thawkit train``.
+
+    Parameters:
+        register: call ``register(name, factory, replace=False)`` where
+            ``factory(optimizer, *, epochs: int, steps_per_epoch: int, warmup_epochs: float,
+            **params)`` returns a ``torch.optim.lr_scheduler`` object (``warmup_epochs``
+            is the recipe's ``schedule.warmup_epochs``, passed to every schedule). An optional attribute
+            ``factory.Params`` (pydantic model) validates ``params``; an optional
+            ``factory.interval`` is ``"step"`` (default) or ``"epoch"``.
+
+    Returns: nothing (all implementations are called).
+
+    Example::
+
+        @thawkit.hookimpl
+        def thawkit_register_schedules(register):
+            register("exp", lambda opt, *, epochs, steps_per_epoch, warmup_epochs=0, gamma=0.999:
+                     torch.optim.lr_scheduler.ExponentialLR(opt, gamma))
+    """

@@ -1,0 +1,55 @@
+"""The training plugin's hooks: its own hook specs, its commands, its recipe sections, and the
+number of classes of a recipe read from its training folder."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thawkit import ConfigError, hookimpl
+
+if TYPE_CHECKING:
+    from thawkit import Recipe, ThawkitPluginManager
+
+
+@hookimpl
+def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
+    from . import hookspecs
+
+    pm.add_hookspecs(hookspecs)
+
+
+@hookimpl
+def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    from .commands import add_commands
+
+    add_commands(subparsers)
+
+
+@hookimpl
+def thawkit_recipe_sections(register: Any) -> None:
+    from .sections import DataSection, ScheduleSection, TrainSection
+
+    register("schedule", ScheduleSection)
+    register("data", DataSection)
+    register("train", TrainSection)
+
+
+def count_classes(directory: str) -> int | None:
+    """Number of class folders in an ImageFolder directory, or None if it does not exist."""
+    path = Path(directory)
+    if not path.is_dir():
+        return None
+    return sum(1 for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@hookimpl
+def thawkit_infer_num_classes(recipe: Recipe, where: str) -> int | None:
+    folder = recipe.section("data").train
+    if folder is None:
+        return None
+    n = count_classes(folder)
+    if n is None:
+        raise ConfigError(f"{where}: data.train: directory {folder!r} does not exist (needed to "
+                          "infer head.num_classes; or set head.num_classes)")
+    return n

@@ -1,0 +1,68 @@
+"""The recipe sections the training plugin adds: ``data``, ``train`` and ``schedule``."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from thawkit import ConfigError, format_validation_error
+
+if TYPE_CHECKING:
+    from thawkit import ThawkitPluginManager
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScheduleSection(BaseModel):
+    """The learning-rate schedule: a registered name, warmup, and the schedule's own parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("constant", description="constant, cosine, step, onecycle, plateau, ...")
+    warmup_epochs: float = Field(0.0, ge=0)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The schedule's own parameters (everything beside ``name`` and ``warmup_epochs``)."""
+        return dict(self.model_extra or {})
+
+    def resolve(self, pm: ThawkitPluginManager, where: str) -> None:
+        """Check the name against the registered schedules and the parameters against its model."""
+        from .schedules import schedule_registry
+
+        factory = schedule_registry(pm).get(self.name, where=f"{where}: schedule.name")
+        params_model = getattr(factory, "Params", None)
+        if params_model is None:
+            return
+        try:
+            params_model.model_validate(self.params)
+        except ValidationError as exc:
+            text = format_validation_error(exc, where=where, prefix=("schedule",), model=params_model)
+            own = ", ".join(type(self).model_fields)
+            raise ConfigError(text.replace("allowed fields: ", f"allowed fields: {own}, ")) from None
+
+
+class DataSection(_Section):
+    """ImageFolder directories, preprocessing and batching."""
+
+    train: str | None = Field(None, description="ImageFolder directory of training images.")
+    val: str | None = Field(None, description="ImageFolder directory of validation images.")
+    image_size: int | None = Field(None, gt=0, description="Override the backbone's input size.")
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    augment: bool = Field(True, description="Random resized crop and flip when training.")
+    batch_size: int = Field(32, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class TrainSection(_Section):
+    """Epochs, seed, device, precision and the run directory."""
+
+    epochs: int = Field(10, gt=0)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, mps.")
+    amp: bool | None = Field(None, description="Mixed precision; default: on for CUDA.")
+    output: str = Field("runs/exp", description="Run directory.")
+    grad_clip: float | None = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
