@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
     from .adapted import Adapted
     from .api import (adapt, data_config, describe_layout, list_optimizers, list_sources,
                       list_strategies, replace_head)
-    from .backbone import (WEIGHT_SUFFIXES, BackboneSpec, DataConfig, WeightsReport, apply_weights,
-                           arch_options, load_backbone, read_weights, spec_of)
+    from .distributed import DistributedAdapted
+    from .backbone import WEIGHT_SUFFIXES, BackboneSpec, DataConfig, arch_options, load_backbone, spec_of
     from .errors import (ConfigError, LayoutError, PluginError, ThawkitError, UnknownNameError,
                          WeightsError, closest, format_validation_error)
     from .heads import new_classifier, set_submodule
@@ -35,15 +35,16 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
     from .plugin_manager import (DEFAULT_PLUGINS, Registry, ThawkitPluginManager,
                                  default_plugin_manager, get_plugin_manager, register,
                                  reset_plugin_manager)
-    from .recipe import Recipe, adapt_recipe, load_recipe, recipe_json_schema, validate_recipe
+    from .recipe import Recipe, adapt_recipe, load_recipe, recipe_model, validate_recipe
     from .strategy import Phase, Strategy, StrategyParams, strategy_instance
 
 _LAZY = {
     "Adapted": "adapted",
     **dict.fromkeys(["adapt", "data_config", "describe_layout", "list_optimizers", "list_sources",
                      "list_strategies", "replace_head"], "api"),
-    **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "WeightsReport", "apply_weights",
-                     "arch_options", "load_backbone", "read_weights", "spec_of"], "backbone"),
+    **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "arch_options", "load_backbone",
+                     "spec_of"], "backbone"),
+    "DistributedAdapted": "distributed",
     **dict.fromkeys(["ConfigError", "LayoutError", "PluginError", "ThawkitError", "UnknownNameError",
                      "WeightsError", "closest", "format_validation_error"], "errors"),
     **dict.fromkeys(["new_classifier", "set_submodule"], "heads"),
@@ -54,8 +55,8 @@ _LAZY = {
     "Plan": "plan_report",
     **dict.fromkeys(["DEFAULT_PLUGINS", "Registry", "ThawkitPluginManager", "default_plugin_manager",
                      "get_plugin_manager", "register", "reset_plugin_manager"], "plugin_manager"),
-    **dict.fromkeys(["Recipe", "adapt_recipe", "load_recipe", "recipe_json_schema",
-                     "validate_recipe"], "recipe"),
+    **dict.fromkeys(["Recipe", "adapt_recipe", "load_recipe", "recipe_model", "validate_recipe"],
+                    "recipe"),
     **dict.fromkeys(["Phase", "Strategy", "StrategyParams", "strategy_instance"], "strategy"),
 }
 

@@ -48,6 +48,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.strategy.norm_only": "thawkit.plugins.strategies.norm_only",
     "thawkit.train": "thawkit.plugins.train.plugin",
     "thawkit.schedules": "thawkit.plugins.train.schedules",
+    "thawkit.commands": "thawkit.plugins.commands",
     "thawkit.coverage": "thawkit.plugins.coverage",
     "thawkit.fallbacks": "thawkit.fallbacks",
 }
@@ -260,24 +261,6 @@ class ThawkitPluginManager(pluggy.PluginManager):
             self.unregister(plugin)
             raise
         return out
-
-    def plugin_info(self, include_builtin: bool = False) -> list[dict[str, Any]]:
-        """Name, version, source and implemented hooks of every registered plugin."""
-        rows = []
-        for name, plugin in self.list_name_plugin():
-            if plugin is None:  # blocked by name
-                continue
-            builtin = name in self.builtin_names
-            if builtin and not include_builtin:
-                continue
-            dist, version = self._dist_of.get(name, (None, None))
-            if builtin:
-                from . import __version__
-                dist, version = "thawkit", __version__
-            hooks = sorted(h.name for h in (self.get_hookcallers(plugin) or []))
-            rows.append({"name": name, "version": version, "distribution": dist,
-                         "builtin": builtin, "hooks": hooks})
-        return rows
 
 
 def get_plugin_manager(*, entrypoints: bool | None = None, builtins: bool = True) -> ThawkitPluginManager:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
@@ -267,30 +267,3 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             raise ConfigError(f"--set {item!r}: {part} is not a section")
         node = nxt
     node[parts[-1]] = value
-
-
-def recipe_json_schema(pm: ThawkitPluginManager | None = None) -> dict[str, Any]:
-    """JSON Schema of a recipe, with one alternative per registered strategy (for editors)."""
-    from typing import Annotated, Union
-
-    from pydantic import Discriminator
-
-    from .plugin_manager import default_plugin_manager
-
-    pm = pm or default_plugin_manager()
-    variants = []
-    for name in pm.strategies.names():
-        cls = pm.strategies.get(name)
-        variants.append(create_model(
-            f"Strategy_{name.replace('-', '_')}", __base__=cls.Params,
-            name=(Literal[name], Field(description=cls.summary())),  # type: ignore[valid-type]
-        ))
-    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in recipe_model(pm).model_fields.items()}
-    if variants:
-        union = Annotated[Union[tuple(variants)], Discriminator("name")]  # type: ignore[valid-type]  # noqa: UP007
-        fields["strategy"] = (union, Field(description="Freezing strategy and its parameters."))
-    model = create_model("ThawkitRecipe", __base__=_Section, **fields)
-    schema = model.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "thawkit recipe"
-    return schema

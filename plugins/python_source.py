@@ -19,7 +19,7 @@ class PythonSource:
     def load(self, name: str, options: dict):
         import torch
 
-        from thawkit import apply_weights, read_weights
+        from .weights import apply_weights, read_weights
         from thawkit import last_linear
 
         module_name, sep, attr = name.rpartition(":")

@@ -162,7 +162,7 @@ def _fits(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], head: li
 
 def load_weights(model: nn.Module, path: Any, name: str) -> None:
     """Load a local weights file into a timm model (see the module docstring)."""
-    from thawkit import apply_weights, read_weights
+    from .weights import apply_weights, read_weights
 
     state = read_weights(path)
     file = str(path)

@@ -228,7 +228,7 @@ class TorchvisionSource:
         """Build ``name``; the module docstring explains the options."""
         import torch
 
-        from thawkit import apply_weights, read_weights
+        from .weights import apply_weights, read_weights
         from thawkit import WeightsError
 
         names = classification_models()

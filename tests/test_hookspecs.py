@@ -20,6 +20,7 @@ import thawkit
 from thawkit.plugins.train.schedules import schedule_registry
 from thawkit import hookspecs
 from thawkit.backbone import BackboneSpec, DataConfig
+from thawkit.plugins.commands import recipe_json_schema
 from thawkit.recipe import validate_recipe
 
 TESTS = Path(__file__).parent
@@ -511,7 +512,7 @@ def test_thawkit_recipe_sections(pm):
         validate_recipe({**base, "labels": {"clases": []}}, pm=pm)
     with pytest.raises(thawkit.ConfigError, match="labels.classes: names repeat"):
         validate_recipe({**base, "labels": {"classes": ["a", "a"]}}, pm=pm)
-    assert "labels" in thawkit.recipe_json_schema(pm)["properties"]
+    assert "labels" in recipe_json_schema(pm)["properties"]
 
     class Clash:
         @thawkit.hookimpl

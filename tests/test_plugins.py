@@ -17,6 +17,7 @@ from torch import nn
 import thawkit
 from thawkit.cli import main
 from thawkit.plugin_manager import DEFAULT_PLUGINS, PluginLoadWarning
+from thawkit.plugins.commands import plugin_info
 
 STRATEGY_PLUGIN = '''
 import thawkit
@@ -76,7 +77,7 @@ def _mlp() -> nn.Module:
 
 
 def _third_party(pm) -> set[str]:
-    return {row["name"] for row in pm.plugin_info()}
+    return {row["name"] for row in plugin_info(pm)}
 
 
 class EveryOtherBlock(thawkit.Strategy):
@@ -116,10 +117,10 @@ def test_factory_builds_independent_managers():
 
 
 def test_builtins_are_ordinary_named_plugins(pm):
-    builtins = [row for row in pm.plugin_info(include_builtin=True) if row["builtin"]]
+    builtins = [row for row in plugin_info(pm, include_builtin=True) if row["builtin"]]
     assert len(builtins) == len(DEFAULT_PLUGINS)
     assert {row["distribution"] for row in builtins} == {"thawkit"}
-    assert pm.plugin_info() == []  # no third-party plugin in a manager without entry points
+    assert plugin_info(pm) == []  # no third-party plugin in a manager without entry points
     by_name = {row["name"]: row["hooks"] for row in builtins}
     assert by_name["thawkit.strategy.gradual"] == ["thawkit_register_strategies"]
     assert pm.strategies.entries["gradual"].plugin == "thawkit.strategy.gradual"
@@ -281,7 +282,7 @@ def test_entry_point_plugin_is_discovered(make_dist):
     pm = thawkit.get_plugin_manager()
     assert "demo-strategy" in pm.strategies
     assert pm.strategies.entries["demo-strategy"].plugin == "demo"
-    [row] = [r for r in pm.plugin_info() if r["name"] == "demo"]
+    [row] = [r for r in plugin_info(pm) if r["name"] == "demo"]
     assert row == {"name": "demo", "version": "1.2.3", "distribution": "thawkit-demo",
                    "builtin": False, "hooks": ["thawkit_register_strategies"]}
     adapted = thawkit.adapt(_mlp(), "demo-strategy", pm=pm)

@@ -11,7 +11,8 @@ from torch import nn
 import thawkit
 from thawkit.plugins.train.schedules import schedule_registry
 from thawkit.errors import ConfigError, UnknownNameError
-from thawkit.recipe import apply_override, load_recipe, recipe_json_schema, validate_recipe
+from thawkit.plugins.commands import recipe_json_schema
+from thawkit.recipe import apply_override, load_recipe, validate_recipe
 
 BASE = {
     "backbone": {"source": "toy", "name": "mlp"},

@@ -39,7 +39,6 @@ def drive(factory, opt, sched, epochs=EPOCHS, steps=STEPS, val_losses=None):
 
 @pytest.fixture(scope="module")
 def schedules():
-    import thawkit
 
     return schedule_registry(thawkit.get_plugin_manager(entrypoints=False))
 
@@ -167,7 +166,6 @@ def test_state_dict_round_trip_continues_exactly(schedules, name):
 
 
 def test_bad_params_are_config_errors(schedules, tmp_path):
-    import thawkit
     from thawkit.errors import ConfigError
 
     opt = optimizer()

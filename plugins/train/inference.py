@@ -55,7 +55,9 @@ def _pm(pm):
 def load_run_model(run_dir: str | Path, *, best: bool = False,
                    pm: ThawkitPluginManager | None = None) -> RunModel:
     """The trained model of a run (final weights, or ``best=True`` for the best epoch), in eval mode."""
-    from thawkit import WeightsError, adapt_recipe, read_weights
+    from thawkit import WeightsError, adapt_recipe
+
+    from ..weights import read_weights
 
     pm = _pm(pm)
     run_dir = Path(run_dir)

@@ -1,0 +1,136 @@
+"""Weight files for sources: read a state dict safely, and load it into a model strictly.
+
+Used by the built-in sources (torchvision, timm, ``python:``) and the training
+plugin; a third-party source can use it the same way::
+
+    from thawkit.plugins.weights import apply_weights, read_weights
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thawkit import WeightsError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a tensors-only torch file.
+
+    Never unpickles code: torch files load with ``weights_only=True`` and a file
+    that needs more is refused. ``{"state_dict": ...}`` / ``{"model": ...}``
+    wrappers and ``module.`` / ``_orig_mod.`` prefixes are unwrapped.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise WeightsError(f"weights path {str(path)!r} is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"weights file {str(path)!r} is not a valid safetensors file: {exc}") from None
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                raise WeightsError(
+                    f"refusing to load {str(path)!r}: it contains pickled code or objects, not only "
+                    f"tensors ({first}). Re-save it with torch.save(model.state_dict(), path) or as "
+                    ".safetensors") from None
+            raise _corrupt(path, first) from None
+        except Exception as exc:  # torch raises many types on garbage (IndexError, KeyError, ...)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise _corrupt(path, first) from None
+    return _unwrap(state, path)
+
+
+def _corrupt(path: Path, first: str) -> WeightsError:
+    return WeightsError(f"weights file {str(path)!r} is corrupt or not a torch file: {first}")
+
+
+def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    for key in ("state_dict", "model_state_dict", "model", "module", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+@dataclass
+class WeightsReport:
+    """What :func:`apply_weights` did: head keys dropped for another class count."""
+
+    file: str
+    dropped_head: list[str]
+    message: str = ""
+
+
+def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], *, file: str,
+                  head_prefixes: list[str]) -> WeightsReport:
+    """Load ``state`` into ``model`` strictly, except for a head with another number of classes.
+
+    Head keys (under ``head_prefixes``) whose shapes differ are dropped and the
+    head keeps its fresh initialisation; the report says so. Any other missing,
+    unexpected or mis-shaped key is a :class:`WeightsError` listing them.
+    """
+    import warnings
+
+    own = model.state_dict()
+
+    def in_head(k: str) -> bool:
+        return any(k == p or k.startswith(p + ".") for p in head_prefixes)
+
+    dropped = [k for k, v in state.items()
+               if in_head(k) and k in own and tuple(v.shape) != tuple(own[k].shape)]
+    n_file = tuple(state[dropped[0]].shape)[0] if dropped else None
+    state = {k: v for k, v in state.items() if k not in dropped}
+    missing = [k for k in own if k not in state and k not in dropped]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k} (file {tuple(v.shape)}, model {tuple(own[k].shape)})"
+             for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                            ("shape mismatches", shape)):
+            if keys:
+                more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+                parts.append(f"{title} ({len(keys)}): {', '.join(keys[:8])}{more}")
+        raise WeightsError(f"weights file {file!r} does not fit {type(model).__name__}: "
+                           + "; ".join(parts))
+    model.load_state_dict(state, strict=False, assign=_on_meta(model))
+    report = WeightsReport(file, dropped)
+    if dropped:
+        n_model = tuple(own[dropped[0]].shape)[0]
+        report.message = (f"{file}: checkpoint head has {n_file} classes, the model {n_model}; "
+                          f"head weights dropped ({', '.join(dropped)}), the head stays freshly initialised")
+        warnings.warn(report.message, stacklevel=2)
+    return report
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
