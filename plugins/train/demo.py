@@ -155,9 +155,12 @@ def run_demo(output: str | Path = "thawkit-demo", *, quick: bool = False,
              settings: DemoSettings | None = None) -> list[DemoRow]:
     """Run the demo into ``output`` and return its table rows (see the module docstring)."""
     import torch
-    from thawkit import ConfigError
-    from thawkit import default_plugin_manager
+    from thawkit import ConfigError, default_plugin_manager
 
+    from .extras import require
+
+    require("sklearn", "thawkit demo (its digits come from scikit-learn)")
+    require("matplotlib", "thawkit demo (its comparison plot)")
     pm = pm or default_plugin_manager()
     out = Path(output)
     if out.exists() and any(out.iterdir()):

@@ -107,6 +107,7 @@ class Trainer:
         self.stop_after = stop_after
         self.log = log
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self._plot_skipped = False
         self.on_step = on_step
         self.pipeline = pipeline or Pipeline(session)
         self.state = Progress()
@@ -299,7 +300,9 @@ class Trainer:
                 f"{r['seconds']:.1f}s")
 
     def _bar(self, total: int, initial: int):
-        if not self.progress_bar:
+        from .extras import available
+
+        if not self.progress_bar or not available("tqdm"):
             return None
         from tqdm import tqdm
 
@@ -320,9 +323,14 @@ class Trainer:
             "amp": str(self.s.amp_dtype).replace("torch.", "") if self.s.amp_dtype else None})
 
     def _plot(self) -> None:
+        from .extras import INSTALL, available
         from .plot import plot_run
 
-        plot_run(self.s.run_dir)
+        if available("matplotlib"):
+            plot_run(self.s.run_dir)
+        elif not self._plot_skipped:
+            self._plot_skipped = True
+            self.log(f"no {self.s.run_dir / 'curves.png'}: matplotlib is not installed ({INSTALL})")
 
 
 @contextmanager
