@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
 
-from .session import check_new_run_dir, prepare, read_run_recipe
+from .session import check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
@@ -44,11 +44,12 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
     pm = _pm(pm)
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
     check_new_run_dir(run_dir)
-    session = prepare(recipe, pm=pm, run_dir=run_dir)
-    log(session.describe())
-    trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
-                      on_step=on_step)
-    return trainer.fit()
+    with torch_flags_restored():
+        session = prepare(recipe, pm=pm, run_dir=run_dir)
+        log(session.describe())
+        trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
+                          on_step=on_step)
+        return trainer.fit()
 
 
 def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
@@ -69,16 +70,17 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     recipe = read_run_recipe(run_dir, pm=pm)
     if expect is not None:
         _check_same(expect, recipe, run_dir)
-    session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True)
-    trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
-                      on_step=on_step)
-    trainer.restore()
-    if trainer.state.epoch >= recipe.train.epochs:
-        return _already_done(trainer)
-    log(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"
-        + (f", step {trainer.state.step}" if trainer.state.step else "")
-        + f" of {recipe.train.epochs}")
-    return trainer.fit()
+    with torch_flags_restored():
+        session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True)
+        trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
+                          on_step=on_step)
+        trainer.restore()
+        if trainer.state.epoch >= recipe.train.epochs:
+            return _already_done(trainer)
+        log(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"
+            + (f", step {trainer.state.step}" if trainer.state.step else "")
+            + f" of {recipe.train.epochs}")
+        return trainer.fit()
 
 
 def _already_done(trainer: Trainer) -> Outcome:

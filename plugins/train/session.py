@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,6 +101,26 @@ def amp_dtype_for(device, amp: bool | None):
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16
+
+
+@contextmanager
+def torch_flags_restored() -> Iterator[None]:
+    """Put torch's process-wide determinism flags back as they were when the run ends.
+
+    A run sets them (``train.deterministic``) for itself; a caller that trains from its own
+    process (a notebook, a test) gets its settings back. The global seeds stay as the run
+    left them, as after any seeded run.
+    """
+    import torch
+
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
