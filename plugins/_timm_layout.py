@@ -10,8 +10,7 @@ from collections.abc import Callable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from thawkit import LayoutError
-from thawkit import Block, Layout
+from thawkit import Block, Layout, LayoutError
 
 if TYPE_CHECKING:
     from torch import nn

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from thawkit import ConfigError
-from thawkit import hookimpl
+from thawkit import ConfigError, hookimpl
 
 
 class PythonSource:

@@ -43,15 +43,13 @@ from collections.abc import Callable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, UnknownNameError, WeightsError
-from thawkit import hookimpl
+from thawkit import ConfigError, UnknownNameError, WeightsError, hookimpl
 
 from ._timm_layout import describe, final_classifiers, is_timm, reset_head
 
 if TYPE_CHECKING:
     import torch
-    from thawkit import BackboneSpec, DataConfig
-    from thawkit import Layout
+    from thawkit import BackboneSpec, DataConfig, Layout
     from torch import nn
 
 

@@ -42,17 +42,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import WEIGHT_SUFFIXES
-from thawkit import ConfigError, UnknownNameError
-from thawkit import hookimpl
+from thawkit import ConfigError, UnknownNameError, WEIGHT_SUFFIXES, hookimpl
 
 from . import _torchvision_layouts as tvl
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from thawkit import BackboneSpec, DataConfig
-    from thawkit import Layout
+    from thawkit import BackboneSpec, DataConfig, Layout
 
 WHERE = "torchvision source"
 

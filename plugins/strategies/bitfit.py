@@ -1,8 +1,7 @@
 """``bitfit``: only biases and the head train (BitFit, Ben Zaken et al. 2022)."""
 from __future__ import annotations
 
-from thawkit import hookimpl
-from thawkit import Phase, Strategy
+from thawkit import Phase, Strategy, hookimpl
 
 
 class BitFit(Strategy):

@@ -1,8 +1,7 @@
 """``full``: every parameter trains."""
 from __future__ import annotations
 
-from thawkit import hookimpl
-from thawkit import Phase, Strategy
+from thawkit import Phase, Strategy, hookimpl
 
 
 class Full(Strategy):

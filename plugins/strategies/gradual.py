@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from thawkit import ConfigError, UnknownNameError
-from thawkit import hookimpl
-from thawkit import Phase, Strategy, StrategyParams
+from thawkit import ConfigError, Phase, Strategy, StrategyParams, UnknownNameError, hookimpl
 
 from .pattern import match_patterns
 

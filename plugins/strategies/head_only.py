@@ -1,8 +1,7 @@
 """``head-only``: only the new head trains (a linear probe)."""
 from __future__ import annotations
 
-from thawkit import hookimpl
-from thawkit import Phase, Strategy
+from thawkit import Phase, Strategy, hookimpl
 
 
 class HeadOnly(Strategy):

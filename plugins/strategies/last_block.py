@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from thawkit import ConfigError
-from thawkit import hookimpl
-from thawkit import Phase, Strategy, StrategyParams
+from thawkit import ConfigError, Phase, Strategy, StrategyParams, hookimpl
 
 
 class LastBlockParams(StrategyParams):

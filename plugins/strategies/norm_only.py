@@ -1,9 +1,7 @@
 """``norm-only``: the affine parameters of normalisation layers and the head train."""
 from __future__ import annotations
 
-from thawkit import hookimpl
-from thawkit import norm_modules
-from thawkit import Phase, Strategy
+from thawkit import Phase, Strategy, hookimpl, norm_modules
 
 
 class NormOnly(Strategy):

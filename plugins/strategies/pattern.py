@@ -8,9 +8,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from thawkit import ConfigError
-from thawkit import hookimpl
-from thawkit import Phase, Strategy, StrategyParams
+from thawkit import ConfigError, Phase, Strategy, StrategyParams, hookimpl
 
 
 def _compile(patterns: list[str], field: str) -> list[re.Pattern]:

@@ -25,8 +25,7 @@ from .data import Preprocess, preprocess_images
 from .session import read_data_info, read_run_recipe
 
 if TYPE_CHECKING:
-    from thawkit import ThawkitPluginManager
-    from thawkit import Recipe
+    from thawkit import Recipe, ThawkitPluginManager
     from torch import nn
 
 EXPORT_FORMAT = "thawkit-export/1"

@@ -10,8 +10,7 @@ from thawkit import ConfigError
 from .session import check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
 
 if TYPE_CHECKING:
-    from thawkit import ThawkitPluginManager
-    from thawkit import Recipe
+    from thawkit import Recipe, ThawkitPluginManager
 
     from .loop import Outcome, Trainer
 

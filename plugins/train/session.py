@@ -27,9 +27,7 @@ from .data import Loaders, Preprocess, build_loaders, check_classes, scan_folder
 
 if TYPE_CHECKING:
     import torch
-    from thawkit import Adapted
-    from thawkit import ThawkitPluginManager
-    from thawkit import Recipe
+    from thawkit import Adapted, Recipe, ThawkitPluginManager
 
 RECIPE_FILE = "recipe.yaml"
 DATA_FILE = "data.json"
