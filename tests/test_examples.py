@@ -1,13 +1,17 @@
-"""The examples run, the example recipes plan, and the README shows them exactly as they are.
+"""The examples run, the example recipes plan, and the README and the docs show them exactly as
+they are.
 
-README blocks are tied to reality by a marker on the line before them:
+Code blocks in README.md and docs/*.md are tied to reality by a marker on the line before them:
 
-* ``<!-- file: examples/x.py -->``: the block is the whole file;
+* ``<!-- file: examples/x.py -->``: the block is the whole file (``examples/``, ``docs/snippets/``);
 * ``<!-- file: examples/x.py#hook -->``: the block is the ``# [hook]`` ... ``# [end]`` region;
-* ``<!-- output: thawkit plan ... -->``: the block is ``$ command`` and what it prints.
+* ``<!-- output: thawkit plan ... -->`` or ``<!-- output: python examples/x.py -->``: the block is
+  ``$ command`` and what it prints;
+* ``<!-- run -->``: a Python block that runs as it stands; a page's run blocks run in order, in
+  one namespace, from the repository root.
 
-A README example that drifts from its file, or an output that drifts from what the
-command prints, fails here.
+Every ``python`` block carries one of them. A block that drifts from its file, an output that
+drifts from what the command prints, or a run block that fails, fails here.
 """
 from __future__ import annotations
 
@@ -27,17 +31,27 @@ from thawkit.cli import build_parser, main
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 README = ROOT / "README.md"
-MARKED = re.compile(r"^<!-- (file|output): (.+?) -->\n```\w*\n(.*?)^```\n", re.S | re.M)
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
+MARKER = r"<!-- (file|output|run)(?:: (.+?))? -->"
+MARKED = re.compile(rf"^{MARKER}\n```\w*\n(.*?)^```\n", re.S | re.M)
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
 RECIPES = sorted(p.name for p in (EXAMPLES / "recipes").glob("*.yaml"))
+SNIPPETS = sorted(p.name for p in (DOCS / "snippets").iterdir())
 
 
 def readme() -> str:
     return README.read_text()
 
 
-def marked_blocks() -> list[tuple[str, str, str]]:
-    return [(m[1], m[2], m[3]) for m in MARKED.finditer(readme())]
+def name_of(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+def marked_blocks(kinds: tuple[str, ...] = ("file", "output")) -> list[tuple[str, str, str, str]]:
+    """``(page, kind, target, block)`` for every marked block of the README and the docs."""
+    return [(name_of(page), m[1], m[2] or "", m[3]) for page in PAGES
+            for m in MARKED.finditer(page.read_text()) if m[1] in kinds]
 
 
 def region(path: Path, name: str) -> str:
@@ -48,9 +62,10 @@ def region(path: Path, name: str) -> str:
 
 
 @functools.cache
-def run_script(name: str) -> subprocess.CompletedProcess:
+def run_script(path: str) -> subprocess.CompletedProcess:
+    """``python PATH`` from the repository root (``PATH``: examples/x.py, docs/snippets/x.py)."""
     env = {**os.environ, "THAWKIT_PLUGINS": ""}
-    return subprocess.run([sys.executable, f"examples/{name}"], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, path], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -74,7 +89,7 @@ def in_root(monkeypatch, capsys):
 # ------------------------------------------------------------------ examples
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_example_script_runs(name):
-    result = run_script(name)
+    result = run_script(f"examples/{name}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip(), f"examples/{name} printed nothing"
 
@@ -129,69 +144,107 @@ def test_tiny_zoo_hooks_are_each_one_region():
         assert f"def {hook}(" in region(EXAMPLES / "tiny_zoo.py", hook)
 
 
-# -------------------------------------------------------------------- README
-def test_readme_marks_its_examples():
-    kinds = {(kind, target.split("#")[0]) for kind, target, _ in marked_blocks()}
-    for name in SCRIPTS:
-        assert ("file", f"examples/{name}") in kinds, f"README does not show examples/{name}"
-    assert ("output", "thawkit strategies") in kinds
-    assert ("output", "thawkit plan examples/recipes/resnet18_gradual.yaml") in kinds
+
+# ------------------------------------------------------------- README and docs
+def test_pages_show_every_example():
+    shown = {(kind, target.split("#")[0]) for _, kind, target, _ in marked_blocks()}
+    for path in ([f"examples/{n}" for n in SCRIPTS] + [f"examples/recipes/{n}" for n in RECIPES]
+                 + [f"docs/snippets/{n}" for n in SNIPPETS]):
+        assert ("file", path) in shown or ("output", f"thawkit plan {path}") in shown, \
+            f"neither the README nor docs/ shows {path}"
+    assert ("output", "thawkit strategies") in shown
+    assert ("output", "thawkit plan examples/recipes/resnet18_gradual.yaml") in shown
 
 
-def test_readme_python_blocks_are_files_or_signatures():
-    """Every ```python block is tied to a file, except one-line hook signatures."""
-    text = readme()
-    tied = {m.start(3) for m in MARKED.finditer(text)}
-    for m in re.finditer(r"^```python\n(.*?)^```\n", text, re.S | re.M):
-        body = m.group(1)
-        if m.start(1) in tied:
-            continue
-        assert re.fullmatch(r"def thawkit_\w+\(.*\) -> .+\n", body), f"untied python block:\n{body}"
+@pytest.mark.parametrize("page", PAGES, ids=name_of)
+def test_python_blocks_are_tied_or_run(page):
+    """Every python block (indented ones too) has a file, output or run marker before it."""
+    lines = page.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.fullmatch(r"\s*```python\s*", line):
+            before = lines[i - 1].strip() if i else ""
+            assert re.fullmatch(MARKER, before) and not before.startswith("<!-- output"), \
+                f"{name_of(page)}:{i + 1}: a python block without <!-- file: ... --> or <!-- run -->"
 
 
-@pytest.mark.parametrize("kind, target, shown", marked_blocks(),
-                         ids=[f"{k}:{t}" for k, t, _ in marked_blocks()])
-def test_readme_block_matches_reality(kind, target, shown, in_root):
+@pytest.mark.parametrize("page, kind, target, shown", marked_blocks(),
+                         ids=[f"{p}:{k}:{t}" for p, k, t, _ in marked_blocks()])
+def test_block_matches_reality(page, kind, target, shown, in_root):
     if kind == "file":
         path, _, name = target.partition("#")
         actual = region(ROOT / path, name) if name else (ROOT / path).read_text()
-        assert shown == actual, f"README block differs from {target}"
+        assert shown == actual, f"{page}: the block differs from {target}"
         return
     argv = shlex.split(target)
     if argv[0] == "thawkit":
         _, out = in_root(argv[1:])
     else:
-        assert argv[:2][0] == "python" and argv[1].startswith("examples/"), target
-        result = run_script(argv[1].removeprefix("examples/"))
+        assert argv[0] == "python" and len(argv) == 2, f"{page}: cannot run {target!r}"
+        result = run_script(argv[1])
         out = result.stdout + result.stderr
-    assert shown == f"$ {target}\n{out.rstrip()}\n", f"README output of `{target}` is stale"
+    assert shown == f"$ {target}\n{out.rstrip()}\n", f"{page}: the output of `{target}` is stale"
+
+
+RUN_PAGES = [p for p in PAGES if any(m[1] == "run" for m in MARKED.finditer(p.read_text()))]
+
+
+@pytest.mark.parametrize("page", RUN_PAGES, ids=name_of)
+def test_run_blocks_run(page, monkeypatch):
+    blocks = [m[3] for m in MARKED.finditer(page.read_text()) if m[1] == "run"]
+    monkeypatch.chdir(ROOT)
+    thawkit.reset_plugin_manager()
+    try:
+        exec(compile("\n".join(blocks), f"{name_of(page)} (run blocks)", "exec"),
+             {"__name__": "__main__"})
+    finally:
+        thawkit.reset_plugin_manager()
+
+
+def quick_start_commands(text: str) -> tuple[str, str]:
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    first, second = re.findall(r"^```bash\n(.+)\n```$", quick, re.M)
+    return first, second
 
 
 def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     [command] = re.findall(r'^TEST_COMMAND="(.+)"$', ci, re.M)
-    quick = readme().split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    first, second = re.findall(r"^```bash\n(.+)\n```$", quick, re.M)
+    first, second = quick_start_commands(readme())
     assert second.endswith(f"&& {command}")
     assert "pip install -e '.[test]'" in second
     assert "pip install torch==2.14.1 torchvision==0.29.1" in first
     main_job = first.rsplit("&& ", 1)[1]
     assert main_job.startswith("thawkit ")
+    if main_job.startswith("thawkit demo"):  # the demo needs the train extra (scikit-learn, ...)
+        [extras] = re.findall(r"pip install -e '\.\[([\w,]+)\]'", first)
+        assert "train" in extras.split(",")
     for arg in shlex.split(main_job):
         if arg.endswith(".yaml"):
             assert (ROOT / arg).is_file(), arg
     assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
+    assert quick_start_commands((DOCS / "getting-started.md").read_text()) == (first, second), \
+        "docs/getting-started.md and the README show different quick-start commands"
 
 
-def test_readme_lists_every_command():
-    section = readme().split("## Command line", 1)[1].split("\n## ", 1)[0]
+def test_cli_page_lists_every_command():
+    table = (DOCS / "cli.md").read_text().split("## Errors", 1)[0]
     [sub] = [a for a in build_parser()._actions if a.dest == "command"]
-    missing = [c for c in sub.choices if f"`thawkit {c}" not in section]
-    assert missing == [], f"README's Command line section does not mention {missing}"
+    missing = [c for c in sub.choices if f"| `thawkit {c}" not in table]
+    assert missing == [], f"docs/cli.md's command table does not list {missing}"
 
 
-def test_readme_keeps_the_sections_others_fill():
-    headings = re.findall(r"^## (.+)$", readme(), re.M)
-    for heading in ("Quick start", "Pick a strategy by name", "A custom freezing plugin", "Hooks",
-                    "Errors", "Command line", "Models", "Training runs and the demo"):
+def test_readme_is_a_landing_page():
+    text = readme()
+    assert len(text.encode()) < 8000, "README.md should stay a short landing page"
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    for heading in ("Quick start", "Pick a strategy by name", "Documentation"):
         assert heading in headings, heading
+    import yaml
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    for entry in nav:
+        [page] = entry.values()
+        if page != "index.md":
+            assert f"](docs/{page})" in text, f"README.md does not link docs/{page}"
+    for link in re.findall(r"\]\(((?:docs|examples)/[^)#]*)", text):
+        assert (ROOT / link).exists(), f"README.md links {link}, which does not exist"

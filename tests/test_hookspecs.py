@@ -1,4 +1,5 @@
-"""Every hook is documented and tested: a meta-test over core/hookspecs.py, then one test per hook.
+"""Every hook is documented and tested: meta-tests over core/hookspecs.py (and the hooks the
+training plugin adds), then one test per hook.
 
 Each ``test_<hook>`` registers its own small plugin on a fresh manager and checks
 that thawkit's public API honours it. Only small hand-written ``nn.Module``s are
@@ -17,16 +18,23 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import thawkit
-from thawkit.plugins.train.schedules import schedule_registry
 from thawkit import hookspecs
 from thawkit.backbone import BackboneSpec, DataConfig
 from thawkit.plugins.commands import recipe_json_schema
+from thawkit.plugins.train import hookspecs as train_hookspecs
+from thawkit.plugins.train.schedules import schedule_registry
 from thawkit.recipe import validate_recipe
 
+from test_docs import hook_reference  # the docs, built once per session
+
 TESTS = Path(__file__).parent
-README = TESTS.parent / "README.md"
+HOOK_PAGE = TESTS.parent / "docs" / "hooks.md"
 HOOKS = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
          if hasattr(fn, "thawkit_spec")}
+# every hook a plugin can implement: core's, and those the built-in training plugin adds
+ALL_HOOKS = {name: fn for module in (hookspecs, train_hookspecs)
+             for name, fn in inspect.getmembers(module, inspect.isfunction)
+             if hasattr(fn, "thawkit_spec")}
 # Gaps in core/hookspecs.py that are reported and awaiting a fix. strict: once fixed, the
 # test passes unexpectedly and fails, so the entry is removed here.
 KNOWN_DOC_GAPS: dict[str, str] = {}
@@ -111,17 +119,39 @@ def test_every_hook_has_a_test_named_after_it(name):
         f"no test named test_{name}... in tests/"
 
 
-@pytest.mark.parametrize("name", sorted(HOOKS))
-def test_every_hook_has_a_readme_section(name):
-    text = README.read_text()
-    match = re.search(rf"^### `{name}`\n(.*?)(?=^##|\Z)", text, re.S | re.M)
-    assert match, f"README.md has no '### `{name}`' section"
-    params = list(inspect.signature(HOOKS[name]).parameters)
-    assert f"def {name}({', '.join(params)}) -> " in match.group(1), \
-        f"README section of {name} does not show its signature"
-    for param in params:
-        assert f"`{param}`" in match.group(1), \
-            f"README section of {name} does not document {param!r}"
+@pytest.mark.parametrize("name", sorted(ALL_HOOKS))
+def test_every_hook_is_in_the_hook_reference(name):
+    """The built docs render the hook from its docstring: signature and every parameter."""
+    fn = ALL_HOOKS[name]
+    rendered = hook_reference().get(f"{fn.__module__}.{name}")
+    assert rendered, f"the hook reference (docs/hooks.md) lacks '::: {fn.__module__}.{name}'"
+    signature, documented = rendered
+    params = list(inspect.signature(fn).parameters)
+    assert signature.startswith(f"{name}(") and ") -> " in signature, \
+        f"the hook reference shows no signature for {name}: {signature!r}"
+    assert re.findall(r"\b(\w+): ", signature.split("(", 1)[1].rsplit(") -> ", 1)[0]) == params, \
+        f"the hook reference's signature of {name} is not ({', '.join(params)}): {signature!r}"
+    assert documented == params, \
+        f"the hook reference documents {documented} for {name}, not its parameters {params}"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_HOOKS))
+def test_every_hook_reference_says_its_kind_and_shows_the_tiny_zoo(name):
+    fn = ALL_HOOKS[name]
+    text = HOOK_PAGE.read_text()
+    directive = f"::: {fn.__module__}.{name}\n"
+    assert directive in text, f"docs/hooks.md has no '{directive.strip()}'"
+    section = text.split(directive, 1)[1].split("\n::: ", 1)[0]
+    spec = fn.thawkit_spec
+    kind = "Decision hook" if spec["firstresult"] else "Historic hook" if spec["historic"] else None
+    labels = re.findall(r"^\*([\w ()]+ hook)\.\*", section, re.M)
+    assert len(labels) == 1, f"docs/hooks.md: {name} needs one '*... hook.*' label, has {labels}"
+    if kind:
+        assert labels == [kind], f"docs/hooks.md: {name} is a {kind}, not a {labels[0]}"
+    else:
+        assert labels[0] not in ("Decision hook", "Historic hook"), f"docs/hooks.md: {name}"
+    assert f"<!-- file: examples/tiny_zoo.py#{name} -->" in section, \
+        f"docs/hooks.md does not show the tiny zoo's {name}"
 
 
 # --------------------------------------------------------------- small models
