@@ -74,7 +74,7 @@ class Entry:
 class Registry:
     """Names contributed by collector hooks; the core owns de-duplication."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self.entries: dict[str, Entry] = {}
 
@@ -169,7 +169,7 @@ class ThawkitPluginManager(pluggy.PluginManager):
     def strategies(self) -> Registry:
         """Strategy classes by name (``thawkit_register_strategies``)."""
         return self.registry("thawkit_register_strategies", "strategy",
-                             lambda cls: (getattr(cls, "name", None), cls))
+                             lambda cls: (getattr(cls, "name", ""), cls))
 
     @property
     def sources(self) -> Registry:
@@ -220,6 +220,8 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
                 mod_name = f"thawkit_local_{path.stem}_{digest}"
                 spec = importlib.util.spec_from_file_location(mod_name, path)
+                if spec is None or spec.loader is None:
+                    raise PluginError(f"plugin file {ref!r} is not a Python file (.py)")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[mod_name] = module
                 spec.loader.exec_module(module)
@@ -290,6 +292,7 @@ def get_plugin_manager(*, entrypoints: bool | None = None, builtins: bool = True
             bad = pm.get_name(exc.plugin) if exc.plugin is not None else None
             if bad is None or bad in pm.builtin_names or strict_plugins():
                 pm.check()
+                raise  # not reached: check() raises the same error as a PluginError
             pm.unregister(name=bad)
             pm._plugin_failed(bad, str(exc))
     return pm

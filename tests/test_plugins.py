@@ -268,6 +268,13 @@ def test_misspelt_hook_in_a_local_file_is_an_error(pm, tmp_path):
         pm.load_local(str(path))
 
 
+def test_a_local_plugin_file_that_is_not_python_is_one_clear_error(pm, tmp_path):
+    path = tmp_path / "notes.txt"  # no .py: importlib has no loader for it
+    path.write_text("not a plugin\n")
+    with pytest.raises(thawkit.PluginError, match=r"is not a Python file \(\.py\)"):
+        pm.load_local(str(path))
+
+
 def test_failed_register_leaves_the_shared_manager_usable(clean_env):
     with pytest.raises(thawkit.PluginError):
         thawkit.register(MisspeltHook(), name="typo-plugin")
