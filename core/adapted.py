@@ -25,7 +25,7 @@ class Adapted:
     """
 
     def __init__(self, model: nn.Module, layout: Layout, strategy: Strategy, *,
-                 pm: ThawkitPluginManager):
+                 pm: ThawkitPluginManager) -> None:
         self.model = model
         self.layout = layout
         self.strategy = strategy
@@ -112,7 +112,7 @@ class Adapted:
     def _affine_extra(self, index: int) -> frozenset[str]:
         if self.norm != "affine":
             return frozenset()
-        extra = set()
+        extra: set[str] = set()
         for path, (module, deciding) in self._norms.items():
             if not self._thawed(index, deciding):
                 extra.update(f"{path}.{n}" if path else n for n, _ in module.named_parameters(recurse=False))
@@ -174,8 +174,8 @@ class Adapted:
         """The per-block and per-parameter plan (groups and lrs once an optimizer is configured)."""
         block_of = self.layout.block_of()
         group_of: dict[str, GroupSpec] = {}
-        for g in self._groups or []:
-            group_of.update({p: g for p in g.params})
+        for group in self._groups or []:
+            group_of.update({p: group for p in group.params})
         norm_of = {}
         for path, (module, _) in self._norms.items():
             for n, _ in module.named_parameters(recurse=False):

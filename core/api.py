@@ -24,7 +24,7 @@ def _pm(pm: ThawkitPluginManager | None) -> ThawkitPluginManager:
 def describe_layout(model: nn.Module, *, pm: ThawkitPluginManager | None = None,
                     require_head: bool = True) -> Layout:
     """The model's layout from the first plugin that knows it, checked to cover every parameter once."""
-    layout = _pm(pm).hook.thawkit_describe_layout(model=model, spec=spec_of(model))
+    layout: Layout | None = _pm(pm).hook.thawkit_describe_layout(model=model, spec=spec_of(model))
     if layout is None:
         raise LayoutError(f"no plugin could describe {type(model).__name__}")
     return layout.validate(model, require_head=require_head)
@@ -52,7 +52,8 @@ def replace_head(model: nn.Module, num_classes: int, *, dropout: float = 0.0, ke
 
 def data_config(model: nn.Module, *, pm: ThawkitPluginManager | None = None) -> DataConfig:
     """Input size, mean/std, interpolation and crop the backbone expects."""
-    return _pm(pm).hook.thawkit_data_config(model=model, spec=spec_of(model))
+    config: DataConfig = _pm(pm).hook.thawkit_data_config(model=model, spec=spec_of(model))
+    return config
 
 
 def list_strategies(*, pm: ThawkitPluginManager | None = None) -> list[str]:

@@ -101,6 +101,6 @@ def load_backbone(spec: str, *, pm: ThawkitPluginManager | None = None, **option
     pm = pm or default_plugin_manager()
     parsed = BackboneSpec.parse(spec, options)
     source = pm.sources.get(parsed.source, where=f"backbone {spec!r}")
-    model = source.load(parsed.name, dict(options))
+    model: nn.Module = source.load(parsed.name, dict(options))
     model._thawkit_spec = parsed
     return model

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 class DistributedAdapted:
     """An :class:`~thawkit.Adapted` model wrapped in DDP, re-wrapped on every thaw."""
 
-    def __init__(self, adapted: Adapted, **ddp_kwargs: Any):
+    def __init__(self, adapted: Adapted, **ddp_kwargs: Any) -> None:
         self.adapted = adapted
         self.ddp_kwargs = ddp_kwargs
         self.wraps = 0

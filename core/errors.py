@@ -20,7 +20,7 @@ class ThawkitError(Exception):
 class UnknownNameError(ThawkitError, KeyError):
     """A strategy, optimizer, source, model or block name that is not registered."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str], *, where: str | None = None):
+    def __init__(self, kind: str, name: str, known: Iterable[str], *, where: str | None = None) -> None:
         self.kind, self.name = kind, name
         self.known = sorted(known)
         self.suggestions = closest(name, self.known)
@@ -39,7 +39,7 @@ class UnknownNameError(ThawkitError, KeyError):
         return msg
 
     def __str__(self) -> str:  # KeyError would repr() the message
-        return self.args[0]
+        return str(self.args[0])
 
 
 class ConfigError(ThawkitError, ValueError):

@@ -17,11 +17,12 @@ from .hookspecs import hookimpl
 if TYPE_CHECKING:
     from torch import nn
 
+    from .backbone import BackboneSpec
     from .layout import Layout
 
 
 @hookimpl(trylast=True)
-def thawkit_describe_layout(model: nn.Module, spec) -> Layout:
+def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layout:
     return generic_layout(model)
 
 
@@ -36,7 +37,7 @@ def thawkit_replace_head(model: nn.Module, layout: Layout, num_classes: int, dro
 
 
 @hookimpl(trylast=True)
-def thawkit_data_config(model: nn.Module, spec) -> DataConfig:
+def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig:
     return DataConfig(origin="default (ImageNet statistics, 224 px)")
 
 

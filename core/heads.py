@@ -1,7 +1,7 @@
 """Building blocks for head replacement, public so that plugins build heads the way core does."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
@@ -17,7 +17,7 @@ def new_classifier(old: nn.Module, num_classes: int, dropout: float) -> nn.Modul
     from torch import nn
 
     ref = next(old.parameters(), None)
-    factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+    factory: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
     elif isinstance(old, nn.Conv2d):

@@ -69,7 +69,7 @@ def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
 
 
 @hookspec
-def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+def thawkit_register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add subcommands to the ``thawkit`` command line.
 
     Parameters:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import LayoutError, UnknownNameError
 
@@ -122,7 +122,7 @@ class Layout:
                               + "; ".join(problems))
         return self
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "blocks": [{"name": b.name, "role": b.role, "modules": b.modules,

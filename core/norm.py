@@ -10,7 +10,7 @@ and are removed when a block thaws.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,7 +35,7 @@ def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {path: m for path, m in model.named_modules() if is_norm(m)}
 
 
-def _force_eval(module: nn.Module, args: tuple) -> None:
+def _force_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
     module.training = False
 
 

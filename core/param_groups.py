@@ -130,8 +130,8 @@ def lr_scales(model: nn.Module, layout: Layout, config: OptimizerSettings,
     names = [n for n, _ in model.named_parameters()]
     if config.layer_decay is None:
         return dict.fromkeys(names, 1.0)
-    scales = pm.hook.thawkit_layer_scales(model=model, layout=layout, layer_decay=config.layer_decay,
-                                          min_scale=config.min_scale)
+    scales: dict[str, float] = pm.hook.thawkit_layer_scales(
+        model=model, layout=layout, layer_decay=config.layer_decay, min_scale=config.min_scale)
     missing = [n for n in names if n not in scales]
     if missing:
         raise ConfigError(f"layer-decay scales miss {len(missing)} parameters "
@@ -143,9 +143,9 @@ def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], con
                  pm: ThawkitPluginManager) -> list[GroupSpec]:
     """Groups over ``trainable`` (every parameter that trains in any phase), each exactly once."""
     block_names = [b.name for b in layout.all_blocks]
-    for block in config.lrs:
-        if block not in block_names:
-            raise UnknownNameError("block", block, block_names, where="optimizer.lrs")
+    for block_name in config.lrs:
+        if block_name not in block_names:
+            raise UnknownNameError("block", block_name, block_names, where="optimizer.lrs")
     trainable = set(trainable)
     scales = lr_scales(model, layout, config, pm)
     no_decay = no_decay_names(model, pm)
@@ -167,9 +167,9 @@ def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], con
             if key not in groups:
                 groups[key] = GroupSpec("", block.name, lr, config.weight_decay if decay else 0.0, [])
             groups[key].params.append(name)
-    for (block, lr, decay), spec in groups.items():
-        many = len(lrs_in_block[block]) > 1
-        spec.name = block + (f".{lrs_in_block[block].index(lr)}" if many else "") + \
+    for (block_name, lr, decay), spec in groups.items():
+        many = len(lrs_in_block[block_name]) > 1
+        spec.name = block_name + (f".{lrs_in_block[block_name].index(lr)}" if many else "") + \
             ("" if decay else ".no_decay")
     ordered = sorted(groups.values(), key=lambda g: (block_names.index(g.block),
                                                      lrs_in_block[g.block].index(g.lr),

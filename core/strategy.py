@@ -45,7 +45,7 @@ class Phase:
     trainable: frozenset[str]
     label: str = ""
 
-    def __init__(self, epoch: int, trainable: Iterable[str], label: str = ""):
+    def __init__(self, epoch: int, trainable: Iterable[str], label: str = "") -> None:
         object.__setattr__(self, "epoch", int(epoch))
         object.__setattr__(self, "trainable", frozenset(trainable))
         object.__setattr__(self, "label", label)
@@ -73,11 +73,11 @@ class Strategy:
     description: ClassVar[str] = ""
     Params: ClassVar[type[StrategyParams]] = StrategyParams
 
-    def __init__(self, params: StrategyParams | None = None):
+    def __init__(self, params: StrategyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.params == self.params  # type: ignore[attr-defined]
+        return isinstance(other, Strategy) and type(other) is type(self) and other.params == self.params
 
     def __hash__(self) -> int:
         return hash((type(self), self.params.model_dump_json()))
