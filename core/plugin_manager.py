@@ -55,6 +55,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.schedules": "thawkit.plugins.train.schedules",
     "thawkit.commands": "thawkit.plugins.commands",
     "thawkit.coverage": "thawkit.plugins.coverage",
+    "thawkit.check_plugin": "thawkit.plugins.testing.command",
     "thawkit.fallbacks": "thawkit.fallbacks",
 }
 
