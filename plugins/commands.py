@@ -81,7 +81,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     total = 0
     for name in sources:
         src = pm.sources.get(name, where="--source")
-        models = src.list_models(args.pattern)
+        with pm.guard(pm.sources.entries[name].plugin, f"source {name!r}: list_models()"):
+            models = src.list_models(args.pattern)
         total += len(models)
         for m in models:
             print(f"{name}:{m}")

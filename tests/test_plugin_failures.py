@@ -290,3 +290,47 @@ def test_conflicting_entry_point_is_unloaded_with_a_warning_naming_both(make_dis
     monkeypatch.setenv("THAWKIT_STRICT_PLUGINS", "1")
     with pytest.raises(thawkit.PluginError, match="'shared-name'"):
         thawkit.get_plugin_manager().strategies.names()
+
+
+
+SLOPPY = """\
+import pydantic
+import thawkit
+from torch import nn
+
+
+class Sloppy:
+    def load(self, name, options):
+        return nn.Linear(2, 2)
+
+    def list_models(self, pattern=None):
+        return sorted(self.catalogue)  # no such attribute
+
+
+class Labels(pydantic.BaseModel):
+    def resolve(self, pm, where):
+        raise LookupError("no label service")
+
+
+@thawkit.hookimpl
+def thawkit_register_sources(register):
+    register("sloppy", Sloppy())
+
+
+@thawkit.hookimpl
+def thawkit_recipe_sections(register):
+    register("labels", Labels)
+"""
+
+
+def test_source_and_recipe_section_code_is_guarded_too(tmp_path, capsys):
+    plugin = tmp_path / "sloppy_plugin.py"
+    plugin.write_text(SLOPPY)
+    assert main(["-p", str(plugin), "models", "--source", "sloppy"]) == 2
+    err = capsys.readouterr().err
+    assert f"plugin '{plugin}' failed in source 'sloppy': list_models(): AttributeError" in err
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"backbone": {"source": "torchvision", "name": "resnet18"},
+                                      "strategy": {"name": "head-only"}, "plugins": [str(plugin)]}))
+    assert main(["plan", str(recipe)]) == 2
+    assert "recipe section 'labels': resolve(): LookupError: no label service" in capsys.readouterr().err
