@@ -61,7 +61,7 @@ class Adapted:
             frozen_head = sorted(set(self.layout.head.params) - ph.trainable)
             if unknown:
                 raise fail(f"phase {i} names parameters the model does not have: {', '.join(unknown[:5])}")
-            if ph.epoch != 0 if prev is None else ph.epoch <= prev.epoch:
+            if (ph.epoch != 0) if prev is None else (ph.epoch <= prev.epoch):
                 raise fail(f"phase {i} starts at epoch {ph.epoch}; the first phase starts at epoch 0, "
                            "each later one after the one before")
             if refrozen:

@@ -403,7 +403,7 @@ def get_plugin_manager(*, entrypoints: bool | None = None, builtins: bool = True
             pm.register_builtin(name, module_name)
     env = os.environ.get("THAWKIT_PLUGINS")
     if entrypoints is not False:
-        pm.load_entrypoints(None if env is None or entrypoints else env.split(","))
+        pm.load_entrypoints(None if env is None else env.split(","))
     # a third-party plugin implementing a hook that does not exist is dropped (or, strict, an error)
     while True:
         try:

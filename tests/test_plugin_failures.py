@@ -334,3 +334,38 @@ def test_source_and_recipe_section_code_is_guarded_too(tmp_path, capsys):
                                       "strategy": {"name": "head-only"}, "plugins": [str(plugin)]}))
     assert main(["plan", str(recipe)]) == 2
     assert "recipe section 'labels': resolve(): LookupError: no label service" in capsys.readouterr().err
+
+
+BAD_COMMANDS = """\
+import thawkit
+
+
+@thawkit.hookimpl
+def thawkit_register_commands(subparsers):
+    raise RuntimeError("argparse is hard")
+"""
+
+
+def test_a_plugin_failing_to_add_commands_loses_only_its_commands(make_dist, capsys):
+    make_dist("thawkit-cmds", "0.1", {"cmds": "thawkit_cmds"}, {"thawkit_cmds": BAD_COMMANDS})
+    with pytest.warns(PluginLoadWarning, match="'cmds'.*thawkit_register_commands.*argparse is hard"):
+        assert main(["optimizers"]) == 0
+    assert "adamw" in capsys.readouterr().out
+
+
+class AddsBrokenSpecs:
+    @thawkit.hookimpl
+    def thawkit_add_hookspecs(self, pm):
+        raise ImportError("my_hookspecs is missing")
+
+
+def test_a_failing_add_hookspecs_leaves_nothing_registered(pm):
+    with pytest.raises(thawkit.PluginError, match="'broken-specs' failed to register: ImportError"):
+        pm.add_plugin(AddsBrokenSpecs(), name="broken-specs")
+    assert pm.get_plugin("broken-specs") is None
+    assert [i.plugin_name for i in pm.hook.thawkit_add_hookspecs.get_hookimpls()] == ["thawkit.train"]
+
+
+def test_a_phase_given_one_string_is_refused():
+    with pytest.raises(TypeError, match="takes parameter names, got the string 'fc.weight'"):
+        thawkit.Phase(0, "fc.weight")
