@@ -56,7 +56,8 @@ def check_plugin(plugin: Any, *, name: str | None = None, pm: ThawkitPluginManag
     hooks = {caller.name for caller in pm.get_hookcallers(plugin) or []}
     cases = [as_case(m, pm) for m in models]
     for entry in mine.get("thawkit_register_sources", []):
-        report.extend(check_source(entry.obj, name=entry.name, pm=pm, raises=False))
+        report.extend(check_source(entry.obj, name=entry.name, pm=pm, max_cpu_params=CPU_LIMIT,
+                                   raises=False))
         cases += _source_cases(entry.name, entry.obj, pm)
     for entry in mine.get("thawkit_register_strategies", []):
         report.extend(check_strategy(entry.obj, [*default_models(), *cases], pm=pm, raises=False))

@@ -23,9 +23,10 @@ UNKNOWN = ("an unknown name raises thawkit.UnknownNameError naming it; a source 
 
 def check_source(source: Any, names: Sequence[str] | None = None, *, name: str = "checked",
                  pm: ThawkitPluginManager | None = None, cpu: bool = True,
-                 raises: bool = True) -> Report:
-    """Check a source object: listing, loading on meta (and on the CPU unless ``cpu=False``),
-    the layout of what it loads, and the error for an unknown name.
+                 max_cpu_params: int | None = None, raises: bool = True) -> Report:
+    """Check a source object: listing, loading on meta (and on the CPU unless ``cpu=False``, or
+    for models over ``max_cpu_params`` parameters), the layout of what it loads, and the error
+    for an unknown name.
 
     ``names``: models to load (default: the first two ``list_models()`` gives); ``name``:
     the source's name in messages and specs (it is registered under it, replacing any other,
@@ -68,6 +69,7 @@ def check_source(source: Any, names: Sequence[str] | None = None, *, name: str =
     pm = _with_source(source, name, pm)
     for model_name in names:
         where = f"{subject} model {model_name!r}"
+        size = None
         with report.checking(where, "loads on the meta device", META) as c:
             options = {"device": "meta"}
             model = source.load(model_name, options)
@@ -77,10 +79,13 @@ def check_source(source: Any, names: Sequence[str] | None = None, *, name: str =
             on = sorted({p.device.type for p in model.parameters()})
             if on != ["meta"]:
                 c.fail(f"the parameters are on {', '.join(on)}")
+            size = sum(p.numel() for p in model.parameters())
         with report.checking(where, "has a layout", DESCRIBED):
             thawkit.describe_layout(thawkit.load_backbone(f"{name}:{model_name}", pm=pm, device="meta"),
                                     pm=pm, require_head=False)
-        if cpu:
+        if cpu and max_cpu_params is not None and (size is None or size > max_cpu_params):
+            report.skip(where, "loads on the CPU", f"over {max_cpu_params:,} parameters (or not built)")
+        elif cpu:
             with report.checking(where, "loads on the CPU", CPU) as c:
                 model = source.load(model_name, {})
                 _module(model, c)
