@@ -277,10 +277,32 @@ class CarelessHead:
         return model
 
 
+class UpsideDownScales:
+    """A valid layout, with layer scales that grow towards the stem and a grey-scale data config."""
+
+    @thawkit.hookimpl
+    def thawkit_describe_layout(self, model, spec):
+        return thawkit.generic_layout(model)
+
+    @thawkit.hookimpl
+    def thawkit_layer_scales(self, model, layout, layer_decay, min_scale):
+        blocks = layout.all_blocks
+        return {p: layer_decay ** (len(blocks) - 1 - i) if i else 1.0
+                for i, b in enumerate(reversed(blocks)) for p in b.params}
+
+    @thawkit.hookimpl
+    def thawkit_data_config(self, model, spec):
+        return thawkit.DataConfig(input_size=(3, 16, 16), mean=(0.5,), std=(0.5,))
+
+
 def test_broken_layout_plugin_fails_its_checks(pm):
     found = failed(check_layout_plugin(LosesABlock(), tiny_cnn, pm=pm, raises=False))
     assert "parameters in no block: layer2.0.weight" in found["every parameter is in exactly one block"]
     assert "'classifier' is no module of the model" in found["classifiers, aux and feeds are module paths"]
+    found = failed(check_layout_plugin(UpsideDownScales(), tiny_cnn, pm=pm, raises=False))
+    assert list(found) == ["layer scales", "data config"]
+    assert "per block, stem to head, is [1.0, 0.5, 0.25, 0.125, 1.0]" in found["layer scales"]
+    assert "input_size (3, 16, 16) with mean (0.5,)" in found["data config"]
 
 
 def test_broken_head_plugin_fails_its_checks(pm):
