@@ -195,10 +195,10 @@ def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layo
     head, top-level children are blocks) answers last for any ``nn.Module``.
 
     Contract: every parameter of ``model`` in exactly one block (checked by
-    :meth:`thawkit.Layout.validate`), block names unique, blocks ordered input to
-    output; the head holds the classifier's parameters and ``classifiers`` names its
-    module path(s). Reads names and shapes only (meta models), changes nothing, and
-    describes the same model the same way every time.
+    :meth:`thawkit.Layout.validate`), block names unique, at least one block, ordered
+    input to output; the head holds the classifier's parameters and ``classifiers``
+    names its module path(s). Reads names and shapes only (meta models), changes
+    nothing, and describes the same model the same way every time.
 
     Example::
 
