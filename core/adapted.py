@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 from .norm import has_running_stats, norm_modules, set_inference
 from .param_groups import GroupSpec, OptimizerSettings, build_groups, torch_param_groups
 from .plan_report import BlockRow, ParamRow, PhaseRow, Plan
@@ -31,7 +31,11 @@ class Adapted:
         self.strategy = strategy
         self.pm = pm
         self.norm: str = strategy.params.norm
-        self.phases = self._check_phases(strategy.phases(layout, model))
+        entry = pm.strategies.entries.get(strategy.name)
+        self._owner = entry.plugin if entry is not None and entry.obj is type(strategy) else None
+        with pm.guard(self._owner, f"strategy {strategy.name!r}: phases()"):
+            phases = strategy.phases(layout, model)
+        self.phases = self._check_phases(phases)
         self._norms = self._norm_owners()
         self.ever_trainable = frozenset(self.phases[-1].trainable | self._affine_extra(-1))
         self.optimizer_settings: OptimizerSettings | None = None
@@ -42,29 +46,30 @@ class Adapted:
 
     # ----------------------------------------------------------- phases
     def _check_phases(self, phases: list[Phase]) -> list[Phase]:
-        name = self.strategy.name
-        if not phases:
-            raise ConfigError(f"strategy {name!r} returned no phases")
+        """The contract of :class:`Strategy`; a breach is a :class:`PluginError` naming the plugin."""
+        def fail(problem: str) -> PluginError:
+            who = self.pm.describe_plugin(self._owner)
+            return PluginError(f"{who}: strategy {self.strategy.name!r} {problem}")
+
+        if not isinstance(phases, list) or not phases or not all(isinstance(p, Phase) for p in phases):
+            raise fail(f"phases() returned {phases!r}; it must return a non-empty list of thawkit.Phase")
         known = {n for n, _ in self.model.named_parameters()}
         for i, ph in enumerate(phases):
+            prev = phases[i - 1] if i else None
             unknown = sorted(ph.trainable - known)
+            refrozen = sorted(prev.trainable - ph.trainable) if prev else []
+            frozen_head = sorted(set(self.layout.head.params) - ph.trainable)
             if unknown:
-                raise ConfigError(f"strategy {name!r} phase {i} names parameters the model does not "
-                                  f"have: {', '.join(unknown[:5])}")
-            if i == 0 and ph.epoch != 0:
-                raise ConfigError(f"strategy {name!r}: the first phase must start at epoch 0, "
-                                  f"not {ph.epoch}")
-            if i > 0:
-                prev = phases[i - 1]
-                if ph.epoch <= prev.epoch:
-                    raise ConfigError(f"strategy {name!r}: phase {i} starts at epoch {ph.epoch}, "
-                                      f"not after phase {i - 1} (epoch {prev.epoch})")
-                refrozen = sorted(prev.trainable - ph.trainable)
-                if refrozen:
-                    raise ConfigError(f"strategy {name!r}: phase {i} re-freezes {', '.join(refrozen[:5])}"
-                                      "; phases are cumulative and only thaw")
-        if not phases[0].trainable and len(phases) == 1:
-            raise ConfigError(f"strategy {name!r} trains no parameter at all")
+                raise fail(f"phase {i} names parameters the model does not have: {', '.join(unknown[:5])}")
+            if (ph.epoch != 0) if prev is None else (ph.epoch <= prev.epoch):
+                raise fail(f"phase {i} starts at epoch {ph.epoch}; the first phase starts at epoch 0, "
+                           "each later one after the one before")
+            if refrozen:
+                raise fail(f"phase {i} re-freezes {', '.join(refrozen[:5])}; phases are cumulative")
+            if frozen_head:
+                raise fail(f"phase {i} (epoch {ph.epoch}) leaves the head frozen ("
+                           f"{', '.join(frozen_head[:5])}); the head always trains: every phase must "
+                           "include layout.head.params")
         return list(phases)
 
     def phase_at(self, epoch: int) -> int:
@@ -164,8 +169,9 @@ class Adapted:
         factory = self.pm.optimizers.get(config.name, where="optimizer.name")
         config.check_against(factory)
         groups = self.param_groups(config)
-        optimizer: torch.optim.Optimizer = factory(groups, lr=config.lr,
-                                                   weight_decay=config.weight_decay, **config.kwargs)
+        with self.pm.guard(self.pm.optimizers.entries[config.name].plugin, f"optimizer {config.name!r}"):
+            optimizer: torch.optim.Optimizer = factory(groups, lr=config.lr,
+                                                       weight_decay=config.weight_decay, **config.kwargs)
         return optimizer
 
     # -------------------------------------------------------------- plan

@@ -101,6 +101,10 @@ def load_backbone(spec: str, *, pm: ThawkitPluginManager | None = None, **option
     pm = pm or default_plugin_manager()
     parsed = BackboneSpec.parse(spec, options)
     source = pm.sources.get(parsed.source, where=f"backbone {spec!r}")
-    model: nn.Module = source.load(parsed.name, dict(options))
+    plugin = pm.sources.entries[parsed.source].plugin
+    with pm.guard(plugin, f"source {parsed.source!r}: load({parsed.name!r})"):
+        model: nn.Module = source.load(parsed.name, dict(options))
+        if not callable(getattr(model, "named_parameters", None)):
+            raise TypeError(f"load() returned {type(model).__name__}, not an nn.Module")
     model._thawkit_spec = parsed
     return model

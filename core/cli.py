@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,23 +27,26 @@ def build_parser(pm: ThawkitPluginManager | None = None) -> argparse.ArgumentPar
     parser.add_argument("--version", action="version", version=f"thawkit {__version__}")
     parser.add_argument("-p", "--plugin", action="append", metavar="MODULE_OR_FILE",
                         help="load an extra plugin (module name or .py file); repeatable")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, also print the traceback (with a plugin's original exception)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     if pm is None:
         from .plugin_manager import get_plugin_manager
 
         pm = get_plugin_manager()
-    pm.hook.thawkit_register_commands(subparsers=sub)
+    pm.call_each("thawkit_register_commands", subparsers=sub)  # a failing plugin loses its commands only
     return parser
 
 
-def _early(argv: list[str] | None) -> tuple[list[str], str]:
-    """The ``--plugin`` modules and the command's name, read ahead of the full parse (a local
-    plugin may add commands, and its errors name the command)."""
+def _early(argv: list[str] | None) -> tuple[list[str], str, bool]:
+    """The ``--plugin`` modules, the command's name and ``--debug``, read ahead of the full
+    parse (a local plugin may add commands, and its errors name the command)."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("-p", "--plugin", action="append", default=[])
+    early.add_argument("--debug", action="store_true")
     known, rest = early.parse_known_args(argv)
     words = [w for w in rest if not w.startswith("-")]
-    return known.plugin, f"thawkit {words[0]}" if words else "thawkit"
+    return known.plugin, f"thawkit {words[0]}" if words else "thawkit", known.debug
 
 
 def _plugin_manager(refs: list[str]) -> ThawkitPluginManager:
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``thawkit`` command line; returns the exit code (2 for a user's mistake)."""
     from .errors import ThawkitError
 
-    refs, command = _early(argv)
+    refs, command, debug = _early(argv)
     try:
         pm = _plugin_manager(refs)
         parser = build_parser(pm)
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         command = f"thawkit {args.command}"
         return int(args.func(args) or 0)
     except ThawkitError as exc:
+        if debug:
+            traceback.print_exception(exc)
         print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

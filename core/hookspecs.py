@@ -19,6 +19,13 @@ Two kinds of hook, and one ordering rule for each:
 
 Plugins may add hooks of their own through :func:`thawkit_add_hookspecs` (the
 training plugin adds ``thawkit_register_schedules`` that way).
+
+Failures are contained: an exception other than a :class:`thawkit.ThawkitError`
+in any implementation reaches the caller as a :class:`thawkit.PluginError` naming
+the plugin and the hook, chained to the original. Raise ``ThawkitError``
+subclasses (``ConfigError``, ``UnknownNameError``...) for a user's mistake. A
+collector hook that raises, or registers a name another plugin has, unloads its
+plugin as a whole. ``thawkit.plugins.testing`` checks each contract below.
 """
 from __future__ import annotations
 
@@ -134,6 +141,12 @@ def thawkit_register_sources(register: Callable[..., None]) -> None:
 
     Returns: nothing (all implementations are called).
 
+    Contract: ``list_models`` returns the loadable names (distinct), filtered by an
+    ``fnmatch`` pattern. ``load`` does not change ``options``; it honours
+    ``device="meta"`` (build without memory, read no weights: plans use it) and
+    passes other keys to the builder; an unknown name raises
+    :class:`thawkit.UnknownNameError` (with the known names, for the closest).
+
     Example::
 
         @thawkit.hookimpl
@@ -152,6 +165,7 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
 
     Returns: a :class:`thawkit.DataConfig`, or ``None`` if this plugin does not know the
     model. First non-None result wins; core falls back to 224 px ImageNet statistics.
+    ``input_size`` is (channels, height, width) that the model's forward accepts.
 
     Example::
 
@@ -179,6 +193,12 @@ def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layo
     Returns: a :class:`thawkit.Layout` for models this plugin knows, else ``None``.
     First non-None result wins; core's generic fallback (last ``nn.Linear`` is the
     head, top-level children are blocks) answers last for any ``nn.Module``.
+
+    Contract: every parameter of ``model`` in exactly one block (checked by
+    :meth:`thawkit.Layout.validate`), block names unique, at least one block, ordered
+    input to output; the head holds the classifier's parameters and ``classifiers``
+    names its module path(s). Reads names and shapes only (meta models), changes
+    nothing, and describes the same model the same way every time.
 
     Example::
 
@@ -214,6 +234,10 @@ def thawkit_replace_head(
     else ``None``. First non-None result wins; core's fallback replaces an
     ``nn.Linear`` or 1x1 ``nn.Conv2d`` classifier on the same device and dtype.
 
+    Contract: the model then outputs ``num_classes`` scores, its new head sits on the
+    backbone's device and dtype (meta included), and its layout (described again) has
+    the new classifier's parameters in the head.
+
     Example::
 
         @thawkit.hookimpl
@@ -234,6 +258,9 @@ def thawkit_register_strategies(register: Callable[..., None]) -> None:
             optionally, ``Params`` (a pydantic model validating its parameters).
 
     Returns: nothing (all implementations are called).
+
+    Contract: :class:`thawkit.Strategy` states it (what ``phases()`` receives and
+    returns, the head that always trains, the neck, norm layers, ``thaw_order``).
 
     Example::
 
@@ -296,6 +323,10 @@ def thawkit_register_optimizers(register: Callable[..., None]) -> None:
 
     Returns: nothing (all implementations are called).
 
+    Contract: the optimizer holds the groups as given (same order, parameters, names,
+    ``lr`` and ``weight_decay``: ``kwargs`` are defaults only), leaves parameters
+    without a gradient untouched, and restores from its ``state_dict()``.
+
     Example::
 
         @thawkit.hookimpl
@@ -342,7 +373,8 @@ def thawkit_layer_scales(
     Returns: ``{param_name: scale}`` covering every parameter, or ``None``. First
     non-None result wins; core's fallback uses the layout's blocks (stem, blocks,
     neck+head). The timm plugin answers with timm's fine ``group_matcher`` so scales
-    equal ``timm.optim.param_groups_layer_decay``.
+    equal ``timm.optim.param_groups_layer_decay``. Scales lie in ``[min_scale, 1]``,
+    the head's is 1, and they never grow from the head towards the stem.
 
     Example::
 

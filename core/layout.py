@@ -37,10 +37,15 @@ class Block:
 class Layout:
     """Stem, ordered blocks (input to output), optional neck, and head.
 
-    ``classifiers`` are the module paths of the final classifier(s) that the
-    head replacement swaps; ``aux`` the auxiliary classifiers (googlenet,
-    inception); ``feeds`` the module that produces the classifier input
-    (pre-logits), when known.
+    The contract (:meth:`validate` checks it): every parameter of the model is in
+    exactly one block, and block names are unique. The ``head`` holds the final
+    classifier's parameters (what ``adapt(num_classes=...)`` replaces, and what always
+    trains); the ``neck`` the pretrained layers between the last block and the
+    classifier (a final norm, pre-logits layers), ``None`` when there are none; the
+    ``stem`` what comes before the first block. ``classifiers`` are the module paths of
+    the final classifier(s) that the head replacement swaps; ``aux`` the auxiliary
+    classifiers (googlenet, inception); ``feeds`` the module that produces the
+    classifier input (pre-logits), when known; ``source`` who described it.
     """
 
     stem: Block | None
@@ -65,7 +70,8 @@ class Layout:
 
     @property
     def thaw_order(self) -> list[list[Block]]:
-        """Units in the order gradual unfreezing thaws them: neck+head, last block, ..., stem."""
+        """Units in the order gradual unfreezing thaws them; a unit is the list of blocks that
+        thaw together: ``[head, neck]`` (or ``[head]``), ``[last block]``, ..., ``[stem]``."""
         top = [self.head] + ([self.neck] if self.neck is not None else [])
         units = [top] + [[b] for b in reversed(self.blocks)]
         if self.stem is not None:
@@ -73,6 +79,7 @@ class Layout:
         return units
 
     def block(self, name: str) -> Block:
+        """The block called ``name``; :class:`UnknownNameError` (with the closest names) if none."""
         for b in self.all_blocks:
             if b.name == name:
                 return b
@@ -83,6 +90,7 @@ class Layout:
         return {p: b.name for b in self.all_blocks for p in b.params}
 
     def params_of(self, blocks: Iterable[Block]) -> list[str]:
+        """The parameter names of ``blocks``, in order: ``layout.params_of([layout.head])``."""
         return [p for b in blocks for p in b.params]
 
     # -------------------------------------------------------------- checking
@@ -123,6 +131,7 @@ class Layout:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The layout as JSON-ready data (``thawkit describe --json``)."""
         return {
             "source": self.source,
             "blocks": [{"name": b.name, "role": b.role, "modules": b.modules,

@@ -4,15 +4,20 @@
 ``default_plugin_manager()`` is the cached one the public API and the CLI use,
 and ``reset_plugin_manager()`` drops it.
 
+Failures are contained (see :mod:`thawkit.hookspecs`): a plugin that fails to
+register is unloaded whole; at runtime that raises, for an entry point it warns,
+pointing at the plugin's file and line.
+
 Environment switches:
 
 * ``THAWKIT_PLUGINS``: unset loads every ``thawkit`` entry point; empty loads
-  none; ``a,b`` loads only the entry points (or distributions) named.
+  none; ``a,b`` loads only the entry points (or distributions) named (others: ``hidden``).
 * ``THAWKIT_STRICT_PLUGINS=1``: a plugin that fails to import, register or
-  contribute is an error instead of a warning.
+  contribute, or an unknown name in ``THAWKIT_PLUGINS``, is an error instead of a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.metadata
@@ -20,7 +25,7 @@ import importlib.util
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, UnknownNameError
+from .errors import PluginError, ThawkitError, UnknownNameError, closest
 
 ENTRY_POINT_GROUP = "thawkit"
 
@@ -50,12 +55,13 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.schedules": "thawkit.plugins.train.schedules",
     "thawkit.commands": "thawkit.plugins.commands",
     "thawkit.coverage": "thawkit.plugins.coverage",
+    "thawkit.check_plugin": "thawkit.plugins.testing.command",
     "thawkit.fallbacks": "thawkit.fallbacks",
 }
 
 
 class PluginLoadWarning(UserWarning):
-    """A third-party plugin failed and was skipped."""
+    """A third-party plugin failed and was unloaded, or ``THAWKIT_PLUGINS`` names no plugin."""
 
 
 def strict_plugins() -> bool:
@@ -101,22 +107,52 @@ class Registry:
         return name in self.entries
 
 
+def _pair(name: str, obj: Any) -> tuple[str, Any]:
+    return name, obj
+
+
 class ThawkitPluginManager(pluggy.PluginManager):
     """A pluggy manager with thawkit's hooks and registries built from its collector hooks."""
 
     def __init__(self) -> None:
         super().__init__("thawkit")
-        self.add_hookspecs(hookspecs)
-        self.hook.thawkit_add_hookspecs.call_historic(kwargs={"pm": self})
         self._registries: dict[str, Registry] = {}
+        #: collector hook -> (kind, reader of ``register``'s arguments); plugins add their own
+        self.collectors: dict[str, tuple[str, Callable[..., tuple[str, Any]]]] = {
+            "thawkit_register_strategies": ("strategy", lambda cls: (getattr(cls, "name", ""), cls)),
+            "thawkit_register_sources": ("source", _pair),
+            "thawkit_register_optimizers": ("optimizer", _pair),
+            "thawkit_recipe_sections": ("recipe section", _pair)}
         self.builtin_names: set[str] = set()
         self.load_errors: dict[str, str] = {}
+        self.hidden: dict[str, str | None] = {}  # entry point -> distribution, left out by THAWKIT_PLUGINS
         self._dist_of: dict[str, tuple[str | None, str | None]] = {}
+        self._entry_point: dict[str, str] = {}
+        self.add_hookspecs(hookspecs)
+        self.hook.thawkit_add_hookspecs.call_historic(kwargs={"pm": self})
 
-    # Registries are rebuilt lazily whenever a plugin comes or goes.
-    def register(self, plugin: object, name: str | None = None) -> str | None:
-        out = super().register(plugin, name)
-        self._registries.clear()
+    def register(self, plugin: object, name: str | None = None, *, validate: bool = True) -> str | None:
+        """Register ``plugin`` with its hooks guarded; ``validate`` (a runtime registration)
+        builds the registries it adds to now: a clash or a failing collector hook raises
+        :class:`PluginError` and nothing of the plugin stays registered."""
+        try:
+            out = super().register(plugin, name)
+        except (ValueError, pluggy.PluginValidationError):
+            raise
+        except Exception:  # thawkit_add_hookspecs (historic) raised: leave nothing behind
+            if self.get_name(plugin) is not None:
+                super().unregister(plugin)
+            raise
+        finally:
+            self._registries.clear()
+        if out is None:  # blocked by name: nothing was registered
+            return out
+        for caller in self.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not (impl.hookwrapper or impl.wrapper):
+                    impl.function = self._guarded(impl.function, out, caller.name)  # type: ignore[misc]
+            if validate and caller.name in self.collectors:
+                self.registry(caller.name)
         return out
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
@@ -124,90 +160,154 @@ class ThawkitPluginManager(pluggy.PluginManager):
         self._registries.clear()
         return out
 
-    def registry(self, hook: str, kind: str,
+    def _guarded(self, function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+        def guarded(*args: Any) -> Any:
+            with self.guard(plugin, hook):
+                return function(*args)
+        return guarded
+
+    @contextlib.contextmanager
+    def guard(self, plugin: str | None, what: str) -> Iterator[None]:
+        """Run plugin code: a :class:`ThawkitError` passes, any other exception becomes a
+        :class:`PluginError` naming the plugin and ``what``, chained to the original."""
+        try:
+            yield
+        except ThawkitError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{self.describe_plugin(plugin)} failed in {what}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+    def describe_plugin(self, plugin: str | None) -> str:
+        """``plugin 'x' (entry point 'x = module' of distribution d 1.0)``, for messages."""
+        if plugin is None:
+            return "a plugin not registered with this manager"
+        if plugin in self.builtin_names or plugin not in self._entry_point:
+            return f"{'built-in ' * (plugin in self.builtin_names)}plugin {plugin!r}"
+        dist, version = self._dist_of[plugin]
+        return f"plugin {plugin!r} (entry point '{plugin} = {self._entry_point[plugin]}' of " \
+               f"distribution {dist} {version})"
+
+    def registry(self, hook: str, kind: str | None = None,
                  unpack: Callable[..., tuple[str, Any]] | None = None) -> Registry:
         """The names contributed through collector hook ``hook`` (built once, until plugins change).
 
         Each plugin's implementation is called through pluggy, one plugin at a time in
         registration order, with a ``register`` callable that records which plugin gave
-        each name. ``unpack(*args, **kw) -> (name, obj)`` reads ``register``'s arguments;
-        the default takes ``register(name, obj)``. Plugins use this for hooks they add.
+        each name; ``unpack(*args, **kw) -> (name, obj)`` reads its arguments (default: those
+        in :attr:`collectors`, else ``register(name, obj)``). A plugin's names are kept only
+        when its hook returns and none clashes; otherwise the plugin is unloaded whole.
         """
         if hook in self._registries:
             return self._registries[hook]
-        registry = Registry(kind)
-        read = unpack or (lambda name, obj: (name, obj))
+        known_kind, known_unpack = self.collectors.get(hook, (hook, _pair))
+        read = unpack or known_unpack
+        registry = Registry(kind or known_kind)
         order = [name for name, _ in self.list_name_plugin()]
         impls = sorted(getattr(self.hook, hook).get_hookimpls(),
                        key=lambda i: order.index(i.plugin_name))
         for impl in impls:
             plugin = impl.plugin_name
+            trial = Registry(registry.kind)
+            trial.entries = dict(registry.entries)
             others = [p for p in self.get_plugins() if p is not impl.plugin]
 
-            def register(*args: Any, replace: bool = False, _plugin: str = plugin, **kw: Any) -> None:
-                name, obj = read(*args, **kw)
-                registry.add(name, obj, _plugin, replace=replace)
+            def register(*args: Any, replace: bool = False, _plugin: str = plugin,
+                         _trial: Registry = trial, **kw: Any) -> None:
+                with self.guard(_plugin, f"{hook}: register()"):
+                    name, obj = read(*args, **kw)
+                _trial.add(name, obj, _plugin, replace=replace)
 
             try:
                 self.subset_hook_caller(hook, remove_plugins=others)(register=register)
-            except PluginError:
-                raise
             except Exception as exc:  # one bad plugin must not break the rest
-                self._plugin_failed(plugin, f"{hook} raised {type(exc).__name__}: {exc}")
+                message = str(exc) if isinstance(exc, ThawkitError) else \
+                    f"{self.describe_plugin(plugin)} failed in {hook}: {type(exc).__name__}: {exc}"
+                self._plugin_failed(plugin, message, exc)
+                continue
+            registry = trial
         self._registries[hook] = registry
         return registry
 
-    def _plugin_failed(self, plugin: str, error: str) -> None:
-        if strict_plugins() or plugin in self.builtin_names:
-            why = "" if plugin in self.builtin_names else " (THAWKIT_STRICT_PLUGINS is set)"
-            raise PluginError(f"thawkit plugin {plugin!r} failed: {error}{why}")
-        msg = f"thawkit plugin {plugin!r} failed and was skipped: {error}"
-        self.load_errors[plugin] = error
-        warnings.warn(msg, PluginLoadWarning, stacklevel=3)
+    def call_each(self, hook: str, **kwargs: Any) -> None:
+        """Call every plugin's ``hook`` one at a time; one that fails is unloaded like a failed
+        registration, and the others still run."""
+        for impl in list(getattr(self.hook, hook).get_hookimpls()):
+            if self.get_plugin(impl.plugin_name) is not impl.plugin:
+                continue
+            others = [p for p in self.get_plugins() if p is not impl.plugin]
+            try:
+                self.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+            except Exception as exc:
+                self._plugin_failed(impl.plugin_name, str(exc), exc)
+
+    def _plugin_failed(self, plugin: str, message: str, cause: BaseException | None = None) -> None:
+        """Unload ``plugin`` whole, then warn for an entry point, else (a built-in, a runtime
+        registration, or under ``THAWKIT_STRICT_PLUGINS``) raise."""
+        obj = self.get_plugin(plugin)
+        where = _location(obj, self._entry_point.get(plugin), cause)
+        if obj is not None:
+            self.unregister(name=plugin)
+        self.load_errors[plugin] = message
+        if strict_plugins() or plugin not in self._entry_point:
+            raise PluginError(message + " (THAWKIT_STRICT_PLUGINS is set)" * strict_plugins()) from cause
+        warnings.warn_explicit(f"{message}; the plugin was not loaded (THAWKIT_STRICT_PLUGINS=1 makes "
+                               "this an error)", PluginLoadWarning, *where)
 
     @property
     def strategies(self) -> Registry:
         """Strategy classes by name (``thawkit_register_strategies``)."""
-        return self.registry("thawkit_register_strategies", "strategy",
-                             lambda cls: (getattr(cls, "name", ""), cls))
+        return self.registry("thawkit_register_strategies")
 
     @property
     def sources(self) -> Registry:
         """Backbone sources by name (``thawkit_register_sources``)."""
-        return self.registry("thawkit_register_sources", "source")
+        return self.registry("thawkit_register_sources")
 
     @property
     def optimizers(self) -> Registry:
         """Optimizer factories by name (``thawkit_register_optimizers``)."""
-        return self.registry("thawkit_register_optimizers", "optimizer")
+        return self.registry("thawkit_register_optimizers")
 
     @property
     def recipe_sections(self) -> Registry:
         """Recipe sections that plugins add (``thawkit_recipe_sections``)."""
-        return self.registry("thawkit_recipe_sections", "recipe section")
+        return self.registry("thawkit_recipe_sections")
 
     # ------------------------------------------------------------ loading
     def register_builtin(self, name: str, module_name: str) -> None:
         """Import and register one of :data:`DEFAULT_PLUGINS`."""
         self.builtin_names.add(name)
-        self.register(importlib.import_module(module_name), name=name)
+        self.register(importlib.import_module(module_name), name=name, validate=False)
 
     def load_entrypoints(self, only: Iterable[str] | None = None) -> None:
-        """Load third-party plugins from the ``thawkit`` entry-point group, each in its own try."""
+        """Load third-party plugins from the ``thawkit`` entry-point group, each in its own try;
+        ``only``: the entry point or distribution names to load (unknown ones: a warning)."""
         wanted = None if only is None else {n.strip() for n in only if n.strip()}
+        seen: set[str] = set()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
+            seen.update(n for n in (ep.name, dist_name) if n)
             if wanted is not None and ep.name not in wanted and dist_name not in wanted:
+                self.hidden[ep.name] = dist_name
                 continue
             if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
                 continue
+            self._entry_point[ep.name] = ep.value
+            self._dist_of[ep.name] = (dist_name, dist.version if dist is not None else None)
             try:
-                plugin = ep.load()
-                self.register(plugin, name=ep.name)
-                self._dist_of[ep.name] = (dist_name, dist.version if dist is not None else None)
+                self.register(ep.load(), name=ep.name, validate=False)  # validated when first used
             except Exception as exc:
-                self._plugin_failed(ep.name, f"{type(exc).__name__}: {exc} (entry point {ep.value})")
+                self._plugin_failed(ep.name, f"{self.describe_plugin(ep.name)} failed to load: "
+                                    f"{type(exc).__name__}: {exc}", exc)
+        for name in sorted((wanted or set()) - seen):
+            hint = "".join(f"; did you mean {h!r}?" for h in closest(name, seen, n=1))
+            message = (f"THAWKIT_PLUGINS names {name!r}, which is no installed thawkit plugin (entry "
+                       f"point or distribution){hint}; installed: {', '.join(sorted(seen)) or '(none)'}")
+            if strict_plugins():
+                raise PluginError(message + " (THAWKIT_STRICT_PLUGINS is set)")
+            warnings.warn_explicit(message, PluginLoadWarning, "THAWKIT_PLUGINS", 1)
 
     def load_local(self, ref: str) -> object:
         """Register a plugin given as a module name or a ``.py`` file path."""
@@ -250,13 +350,18 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 "(thawkit_register_strategies, thawkit_describe_layout, ...)")
 
     def add_plugin(self, plugin: object, name: str | None = None) -> str | None:
-        """Register ``plugin`` and validate its hooks; on failure it is not left registered."""
+        """Register ``plugin`` and validate its hooks and names; on failure nothing of it stays."""
         try:
             out = self.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
             raise PluginError(self._validation_message(exc)) from None
         except ValueError as exc:  # already registered under that name, or blocked
             raise PluginError(f"plugin {name or plugin!r}: {exc}") from None
+        except ThawkitError:
+            raise
+        except Exception as exc:  # thawkit_add_hookspecs raised
+            raise PluginError(f"plugin {name or plugin!r} failed to register: "
+                              f"{type(exc).__name__}: {exc}") from exc
         try:
             self.check()
         except PluginError:
@@ -265,13 +370,36 @@ class ThawkitPluginManager(pluggy.PluginManager):
         return out
 
 
+def _location(plugin: object | None, entry_point: str | None,
+              cause: BaseException | None) -> tuple[str, int]:
+    """The plugin's file and its line that failed (else 1), for a warning that points there."""
+    module = plugin if hasattr(plugin, "__file__") else sys.modules.get(type(plugin).__module__)
+    file = getattr(module, "__file__", None) or ""
+    if plugin is None and entry_point is not None:
+        with contextlib.suppress(Exception):
+            spec = importlib.util.find_spec(entry_point.split(":")[0].strip())
+            file = (spec.origin if spec is not None else None) or ""
+    root = os.path.dirname(file) if os.path.basename(file) == "__init__.py" else file
+    line, seen = 1, set()
+    while file and cause is not None and id(cause) not in seen:  # outermost first: innermost wins
+        seen.add(id(cause))
+        if isinstance(cause, SyntaxError) and str(cause.filename).startswith(root):
+            line = cause.lineno or 1
+        tb = cause.__traceback__
+        while tb is not None:
+            line = tb.tb_lineno if tb.tb_frame.f_code.co_filename.startswith(root) else line
+            tb = tb.tb_next
+        cause = cause.__cause__ or cause.__context__
+    return (file, line) if file else ("<unknown plugin file>", 1)
+
+
 def get_plugin_manager(*, entrypoints: bool | None = None, builtins: bool = True) -> ThawkitPluginManager:
     """A fresh plugin manager with the built-ins and (per ``THAWKIT_PLUGINS``) entry points.
 
     Example::
 
         pm = thawkit.get_plugin_manager()
-        pm.register(my_plugin_module)          # runtime registration
+        pm.register(my_plugin_module)          # runtime registration, validated at once
         adapted = thawkit.adapt(model, "my-strategy", pm=pm)
     """
     pm = ThawkitPluginManager()
@@ -279,9 +407,7 @@ def get_plugin_manager(*, entrypoints: bool | None = None, builtins: bool = True
         for name, module_name in DEFAULT_PLUGINS.items():
             pm.register_builtin(name, module_name)
     env = os.environ.get("THAWKIT_PLUGINS")
-    if entrypoints is None:
-        entrypoints = env is None or env.strip() != ""
-    if entrypoints:
+    if entrypoints is not False:
         pm.load_entrypoints(None if env is None else env.split(","))
     # a third-party plugin implementing a hook that does not exist is dropped (or, strict, an error)
     while True:
@@ -293,8 +419,7 @@ def get_plugin_manager(*, entrypoints: bool | None = None, builtins: bool = True
             if bad is None or bad in pm.builtin_names or strict_plugins():
                 pm.check()
                 raise  # not reached: check() raises the same error as a PluginError
-            pm.unregister(name=bad)
-            pm._plugin_failed(bad, str(exc))
+            pm._plugin_failed(bad, f"{pm.describe_plugin(bad)}: {exc}", exc)
     return pm
 
 
@@ -316,5 +441,9 @@ def reset_plugin_manager() -> None:
 
 
 def register(plugin: object, name: str | None = None) -> str | None:
-    """Register a plugin on the shared manager at runtime and validate its hooks."""
+    """Register a plugin on the shared manager at runtime and validate its hooks and names.
+
+    A clash with another plugin's name, or a hook that fails while registering, raises
+    :class:`PluginError` here and leaves the shared manager as it was.
+    """
     return default_plugin_manager().add_plugin(plugin, name=name)

@@ -191,7 +191,8 @@ def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
     for name in pm.recipe_sections.names():
         resolve = getattr(recipe.section(name), "resolve", None)
         if callable(resolve):
-            resolve(pm, where)
+            with pm.guard(pm.recipe_sections.entries[name].plugin, f"recipe section {name!r}: resolve()"):
+                resolve(pm, where)
     recipe._pm = pm
     return recipe
 

@@ -2,7 +2,8 @@
 
 A strategy returns an ordered list of :class:`Phase` objects. Each phase names
 the parameters trainable from its epoch on; phases are cumulative (a later
-phase never re-freezes). Static strategies return one phase at epoch 0.
+phase never re-freezes), and every phase includes the head. :class:`Strategy`
+states the whole contract; ``thawkit.plugins.testing.check_strategy`` checks it.
 """
 from __future__ import annotations
 
@@ -39,23 +40,45 @@ class StrategyParams(BaseModel):
 
 @dataclass(frozen=True)
 class Phase:
-    """From ``epoch`` on, exactly the parameters in ``trainable`` train."""
+    """From ``epoch`` on, exactly the parameters named in ``trainable`` (as
+    ``model.named_parameters()`` names them) train, plus, under ``norm="affine"``, the
+    affine parameters of frozen norm layers. ``label`` is shown in plans."""
 
     epoch: int
     trainable: frozenset[str]
     label: str = ""
 
     def __init__(self, epoch: int, trainable: Iterable[str], label: str = "") -> None:
+        if isinstance(trainable, str):
+            raise TypeError(f"Phase(trainable=...) takes parameter names, got the string {trainable!r}")
         object.__setattr__(self, "epoch", int(epoch))
         object.__setattr__(self, "trainable", frozenset(trainable))
         object.__setattr__(self, "label", label)
 
 
 class Strategy:
-    """Base class of freezing strategies.
+    """Base class of freezing strategies. The contract (core enforces it when adapting):
 
-    Subclasses set ``name`` and ``description``, optionally a ``Params`` model,
-    and implement :meth:`phases`. Example (a complete plugin)::
+    * Set ``name`` (unique), ``description`` (one line) and, with parameters, ``Params``: a
+      :class:`StrategyParams` subclass that refuses bad values; core builds ``cls(params)``.
+    * :meth:`phases` ``(layout: Layout, model: nn.Module) -> list[Phase]`` gets the model
+      with its new head (possibly on the meta device) and its validated layout; it reads
+      names and shapes only, changes nothing, and answers the same every time.
+    * Phases: at least one, the first at epoch 0, epochs increasing, only the model's
+      parameter names, each phase including the one before (cumulative).
+    * The head always trains: every phase includes ``layout.head.params`` (core refuses a
+      phase without it; it never freezes the head silently). The neck is pretrained:
+      the strategy decides (``head-only`` freezes it, ``last-block`` trains it).
+    * Norm layers: one whose weight (or, without affine parameters, whose block) is
+      listed is thawed and updates its statistics; the others follow ``params.norm``:
+      ``frozen``, ``affine`` (core adds their affine parameters) or ``train``.
+    * ``layout.thaw_order`` lists units (blocks that thaw together) for gradual
+      unfreezing: ``[head, neck]``, the blocks from last to first, then ``[stem]``.
+    * A user's bad parameters raise :class:`~thawkit.ConfigError` naming the field
+      (``strategy.blocks``); other exceptions reach the user as a
+      :class:`~thawkit.PluginError` naming the plugin and the strategy.
+
+    Example (a complete plugin)::
 
         class EveryOtherBlock(thawkit.Strategy):
             name = "every-other"
@@ -86,10 +109,12 @@ class Strategy:
         return f"{type(self).__name__}({self.params!r})"
 
     def phases(self, layout: Layout, model: nn.Module) -> list[Phase]:
+        """The cumulative phases for ``model`` described by ``layout`` (see the class docstring)."""
         raise NotImplementedError(f"strategy {self.name!r} does not implement phases()")
 
     @classmethod
     def summary(cls) -> str:
+        """The first line of ``description`` (or of the docstring)."""
         return (cls.description or (cls.__doc__ or "").strip()).splitlines()[0] if (
             cls.description or cls.__doc__) else ""
 
@@ -101,10 +126,11 @@ def strategy_instance(name: str, params: dict[str, Any], *, pm: ThawkitPluginMan
     Errors name the field as ``strategy.<field>`` and, for an unknown name, the closest names.
     """
     cls = pm.strategies.get(name, where=f"{where}: strategy.name")
-    try:
-        validated = cls.Params.model_validate(params)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where=where, prefix=("strategy",),
-                                                  model=cls.Params)) from None
-    instance: Strategy = cls(validated)
+    with pm.guard(pm.strategies.entries[name].plugin, f"strategy {name!r} (its Params or __init__)"):
+        try:
+            validated = cls.Params.model_validate(params)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, where=where, prefix=("strategy",),
+                                                      model=cls.Params)) from None
+        instance: Strategy = cls(validated)
     return instance

@@ -77,7 +77,8 @@ def thawkit_describe_layout(model, spec):
 @thawkit.hookimpl
 def thawkit_replace_head(model, layout, num_classes, dropout, keep_aux):
     if isinstance(model, TinyNet):  # zero-initialised: training starts from uniform logits
-        linear = nn.Linear(model.head[1].in_features, num_classes)
+        old = model.head[1].weight  # the new head goes where the backbone is (meta included)
+        linear = nn.Linear(old.shape[1], num_classes, device=old.device, dtype=old.dtype)
         nn.init.zeros_(linear.weight)
         nn.init.zeros_(linear.bias)
         model.head = nn.Sequential(nn.Dropout(dropout), linear)

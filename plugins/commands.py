@@ -49,15 +49,24 @@ def cmd_optimizers(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    import os
+
     pm = args.pm
     rows = [[r["name"], r["version"] or "-", r["distribution"] or "-", ", ".join(r["hooks"])]
             for r in plugin_info(pm, include_builtin=args.all)]
     if rows:
         print(_table(rows, ["plugin", "version", "distribution", "hooks"]))
+    elif pm.hidden:
+        print("no third-party plugins loaded (built-ins: thawkit plugins --all)")
     else:
         print("no third-party plugins installed (built-ins: thawkit plugins --all)")
-    for name, err in pm.load_errors.items():
-        print(f"skipped {name}: {err}")
+    if pm.hidden:
+        n = len(pm.hidden)
+        setting = os.environ.get("THAWKIT_PLUGINS", "")
+        print(f"{n} installed plugin{'s are' if n > 1 else ' is'} hidden by THAWKIT_PLUGINS="
+              f"{setting!r}: {', '.join(sorted(pm.hidden))} (name them there, or unset it, to load them)")
+    for err in pm.load_errors.values():
+        print(f"not loaded: {err}")
     return 0
 
 
@@ -72,7 +81,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     total = 0
     for name in sources:
         src = pm.sources.get(name, where="--source")
-        models = src.list_models(args.pattern)
+        with pm.guard(pm.sources.entries[name].plugin, f"source {name!r}: list_models()"):
+            models = src.list_models(args.pattern)
         total += len(models)
         for m in models:
             print(f"{name}:{m}")

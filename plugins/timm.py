@@ -275,9 +275,16 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
     from timm.data import resolve_model_data_config
 
     cfg = resolve_model_data_config(model)
-    return DataConfig(input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),
-                      std=tuple(cfg["std"]), interpolation=cfg["interpolation"],
-                      crop_pct=float(cfg["crop_pct"]), origin="timm pretrained_cfg")
+    size, origin = tuple(cfg["input_size"]), "timm pretrained_cfg"
+    # a model built with another img_size keeps its pretrained_cfg's size, which its patch
+    # embedding then refuses: the size it was built for wins
+    embed = getattr(model, "patch_embed", None)
+    built = getattr(embed, "img_size", None)
+    if getattr(embed, "strict_img_size", False) and not getattr(embed, "dynamic_img_size", False) \
+            and isinstance(built, tuple) and len(built) == 2 and tuple(built) != size[1:]:
+        size, origin = (size[0], *built), "timm pretrained_cfg, input size as built"
+    return DataConfig(input_size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                      interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]), origin=origin)
 
 
 # ------------------------------------------------------------------ optimizers

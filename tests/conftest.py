@@ -1,4 +1,6 @@
 import os
+import sys
+import textwrap
 
 import pytest
 
@@ -23,3 +25,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No plugin switches set, and no shared manager left over from another test."""
+    import thawkit
+
+    monkeypatch.delenv("THAWKIT_PLUGINS", raising=False)
+    monkeypatch.delenv("THAWKIT_STRICT_PLUGINS", raising=False)
+    thawkit.reset_plugin_manager()
+    yield monkeypatch
+    thawkit.reset_plugin_manager()
+
+
+@pytest.fixture
+def make_dist(tmp_path, clean_env):
+    """``make_dist(name, version, {entry_point: module}, {module: source})`` on sys.path.
+
+    A throwaway distribution: a ``*.dist-info`` folder (METADATA + entry_points.txt) and the
+    plugin module, written to a temporary directory put on ``sys.path``, which is all
+    ``importlib.metadata`` needs. Returns the folder of the modules."""
+    site = tmp_path / "site"
+    site.mkdir()
+    clean_env.syspath_prepend(str(site))
+    modules: list[str] = []
+
+    def make(dist: str, version: str, entry_points: dict[str, str], sources: dict[str, str]):
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[thawkit]\n{lines}")
+        for module, source in sources.items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+            modules.append(module)
+        return site
+
+    yield make
+    for module in modules:
+        sys.modules.pop(module, None)

@@ -333,6 +333,16 @@ def test_data_config_from_pretrained_cfg(mpm):
     assert data_config(nn.Linear(2, 2), pm=mpm).origin.startswith("default")
 
 
+def test_data_config_of_a_model_built_at_another_size_is_the_built_size(mpm):
+    """Found by the conformance kit: the pretrained_cfg's 224 px, which the model refuses."""
+    model = load(mpm, "vit_tiny_patch16_224", img_size=32, num_classes=N)
+    config = data_config(model, pm=mpm)
+    assert config.input_size == (3, 32, 32) and config.origin.endswith("as built")
+    assert model.eval()(torch.zeros(1, *config.input_size)).shape == (1, N)
+    dynamic = load(mpm, "vit_tiny_patch16_224", img_size=32, dynamic_img_size=True, device="meta")
+    assert data_config(dynamic, pm=mpm).input_size == (3, 224, 224)  # takes any size: as published
+
+
 # --------------------------------------------------------------- optimizers
 def test_timm_optimizers_are_registered_without_torch_names(mpm):
     names = set(mpm.optimizers.names())

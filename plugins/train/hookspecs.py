@@ -22,6 +22,11 @@ def thawkit_register_schedules(register: Callable[..., None]) -> None:
 
     Returns: nothing (all implementations are called).
 
+    Contract: the scheduler scales every group's *own* initial lr by one common factor
+    at each step (thawkit's per-block multipliers hold), keeps the lr finite and >= 0,
+    never adds or removes groups, and resumes exactly from its ``state_dict()``.
+    ``thawkit.plugins.testing.check_schedule`` checks it.
+
     Example::
 
         @thawkit.hookimpl

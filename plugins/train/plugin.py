@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 @hookimpl
 def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
     from . import hookspecs
+    from .schedules import read_schedule
 
     pm.add_hookspecs(hookspecs)
+    pm.collectors["thawkit_register_schedules"] = ("schedule", read_schedule)
 
 
 @hookimpl

@@ -238,9 +238,18 @@ def _plateau(optimizer, p, *, warmup_epochs, **_):
         cooldown=p.cooldown, min_lr=[lr * p.min_lr_ratio for lr in peaks])
 
 
+def read_schedule(name: str, factory: Any) -> tuple[str, Any]:
+    """``register(name, factory)``'s arguments, checked when the plugin registers them."""
+    from thawkit import PluginError
+
+    if not callable(factory):
+        raise PluginError(f"schedule {name!r} is {factory!r}, which is not callable")
+    return name, factory
+
+
 def schedule_registry(pm: ThawkitPluginManager) -> Registry:
     """Schedule factories by name, from every plugin's ``thawkit_register_schedules``."""
-    return pm.registry("thawkit_register_schedules", "schedule")
+    return pm.registry("thawkit_register_schedules", "schedule", read_schedule)
 
 
 @hookimpl

@@ -184,9 +184,11 @@ def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int, *, pm: Thawk
     from .schedules import schedule_registry
 
     s = recipe.schedule
-    factory = schedule_registry(pm).get(s.name, where="schedule.name")
-    scheduler = factory(optimizer, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch,
-                        warmup_epochs=s.warmup_epochs, **s.params)
+    registry = schedule_registry(pm)
+    factory = registry.get(s.name, where="schedule.name")
+    with pm.guard(registry.entries[s.name].plugin, f"schedule {s.name!r}"):
+        scheduler = factory(optimizer, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch,
+                            warmup_epochs=s.warmup_epochs, **s.params)
     interval = getattr(factory, "interval", "step")
     if interval not in ("step", "epoch"):
         raise ConfigError(f"schedule {s.name!r}: interval must be 'step' or 'epoch', not {interval!r}")
