@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
     from .backbone import arch_options as arch_options
     from .backbone import load_backbone as load_backbone
     from .backbone import spec_of as spec_of
-    from .distributed import DistributedAdapted as DistributedAdapted
     from .errors import ConfigError as ConfigError
     from .errors import LayoutError as LayoutError
     from .errors import PluginError as PluginError
@@ -44,12 +43,8 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
     from .errors import WeightsError as WeightsError
     from .errors import closest as closest
     from .errors import format_validation_error as format_validation_error
-    from .heads import new_classifier as new_classifier
-    from .heads import set_submodule as set_submodule
     from .layout import Block as Block
     from .layout import Layout as Layout
-    from .layout import generic_layout as generic_layout
-    from .layout import last_linear as last_linear
     from .layout import layout_from_prefixes as layout_from_prefixes
     from .norm import is_norm as is_norm
     from .norm import norm_modules as norm_modules
@@ -79,12 +74,9 @@ _LAZY = {
                      "list_strategies", "replace_head"], "api"),
     **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "arch_options", "load_backbone",
                      "spec_of"], "backbone"),
-    "DistributedAdapted": "distributed",
     **dict.fromkeys(["ConfigError", "LayoutError", "PluginError", "ThawkitError", "UnknownNameError",
                      "WeightsError", "closest", "format_validation_error"], "errors"),
-    **dict.fromkeys(["new_classifier", "set_submodule"], "heads"),
-    **dict.fromkeys(["Block", "Layout", "generic_layout", "last_linear", "layout_from_prefixes"],
-                    "layout"),
+    **dict.fromkeys(["Block", "Layout", "layout_from_prefixes"], "layout"),
     **dict.fromkeys(["is_norm", "norm_modules"], "norm"),
     **dict.fromkeys(["GroupSpec", "OptimizerSettings"], "param_groups"),
     "Plan": "plan_report",

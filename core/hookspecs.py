@@ -14,7 +14,7 @@ Two kinds of hook, and one ordering rule for each:
   the same name from two plugins without ``replace`` is an error naming both.
 * **decision hooks** are ``firstresult``: pluggy asks the newest plugin first and
   the first non-``None`` answer wins, so a third-party plugin overrides a
-  built-in by answering. Core's generic fallbacks (``thawkit.fallbacks``) are
+  built-in by answering. The generic fallbacks (the built-in plugin ``thawkit.fallbacks``) are
   the only ``trylast`` implementations: they answer when no one else does.
 
 Plugins may add hooks of their own through :func:`thawkit_add_hookspecs` (the
@@ -191,7 +191,7 @@ def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layo
             user built themselves.
 
     Returns: a :class:`thawkit.Layout` for models this plugin knows, else ``None``.
-    First non-None result wins; core's generic fallback (last ``nn.Linear`` is the
+    First non-None result wins; the generic fallback plugin (last ``nn.Linear`` is the
     head, top-level children are blocks) answers last for any ``nn.Module``.
 
     Contract: every parameter of ``model`` in exactly one block (checked by
@@ -231,7 +231,7 @@ def thawkit_replace_head(
             instead of removing them.
 
     Returns: the adapted model (usually ``model`` itself) when this plugin handled it,
-    else ``None``. First non-None result wins; core's fallback replaces an
+    else ``None``. First non-None result wins; the generic fallback replaces an
     ``nn.Linear`` or 1x1 ``nn.Conv2d`` classifier on the same device and dtype.
 
     Contract: the model then outputs ``num_classes`` scores, its new head sits on the
@@ -347,7 +347,7 @@ def thawkit_no_weight_decay(model: nn.Module) -> list[str] | None:
         model: the adapted model (head already replaced).
 
     Returns: an iterable of names or ``None``; results of all plugins are merged.
-    Core's own implementation returns ``model.no_weight_decay()`` when the model
+    The generic fallback returns ``model.no_weight_decay()`` when the model
     defines it (timm's convention).
 
     Example::
@@ -371,7 +371,7 @@ def thawkit_layer_scales(
         min_scale: lower bound on any scale.
 
     Returns: ``{param_name: scale}`` covering every parameter, or ``None``. First
-    non-None result wins; core's fallback uses the layout's blocks (stem, blocks,
+    non-None result wins; the generic fallback uses the layout's blocks (stem, blocks,
     neck+head). The timm plugin answers with timm's fine ``group_matcher`` so scales
     equal ``timm.optim.param_groups_layer_decay``. Scales lie in ``[min_scale, 1]``,
     the head's is 1, and they never grow from the head towards the stem.

@@ -38,7 +38,7 @@ from .errors import PluginError, ThawkitError, UnknownNameError, closest
 ENTRY_POINT_GROUP = "thawkit"
 
 #: Built-in plugins (plugin name -> module), registered exactly like third-party ones, in this
-#: order and before them. Core's fallbacks (``trylast``) answer only when no plugin does.
+#: order and before them. The generic fallbacks (``trylast``) answer only when no plugin does.
 DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.torchvision": "thawkit.plugins.torchvision",
     "thawkit.timm": "thawkit.plugins.timm",
@@ -56,7 +56,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.commands": "thawkit.plugins.commands",
     "thawkit.coverage": "thawkit.plugins.coverage",
     "thawkit.check_plugin": "thawkit.plugins.testing.command",
-    "thawkit.fallbacks": "thawkit.fallbacks",
+    "thawkit.fallbacks": "thawkit.plugins.fallbacks",
 }
 
 

@@ -8,7 +8,7 @@ import tempfile
 import thawkit
 import torch
 import torch.distributed as dist
-from thawkit import DistributedAdapted
+from thawkit.plugins.distributed import DistributedAdapted
 
 if "RANK" in os.environ:  # started by torchrun
     dist.init_process_group("gloo")  # "nccl" on GPUs

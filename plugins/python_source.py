@@ -19,7 +19,7 @@ class PythonSource:
         import torch
 
         from .weights import apply_weights, read_weights
-        from thawkit import last_linear
+        from .fallbacks import last_linear
 
         module_name, sep, attr = name.rpartition(":")
         if not sep or not module_name or not attr:

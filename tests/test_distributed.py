@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import thawkit
-from thawkit.distributed import DistributedAdapted
+from thawkit.plugins.distributed import DistributedAdapted
 
 
 def _free_port():

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 import thawkit
-from thawkit import fallbacks
+from thawkit.plugins import fallbacks
 from thawkit.cli import main
 from thawkit.plugins import timm as timm_plugin
 from thawkit.plugins import torchvision as torchvision_plugin
@@ -282,7 +282,7 @@ class UpsideDownScales:
 
     @thawkit.hookimpl
     def thawkit_describe_layout(self, model, spec):
-        return thawkit.generic_layout(model)
+        return fallbacks.generic_layout(model)
 
     @thawkit.hookimpl
     def thawkit_layer_scales(self, model, layout, layer_decay, min_scale):

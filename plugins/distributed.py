@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-    from .adapted import Adapted
+    from thawkit import Adapted
 
 
 class DistributedAdapted:
