@@ -22,51 +22,29 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
     # `X as X`: an explicit re-export (PEP 484), since checkers cannot evaluate ``__all__`` below
     from .adapted import Adapted as Adapted
-    from .api import adapt as adapt
-    from .api import data_config as data_config
-    from .api import describe_layout as describe_layout
-    from .api import list_optimizers as list_optimizers
-    from .api import list_sources as list_sources
-    from .api import list_strategies as list_strategies
-    from .api import replace_head as replace_head
-    from .backbone import WEIGHT_SUFFIXES as WEIGHT_SUFFIXES
-    from .backbone import BackboneSpec as BackboneSpec
-    from .backbone import DataConfig as DataConfig
-    from .backbone import arch_options as arch_options
-    from .backbone import load_backbone as load_backbone
-    from .backbone import spec_of as spec_of
-    from .errors import ConfigError as ConfigError
-    from .errors import LayoutError as LayoutError
-    from .errors import PluginError as PluginError
-    from .errors import ThawkitError as ThawkitError
-    from .errors import UnknownNameError as UnknownNameError
-    from .errors import WeightsError as WeightsError
-    from .errors import closest as closest
-    from .errors import format_validation_error as format_validation_error
-    from .layout import Block as Block
-    from .layout import Layout as Layout
-    from .layout import layout_from_prefixes as layout_from_prefixes
-    from .norm import is_norm as is_norm
-    from .norm import norm_modules as norm_modules
-    from .param_groups import GroupSpec as GroupSpec
-    from .param_groups import OptimizerSettings as OptimizerSettings
+    from .api import (adapt as adapt, data_config as data_config, describe_layout as describe_layout,
+                      list_optimizers as list_optimizers, list_sources as list_sources,
+                      list_strategies as list_strategies, replace_head as replace_head)
+    from .backbone import (WEIGHT_SUFFIXES as WEIGHT_SUFFIXES, BackboneSpec as BackboneSpec,
+                           DataConfig as DataConfig, arch_options as arch_options,
+                           load_backbone as load_backbone, spec_of as spec_of)
+    from .errors import (ConfigError as ConfigError, LayoutError as LayoutError, PluginError as PluginError,
+                         ThawkitError as ThawkitError, UnknownNameError as UnknownNameError,
+                         WeightsError as WeightsError, closest as closest,
+                         format_validation_error as format_validation_error)
+    from .layout import (Block as Block, Layout as Layout, layout_from_prefixes as layout_from_prefixes)
+    from .norm import (is_norm as is_norm, norm_modules as norm_modules)
+    from .param_groups import (GroupSpec as GroupSpec, OptimizerSettings as OptimizerSettings)
     from .plan_report import Plan as Plan
-    from .plugin_manager import DEFAULT_PLUGINS as DEFAULT_PLUGINS
-    from .plugin_manager import Registry as Registry
-    from .plugin_manager import ThawkitPluginManager as ThawkitPluginManager
-    from .plugin_manager import default_plugin_manager as default_plugin_manager
-    from .plugin_manager import get_plugin_manager as get_plugin_manager
-    from .plugin_manager import register as register
-    from .plugin_manager import reset_plugin_manager as reset_plugin_manager
-    from .recipe import Recipe as Recipe
-    from .recipe import adapt_recipe as adapt_recipe
-    from .recipe import load_recipe as load_recipe
-    from .recipe import recipe_model as recipe_model
-    from .recipe import validate_recipe as validate_recipe
-    from .strategy import Phase as Phase
-    from .strategy import Strategy as Strategy
-    from .strategy import StrategyParams as StrategyParams
-    from .strategy import strategy_instance as strategy_instance
+    from .plugin_manager import (DEFAULT_PLUGINS as DEFAULT_PLUGINS, Registry as Registry,
+                                 ThawkitPluginManager as ThawkitPluginManager,
+                                 default_plugin_manager as default_plugin_manager,
+                                 get_plugin_manager as get_plugin_manager, register as register,
+                                 reset_plugin_manager as reset_plugin_manager)
+    from .recipe import (Recipe as Recipe, adapt_recipe as adapt_recipe, load_recipe as load_recipe,
+                         recipe_model as recipe_model, validate_recipe as validate_recipe)
+    from .strategy import (Phase as Phase, Strategy as Strategy, StrategyParams as StrategyParams,
+                           strategy_instance as strategy_instance)
 
 _LAZY = {
     "Adapted": "adapted",

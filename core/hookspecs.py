@@ -7,8 +7,9 @@ registered before any third-party plugin.
 
 Two kinds of hook, and one ordering rule for each:
 
-* **collector hooks** (``thawkit_register_*``, ``thawkit_recipe_sections``) are
-  handed a ``register`` callable. Plugins are called in registration order
+* **collector hooks** (``thawkit_register_sources``, ``_strategies``, ``_optimizers``,
+  ``thawkit_recipe_sections``) are handed a ``register`` callable. Plugins are called
+  in registration order
   (built-ins first, then entry points, then runtime registrations), so a later
   plugin can override an earlier name with ``register(..., replace=True)``;
   the same name from two plugins without ``replace`` is an error naming both.
@@ -17,6 +18,7 @@ Two kinds of hook, and one ordering rule for each:
   built-in by answering. The generic fallbacks (the built-in plugin ``thawkit.fallbacks``) are
   the only ``trylast`` implementations: they answer when no one else does.
 
+``thawkit_register_commands`` and ``thawkit_adapted`` call every plugin (newest first).
 Plugins may add hooks of their own through :func:`thawkit_add_hookspecs` (the
 training plugin adds ``thawkit_register_schedules`` that way).
 
