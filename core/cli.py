@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,7 +35,24 @@ def build_parser(pm: ThawkitPluginManager | None = None) -> argparse.ArgumentPar
         from .plugin_manager import get_plugin_manager
 
         pm = get_plugin_manager()
-    pm.call_each("thawkit_register_commands", subparsers=sub)  # a failing plugin loses its commands only
+    # each command remembers its plugin; a plugin that fails leaves none of its commands behind
+    adding = [""]  # the plugin whose commands are being added
+
+    def checkpoint(plugin: str) -> Callable[[], None]:
+        for command in sub.choices.values():
+            if command.get_default("thawkit_plugin") is None:
+                command.set_defaults(thawkit_plugin=adding[0])
+        adding[0] = plugin
+        before, actions = dict(sub.choices), list(sub._choices_actions)
+
+        def undo() -> None:
+            sub.choices.clear()
+            sub.choices.update(before)
+            sub._choices_actions[:] = actions
+        return undo
+
+    pm.call_each("thawkit_register_commands", checkpoint=checkpoint, subparsers=sub)
+    checkpoint("")  # marks the last plugin's commands
     return parser
 
 
@@ -61,7 +79,7 @@ def _plugin_manager(refs: list[str]) -> ThawkitPluginManager:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``thawkit`` command line; returns the exit code (2 for a user's mistake)."""
-    from .errors import ThawkitError
+    from .errors import PluginError, ThawkitError
 
     refs, command, debug = _early(argv)
     try:
@@ -73,7 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.pm = pm
         command = f"thawkit {args.command}"
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except (ThawkitError, BrokenPipeError):
+            raise
+        except Exception as exc:  # a bug in a command's handler: the plugin's, in one message
+            owner = getattr(args, "thawkit_plugin", None) or None
+            raise PluginError(f"{pm.describe_plugin(owner)} failed in command {args.command!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
     except ThawkitError as exc:
         if debug:
             traceback.print_exception(exc)

@@ -229,16 +229,21 @@ class ThawkitPluginManager(pluggy.PluginManager):
         self._registries[hook] = registry
         return registry
 
-    def call_each(self, hook: str, **kwargs: Any) -> None:
+    def call_each(self, hook: str, *, checkpoint: Callable[[str], Callable[[], None]] | None = None,
+                  **kwargs: Any) -> None:
         """Call every plugin's ``hook`` one at a time; one that fails is unloaded like a failed
-        registration, and the others still run."""
+        registration, and the others still run. ``checkpoint(plugin)``, called before each
+        plugin, returns an undo that removes what a failing plugin added (all or nothing)."""
         for impl in list(getattr(self.hook, hook).get_hookimpls()):
             if self.get_plugin(impl.plugin_name) is not impl.plugin:
                 continue
             others = [p for p in self.get_plugins() if p is not impl.plugin]
+            undo = checkpoint(impl.plugin_name) if checkpoint is not None else None
             try:
                 self.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
             except Exception as exc:
+                if undo is not None:
+                    undo()
                 self._plugin_failed(impl.plugin_name, str(exc), exc)
 
     def _plugin_failed(self, plugin: str, message: str, cause: BaseException | None = None) -> None:

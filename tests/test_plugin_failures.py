@@ -369,3 +369,58 @@ def test_a_failing_add_hookspecs_leaves_nothing_registered(pm):
 def test_a_phase_given_one_string_is_refused():
     with pytest.raises(TypeError, match="takes parameter names, got the string 'fc.weight'"):
         thawkit.Phase(0, "fc.weight")
+
+
+# ----------------------------------------------------------- command plugins
+HALF_COMMANDS = """
+import thawkit
+
+@thawkit.hookimpl
+def thawkit_register_commands(subparsers):
+    subparsers.add_parser("first-half", help="added before the failure")
+    raise RuntimeError("second command not ready")
+"""
+
+FAILING_HANDLER = """
+import thawkit
+
+def boom(args):
+    raise ValueError("handler bug")
+
+@thawkit.hookimpl
+def thawkit_register_commands(subparsers):
+    subparsers.add_parser("boom").set_defaults(func=boom)
+"""
+
+
+def test_a_command_plugin_failing_halfway_leaves_no_command(tmp_path):
+    from thawkit.cli import build_parser
+
+    path = tmp_path / "half_commands.py"
+    path.write_text(HALF_COMMANDS)
+    pm = thawkit.get_plugin_manager(entrypoints=False)
+    module = pm.load_local(str(path))
+    # as if installed from a distribution: a warning, and the rest keeps working
+    pm._entry_point["half"], pm._dist_of["half"] = "half_commands", ("half-dist", "1.0")
+    pm.unregister(module)
+    pm.register(module, name="half", validate=False)
+    with pytest.warns(PluginLoadWarning, match="entry point 'half = half_commands' of distribution "
+                                               "half-dist 1.0.*second command not ready"):
+        parser = build_parser(pm)
+    [sub] = [a for a in parser._actions if a.dest == "command"]
+    assert "first-half" not in sub.choices, "nothing of a failed plugin stays"
+    assert "strategies" in sub.choices and pm.get_plugin("half") is None
+    assert sub.choices["strategies"].get_default("thawkit_plugin") == "thawkit.commands"
+    assert sub.choices["train"].get_default("thawkit_plugin") == "thawkit.train"
+
+
+def test_a_failing_command_handler_is_one_message_naming_the_plugin(tmp_path, capsys):
+    path = tmp_path / "boom_plugin.py"
+    path.write_text(FAILING_HANDLER)
+    assert main(["-p", str(path), "boom"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"thawkit boom: error: plugin {str(path)!r} failed in command 'boom': "
+                   "ValueError: handler bug\n")
+    assert main(["--debug", "-p", str(path), "boom"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and 'raise ValueError("handler bug")' in err
