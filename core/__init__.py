@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
                                  default_plugin_manager, get_plugin_manager, register,
                                  reset_plugin_manager)
     from .recipe import Recipe, adapt_recipe, load_recipe, recipe_model, validate_recipe
+    from .split import ForwardStep, FrozenPrefix, Split, split_sequential
     from .strategy import Phase, Strategy, StrategyParams, strategy_instance
 
 _LAZY = {
@@ -57,6 +58,7 @@ _LAZY = {
                      "get_plugin_manager", "register", "reset_plugin_manager"], "plugin_manager"),
     **dict.fromkeys(["Recipe", "adapt_recipe", "load_recipe", "recipe_model", "validate_recipe"],
                     "recipe"),
+    **dict.fromkeys(["ForwardStep", "FrozenPrefix", "Split", "split_sequential"], "split"),
     **dict.fromkeys(["Phase", "Strategy", "StrategyParams", "strategy_instance"], "strategy"),
 }
 

@@ -49,7 +49,7 @@ from ._timm_layout import describe, final_classifiers, is_timm, reset_head
 
 if TYPE_CHECKING:
     import torch
-    from thawkit import BackboneSpec, DataConfig, Layout
+    from thawkit import BackboneSpec, DataConfig, Layout, Split
     from torch import nn
 
 
@@ -278,6 +278,16 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
     return DataConfig(input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),
                       std=tuple(cfg["std"]), interpolation=cfg["interpolation"],
                       crop_pct=float(cfg["crop_pct"]), origin="timm pretrained_cfg")
+
+
+@hookimpl
+def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split | None:
+    """ViT, ResNet, ConvNeXt, EfficientNet, MobileNetV3, RegNet and Swin (``_timm_split``)."""
+    if not is_timm(model):
+        return None
+    from ._timm_split import split
+
+    return split(model, layout, block)
 
 
 # ------------------------------------------------------------------ optimizers
