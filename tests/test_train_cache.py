@@ -184,3 +184,61 @@ def test_bad_cache_settings_name_the_field(tmp_path, data, pm):
             load(recipe_dict(data, tmp_path / "x", train=value), pm)
     assert load(recipe_dict(data, tmp_path / "x", train={"cache_memory": "1.5 GiB"}),
                 pm).train.cache_memory == int(1.5 * 2**30)
+
+
+# ------------------------------------------------------------------- probe
+def test_probe_sweeps_heads_equal_to_single_runs(tmp_path, data, pm):
+    """One probe with three rates gives each head the training a cached ``thawkit train`` run with
+    that rate gives (no dropout in the head): same metrics, same final head weights."""
+    from thawkit.plugins.train.probe import probe, read_probe
+
+    lrs = [0.003, 0.03, 0.3]
+    sections = {"data": {"augment": False}, "train": {"epochs": 2}}
+    lines: list[str] = []
+    results = probe(load(recipe_dict(data, tmp_path / "probe", **sections), pm), lrs, pm=pm,
+                    log=lines.append)
+    assert [r.lr for r in results] == lrs and "probing 3 learning rates" in lines[0]
+    assert "<- best" in lines[-1]
+    saved = read_probe(tmp_path / "probe")
+    heads = load_file(str(tmp_path / "probe" / "heads.safetensors"))
+    for lr, result, record in zip(lrs, results, saved["results"]):
+        single, _ = run(tmp_path, data, pm, f"lr{lr}", optimizer={"lr": lr}, **sections)
+        rows = metrics(single)
+        assert [e["val_top1"] for e in result.epochs] == [r["val_top1"] for r in rows]
+        for e, r in zip(result.epochs, rows):
+            assert e["val_loss"] == pytest.approx(r["val_loss"], rel=1e-5)
+            assert e["train_loss"] == pytest.approx(r["train_loss"], rel=1e-5)
+        assert record["final_top1"] == result.final_top1
+        weights = load_file(str(single / "model.safetensors"))
+        for name in ("fc.weight", "fc.bias"):
+            torch.testing.assert_close(heads[f"lr={lr:g}/{name}"], weights[name])
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"strategy": {"name": "last-block"}}, "trains below the head (from block 'block3')"),
+    ({"strategy": {"name": "gradual"}}, "has 5 phases"),
+    ({"data": {"augment": True}}, "needs data.augment: false"),
+    ({"strategy": {"name": "head-only", "norm": "train"}}, "cannot be cached: norm: train"),
+])
+def test_probe_refuses_what_it_cannot_cache(tmp_path, data, pm, sections, message):
+    from thawkit.plugins.train.probe import probe
+
+    sections = {"data": {"augment": False}, **sections}
+    with pytest.raises(thawkit.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        probe(load(recipe_dict(data, tmp_path / "p", **sections), pm), [0.01], pm=pm)
+
+
+def test_probe_command(tmp_path, data, capsys):
+    from thawkit.cli import main
+
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(data, tmp_path / "unused",
+                                                           data={"augment": False}))
+    thawkit.reset_plugin_manager()
+    assert main(["probe", str(recipe), "--lr", "0.01", "--lr", "0.1", "--output",
+                 str(tmp_path / "sweep"), "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 2/2 top1 lr 0.01:" in out and "lr 0.1:" in out
+    assert json.loads((tmp_path / "sweep" / "probe.json").read_text())["lrs"] == [0.01, 0.1]
+    with pytest.raises(SystemExit):  # --lr is required: argparse's usage error
+        main(["probe", str(recipe)])
+    assert "--lr" in capsys.readouterr().err

@@ -259,9 +259,10 @@ class CachedPipeline(Pipeline):
                 self.log(line)
         d = self.decisions.get(adapted.phase)
         if d is not None and d.on:
-            self._build(d)
+            self.build(d)
 
-    def _build(self, d: CacheDecision) -> None:
+    def build(self, d: CacheDecision) -> None:
+        """Compute the train and validation features of ``d.split``'s prefix (``d`` must be on)."""
         import torch
         from torch.utils.data import DataLoader
 
