@@ -293,7 +293,10 @@ def thawkit_register_optimizers(register: Callable[..., None]) -> None:
     Parameters:
         register: call ``register(name, factory, replace=False)`` where
             ``factory(param_groups: list[dict], **kwargs) -> torch.optim.Optimizer``;
-            each group carries its own ``lr`` and ``weight_decay``.
+            each group carries its own ``lr`` and ``weight_decay``. Names that take a slow
+            import to list go through ``register.defer(contribute)``: ``contribute()`` returns
+            ``(name, factory)`` pairs and runs only when a name no other plugin registers is
+            asked for, or the list is shown (the timm plugin defers its optimizers).
 
     Returns: nothing (all implementations are called).
 

@@ -318,5 +318,6 @@ def _optimizer_factory(name: str) -> Callable[..., torch.optim.Optimizer]:
 
 @hookimpl
 def thawkit_register_optimizers(register: Callable[..., None]) -> None:
-    for name in timm_optimizer_names():
-        register(name, _optimizer_factory(name))
+    # listing them imports timm.optim (seconds): deferred until a name the other plugins do not
+    # give is asked for, so a recipe with a torch optimizer and a torchvision model never imports timm
+    register.defer(lambda: [(name, _optimizer_factory(name)) for name in timm_optimizer_names()])

@@ -375,6 +375,47 @@ def test_thawkit_register_optimizers(pm):
     assert "head" in seen["groups"]
 
 
+def test_thawkit_register_optimizers_deferred(pm):
+    """``register.defer``: names that are slow to list are contributed only when needed."""
+    calls = []
+
+    def contribute():
+        calls.append(1)
+        return [("slow-sgd", lambda groups, **kw: torch.optim.SGD(groups, **kw))]
+
+    class Slow:
+        @thawkit.hookimpl
+        def thawkit_register_optimizers(self, register):
+            register.defer(contribute)
+
+    class Broken:
+        @thawkit.hookimpl
+        def thawkit_register_optimizers(self, register):
+            register.defer(lambda: 1 / 0)
+
+    pm.register(Slow(), name="slow")
+    assert callable(pm.optimizers.get("adamw")) and calls == []  # a name others give: not called
+    assert callable(pm.optimizers.get("slow-sgd")) and calls == [1]
+    assert pm.optimizers.entries["slow-sgd"].plugin == "slow"
+    other = thawkit.get_plugin_manager(entrypoints=False)
+    other.register(Broken(), name="broken")
+    with pytest.warns(UserWarning, match="plugin 'broken' failed and was skipped: its deferred "
+                                         "optimizer names raised ZeroDivisionError"):
+        assert "adamw" in other.optimizers.names()
+
+
+def test_a_torchvision_plan_does_not_import_timm():
+    import subprocess
+    import sys
+
+    code = ("import sys; from thawkit.cli import main; main(['plan', "
+            "'examples/recipes/resnet18_gradual.yaml']); print('timm' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=TESTS.parent, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False"
+
+
 def test_thawkit_register_schedules(pm, tmp_path):
     class GammaParams(BaseModel, extra="forbid"):
         gamma: float = Field(0.99, gt=0, le=1)
