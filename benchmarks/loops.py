@@ -73,6 +73,9 @@ def hand_prepare(model: nn.Module, strategy: str, classes: int) -> tuple[nn.Modu
         p.requires_grad = strategy == "full"
     if hasattr(model, "fc"):
         model.fc = nn.Linear(model.fc.in_features, classes)
+        # initialised as thawkit initialises a new head, so that both runs start alike
+        nn.init.trunc_normal_(model.fc.weight, std=0.02)
+        nn.init.zeros_(model.fc.bias)
         top = [model.layer4] if strategy == "last-block" else []
     else:  # timm ViT
         model.reset_classifier(classes)

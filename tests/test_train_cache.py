@@ -144,11 +144,12 @@ def test_float16_storage_trains_close_to_float32(tmp_path, data, pm):
 ])
 def test_cache_off_with_the_reason(tmp_path, data, pm, sections, reason):
     from thawkit.plugins.train.cache import decide
-    from thawkit.plugins.train.session import prepare
+    from thawkit.plugins.train.session import prepare, torch_flags_restored
 
     sections = {"data": {"augment": False}, "train": {"epochs": 2}, **sections}
-    d = recipe_dict(data, tmp_path / "run", **{k: v for k, v in sections.items()})
-    session = prepare(load(d, pm), pm=pm, run_dir=tmp_path / "run")
+    d = recipe_dict(data, tmp_path / "run", **sections)
+    with torch_flags_restored():  # prepare() sets the run's determinism flags
+        session = prepare(load(d, pm), pm=pm, run_dir=tmp_path / "run")
     first = session.cache[0]
     if reason is None:  # dropout above the boundary does not matter
         assert first.on, first.reason
