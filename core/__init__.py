@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
                                  reset_plugin_manager as reset_plugin_manager)
     from .recipe import (Recipe as Recipe, adapt_recipe as adapt_recipe, load_recipe as load_recipe,
                          recipe_model as recipe_model, validate_recipe as validate_recipe)
+    from .split import (ForwardStep as ForwardStep, FrozenPrefix as FrozenPrefix, Split as Split,
+                        split_sequential as split_sequential)
     from .strategy import (Phase as Phase, Strategy as Strategy, StrategyParams as StrategyParams,
                            strategy_instance as strategy_instance)
 
@@ -62,6 +64,7 @@ _LAZY = {
                      "get_plugin_manager", "register", "reset_plugin_manager"], "plugin_manager"),
     **dict.fromkeys(["Recipe", "adapt_recipe", "load_recipe", "recipe_model", "validate_recipe"],
                     "recipe"),
+    **dict.fromkeys(["ForwardStep", "FrozenPrefix", "Split", "split_sequential"], "split"),
     **dict.fromkeys(["Phase", "Strategy", "StrategyParams", "strategy_instance"], "strategy"),
 }
 

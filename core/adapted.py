@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from .layout import Layout
     from .plugin_manager import ThawkitPluginManager
+    from .split import FrozenPrefix
 
 
 class Adapted:
@@ -173,6 +174,28 @@ class Adapted:
             optimizer: torch.optim.Optimizer = factory(groups, lr=config.lr,
                                                        weight_decay=config.weight_decay, **config.kwargs)
         return optimizer
+
+    # ------------------------------------------------------------ caching
+    def frozen_prefix(self, phase: int | None = None) -> FrozenPrefix:
+        """The frozen part below the lowest block that trains in ``phase`` (default: the current
+        one), as a :class:`~thawkit.Split` whose prefix output can be cached, or the reason
+        why not. True when there is a split.
+
+        The split comes from the ``thawkit_split_model`` hook; it is used only when the prefix
+        is a pure function of the input (frozen parameters and norms, no active dropout; the
+        rules are in :mod:`thawkit.split`). Whether the input itself is deterministic (no
+        random augmentation) is the caller's to decide. Example::
+
+            frozen = adapted.frozen_prefix()
+            if frozen:
+                features = frozen.split.prefix(images)   # once, under torch.no_grad()
+                logits = frozen.split.rest(features)     # every step
+            else:
+                print("no cache:", frozen.reason)
+        """
+        from .split import frozen_prefix
+
+        return frozen_prefix(self, phase)
 
     # -------------------------------------------------------------- plan
     @property

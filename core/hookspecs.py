@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .layout import Layout
     from .plugin_manager import ThawkitPluginManager
     from .recipe import Recipe
+    from .split import Split
 
 #: Marks a function as the specification of a hook (thawkit's own use).
 hookspec = pluggy.HookspecMarker("thawkit")
@@ -321,7 +322,10 @@ def thawkit_register_optimizers(register: Callable[..., None]) -> None:
     Parameters:
         register: call ``register(name, factory, replace=False)`` where
             ``factory(param_groups: list[dict], **kwargs) -> torch.optim.Optimizer``;
-            each group carries its own ``lr`` and ``weight_decay``.
+            each group carries its own ``lr`` and ``weight_decay``. Names that take a slow
+            import to list go through ``register.defer(contribute)``: ``contribute()`` returns
+            ``(name, factory)`` pairs and runs only when a name no other plugin registers is
+            asked for, or the list is shown (the timm plugin defers its optimizers).
 
     Returns: nothing (all implementations are called).
 
@@ -383,4 +387,40 @@ def thawkit_layer_scales(
         @thawkit.hookimpl
         def thawkit_layer_scales(model, layout, layer_decay, min_scale):
             return {name: 1.0 for name, _ in model.named_parameters()}  # no decay
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# training: computing what stays frozen once (feature caching)
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split | None:
+    """Cut ``model`` just below block ``block`` into a ``prefix`` and the ``rest``.
+
+    thawkit asks for the split below the lowest block that trains in a phase
+    (:meth:`thawkit.Adapted.frozen_prefix`); when the prefix is frozen, its output is
+    computed once per phase and cached instead of at every step.
+
+    Parameters:
+        model: the adapted model (head already replaced), possibly on the meta device.
+        layout: its layout; ``block`` names one of ``layout.all_blocks``.
+        block: the block the rest starts with: the prefix is everything the forward pass
+            runs before that block's first layer. ``"head"`` asks for the pre-logits features.
+
+    Returns: a :class:`thawkit.Split` with ``rest(prefix(x)) == model(x)`` in eval mode,
+    whose ``prefix`` registers every module and parameter it runs (thawkit checks that
+    they are frozen, that norms keep fixed statistics and that no dropout is active), or
+    ``None`` when this plugin cannot split the model there. First non-None result wins;
+    core has no fallback: without an answer there is no cache, never a wrong one.
+    :func:`thawkit.split_sequential` builds a split from the steps of a forward pass.
+
+    Example::
+
+        @thawkit.hookimpl
+        def thawkit_split_model(model, layout, block):
+            if isinstance(model, MyNet):  # forward: stem, stages, pool, fc
+                steps = [model.stem, *model.stages, model.pool, model.fc]
+                return thawkit.split_sequential(model, layout, block, steps)
     """

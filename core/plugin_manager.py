@@ -78,23 +78,56 @@ class Entry:
 
 
 class Registry:
-    """Names contributed by collector hooks; the core owns de-duplication."""
+    """Names contributed by collector hooks; the core owns de-duplication.
+
+    A plugin whose names are expensive to list (they come from a library that takes seconds
+    to import) defers them: ``register.defer(contribute)``. ``contribute()`` returns
+    ``(name, obj)`` pairs and runs only when a name no other plugin gives is asked for, or
+    the whole list is read; its names never replace others.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.entries: dict[str, Entry] = {}
+        self._entries: dict[str, Entry] = {}
+        self._deferred: list[tuple[str, Callable[[], Iterable[tuple[str, Any]]]]] = []
+        self.on_error: Callable[[str, str], None] | None = None
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        self._resolve_deferred()
+        return self._entries
 
     def add(self, name: str, obj: Any, plugin: str, replace: bool = False) -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin!r} registered a {self.kind} without a name: {obj!r}")
-        old = self.entries.get(name)
+        old = self._entries.get(name)
         if old is not None and not replace:
             raise PluginError(
                 f"{self.kind} {name!r} is registered twice: by plugin {old.plugin!r} and by plugin "
                 f"{plugin!r}; rename one, or pass replace=True to override on purpose")
-        self.entries[name] = Entry(name, obj, plugin)
+        self._entries[name] = Entry(name, obj, plugin)
+
+    def defer(self, plugin: str, contribute: Callable[[], Iterable[tuple[str, Any]]]) -> None:
+        self._deferred.append((plugin, contribute))
+
+    def _resolve_deferred(self) -> None:
+        while self._deferred:
+            plugin, contribute = self._deferred.pop(0)
+            try:
+                for name, obj in contribute():
+                    self.add(name, obj, plugin)
+            except PluginError:
+                raise
+            except Exception as exc:  # one bad plugin must not break the rest
+                if self.on_error is None:
+                    raise
+                self.on_error(plugin, f"its deferred {self.kind} names raised {type(exc).__name__}: "
+                                      f"{exc}")
 
     def get(self, name: str, *, where: str | None = None) -> Any:
+        found = self._entries.get(name)
+        if found is not None:
+            return found.obj
         try:
             return self.entries[name].obj
         except KeyError:
@@ -104,7 +137,7 @@ class Registry:
         return sorted(self.entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.entries
+        return name in self._entries or name in self.entries
 
 
 def _pair(name: str, obj: Any) -> tuple[str, Any]:
@@ -209,7 +242,7 @@ class ThawkitPluginManager(pluggy.PluginManager):
         for impl in impls:
             plugin = impl.plugin_name
             trial = Registry(registry.kind)
-            trial.entries = dict(registry.entries)
+            trial._entries, trial._deferred = dict(registry._entries), list(registry._deferred)
             others = [p for p in self.get_plugins() if p is not impl.plugin]
 
             def register(*args: Any, replace: bool = False, _plugin: str = plugin,
@@ -218,6 +251,11 @@ class ThawkitPluginManager(pluggy.PluginManager):
                     name, obj = read(*args, **kw)
                 _trial.add(name, obj, _plugin, replace=replace)
 
+            def defer(contribute: Callable[[], Iterable[tuple[str, Any]]], _plugin: str = plugin,
+                      _trial: Registry = trial) -> None:
+                _trial.defer(_plugin, contribute)
+
+            register.defer = defer  # type: ignore[attr-defined]
             try:
                 self.subset_hook_caller(hook, remove_plugins=others)(register=register)
             except Exception as exc:  # one bad plugin must not break the rest
@@ -226,6 +264,7 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 self._plugin_failed(plugin, message, exc)
                 continue
             registry = trial
+        registry.on_error = self._plugin_failed
         self._registries[hook] = registry
         return registry
 

@@ -115,6 +115,17 @@ def thawkit_layer_scales(model, layout, layer_decay, min_scale):
 # [end]
 
 
+# [thawkit_split_model]
+@thawkit.hookimpl
+def thawkit_split_model(model, layout, block):
+    if isinstance(model, TinyNet):  # its forward pass, step by step: the cut goes between two
+        steps = [thawkit.ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem,
+                                     model.pos_embed),
+                 *model.stages, thawkit.ForwardStep(lambda x: x.mean((2, 3))), *model.head]
+        return thawkit.split_sequential(model, layout, block, steps)
+# [end]
+
+
 # [thawkit_register_strategies]
 class TopFractionParams(thawkit.StrategyParams):
     fraction: float = Field(0.5, gt=0, le=1, description="Share of the blocks that train.")
@@ -245,3 +256,4 @@ if __name__ == "__main__":
         optimizer.step()
         scheduler.step()
     print(adapted.plan)
+    print("frozen prefix:", adapted.frozen_prefix().reason)  # computed once when it is cached

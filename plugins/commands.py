@@ -127,10 +127,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides=args.set, pm=args.pm)
     adapted = adapt_recipe(recipe, meta=True, where=args.recipe)
     adapted.param_groups(recipe.optimizer)
+    cache = []
+    if "train" in args.pm.recipe_sections and "data" in args.pm.recipe_sections:
+        # the training plugin's feature cache: per phase, on (what, how big) or off (why)
+        from thawkit.plugins.train.cache import plan_decisions, summary_lines
+
+        cache = plan_decisions(recipe, adapted)
     if args.json:
-        print(adapted.plan.to_json())
+        print(json.dumps({**adapted.plan.to_dict(), "cache": [d.to_dict() for d in cache]}, indent=2))
     else:
         print(adapted.plan)
+        for line in summary_lines(cache):
+            print(line)
     return 0
 
 

@@ -49,7 +49,7 @@ from ._timm_layout import describe, final_classifiers, is_timm, reset_head
 
 if TYPE_CHECKING:
     import torch
-    from thawkit import BackboneSpec, DataConfig, Layout
+    from thawkit import BackboneSpec, DataConfig, Layout, Split
     from torch import nn
 
 
@@ -287,6 +287,16 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
                       interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]), origin=origin)
 
 
+@hookimpl
+def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split | None:
+    """ViT, ResNet, ConvNeXt, EfficientNet, MobileNetV3, RegNet and Swin (``_timm_split``)."""
+    if not is_timm(model):
+        return None
+    from ._timm_split import split
+
+    return split(model, layout, block)
+
+
 # ------------------------------------------------------------------ optimizers
 def timm_optimizer_names() -> list[str]:
     """timm optimizers thawkit registers (see the module docstring for what is left out)."""
@@ -315,5 +325,6 @@ def _optimizer_factory(name: str) -> Callable[..., torch.optim.Optimizer]:
 
 @hookimpl
 def thawkit_register_optimizers(register: Callable[..., None]) -> None:
-    for name in timm_optimizer_names():
-        register(name, _optimizer_factory(name))
+    # listing them imports timm.optim (seconds): deferred until a name the other plugins do not
+    # give is asked for, so a recipe with a torch optimizer and a torchvision model never imports timm
+    register.defer(lambda: [(name, _optimizer_factory(name)) for name in timm_optimizer_names()])

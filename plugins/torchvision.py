@@ -49,7 +49,7 @@ from . import _torchvision_layouts as tvl
 if TYPE_CHECKING:
     from torch import nn
 
-    from thawkit import BackboneSpec, DataConfig, Layout
+    from thawkit import BackboneSpec, DataConfig, Layout, Split
 
 WHERE = "torchvision source"
 
@@ -318,3 +318,13 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
     from ._torchvision_data import data_config
 
     return data_config(model, spec)
+
+
+@hookimpl
+def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split | None:
+    """Every family whose forward pass is a sequence of steps (all but googlenet and inception)."""
+    if not _is_torchvision(model) or layout.source != "torchvision":
+        return None
+    from ._torchvision_split import split
+
+    return split(model, layout, block)

@@ -176,8 +176,9 @@ def test_plan_prints_the_table(workdir):
     assert "layer_decay=0.5" in lines[0]
     assert lines[1].split() == ["block", "role", "params", "e0", "e2", "e4", "e6",
                                 "lr", "wd", "norm"]
-    blocks = [line.split()[0] for line in lines[3:]]
+    blocks = [line.split()[0] for line in lines[3:-1]]
     assert blocks == ["stem", "1", "2", "head", "total"]
+    assert lines[-1].startswith("cache off for epochs 1-")  # the feature cache: augmentation is on
     head = lines[3 + blocks.index("head")].split()
     assert head[3:8] == ["all"] * 4 + ["1.00e-03"]
 

@@ -405,6 +405,47 @@ def test_thawkit_register_optimizers(pm):
     assert "head" in seen["groups"]
 
 
+def test_thawkit_register_optimizers_deferred(pm):
+    """``register.defer``: names that are slow to list are contributed only when needed."""
+    calls = []
+
+    def contribute():
+        calls.append(1)
+        return [("slow-sgd", lambda groups, **kw: torch.optim.SGD(groups, **kw))]
+
+    class Slow:
+        @thawkit.hookimpl
+        def thawkit_register_optimizers(self, register):
+            register.defer(contribute)
+
+    class Broken:
+        @thawkit.hookimpl
+        def thawkit_register_optimizers(self, register):
+            register.defer(lambda: 1 / 0)
+
+    pm.register(Slow(), name="slow")
+    assert callable(pm.optimizers.get("adamw")) and calls == []  # a name others give: not called
+    assert callable(pm.optimizers.get("slow-sgd")) and calls == [1]
+    assert pm.optimizers.entries["slow-sgd"].plugin == "slow"
+    other = thawkit.get_plugin_manager(entrypoints=False)
+    other.register(Broken(), name="broken")
+    with pytest.warns(UserWarning, match="plugin 'broken' failed and was skipped: its deferred "
+                                         "optimizer names raised ZeroDivisionError"):
+        assert "adamw" in other.optimizers.names()
+
+
+def test_a_torchvision_plan_does_not_import_timm():
+    import subprocess
+    import sys
+
+    code = ("import sys; from thawkit.cli import main; main(['plan', "
+            "'examples/recipes/resnet18_gradual.yaml']); print('timm' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=TESTS.parent, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False"
+
+
 def test_thawkit_register_schedules(pm, tmp_path):
     class GammaParams(BaseModel, extra="forbid"):
         gamma: float = Field(0.99, gt=0, le=1)
@@ -453,6 +494,57 @@ def test_thawkit_adapted(pm):
     # called once, after the head was replaced and the first phase applied
     assert seen == [("probe", 0, {"4.weight", "4.bias"})]
     assert adapted.model[4].out_features == 2
+
+
+class SplitPlugin:
+    """Splits StagedNet through its steps; ``wrong=True`` puts the head into the prefix."""
+
+    def __init__(self, wrong: bool = False):
+        self.wrong = wrong
+        self.asked: list[str] = []
+
+    @thawkit.hookimpl
+    def thawkit_describe_layout(self, model, spec):
+        return _staged_layout(model) if isinstance(model, StagedNet) else None
+
+    @thawkit.hookimpl
+    def thawkit_split_model(self, model, layout, block):
+        self.asked.append(block)
+        if not isinstance(model, StagedNet):
+            return None
+        steps = [thawkit.ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem,
+                                     model.pos_embed),
+                 *model.stages, thawkit.ForwardStep(lambda x: x.mean((2, 3))), model.fc]
+        if self.wrong:
+            return thawkit.Split(nn.Sequential(*steps), nn.Identity(), block)
+        return thawkit.split_sequential(model, layout, block, steps)
+
+
+def test_thawkit_split_model(pm):
+    frozen = thawkit.adapt(StagedNet(), "head-only", pm=pm).frozen_prefix()
+    assert not frozen and frozen.block == "head"
+    assert "no plugin splits StagedNet below block 'head'" in frozen.reason
+    plugin = SplitPlugin()
+    pm.register(plugin, name="splitter")
+    model = StagedNet()
+    adapted = thawkit.adapt(model, "last-block", pm=pm, blocks=1)
+    frozen = adapted.frozen_prefix()
+    assert frozen and plugin.asked == ["stage2"] and frozen.split.block == "stage2"
+    prefix = {id(p) for p in frozen.split.prefix.parameters()}
+    assert prefix == {id(p) for n, p in model.named_parameters() if n.startswith(("stem", "pos_embed",
+                                                                                  "stages.0", "stages.1"))}
+    model.eval()
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(frozen.split.rest(frozen.split.prefix(x)), model(x))
+    # head-only: the cut moves to just below the head
+    head = thawkit.adapt(StagedNet(), "head-only", pm=pm).frozen_prefix()
+    assert head and head.block == "head" and isinstance(head.split.rest[-1], nn.Linear)
+    # a plugin's split that puts a trainable parameter into the prefix is refused, not used
+    wrong = thawkit.get_plugin_manager(entrypoints=False)
+    wrong.register(SplitPlugin(wrong=True), name="wrong-splitter")
+    refused = thawkit.adapt(StagedNet(), "last-block", pm=wrong).frozen_prefix()
+    assert not refused and "puts stages.2" in refused.reason
 
 
 # ------------------------------------------------------- plugin setup hooks

@@ -10,7 +10,9 @@ Imported lazily (no torch until a function is used)::
 Modules: ``data`` (ImageFolder checks, transforms, seeded order), ``session``
 (recipe -> model, optimizer, schedule, run directory), ``loop`` (the epoch
 loop), ``checkpoint`` (atomic files), ``plot``, ``inference`` (predict, export),
-``demo`` and ``commands`` (the CLI subcommands).
+``demo`` and ``commands`` (the CLI subcommands), ``features`` (:class:`FeatureCache`, the
+frozen prefix's outputs computed once, for your own loop), ``cache`` (when ``thawkit train``
+caches them) and ``probe`` (``thawkit probe``: a learning-rate sweep of linear probes).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ _LAZY = {
     "DataError": "data", "CheckpointError": "checkpoint",
     "load_run_model": "inference", "predict": "inference", "export_run": "inference",
     "load_exported": "inference", "ExportError": "inference",
-    "run_demo": "demo", "plot_run": "plot",
+    "run_demo": "demo", "plot_run": "plot", "FeatureCache": "features",
 }
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "DataError",
     "DivergedError",
     "ExportError",
+    "FeatureCache",
     "Outcome",
     "Pipeline",
     "Trainer",

@@ -1,4 +1,5 @@
-"""The ``train``, ``demo``, ``predict`` and ``export`` subcommands (torch is imported only when one runs)."""
+"""The ``train``, ``probe``, ``demo``, ``predict`` and ``export`` subcommands (torch is imported only
+when one runs)."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         outcome = train(recipe, pm=pm, stop_after=args.stop_after)
     print(outcome.message)
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from thawkit import load_recipe
+
+    from .probe import probe
+
+    overrides = list(args.set or [])
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.output:
+        overrides.append(f"train.output={args.output}")
+    recipe = load_recipe(args.recipe, overrides=overrides, pm=args.pm)
+    probe(recipe, args.lr, pm=args.pm)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -90,6 +106,20 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set optimizer.lr=0.01; repeatable")
     p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "probe", help="a learning-rate sweep of linear probes on features computed once",
+        description="Train one head-only linear probe per --lr on the same batches of frozen "
+                    "features, computed once (the recipe needs strategy: head-only and "
+                    "data.augment: false); prints and writes (probe.json) every head's accuracy.")
+    p.add_argument("recipe", help="YAML or JSON recipe (strategy head-only)")
+    p.add_argument("--lr", type=float, action="append", required=True, metavar="LR",
+                   help="a learning rate for the head (optimizer.lr); repeat for the sweep")
+    p.add_argument("--output", metavar="DIR", help="run directory (overrides train.output)")
+    p.add_argument("--epochs", type=_positive, metavar="N", help="overrides train.epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set data.batch_size=256; repeatable")
+    p.set_defaults(func=cmd_probe)
 
     p = subparsers.add_parser(
         "demo", help="offline demo: pretrain on digits 0-4, adapt to 5-9 with 10 labels per class",

@@ -1,9 +1,10 @@
 """The training loop: phases, schedules, metrics, checkpoints, stop/resume, Ctrl-C and NaN stops.
 
 Where batches come from and how logits are computed is the :class:`Pipeline`'s
-business, not the loop's: a cache of frozen-prefix features slots in as another
+business, not the loop's: the cache of frozen-prefix features
+(:class:`~thawkit.plugins.train.cache.CachedPipeline`, the default) is another
 pipeline (``train_batches`` yielding cached features, ``forward`` running only
-the trainable suffix, ``phase_changed`` dropping the cache when a gradual phase
+the rest, ``phase_changed`` rebuilding or dropping the cache when a gradual phase
 thaws part of the prefix), with the loop unchanged.
 """
 from __future__ import annotations
@@ -68,6 +69,13 @@ class Pipeline:
     def phase_changed(self, adapted: Any) -> None:
         """Called when the trainable set changes (and on start); nothing is cached here."""
 
+    def status(self, phase: int) -> str | None:
+        """A line for the log about how phase ``phase`` gets its batches (None: nothing to say)."""
+        return None
+
+    def close(self) -> None:
+        """Called when the run ends, however it ends: release what the pipeline holds."""
+
 
 @dataclass
 class Progress:
@@ -109,7 +117,11 @@ class Trainer:
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self._plot_skipped = False
         self.on_step = on_step
-        self.pipeline = pipeline or Pipeline(session)
+        if pipeline is None:
+            from .cache import CachedPipeline
+
+            pipeline = CachedPipeline(session, log=log)
+        self.pipeline = pipeline
         self.state = Progress()
         self.interrupt_requested = False
         label_smoothing = session.recipe.train.label_smoothing
@@ -156,6 +168,8 @@ class Trainer:
             msg = _worker_message(exc)
             self._status("failed", msg)
             raise DataError(msg) from None
+        finally:
+            self.pipeline.close()
         self._status(outcome.status, outcome.message)
         self._plot()
         return outcome

@@ -1,5 +1,5 @@
-"""The training plugin's hooks: its own hook specs, its commands, its recipe sections, and the
-number of classes of a recipe read from its training folder."""
+"""The training plugin's hooks: its own hook specs, its commands, its recipe sections, the
+number of classes of a recipe read from its training folder, and the split of its demo model."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ConfigError, hookimpl
 
 if TYPE_CHECKING:
-    from thawkit import Recipe, ThawkitPluginManager
+    from thawkit import Layout, Recipe, Split, ThawkitPluginManager
+    from torch import nn
 
 
 @hookimpl
@@ -55,3 +56,14 @@ def thawkit_infer_num_classes(recipe: Recipe, where: str) -> int | None:
         raise ConfigError(f"{where}: data.train: directory {folder!r} does not exist (needed to "
                           "infer head.num_classes; or set head.num_classes)")
     return n
+
+
+@hookimpl
+def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split | None:
+    """The demo's small CNN: stem, three blocks, pooling (with its dropout) and the classifier."""
+    if type(model).__name__ != "SmallCNN" or type(model).__module__ != f"{__package__}.demo_model":
+        return None
+    from thawkit import split_sequential
+
+    steps = [model.stem, model.block1, model.block2, model.block3, *model.pool, model.fc]
+    return split_sequential(model, layout, block, steps)

@@ -45,9 +45,9 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
     check_new_run_dir(run_dir)
     with torch_flags_restored():
         session = prepare(recipe, pm=pm, run_dir=run_dir)
-        log(session.describe())
         trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
                           on_step=on_step)
+        log(_with_status(session.describe(), trainer))
         return trainer.fit()
 
 
@@ -76,10 +76,16 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
         trainer.restore()
         if trainer.state.epoch >= recipe.train.epochs:
             return _already_done(trainer)
-        log(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"
-            + (f", step {trainer.state.step}" if trainer.state.step else "")
-            + f" of {recipe.train.epochs}")
+        log(_with_status(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"
+                         + (f", step {trainer.state.step}" if trainer.state.step else "")
+                         + f" of {recipe.train.epochs}", trainer))
         return trainer.fit()
+
+
+def _with_status(line: str, trainer: Trainer) -> str:
+    """The run's first line, with what the pipeline says about the current phase (the cache)."""
+    status = trainer.pipeline.status(trainer.s.adapted.phase)
+    return f"{line}; {status}" if status else line
 
 
 def _already_done(trainer: Trainer) -> Outcome:

@@ -1,9 +1,10 @@
 """The recipe sections the training plugin adds: ``data``, ``train`` and ``schedule``."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from thawkit import ConfigError, format_validation_error
 
 if TYPE_CHECKING:
@@ -66,3 +67,35 @@ class TrainSection(_Section):
     output: str = Field("runs/exp", description="Run directory.")
     grad_clip: float | None = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    cache: Literal["auto", "off"] = Field(
+        "auto", description="auto: compute the frozen part's features once per phase where that is "
+        "exact and pays (see thawkit.plugins.train.cache); off: never.")
+    cache_memory: int | Literal["auto"] = Field(
+        "auto", description="RAM the cached features may take: bytes, or a size such as 2GB or "
+        "512MiB; beyond it they go to a memory-mapped file in the run directory. auto: a quarter "
+        "of the memory available when the run starts.")
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Storage of cached features; float16 halves the memory but is no "
+        "longer bit-exact.")
+
+    @field_validator("cache_memory", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: Any) -> int | str:
+    """``"auto"``, or a number of bytes from an integer or a size such as ``2GB`` / ``512 MiB``."""
+    if value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value) if isinstance(value, str) else None
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"expected auto, a number of bytes or a size such as 2GB or 512MiB, got "
+                         f"{value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

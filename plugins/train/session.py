@@ -4,7 +4,8 @@ A run directory holds:
 
 * ``recipe.yaml``: the resolved recipe (``head.num_classes`` filled in), the
   single source of truth for ``--resume``, ``predict`` and ``export``;
-* ``plan.json``: the plan (every parameter's block, phase, group, lr, weight decay);
+* ``plan.json``: the plan (every parameter's block, phase, group, lr, weight decay) and, under
+  ``cache``, whether each phase trains on cached features and why (``cache.py``);
 * ``data.json``: class names and the resolved preprocessing;
 * ``metrics.jsonl``, ``curves.png``, ``model.safetensors``, ``best.safetensors``,
   ``checkpoint.pt`` and ``run.json`` (status) written as the run goes.
@@ -16,7 +17,7 @@ import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from .data import Loaders, Preprocess, build_loaders, check_classes, scan_folder
 if TYPE_CHECKING:
     import torch
     from thawkit import Adapted, Recipe, ThawkitPluginManager
+
+    from .cache import CacheDecision
 
 RECIPE_FILE = "recipe.yaml"
 DATA_FILE = "data.json"
@@ -48,6 +51,7 @@ class Session:
     device: torch.device
     amp_dtype: Any  # torch.dtype or None (no mixed precision)
     scaler: Any
+    cache: list[CacheDecision] = field(default_factory=list)  # one per phase the run reaches
 
     @property
     def model(self):
@@ -222,6 +226,10 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch, pm=pm)
     amp_dtype = amp_dtype_for(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    from .cache import decide
+
+    cache = decide(adapted, recipe, prep, n_train=len(train), n_val=len(val), run_dir=run_dir,
+                   device=device)
     if not resume:
         import yaml
 
@@ -232,10 +240,11 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
                                  arch=arch_options(adapted.model))
         write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"),
                                                          sort_keys=False))
-        write_text(run_dir / "plan.json", adapted.plan.to_json() + "\n")
+        write_json(run_dir / "plan.json", {**adapted.plan.to_dict(),
+                                            "cache": [d.to_dict() for d in cache]})
         write_json(run_dir / DATA_FILE, {
             "classes": train.classes, "preprocess": prep.to_dict(),
             "train": {"dir": str(train.root), "images": len(train)},
             "val": {"dir": str(val.root), "images": len(val)}})
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,
-                   amp_dtype, scaler)
+                   amp_dtype, scaler, cache)

@@ -1,0 +1,223 @@
+"""Splitting a model at a block boundary, so that what stays frozen is computed once.
+
+A :class:`Split` cuts a model into ``prefix`` and ``rest`` with
+``rest(prefix(x)) == model(x)``. Plugins supply splits through the decision hook
+``thawkit_split_model``; :func:`split_sequential` builds one from the steps of a
+forward pass. :meth:`thawkit.Adapted.frozen_prefix` asks for the split below the
+lowest block that trains in a phase and decides whether its output is a pure
+function of the input, the condition for caching it.
+
+Exactness rules (any one failing means no cache, with the reason):
+
+* every parameter in the prefix is frozen in the phase (``norm: affine`` trains
+  the affine parameters of norm layers in frozen blocks, so those blocks are not frozen);
+* every norm layer in the prefix uses fixed running statistics: with ``norm: train``
+  BatchNorm statistics move at every step, and a BatchNorm without running
+  statistics normalises with the batch's own;
+* no layer in the prefix is stochastic in training: dropout, drop-path or
+  stochastic depth with a probability above zero (frozen blocks run in train
+  mode in an uncached run, so they would draw new masks at every step);
+* the input transform is deterministic (no random augmentation): the training
+  loop decides this one, since core never sees the data.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .norm import has_running_stats, is_norm
+
+if TYPE_CHECKING:
+    from .adapted import Adapted
+    from .layout import Layout
+
+
+@dataclass
+class Split:
+    """A model cut just below block ``block``: ``rest(prefix(x))`` equals ``model(x)``.
+
+    ``prefix`` registers (as submodules or parameters) every module and parameter it
+    runs, so that thawkit can check them; both parts share the model's modules, so
+    training ``rest`` trains the model.
+    """
+
+    prefix: nn.Module
+    rest: nn.Module
+    block: str
+
+
+@dataclass
+class FrozenPrefix:
+    """The answer of :meth:`thawkit.Adapted.frozen_prefix`: the split, or why there is none.
+
+    ``block`` is the lowest block that trains in the phase (the boundary), ``reason`` a
+    sentence: what is cached when ``split`` is set, else why nothing can be. True when
+    there is a split.
+    """
+
+    split: Split | None
+    block: str | None
+    reason: str
+    phase: int = 0
+
+    def __bool__(self) -> bool:
+        return self.split is not None
+
+
+class ForwardStep(nn.Module):
+    """One step of a forward pass that is not a plain submodule call: ``fn(x)``.
+
+    ``uses`` are the modules and parameters ``fn`` runs; they are registered here so
+    that a prefix made of steps shows thawkit everything it computes with. Example,
+    for a forward that starts with ``x = self.stem(x) + self.pos_embed``::
+
+        thawkit.ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem, model.pos_embed)
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *uses: Any):
+        super().__init__()
+        self.fn = fn
+        self.modules_used = nn.ModuleList([u for u in uses if isinstance(u, nn.Module)])
+        self.params_used = nn.ParameterList([u for u in uses if isinstance(u, nn.Parameter)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__name__", "")
+
+
+def split_sequential(model: nn.Module, layout: Layout, block: str,
+                     steps: Sequence[nn.Module]) -> Split | None:
+    """Split a model whose forward pass is ``for step in steps: x = step(x)`` below ``block``.
+
+    ``steps`` are, in forward order, the model's own submodules or
+    :class:`ForwardStep` wrappers. The prefix is every step before the first one that
+    holds a parameter of ``block`` or of a later block (``layout.all_blocks`` order);
+    parameter-free dropout steps just before that step join the rest, so that
+    dropout in front of a classifier does not stop a cache. Returns ``None`` (no
+    split) when the steps do not hold every parameter of the model exactly once, when
+    the boundary falls inside a step, or when nothing lies below it.
+
+    Example::
+
+        steps = [model.stem, *model.stages, model.pool, nn.Flatten(1), model.fc]
+        split = thawkit.split_sequential(model, layout, "head", steps)
+    """
+    order = {b.name: i for i, b in enumerate(layout.all_blocks)}
+    if block not in order:
+        return None
+    target = order[block]
+    block_of = layout.block_of()
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    seen: set[int] = set()
+    spans: list[tuple[int, int] | None] = []
+    for step in steps:
+        ids = {id(p) for p in step.parameters()}
+        if ids & seen or not ids <= name_of.keys():
+            return None
+        seen |= ids
+        where = [order[block_of[name_of[i]]] for i in ids]
+        spans.append((min(where), max(where)) if where else None)
+    if seen != set(name_of):
+        return None
+    cut = next((i for i, s in enumerate(spans) if s is not None and s[1] >= target), len(steps))
+    if any(s is not None and s[0] < target for s in spans[cut:]):
+        return None  # the boundary falls inside a step
+    while cut > 0 and spans[cut - 1] is None and stochastic(steps[cut - 1]) is not None:
+        cut -= 1
+    if cut == 0:
+        return None
+    return Split(nn.Sequential(*steps[:cut]), nn.Sequential(*steps[cut:]), block)
+
+
+# ------------------------------------------------------------------ exactness
+_RATE_ATTRS = ("p", "prob", "drop_prob", "drop_rate", "drop_path_rate", "dropout", "attention_dropout")
+
+
+def stochastic(module: nn.Module) -> str | None:
+    """What makes ``module`` random in train mode (``"Dropout p=0.5"``), or ``None``.
+
+    Dropout of every kind, drop-path and stochastic depth layers (classes named
+    ``*Drop*`` or ``*StochasticDepth*`` with a rate above zero), and any module with a
+    ``drop*`` rate attribute above zero (``nn.MultiheadAttention(dropout=...)``,
+    torchvision DenseNet layers' ``drop_rate``).
+    """
+    name = type(module).__name__
+    dropout_like = "drop" in name.lower() or "stochasticdepth" in name.lower()
+    for attr in _RATE_ATTRS:
+        if not (dropout_like or "drop" in attr):
+            continue
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return f"{name} {attr}={value:g}"
+    return None
+
+
+def frozen_prefix(adapted: Adapted, phase: int | None = None) -> FrozenPrefix:
+    """See :meth:`thawkit.Adapted.frozen_prefix`."""
+    index = adapted.phase if phase is None else phase
+    layout, model = adapted.layout, adapted.model
+    own = adapted.phases[index].trainable  # the strategy's own, before the norm policy adds any
+    blocks = layout.all_blocks
+    boundary = next((b for b in blocks if any(p in own for p in b.params)), None)
+    if boundary is None:
+        return FrozenPrefix(None, None, "nothing trains in this phase", index)
+    if boundary is blocks[0]:
+        return FrozenPrefix(None, boundary.name, f"block {boundary.name!r}, the first, trains in "
+                            "this phase: nothing below it is frozen", index)
+    split = adapted.pm.hook.thawkit_split_model(model=model, layout=layout, block=boundary.name)
+    if split is None:
+        return FrozenPrefix(None, boundary.name, f"no plugin splits {type(model).__name__} below "
+                            f"block {boundary.name!r} (thawkit_split_model answered None)", index)
+    problem = _check(adapted, index, split, boundary.name)
+    if problem:
+        return FrozenPrefix(None, boundary.name, problem, index)
+    return FrozenPrefix(split, boundary.name, f"the output of everything below block "
+                        f"{boundary.name!r} is computed once", index)
+
+
+def _check(adapted: Adapted, index: int, split: Split, boundary: str) -> str | None:
+    """Why the prefix's output is not a pure function of the input, or ``None`` when it is."""
+    model, layout = adapted.model, adapted.layout
+    trainable = adapted.phases[index].trainable | adapted._affine_extra(index)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    path_of = {id(m): p for p, m in model.named_modules()}
+    order = {b.name: i for i, b in enumerate(layout.all_blocks)}
+    block_of = layout.block_of()
+    for p in split.prefix.parameters():
+        name = name_of.get(id(p))
+        if name is None:
+            return f"the split below {boundary!r} holds a parameter that is not the model's"
+        if order[block_of[name]] >= order[boundary]:
+            return (f"the split below {boundary!r} puts {name} (block {block_of[name]!r}) into the "
+                    "frozen prefix")
+        if name in trainable:
+            if adapted.norm == "affine" and name not in adapted.phases[index].trainable:
+                return (f"norm: affine trains {name} (a norm layer in a frozen block): the frozen "
+                        "part's output changes at every step; use norm: frozen to cache")
+            return f"{name} trains in this phase but lies below block {boundary!r}"
+    rest = {id(p) for p in split.rest.parameters()}
+    missing = sorted(n for n, p in model.named_parameters() if n in trainable and id(p) not in rest)
+    if missing:
+        return f"the split below {boundary!r} leaves trainable {missing[0]} out of the rest"
+    for module in split.prefix.modules():
+        path = path_of.get(id(module), type(module).__name__)
+        if is_norm(module) and isinstance(module, nn.modules.batchnorm._BatchNorm) \
+                and not has_running_stats(module):
+            return (f"{path} normalises with each batch's own statistics (no running statistics): "
+                    "its output depends on the batch")
+        if is_norm(module) and has_running_stats(module) and path in adapted._norms \
+                and adapted.norm_mode(path, index) == "train":
+            return (f"norm: train updates the running statistics of {path} at every step: the "
+                    "frozen part's output changes; use norm: frozen to cache")
+        what = stochastic(module)
+        if what is not None:
+            return (f"{path} ({what}) in the frozen part is active in training, so its output "
+                    "differs at every step; build the backbone with that rate at 0 (dropout, "
+                    "drop_path_rate, stochastic_depth_prob) to cache")
+    return None
