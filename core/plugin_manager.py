@@ -121,8 +121,8 @@ class Registry:
             except Exception as exc:  # one bad plugin must not break the rest
                 if self.on_error is None:
                     raise
-                self.on_error(plugin, f"its deferred {self.kind} names raised {type(exc).__name__}: "
-                                      f"{exc}")
+                self.on_error(plugin, f"plugin {plugin!r} failed: its deferred {self.kind} names raised "
+                                      f"{type(exc).__name__}: {exc}")
 
     def get(self, name: str, *, where: str | None = None) -> Any:
         found = self._entries.get(name)

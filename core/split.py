@@ -68,7 +68,7 @@ class FrozenPrefix:
         return self.split is not None
 
 
-class ForwardStep(nn.Module):
+class ForwardStep(nn.Module):  # type: ignore[misc]  # torch is not followed: Module is Any here
     """One step of a forward pass that is not a plain submodule call: ``fn(x)``.
 
     ``uses`` are the modules and parameters ``fn`` runs; they are registered here so

@@ -429,9 +429,11 @@ def test_thawkit_register_optimizers_deferred(pm):
     assert pm.optimizers.entries["slow-sgd"].plugin == "slow"
     other = thawkit.get_plugin_manager(entrypoints=False)
     other.register(Broken(), name="broken")
-    with pytest.warns(UserWarning, match="plugin 'broken' failed and was skipped: its deferred "
-                                         "optimizer names raised ZeroDivisionError"):
-        assert "adamw" in other.optimizers.names()
+    # a runtime plugin's failure is an error (an installed one's a warning), and it is unloaded
+    with pytest.raises(thawkit.PluginError, match="plugin 'broken' failed: its deferred "
+                                                  "optimizer names raised ZeroDivisionError"):
+        other.optimizers.names()
+    assert other.get_plugin("broken") is None and "adamw" in other.optimizers.names()
 
 
 def test_a_torchvision_plan_does_not_import_timm():
