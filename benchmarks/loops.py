@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import thawkit
+from thawkit.plugins.split import frozen_prefix
 from thawkit.plugins.train.features import FeatureCache
 
 
@@ -146,7 +147,7 @@ def probe_cached(build: Callable[[], nn.Module], data: Data, epochs: int, *,
     """Head-only with thawkit: features of the frozen prefix computed once, then the head."""
     adapted = thawkit.adapt(build(), "head-only", num_classes=data.classes)
     optimizer = adapted.optimizer("adamw", lr=1e-3, weight_decay=0.05)
-    frozen = adapted.frozen_prefix()
+    frozen = frozen_prefix(adapted)
     assert frozen, frozen.reason
     rest = frozen.split.rest
     train = FeatureCache(frozen.split.prefix, DataLoader(TensorDataset(data.x, data.y), batch_size=256),
@@ -175,7 +176,7 @@ def last_block(build: Callable[[], nn.Module], data: Data, epochs: int, cached: 
             for x, y in data.batches(epoch):
                 step(adapted.model, optimizer, x, y)
         return 0.0
-    frozen = adapted.frozen_prefix()
+    frozen = frozen_prefix(adapted)
     assert frozen, frozen.reason
     train = FeatureCache(frozen.split.prefix, DataLoader(TensorDataset(data.x, data.y), batch_size=256))
     for epoch in range(epochs):
@@ -192,7 +193,7 @@ def step_flops(build: Callable[[], nn.Module], strategy: str, size: int) -> dict
     adapted = thawkit.adapt(build(), strategy, num_classes=10)
     adapted.model.train()
     x, y = torch.randn(2, 3, size, size), torch.tensor([0, 1])  # train-mode BatchNorm needs 2
-    frozen = adapted.frozen_prefix()
+    frozen = frozen_prefix(adapted)
     out = {}
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(adapted.model(x), y).backward()

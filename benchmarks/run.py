@@ -258,7 +258,7 @@ def memory_probe(config: str, s: Sizes) -> None:
     adapted.model.train()
     before = reset_peak_rss()
     if config == "head-cached":
-        frozen = adapted.frozen_prefix()
+        frozen = loops.frozen_prefix(adapted)
         cache = loops.FeatureCache(frozen.split.prefix, loops.DataLoader(
             loops.TensorDataset(data.x, data.y), batch_size=32))
         for x, y in cache.batches(data.order(0)):

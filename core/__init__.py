@@ -32,8 +32,10 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
                          ThawkitError as ThawkitError, UnknownNameError as UnknownNameError,
                          WeightsError as WeightsError, closest as closest,
                          format_validation_error as format_validation_error)
-    from .layout import (Block as Block, Layout as Layout, layout_from_prefixes as layout_from_prefixes)
-    from .norm import (is_norm as is_norm, norm_modules as norm_modules)
+    from .layout import (Block as Block, Layout as Layout, Split as Split,
+                         layout_from_prefixes as layout_from_prefixes)
+    from .norm import (has_running_stats as has_running_stats, is_norm as is_norm,
+                       norm_modules as norm_modules)
     from .param_groups import (GroupSpec as GroupSpec, OptimizerSettings as OptimizerSettings)
     from .plan_report import Plan as Plan
     from .plugin_manager import (DEFAULT_PLUGINS as DEFAULT_PLUGINS, Registry as Registry,
@@ -43,8 +45,6 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
                                  reset_plugin_manager as reset_plugin_manager)
     from .recipe import (Recipe as Recipe, adapt_recipe as adapt_recipe, load_recipe as load_recipe,
                          recipe_model as recipe_model, validate_recipe as validate_recipe)
-    from .split import (ForwardStep as ForwardStep, FrozenPrefix as FrozenPrefix, Split as Split,
-                        split_sequential as split_sequential)
     from .strategy import (Phase as Phase, Strategy as Strategy, StrategyParams as StrategyParams,
                            strategy_instance as strategy_instance)
 
@@ -56,15 +56,14 @@ _LAZY = {
                      "spec_of"], "backbone"),
     **dict.fromkeys(["ConfigError", "LayoutError", "PluginError", "ThawkitError", "UnknownNameError",
                      "WeightsError", "closest", "format_validation_error"], "errors"),
-    **dict.fromkeys(["Block", "Layout", "layout_from_prefixes"], "layout"),
-    **dict.fromkeys(["is_norm", "norm_modules"], "norm"),
+    **dict.fromkeys(["Block", "Layout", "Split", "layout_from_prefixes"], "layout"),
+    **dict.fromkeys(["has_running_stats", "is_norm", "norm_modules"], "norm"),
     **dict.fromkeys(["GroupSpec", "OptimizerSettings"], "param_groups"),
     "Plan": "plan_report",
     **dict.fromkeys(["DEFAULT_PLUGINS", "Registry", "ThawkitPluginManager", "default_plugin_manager",
                      "get_plugin_manager", "register", "reset_plugin_manager"], "plugin_manager"),
     **dict.fromkeys(["Recipe", "adapt_recipe", "load_recipe", "recipe_model", "validate_recipe"],
                     "recipe"),
-    **dict.fromkeys(["ForwardStep", "FrozenPrefix", "Split", "split_sequential"], "split"),
     **dict.fromkeys(["Phase", "Strategy", "StrategyParams", "strategy_instance"], "strategy"),
 }
 

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
     from .layout import Layout
     from .plugin_manager import ThawkitPluginManager
-    from .split import FrozenPrefix
 
 
 class Adapted:
@@ -38,7 +37,7 @@ class Adapted:
             phases = strategy.phases(layout, model)
         self.phases = self._check_phases(phases)
         self._norms = self._norm_owners()
-        self.ever_trainable = frozenset(self.phases[-1].trainable | self._affine_extra(-1))
+        self.ever_trainable = self.trainable_in(-1)
         self.optimizer_settings: OptimizerSettings | None = None
         self._groups: list[GroupSpec] | None = None
         self.epoch = 0
@@ -95,7 +94,11 @@ class Adapted:
     @property
     def trainable(self) -> frozenset[str]:
         """Names of the parameters that train in the current phase (norm policy included)."""
-        return frozenset(self.phases[self.phase].trainable | self._affine_extra(self.phase))
+        return self.trainable_in(self.phase)
+
+    def trainable_in(self, phase: int) -> frozenset[str]:
+        """Names of the parameters that train in phase ``phase`` (norm policy included)."""
+        return frozenset(self.phases[phase].trainable | self._affine_extra(phase))
 
     # ------------------------------------------------------------- norms
     def _norm_owners(self) -> dict[str, tuple[nn.Module, list[str]]]:
@@ -175,28 +178,6 @@ class Adapted:
                                                        weight_decay=config.weight_decay, **config.kwargs)
         return optimizer
 
-    # ------------------------------------------------------------ caching
-    def frozen_prefix(self, phase: int | None = None) -> FrozenPrefix:
-        """The frozen part below the lowest block that trains in ``phase`` (default: the current
-        one), as a :class:`~thawkit.Split` whose prefix output can be cached, or the reason
-        why not. True when there is a split.
-
-        The split comes from the ``thawkit_split_model`` hook; it is used only when the prefix
-        is a pure function of the input (frozen parameters and norms, no active dropout; the
-        rules are in :mod:`thawkit.split`). Whether the input itself is deterministic (no
-        random augmentation) is the caller's to decide. Example::
-
-            frozen = adapted.frozen_prefix()
-            if frozen:
-                features = frozen.split.prefix(images)   # once, under torch.no_grad()
-                logits = frozen.split.rest(features)     # every step
-            else:
-                print("no cache:", frozen.reason)
-        """
-        from .split import frozen_prefix
-
-        return frozen_prefix(self, phase)
-
     # -------------------------------------------------------------- plan
     @property
     def plan(self) -> Plan:
@@ -209,7 +190,7 @@ class Adapted:
         for path, (module, _) in self._norms.items():
             for n, _ in module.named_parameters(recurse=False):
                 norm_of[f"{path}.{n}" if path else n] = path
-        phase_sets = [ph.trainable | self._affine_extra(i) for i, ph in enumerate(self.phases)]
+        phase_sets = [self.trainable_in(i) for i in range(len(self.phases))]
         rows = []
         for name, p in self.model.named_parameters():
             first = next((i for i, s in enumerate(phase_sets) if name in s), None)

@@ -42,10 +42,9 @@ if TYPE_CHECKING:
 
     from .adapted import Adapted
     from .backbone import BackboneSpec, DataConfig
-    from .layout import Layout
+    from .layout import Layout, Split
     from .plugin_manager import ThawkitPluginManager
     from .recipe import Recipe
-    from .split import Split
 
 #: Marks a function as the specification of a hook (thawkit's own use).
 hookspec = pluggy.HookspecMarker("thawkit")
@@ -400,7 +399,7 @@ def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split |
     """Cut ``model`` just below block ``block`` into a ``prefix`` and the ``rest``.
 
     thawkit asks for the split below the lowest block that trains in a phase
-    (:meth:`thawkit.Adapted.frozen_prefix`); when the prefix is frozen, its output is
+    (:func:`thawkit.plugins.split.frozen_prefix`); when the prefix is frozen, its output is
     computed once per phase and cached instead of at every step.
 
     Parameters:
@@ -414,13 +413,16 @@ def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split |
     they are frozen, that norms keep fixed statistics and that no dropout is active), or
     ``None`` when this plugin cannot split the model there. First non-None result wins;
     core has no fallback: without an answer there is no cache, never a wrong one.
-    :func:`thawkit.split_sequential` builds a split from the steps of a forward pass.
+    :func:`thawkit.plugins.split.split_sequential` builds a split from the steps of a
+    forward pass.
 
     Example::
+
+        from thawkit.plugins.split import split_sequential
 
         @thawkit.hookimpl
         def thawkit_split_model(model, layout, block):
             if isinstance(model, MyNet):  # forward: stem, stages, pool, fc
                 steps = [model.stem, *model.stages, model.pool, model.fc]
-                return thawkit.split_sequential(model, layout, block, steps)
+                return split_sequential(model, layout, block, steps)
     """

@@ -190,3 +190,17 @@ def layout_from_prefixes(
         feeds=feeds,
         source=source,
     )
+
+
+@dataclass
+class Split:
+    """A model cut just below block ``block``: ``rest(prefix(x))`` equals ``model(x)``.
+
+    The answer of the ``thawkit_split_model`` hook. ``prefix`` registers (as submodules or
+    parameters) every module and parameter it runs, so that thawkit can check them; both
+    parts share the model's modules, so training ``rest`` trains the model.
+    """
+
+    prefix: nn.Module
+    rest: nn.Module
+    block: str

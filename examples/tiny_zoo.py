@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import thawkit
+from thawkit.plugins.split import ForwardStep, frozen_prefix, split_sequential
 from thawkit.plugins.train.schedules import schedule_registry
 
 
@@ -119,10 +120,10 @@ def thawkit_layer_scales(model, layout, layer_decay, min_scale):
 @thawkit.hookimpl
 def thawkit_split_model(model, layout, block):
     if isinstance(model, TinyNet):  # its forward pass, step by step: the cut goes between two
-        steps = [thawkit.ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem,
+        steps = [ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem,
                                      model.pos_embed),
-                 *model.stages, thawkit.ForwardStep(lambda x: x.mean((2, 3))), *model.head]
-        return thawkit.split_sequential(model, layout, block, steps)
+                 *model.stages, ForwardStep(lambda x: x.mean((2, 3))), *model.head]
+        return split_sequential(model, layout, block, steps)
 # [end]
 
 
@@ -256,4 +257,4 @@ if __name__ == "__main__":
         optimizer.step()
         scheduler.step()
     print(adapted.plan)
-    print("frozen prefix:", adapted.frozen_prefix().reason)  # computed once when it is cached
+    print("frozen prefix:", frozen_prefix(adapted).reason)  # computed once when it is cached

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 import thawkit
+from thawkit.plugins.split import frozen_prefix
 from thawkit.plugins.train.features import FeatureCache
 
 N, SIZE, CLASSES = 12, 32, 3
@@ -118,7 +119,7 @@ def train(build, strategy: str, cached: bool, pm=None, epoch: int = 0, **params)
     x, y, batches = data()
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     if cached:
-        frozen = adapted.frozen_prefix()
+        frozen = frozen_prefix(adapted)
         assert frozen, frozen.reason
         cache = FeatureCache(frozen.split.prefix, DataLoader(TensorDataset(x, y), batch_size=5))
         forward, batches_in = frozen.split.rest, cache.batches(batches)
@@ -164,10 +165,10 @@ def test_every_boundary_of_a_gradual_run_is_exact(family):
     adapted = thawkit.adapt(FAMILIES[family](), "gradual")
     blocks = []
     for phase in adapted.phases[:-1]:  # the last phase trains the stem: nothing is frozen
-        blocks.append(adapted.frozen_prefix(adapted.phase_at(phase.epoch)).block)
+        blocks.append(frozen_prefix(adapted, adapted.phase_at(phase.epoch)).block)
         assert_same_training(FAMILIES[family], "gradual", epoch=phase.epoch)
     assert blocks[0] == "head" and len(set(blocks)) == len(blocks) == len(adapted.phases) - 1
-    assert not adapted.frozen_prefix(len(adapted.phases) - 1)
+    assert not frozen_prefix(adapted, len(adapted.phases) - 1)
 
 
 def test_a_wrong_split_is_caught(pm):
@@ -182,7 +183,7 @@ def test_a_wrong_split_is_caught(pm):
             return thawkit.Split(prefix, nn.Sequential(m.fc), block)
 
     pm.register(WrongSplit(), name="wrong")
-    assert thawkit.adapt(FAMILIES["resnet"](), "head-only", pm=pm).frozen_prefix()
+    assert frozen_prefix(thawkit.adapt(FAMILIES["resnet"](), "head-only", pm=pm))
     with pytest.raises(AssertionError):
         assert_same_training(FAMILIES["resnet"], "head-only", pm=pm)
 
@@ -203,21 +204,21 @@ def test_a_wrong_split_is_caught(pm):
 def test_no_cache_where_it_could_differ(build, params, reason):
     with torch.device("meta"):
         model = build()
-    frozen = thawkit.adapt(model, "head-only", **params).frozen_prefix()
+    frozen = frozen_prefix(thawkit.adapt(model, "head-only", **params))
     assert not frozen and frozen.split is None
     assert reason in frozen.reason
 
 
 def test_no_cache_when_the_first_block_trains():
     adapted = thawkit.adapt(tvm.resnet18(num_classes=3), "full")
-    frozen = adapted.frozen_prefix()
+    frozen = frozen_prefix(adapted)
     assert not frozen and "block 'stem', the first, trains" in frozen.reason
 
 
 def test_dropout_before_the_classifier_stays_in_the_rest():
     adapted = thawkit.adapt(tvm.efficientnet_b0(num_classes=3, stochastic_depth_prob=0.0), "head-only",
                             num_classes=3, dropout=0.3)
-    rest = adapted.frozen_prefix().split.rest
+    rest = frozen_prefix(adapted).split.rest
     assert [type(m).__name__ for m in rest] == ["Dropout", "Sequential"]  # stock dropout, ours + fc
 
 

@@ -21,6 +21,7 @@ import thawkit
 from thawkit import hookspecs
 from thawkit.backbone import BackboneSpec, DataConfig
 from thawkit.plugins.commands import recipe_json_schema
+from thawkit.plugins.split import ForwardStep, frozen_prefix, split_sequential
 from thawkit.plugins.train import hookspecs as train_hookspecs
 from thawkit.plugins.train.schedules import schedule_registry
 from thawkit.recipe import validate_recipe
@@ -514,23 +515,23 @@ class SplitPlugin:
         self.asked.append(block)
         if not isinstance(model, StagedNet):
             return None
-        steps = [thawkit.ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem,
+        steps = [ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem,
                                      model.pos_embed),
-                 *model.stages, thawkit.ForwardStep(lambda x: x.mean((2, 3))), model.fc]
+                 *model.stages, ForwardStep(lambda x: x.mean((2, 3))), model.fc]
         if self.wrong:
             return thawkit.Split(nn.Sequential(*steps), nn.Identity(), block)
-        return thawkit.split_sequential(model, layout, block, steps)
+        return split_sequential(model, layout, block, steps)
 
 
 def test_thawkit_split_model(pm):
-    frozen = thawkit.adapt(StagedNet(), "head-only", pm=pm).frozen_prefix()
+    frozen = frozen_prefix(thawkit.adapt(StagedNet(), "head-only", pm=pm))
     assert not frozen and frozen.block == "head"
     assert "no plugin splits StagedNet below block 'head'" in frozen.reason
     plugin = SplitPlugin()
     pm.register(plugin, name="splitter")
     model = StagedNet()
     adapted = thawkit.adapt(model, "last-block", pm=pm, blocks=1)
-    frozen = adapted.frozen_prefix()
+    frozen = frozen_prefix(adapted)
     assert frozen and plugin.asked == ["stage2"] and frozen.split.block == "stage2"
     prefix = {id(p) for p in frozen.split.prefix.parameters()}
     assert prefix == {id(p) for n, p in model.named_parameters() if n.startswith(("stem", "pos_embed",
@@ -540,12 +541,12 @@ def test_thawkit_split_model(pm):
     with torch.no_grad():
         assert torch.equal(frozen.split.rest(frozen.split.prefix(x)), model(x))
     # head-only: the cut moves to just below the head
-    head = thawkit.adapt(StagedNet(), "head-only", pm=pm).frozen_prefix()
+    head = frozen_prefix(thawkit.adapt(StagedNet(), "head-only", pm=pm))
     assert head and head.block == "head" and isinstance(head.split.rest[-1], nn.Linear)
     # a plugin's split that puts a trainable parameter into the prefix is refused, not used
     wrong = thawkit.get_plugin_manager(entrypoints=False)
     wrong.register(SplitPlugin(wrong=True), name="wrong-splitter")
-    refused = thawkit.adapt(StagedNet(), "last-block", pm=wrong).frozen_prefix()
+    refused = frozen_prefix(thawkit.adapt(StagedNet(), "last-block", pm=wrong))
     assert not refused and "puts stages.2" in refused.reason
 
 

@@ -11,7 +11,7 @@ its own, before training, in this order; the first rule that says off wins:
    so thawkit does not do it).
 3. The phase lasts fewer than 2 epochs: off. Every image passes through the
    frozen part once per epoch anyway; building the cache costs that same pass.
-4. No exact split: off, with the reason from :meth:`thawkit.Adapted.frozen_prefix`
+4. No exact split: off, with the reason from :func:`thawkit.plugins.split.frozen_prefix`
    (a block that trains below the boundary, ``norm: affine`` or ``train``, active
    dropout or drop-path in the frozen part, a model no plugin can split).
 5. The frozen part does less than :data:`MIN_SHARE` (a quarter) of the forward
@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from thawkit.plugins.split import frozen_prefix
 
 from .features import FeatureCache, format_bytes
 from .loop import Pipeline
@@ -200,7 +202,7 @@ def _decide_phase(d: CacheDecision, adapted: Adapted, recipe: Recipe, prep: Prep
     if d.end - d.first < MIN_EPOCHS:
         d.reason = "a phase of 1 epoch passes each image through the frozen part once anyway"
         return
-    frozen = adapted.frozen_prefix(d.phase)
+    frozen = frozen_prefix(adapted, d.phase)
     d.block = frozen.block
     if not frozen:
         d.reason = frozen.reason

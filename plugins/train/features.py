@@ -1,12 +1,13 @@
 """:class:`FeatureCache`: a frozen prefix's outputs for a whole dataset, computed once.
 
-For your own training loop, with ``adapted.frozen_prefix()`` (``thawkit train``
+For your own training loop, with :func:`thawkit.plugins.split.frozen_prefix` (``thawkit train``
 uses the same class)::
 
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+    from thawkit.plugins.split import frozen_prefix
     from thawkit.plugins.train.features import FeatureCache
 
-    frozen = adapted.frozen_prefix()
+    frozen = frozen_prefix(adapted)
     if not frozen:
         raise SystemExit(f"no cache: {frozen.reason}")
     # one pass over the data, in dataset order, with a deterministic transform
@@ -97,7 +98,7 @@ class FeatureCache:
     """The outputs of ``prefix`` for every sample of ``data``, in dataset order, and their labels.
 
     Parameters:
-        prefix: the frozen prefix, ``adapted.frozen_prefix().split.prefix``; it runs in eval
+        prefix: the frozen prefix, ``frozen_prefix(adapted).split.prefix``; it runs in eval
             mode under ``torch.no_grad()`` (the modes of its modules are put back after, and the
             global CPU RNG is left as it was, so the training's random draws are unchanged).
         data: ``(inputs, labels)`` batches in dataset order (``DataLoader(..., shuffle=False)``).

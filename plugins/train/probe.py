@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
+from thawkit.plugins.split import frozen_prefix
 
 if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
@@ -85,7 +86,7 @@ def check_probe(session: Session) -> Any:
     if len(adapted.phases) != 1:
         raise ConfigError(f"probe: strategy {adapted.strategy.name!r} has {len(adapted.phases)} "
                           "phases; a probe sweeps linear heads: use strategy: head-only")
-    frozen = adapted.frozen_prefix()
+    frozen = frozen_prefix(adapted)
     if frozen.block != "head":
         raise ConfigError(f"probe: strategy {adapted.strategy.name!r} trains below the head (from "
                           f"block {frozen.block!r}); a probe sweeps linear heads: use strategy: "

@@ -1,11 +1,21 @@
 """Splitting a model at a block boundary, so that what stays frozen is computed once.
 
-A :class:`Split` cuts a model into ``prefix`` and ``rest`` with
-``rest(prefix(x)) == model(x)``. Plugins supply splits through the decision hook
-``thawkit_split_model``; :func:`split_sequential` builds one from the steps of a
-forward pass. :meth:`thawkit.Adapted.frozen_prefix` asks for the split below the
-lowest block that trains in a phase and decides whether its output is a pure
-function of the input, the condition for caching it.
+Core defines the hook ``thawkit_split_model`` and its answer, :class:`thawkit.Split`
+(``rest(prefix(x)) == model(x)``). This module holds what builds on it:
+:func:`split_sequential` and :class:`ForwardStep`, with which a plugin answers the hook
+from the steps of a forward pass, and :func:`frozen_prefix`, which asks for the split
+below the lowest block that trains in a phase and decides whether its output is a pure
+function of the input, the condition for caching it (``thawkit train``'s feature cache,
+``thawkit probe`` and :class:`~thawkit.plugins.train.features.FeatureCache` use it)::
+
+    from thawkit.plugins.split import frozen_prefix
+
+    frozen = frozen_prefix(adapted)
+    if frozen:
+        features = frozen.split.prefix(images)   # once, under torch.no_grad()
+        logits = frozen.split.rest(features)     # every step
+    else:
+        print("no cache:", frozen.reason)
 
 Exactness rules (any one failing means no cache, with the reason):
 
@@ -18,41 +28,23 @@ Exactness rules (any one failing means no cache, with the reason):
   stochastic depth with a probability above zero (frozen blocks run in train
   mode in an uncached run, so they would draw new masks at every step);
 * the input transform is deterministic (no random augmentation): the training
-  loop decides this one, since core never sees the data.
+  loop decides this one, since thawkit never sees the data.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .norm import has_running_stats, is_norm
-
-if TYPE_CHECKING:
-    from .adapted import Adapted
-    from .layout import Layout
-
-
-@dataclass
-class Split:
-    """A model cut just below block ``block``: ``rest(prefix(x))`` equals ``model(x)``.
-
-    ``prefix`` registers (as submodules or parameters) every module and parameter it
-    runs, so that thawkit can check them; both parts share the model's modules, so
-    training ``rest`` trains the model.
-    """
-
-    prefix: nn.Module
-    rest: nn.Module
-    block: str
+from thawkit import Adapted, Layout, Split, has_running_stats, is_norm, norm_modules
 
 
 @dataclass
 class FrozenPrefix:
-    """The answer of :meth:`thawkit.Adapted.frozen_prefix`: the split, or why there is none.
+    """The answer of :func:`frozen_prefix`: the split, or why there is none.
 
     ``block`` is the lowest block that trains in the phase (the boundary), ``reason`` a
     sentence: what is cached when ``split`` is set, else why nothing can be. True when
@@ -68,14 +60,14 @@ class FrozenPrefix:
         return self.split is not None
 
 
-class ForwardStep(nn.Module):  # type: ignore[misc]  # torch is not followed: Module is Any here
+class ForwardStep(nn.Module):
     """One step of a forward pass that is not a plain submodule call: ``fn(x)``.
 
     ``uses`` are the modules and parameters ``fn`` runs; they are registered here so
     that a prefix made of steps shows thawkit everything it computes with. Example,
     for a forward that starts with ``x = self.stem(x) + self.pos_embed``::
 
-        thawkit.ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem, model.pos_embed)
+        ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem, model.pos_embed)
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *uses: Any):
@@ -106,7 +98,7 @@ def split_sequential(model: nn.Module, layout: Layout, block: str,
     Example::
 
         steps = [model.stem, *model.stages, model.pool, nn.Flatten(1), model.fc]
-        split = thawkit.split_sequential(model, layout, "head", steps)
+        split = split_sequential(model, layout, "head", steps)
     """
     order = {b.name: i for i, b in enumerate(layout.all_blocks)}
     if block not in order:
@@ -159,7 +151,13 @@ def stochastic(module: nn.Module) -> str | None:
 
 
 def frozen_prefix(adapted: Adapted, phase: int | None = None) -> FrozenPrefix:
-    """See :meth:`thawkit.Adapted.frozen_prefix`."""
+    """The frozen part below the lowest block that trains in ``phase`` (default: the current
+    one), as a :class:`~thawkit.Split` whose prefix output can be cached, or the reason why
+    not (the rules are in this module's docstring). True when there is a split.
+
+    The split comes from the ``thawkit_split_model`` hook. Whether the input itself is
+    deterministic (no random augmentation) is the caller's to decide.
+    """
     index = adapted.phase if phase is None else phase
     layout, model = adapted.layout, adapted.model
     own = adapted.phases[index].trainable  # the strategy's own, before the norm policy adds any
@@ -184,7 +182,8 @@ def frozen_prefix(adapted: Adapted, phase: int | None = None) -> FrozenPrefix:
 def _check(adapted: Adapted, index: int, split: Split, boundary: str) -> str | None:
     """Why the prefix's output is not a pure function of the input, or ``None`` when it is."""
     model, layout = adapted.model, adapted.layout
-    trainable = adapted.phases[index].trainable | adapted._affine_extra(index)
+    trainable = adapted.trainable_in(index)
+    norms = norm_modules(model)
     name_of = {id(p): n for n, p in model.named_parameters()}
     path_of = {id(m): p for p, m in model.named_modules()}
     order = {b.name: i for i, b in enumerate(layout.all_blocks)}
@@ -211,7 +210,7 @@ def _check(adapted: Adapted, index: int, split: Split, boundary: str) -> str | N
                 and not has_running_stats(module):
             return (f"{path} normalises with each batch's own statistics (no running statistics): "
                     "its output depends on the batch")
-        if is_norm(module) and has_running_stats(module) and path in adapted._norms \
+        if is_norm(module) and has_running_stats(module) and path in norms \
                 and adapted.norm_mode(path, index) == "train":
             return (f"norm: train updates the running statistics of {path} at every step: the "
                     "frozen part's output changes; use norm: frozen to cache")
@@ -221,3 +220,4 @@ def _check(adapted: Adapted, index: int, split: Split, boundary: str) -> str | N
                     "differs at every step; build the backbone with that rate at 0 (dropout, "
                     "drop_path_rate, stochastic_depth_prob) to cache")
     return None
+
