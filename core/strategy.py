@@ -112,6 +112,11 @@ class Strategy:
         """The cumulative phases for ``model`` described by ``layout`` (see the class docstring)."""
         raise NotImplementedError(f"strategy {self.name!r} does not implement phases()")
 
+    def lr_scales(self, layout: Layout, model: nn.Module) -> dict[str, float]:
+        """Learning-rate factors ``{param_name: factor}`` multiplied into the groups' rates (like
+        layer decay; ``optimizer.lrs`` still wins for the blocks it names). Default: none."""
+        return {}
+
     @classmethod
     def summary(cls) -> str:
         """The first line of ``description`` (or of the docstring)."""

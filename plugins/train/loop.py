@@ -308,7 +308,10 @@ class Trainer:
     def _line(self, r: dict[str, Any]) -> str:
         lr = max(r["lrs"].values()) if r["lrs"] else float("nan")
         top5 = f" top5 {100 * r['val_top5']:.2f}%" if "val_top5" in r else ""
-        return (f"epoch {r['epoch'] + 1}/{self.s.epochs} phase {r['phase']} "
+        phases = self.s.adapted.phases
+        label = f" ({r['phase_label']})" if len(phases) > 1 and r["phase_label"] and \
+            phases[r["phase"]].epoch == r["epoch"] else ""  # the first epoch of each phase
+        return (f"epoch {r['epoch'] + 1}/{self.s.epochs} phase {r['phase']}{label} "
                 f"trainable {r['trainable_params']:,} lr {lr:.3g} train_loss {r['train_loss']:.4f} "
                 f"val_loss {r['val_loss']:.4f} top1 {100 * r['val_top1']:.2f}%{top5} "
                 f"{r['seconds']:.1f}s")
