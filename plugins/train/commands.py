@@ -125,7 +125,7 @@ def add_commands(subparsers: Any) -> None:
         "demo", help="offline demo: pretrain on digits 0-4, adapt to 5-9 with 10 labels per class",
         description="Pretrain a small CNN on scikit-learn's handwritten digits 0-4, save it, load it "
                     "back through thawkit.load_backbone, adapt it to digits 5-9 with about 10 "
-                    "labels per class (head-only, last-block, gradual, full) and compare with "
+                    "labels per class (head-only, last-block, gradual, full, lp-ft) and compare with "
                     "training from scratch. Offline, a few minutes on 2 CPU cores.")
     p.add_argument("--output", default="thawkit-demo", metavar="DIR",
                    help="where data, run directories and plots go (default: thawkit-demo)")
