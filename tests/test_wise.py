@@ -216,3 +216,22 @@ def test_recipe_refuses_bad_alphas(runs, pm):
     d = recipe_dict(tmp / "data", tmp / "bad", train={"wise_alphas": [0.5, 2]})
     with pytest.raises(thawkit.ConfigError, match=r"train\.wise_alphas.*from 0 to 1.*2"):
         load(d, pm)
+
+
+def test_sweep_on_cached_features_equals_the_uncached_sweep(runs, tmp_path, pm):
+    """last-block with augment off trains on cached features of the frozen blocks; WiSE leaves
+    those blocks bit-identical, so the sweep may evaluate through the cache: same numbers."""
+    from thawkit.plugins.train import train
+
+    tmp, weights, _ = runs
+    found = []
+    for cache in ("auto", "off"):
+        d = recipe_dict(tmp / "data", tmp_path / cache, strategy={"name": "last-block"},
+                        backbone={"weights": str(weights), "kwargs": {"width": 4, "num_classes": 5}},
+                        data={"augment": False},
+                        train={"epochs": 2, "cache": cache, "wise_alphas": [0.3, 0.7]})
+        assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+        plan = json.loads((tmp_path / cache / "plan.json").read_text())
+        assert plan["cache"][0]["on"] == (cache == "auto")
+        found.append(json.loads((tmp_path / cache / "run.json").read_text())["wise"])
+    assert found[0] == found[1] and found[0][0]["val_loss"] != found[0][1]["val_loss"]
