@@ -203,6 +203,9 @@ def test_export_wise_errors_are_clean(runs, tmp_path, capsys):
     save_weights(moved, cnn(2).state_dict())  # other weights under the recorded name
     assert main(["export", str(run), str(out), "--wise", "0.5"]) == 2
     assert "SHA-256 differs" in capsys.readouterr().err
+    (run / "start.json").write_text("{not json")
+    assert main(["export", str(run), str(out), "--wise", "0.5"]) == 2
+    assert "start.json is not a thawkit-start/1 record" in capsys.readouterr().err
     (run / "start.json").unlink()
     assert main(["export", str(run), str(out), "--wise", "0.5"]) == 2
     assert "has no start.json" in capsys.readouterr().err

@@ -63,9 +63,14 @@ def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
     path = run_dir / START_FILE
     if not path.is_file():
         raise WeightsError(f"WiSE-FT: {str(run_dir)!r} has no {START_FILE}, so its starting weights "
-                           "are unknown (runs record them since thawkit 0.1; an older run cannot be "
+                           "are unknown (a run from a thawkit that did not record them cannot be "
                            "interpolated)")
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+        record["sha256"]
+    except (ValueError, TypeError, KeyError):
+        raise WeightsError(f"WiSE-FT: {path} is not a {START_FORMAT} record (it does not parse or "
+                           "has no sha256); the run's starting weights are unknown") from None
     if record.get("saved"):
         state = read_weights(run_dir / record["saved"])
         origin = str(run_dir / record["saved"])
