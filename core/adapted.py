@@ -153,7 +153,10 @@ class Adapted:
         shows the groups of the latest call.
         """
         config = OptimizerSettings.of(settings, **kwargs)
-        self._groups = build_groups(self.model, self.layout, self.ever_trainable, config, self.pm)
+        with self.pm.guard(self._owner, f"strategy {self.strategy.name!r}: lr_scales()"):
+            scales = self.strategy.lr_scales(self.layout, self.model)
+        self._groups = build_groups(self.model, self.layout, self.ever_trainable, config, self.pm,
+                                    scales)
         self.optimizer_settings = config
         return torch_param_groups(self.model, self._groups)
 

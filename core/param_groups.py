@@ -140,8 +140,9 @@ def lr_scales(model: nn.Module, layout: Layout, config: OptimizerSettings,
 
 
 def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], config: OptimizerSettings,
-                 pm: ThawkitPluginManager) -> list[GroupSpec]:
-    """Groups over ``trainable`` (every parameter that trains in any phase), each exactly once."""
+                 pm: ThawkitPluginManager, extra: dict[str, float] | None = None) -> list[GroupSpec]:
+    """Groups over ``trainable`` (every parameter that trains in any phase), each exactly once;
+    ``extra``: a strategy's own lr factors by parameter name (:meth:`Strategy.lr_scales`)."""
     block_names = [b.name for b in layout.all_blocks]
     for block_name in config.lrs:
         if block_name not in block_names:
@@ -158,7 +159,8 @@ def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], con
             if block.name in config.lrs:
                 lr = config.lrs[block.name]
             else:
-                lr = config.lr * scales[name] * (config.head_lr_mult if block.role == "head" else 1.0)
+                lr = config.lr * scales[name] * (extra or {}).get(name, 1.0) * \
+                    (config.head_lr_mult if block.role == "head" else 1.0)
             decay = name not in no_decay
             seen = lrs_in_block.setdefault(block.name, [])
             if lr not in seen:

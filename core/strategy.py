@@ -74,6 +74,7 @@ class Strategy:
       ``frozen``, ``affine`` (core adds their affine parameters) or ``train``.
     * ``layout.thaw_order`` lists units (blocks that thaw together) for gradual
       unfreezing: ``[head, neck]``, the blocks from last to first, then ``[stem]``.
+    * Optional :meth:`lr_scales`: ``{param_name: factor}`` (model names, factors > 0).
     * A user's bad parameters raise :class:`~thawkit.ConfigError` naming the field
       (``strategy.blocks``); other exceptions reach the user as a
       :class:`~thawkit.PluginError` naming the plugin and the strategy.
@@ -111,6 +112,11 @@ class Strategy:
     def phases(self, layout: Layout, model: nn.Module) -> list[Phase]:
         """The cumulative phases for ``model`` described by ``layout`` (see the class docstring)."""
         raise NotImplementedError(f"strategy {self.name!r} does not implement phases()")
+
+    def lr_scales(self, layout: Layout, model: nn.Module) -> dict[str, float]:
+        """Learning-rate factors ``{param_name: factor}`` multiplied into the groups' rates (like
+        layer decay; ``optimizer.lrs`` still wins for the blocks it names). Default: none."""
+        return {}
 
     @classmethod
     def summary(cls) -> str:

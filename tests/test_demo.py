@@ -21,7 +21,8 @@ def test_table_numbers_come_from_the_runs(demo):
     from thawkit.plugins.train.demo import QUICK
 
     out, rows, text = demo
-    assert [r.strategy for r in rows] == ["head-only", "last-block", "gradual", "full", "full"]
+    assert [r.strategy for r in rows] == ["head-only", "last-block", "gradual", "full", "lp-ft",
+                                          "full"]
     for r in rows:
         metrics = [json.loads(x) for x in (out / "runs" / r.run_dir.split("/")[-1] /
                                             "metrics.jsonl").read_text().splitlines()]
@@ -35,10 +36,12 @@ def test_table_numbers_come_from_the_runs(demo):
         assert "val_top5" in metrics[0]  # five classes
         line = next(x for x in text.splitlines() if x.startswith(r.name + "  "))
         assert f"{100 * r.final_top1:.1f}%" in line and r.trainable in line
-    head, last, gradual, full, scratch = rows
+    head, last, gradual, full, lpft, scratch = rows
     assert head.trainable_last < last.trainable_last < full.trainable_last == scratch.trainable_last
-    assert gradual.trainable_first == head.trainable_last
-    assert gradual.trainable_last == full.trainable_last
+    assert gradual.trainable_first == head.trainable_last == lpft.trainable_first
+    assert gradual.trainable_last == full.trainable_last == lpft.trainable_last
+    # lp-ft's probe is the head-only run (same lr, seed and schedule) until it switches
+    assert lpft.first_top1 == head.first_top1
     saved = json.loads((out / "results.json").read_text())
     assert [a["final_top1"] for a in saved["adapt"]] == [r.final_top1 for r in rows]
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"

@@ -42,6 +42,9 @@ STRATEGY_CASES = {
     "pattern": {"params": [{"include": ["layer"]}, {"include": ["weight"], "exclude": [r"0\.weight"]}],
                 "bad_params": [{"include": ["("]}, {"include": ["no_such_parameter_anywhere"]}]},
     "norm-only": {},
+    "lp-ft": {"params": [{}, {"probe_epochs": 3, "blocks": 2, "backbone_lr_scale": 0.5},
+                         {"norm": "affine"}],
+              "bad_params": [{"probe_epochs": 0}, {"blocks": 99}, {"backbone_lr_scale": 0}]},
 }
 
 
@@ -186,6 +189,16 @@ class AcceptsAnything(Base):
         return [thawkit.Phase(0, layout.head.params)]
 
 
+class NegativeScales(Base):
+    name = "negative-scales"
+
+    def phases(self, layout, model):
+        return [thawkit.Phase(0, layout.head.params)]
+
+    def lr_scales(self, layout, model):
+        return {layout.head.params[0]: -1.0}
+
+
 class Nameless(thawkit.Strategy):
     def phases(self, layout, model):
         return []
@@ -201,6 +214,7 @@ class Nameless(thawkit.Strategy):
     (StartsLate, "phase epochs start at 0 and increase", "start at epochs [1]"),
     (AcceptsAnything, "refuses the parameters {'fraction': -1}", "accepted them"),
     (Nameless, "is a Strategy with a name and a description", "its name is None"),
+    (NegativeScales, "lr_scales() names parameters with factors > 0", "fc.weight=-1.0"),
 ])
 def test_broken_strategy_fails_its_check(pm, cls, check, did):
     models = [ModelCase("tiny-cnn", tiny_cnn, (3, 16, 16))]

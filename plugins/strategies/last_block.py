@@ -17,13 +17,17 @@ class LastBlock(Strategy):
 
     def phases(self, layout, model):
         n = self.params.blocks
-        if n > len(layout.blocks):
-            raise ConfigError(f"strategy.blocks: {n} is more than the {len(layout.blocks)} blocks "
-                              f"of this model ({', '.join(b.name for b in layout.blocks)}); use "
-                              f"blocks <= {len(layout.blocks)} or the 'full' strategy")
-        units = layout.thaw_order[: n + 1]
-        return [Phase(0, [p for unit in units for b in unit for p in b.params],
-                      f"last {n} block(s)")]
+        return [Phase(0, last_blocks(layout, n, "or the 'full' strategy"), f"last {n} block(s)")]
+
+
+def last_blocks(layout, n: int, otherwise: str) -> list[str]:
+    """The parameters of the last ``n`` blocks, the neck and the head; more blocks than the model
+    has is an error naming ``strategy.blocks`` (``otherwise``: what to do instead)."""
+    if n > len(layout.blocks):
+        raise ConfigError(f"strategy.blocks: {n} is more than the {len(layout.blocks)} blocks "
+                          f"of this model ({', '.join(b.name for b in layout.blocks)}); use "
+                          f"blocks <= {len(layout.blocks)} {otherwise}")
+    return [p for unit in layout.thaw_order[: n + 1] for b in unit for p in b.params]
 
 
 @hookimpl

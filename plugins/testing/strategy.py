@@ -25,6 +25,8 @@ KNOWN = "phases name only parameters of the model (model.named_parameters())"
 CUMULATIVE = "phases are cumulative: each includes every parameter of the phase before"
 HEAD = "the head always trains: every phase includes layout.head.params"
 META = "phases() works on the meta device, and gives the same phases there"
+SCALES = ("lr_scales() returns {parameter name: factor} for parameters of the model only, each "
+          "factor a finite number > 0")
 ADAPT = "thawkit.adapt() accepts the strategy on the model"
 FROZEN = ("training in train mode moves no frozen parameter, and no running statistic of a "
           "frozen normalisation layer under norm='frozen' or 'affine'")
@@ -185,6 +187,12 @@ def _check_on(report: Report, where: str, instance: Strategy, case: ModelCase,
             frozen = sorted(set(layout.head.params) - phase.trainable)
             if frozen:
                 c.fail(f"phase {i} (epoch {phase.epoch}) leaves {', '.join(frozen[:5])} frozen")
+    with report.checking(where, "lr_scales() names parameters with factors > 0", SCALES) as c:
+        scales = instance.lr_scales(layout, model)
+        bad = [f"{n}={f!r}" for n, f in dict(scales).items()
+               if n not in names or not isinstance(f, (int, float)) or not 0 < f < float("inf")]
+        if bad:
+            c.fail(f"lr_scales() gave {', '.join(bad[:5])}")
     with report.checking(where, "phases() works on the meta device", META) as c:
         meta = copy.deepcopy(model).to("meta")
         on_meta = instance.phases(thawkit.describe_layout(meta, pm=pm), meta)

@@ -12,7 +12,8 @@ Modules: ``data`` (ImageFolder checks, transforms, seeded order), ``session``
 loop), ``checkpoint`` (atomic files), ``plot``, ``inference`` (predict, export),
 ``demo`` and ``commands`` (the CLI subcommands), ``features`` (:class:`FeatureCache`, the
 frozen prefix's outputs computed once, for your own loop), ``cache`` (when ``thawkit train``
-caches them) and ``probe`` (``thawkit probe``: a learning-rate sweep of linear probes).
+caches them), ``probe`` (``thawkit probe``: a learning-rate sweep of linear probes) and ``wise``
+(WiSE-FT for runs: their recorded starting weights, ``wise_model``, the end-of-run sweep).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ _LAZY = {
     "load_run_model": "inference", "predict": "inference", "export_run": "inference",
     "load_exported": "inference", "ExportError": "inference",
     "run_demo": "demo", "plot_run": "plot", "FeatureCache": "features",
+    "wise_model": "wise", "start_state": "wise",
 }
 
 __all__ = [
@@ -44,8 +46,10 @@ __all__ = [
     "predict",
     "resume",
     "run_demo",
+    "start_state",
     "summary",
     "train",
+    "wise_model",
 ]
 
 

@@ -73,7 +73,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export_run
 
     weights, config = export_run(args.run_dir, args.out, best=args.best, force=args.force,
-                                 pm=args.pm)
+                                 pm=args.pm, wise=args.wise)
     print(f"wrote {weights} and {config}")
     print("rebuild with: thawkit.load_backbone(config['spec'], weights=WEIGHTS, "
           "**config['load_options'])")
@@ -125,7 +125,7 @@ def add_commands(subparsers: Any) -> None:
         "demo", help="offline demo: pretrain on digits 0-4, adapt to 5-9 with 10 labels per class",
         description="Pretrain a small CNN on scikit-learn's handwritten digits 0-4, save it, load it "
                     "back through thawkit.load_backbone, adapt it to digits 5-9 with about 10 "
-                    "labels per class (head-only, last-block, gradual, full) and compare with "
+                    "labels per class (head-only, last-block, gradual, full, lp-ft) and compare with "
                     "training from scratch. Offline, a few minutes on 2 CPU cores.")
     p.add_argument("--output", default="thawkit-demo", metavar="DIR",
                    help="where data, run directories and plots go (default: thawkit-demo)")
@@ -147,4 +147,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("out", help="OUT.safetensors or a directory")
     p.add_argument("--best", action="store_true", help="export best.safetensors instead of the final")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--wise", type=float, metavar="ALPHA",
+                   help="WiSE-FT: interpolate the backbone with the run's starting weights, "
+                        "(1-ALPHA)*start + ALPHA*fine-tuned (0..1); the head stays fine-tuned")
     p.set_defaults(func=cmd_export)

@@ -5,7 +5,7 @@
    ``.safetensors`` file: the "pretrained backbone" a user would bring.
 3. Adapt it to a new task, digits 5-9 with 10 labels per class, through
    ``backbone.weights`` (that is, ``thawkit.load_backbone(spec, weights=file)``) with
-   head-only, last-block, gradual and full fine-tuning, and train the same
+   head-only, last-block, gradual, full fine-tuning and LP-FT, and train the same
    architecture from scratch for comparison.
 4. Print a table (strategy, trainable parameters, wall seconds, val accuracy) built
    from the runs' own ``metrics.jsonl``, and write a comparison plot.
@@ -37,10 +37,11 @@ class DemoSettings:
     head_lr: float = 5e-2       # head-only trains a linear layer: a larger lr suits it
     lr: float = 3e-3
     layer_decay: float | None = None  # pretrained variants: lr * decay ** (blocks below the head)
+    probe_epochs: int = 5       # lp-ft: head-only epochs before fine-tuning
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(pretrain_epochs=2, epochs=5, every=1)
+QUICK = DemoSettings(pretrain_epochs=2, epochs=5, every=1, probe_epochs=2)
 
 
 @dataclass
@@ -119,6 +120,18 @@ def _recipe(name: str, *, strategy: dict[str, Any], data: Path, out: Path, epoch
     }, where=f"demo recipe {name!r}", pm=pm)
 
 
+def pretrained_variants(cfg: DemoSettings, weights: str) -> list[tuple[str, dict[str, Any], str, float]]:
+    """The demo's rows that start from the pretrained file: (name, strategy, weights, lr). Each
+    is one run; a new strategy's row goes here."""
+    return [("head-only", {"name": "head-only"}, weights, cfg.head_lr),
+            ("last-block", {"name": "last-block"}, weights, cfg.lr),
+            ("gradual", {"name": "gradual", "every": cfg.every}, weights, cfg.lr),
+            ("full", {"name": "full"}, weights, cfg.lr),
+            # the probe at head-only's rate, then the backbone at the rate the others use
+            ("lp-ft", {"name": "lp-ft", "probe_epochs": cfg.probe_epochs,
+                       "backbone_lr_scale": cfg.lr / cfg.head_lr}, weights, cfg.head_lr)]
+
+
 def _timed_run(recipe, run_dir: Path, pm) -> float:
     from .runs import train
 
@@ -182,7 +195,7 @@ def _demo(out: Path, cfg: DemoSettings, *, pm, log: Callable[[str], None],
     from .inference import export_run
     from .plot import plot_comparison
 
-    pre_epochs, epochs, every = cfg.pretrain_epochs, cfg.epochs, cfg.every
+    pre_epochs, epochs = cfg.pretrain_epochs, cfg.epochs
     counts = write_digits(out / "data")
     log(f"digits from scikit-learn written to {out / 'data'}: pretrain 0-4: "
         f"{counts['pretrain/train']} train / {counts['pretrain/val']} val images; target 5-9: "
@@ -206,10 +219,7 @@ def _demo(out: Path, cfg: DemoSettings, *, pm, log: Callable[[str], None],
         f"{n:,} parameters")
 
     log(f"3. adapting to digits 5-9 with {LABELS_PER_CLASS} labels per class, {epochs} epochs each:")
-    variants = [("head-only", {"name": "head-only"}, str(weights), cfg.head_lr),
-                ("last-block", {"name": "last-block"}, str(weights), cfg.lr),
-                ("gradual", {"name": "gradual", "every": every}, str(weights), cfg.lr),
-                ("full", {"name": "full"}, str(weights), cfg.lr),
+    variants = [*pretrained_variants(cfg, str(weights)),
                 ("scratch (full, no pretraining)", {"name": "full"}, None, cfg.lr)]
     rows = []
     for name, strategy, w, lr in variants:

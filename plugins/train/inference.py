@@ -128,28 +128,39 @@ def _plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[st
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, force: bool = False,
-               pm: ThawkitPluginManager | None = None) -> tuple[Path, Path]:
+               pm: ThawkitPluginManager | None = None, wise: float | None = None) -> tuple[Path, Path]:
     """Write standalone weights and their config; returns ``(weights_path, config_path)``.
 
     ``out``: a ``.safetensors`` path (config beside it, ``.json``) or a directory
-    (``model.safetensors`` and ``config.json`` inside).
+    (``model.safetensors`` and ``config.json`` inside). ``wise``: WiSE-FT, the backbone
+    interpolated with the run's starting weights at this alpha (:mod:`.wise`).
     """
     import torch
     from thawkit import load_backbone
 
+    if wise is not None:
+        from ..wise import check_alpha
+
+        wise = check_alpha(wise, "export --wise")
     pm = _pm(pm)
     weights_path, config_path = _export_paths(out)
     existing = [str(p) for p in (weights_path, config_path) if p.exists()]
     if existing and not force:
         raise ConfigError(f"export: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''};"
                           " choose another OUT or pass --force to overwrite")
-    run = load_run_model(run_dir, best=best, pm=pm)
+    if wise is None:
+        run = load_run_model(run_dir, best=best, pm=pm)
+    else:
+        from .wise import wise_model
+
+        run = wise_model(run_dir, wise, best=best, pm=pm)
     recipe = run.recipe
     options = {**recipe.backbone.kwargs, "num_classes": len(run.classes)}
     config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,
               "classes": run.classes, "preprocess": run.prep.to_dict(),
               "source_run": str(Path(run_dir)), "source_weights": run.weights.name,
-              "epochs": len(read_jsonl(Path(run_dir) / "metrics.jsonl"))}
+              "epochs": len(read_jsonl(Path(run_dir) / "metrics.jsonl")),
+              **({"wise_alpha": float(wise)} if wise is not None else {})}
     state = _plain_head(run.model, run.layout, run.model.state_dict())
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     trial = weights_path.with_name(f".{weights_path.stem}.check.safetensors")

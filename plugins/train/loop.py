@@ -24,6 +24,7 @@ from thawkit import ThawkitError
 from .checkpoint import (
     append_jsonl,
     load_checkpoint,
+    read_jsonl,
     rng_state,
     save_checkpoint,
     save_weights,
@@ -123,6 +124,7 @@ class Trainer:
             pipeline = CachedPipeline(session, log=log)
         self.pipeline = pipeline
         self.state = Progress()
+        self.wise: list[dict[str, Any]] = []  # the WiSE-FT sweep (train.wise_alphas), when done
         self.interrupt_requested = False
         label_smoothing = session.recipe.train.label_smoothing
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -190,6 +192,14 @@ class Trainer:
             if self.interrupt_requested and st.epoch < s.epochs:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
         save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
+        if s.recipe.train.wise_alphas:
+            from .wise import sweep, sweep_line
+
+            try:
+                self.wise = sweep(self, s.recipe.train.wise_alphas)
+                self.log(sweep_line(self.wise, read_jsonl(s.run_dir / METRICS)[-1]["val_top1"]))
+            except ThawkitError as exc:  # the run itself is done and saved: say why, and end
+                self.log(f"no WiSE-FT sweep: {exc}")
         best = f"; best val top-1 {100 * st.best_top1:.2f}% at epoch {st.best_epoch + 1}" \
             if st.best_epoch >= 0 else ""
         return Outcome("finished", st.epoch, f"finished {s.epochs} epochs{best}; weights in "
@@ -308,7 +318,10 @@ class Trainer:
     def _line(self, r: dict[str, Any]) -> str:
         lr = max(r["lrs"].values()) if r["lrs"] else float("nan")
         top5 = f" top5 {100 * r['val_top5']:.2f}%" if "val_top5" in r else ""
-        return (f"epoch {r['epoch'] + 1}/{self.s.epochs} phase {r['phase']} "
+        phases = self.s.adapted.phases
+        label = f" ({r['phase_label']})" if len(phases) > 1 and r["phase_label"] and \
+            phases[r["phase"]].epoch == r["epoch"] else ""  # the first epoch of each phase
+        return (f"epoch {r['epoch'] + 1}/{self.s.epochs} phase {r['phase']}{label} "
                 f"trainable {r['trainable_params']:,} lr {lr:.3g} train_loss {r['train_loss']:.4f} "
                 f"val_loss {r['val_loss']:.4f} top1 {100 * r['val_top1']:.2f}%{top5} "
                 f"{r['seconds']:.1f}s")
@@ -334,7 +347,8 @@ class Trainer:
             "epochs_done": st.epoch, "best_top1": st.best_top1 if st.best_epoch >= 0 else None,
             "best_epoch": st.best_epoch if st.best_epoch >= 0 else None,
             "device": str(self.s.device),
-            "amp": str(self.s.amp_dtype).replace("torch.", "") if self.s.amp_dtype else None})
+            "amp": str(self.s.amp_dtype).replace("torch.", "") if self.s.amp_dtype else None,
+            **({"wise": self.wise} if self.wise else {})})
 
     def _plot(self) -> None:
         from .extras import INSTALL, available

@@ -78,6 +78,19 @@ class TrainSection(_Section):
         "float32", description="Storage of cached features; float16 halves the memory but is no "
         "longer bit-exact.")
 
+    wise_alphas: list[float] = Field(
+        default_factory=list, description="WiSE-FT: after the last epoch, report val accuracy of "
+        "the backbone interpolated with its starting weights at each alpha (0: start, 1: "
+        "fine-tuned); written to run.json. Empty: no sweep.")
+
+    @field_validator("wise_alphas")
+    @classmethod
+    def _alphas(cls, value: list[float]) -> list[float]:
+        bad = [a for a in value if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"every alpha must be from 0 to 1, got {', '.join(map(repr, bad))}")
+        return value
+
     @field_validator("cache_memory", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:

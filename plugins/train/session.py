@@ -246,5 +246,8 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
             "classes": train.classes, "preprocess": prep.to_dict(),
             "train": {"dir": str(train.root), "images": len(train)},
             "val": {"dir": str(val.root), "images": len(val)}})
+        from .wise import record_start
+
+        record_start(run_dir, recipe, adapted)
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,
                    amp_dtype, scaler, cache)
