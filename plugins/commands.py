@@ -121,14 +121,21 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Steps per epoch the plan's schedule check assumes (the data set decides them in a run).
+PLAN_STEPS = 1000
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from thawkit import adapt_recipe, load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set, pm=args.pm)
     adapted = adapt_recipe(recipe, meta=True, where=args.recipe)
-    adapted.param_groups(recipe.optimizer)
+    optimizer = adapted.optimizer(recipe.optimizer)  # its own checks of its settings, as train's
     cache = []
     if "train" in args.pm.recipe_sections and "data" in args.pm.recipe_sections:
+        from thawkit.plugins.train.session import make_scheduler
+
+        make_scheduler(recipe, optimizer, PLAN_STEPS, pm=args.pm)  # the schedule's checks too
         # the training plugin's feature cache: per phase, on (what, how big) or off (why)
         from thawkit.plugins.train.cache import plan_decisions, summary_lines
 

@@ -178,12 +178,11 @@ def _regnet_widths_on_cpu():
 def _call_builder(name: str, kwargs: dict) -> nn.Module:
     import torchvision.models as tvm
 
-    try:
+    from ._builders import builder_errors
+
+    shown = {k: v for k, v in kwargs.items() if k not in ("weights", "init_weights")}
+    with builder_errors(f"torchvision:{name}", shown):
         return tvm.get_model(name, **kwargs)
-    except (TypeError, ValueError) as exc:
-        shown = {k: v for k, v in kwargs.items() if k != "weights"}
-        raise ConfigError(f"{WHERE}: torchvision's {name} builder rejected the options "
-                          f"{shown}: {exc}") from None
 
 
 def build(name: str, device: Any = None, **kwargs: Any) -> nn.Module:
@@ -225,8 +224,9 @@ class TorchvisionSource:
         """Build ``name``; the module docstring explains the options."""
         import torch
 
-        from .weights import apply_weights, read_weights
-        from thawkit import WeightsError
+        from thawkit import WeightsError, quote
+
+        from .weights import apply_weights, not_a_file, read_weights
 
         names = classification_models()
         if name not in names:
@@ -244,8 +244,9 @@ class TorchvisionSource:
 
         if kind == "file":
             if on_meta:
-                if not weights.is_file():
-                    raise WeightsError(f"weights file {str(weights)!r} does not exist")
+                problem = not_a_file(weights)
+                if problem:
+                    raise WeightsError(f"weights file {quote(str(weights))} {problem}")
                 return build(name, device, **opts)
             model = build(name, None, **opts)
             state = read_weights(weights)
