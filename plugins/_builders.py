@@ -28,9 +28,8 @@ def user_arguments(subject: str, kwargs: dict[str, Any], section: str,
         raise
     except catch as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        args = f"kwargs {quote(kwargs)}" if kwargs else "no kwargs"
-        hint = f"; check {section}" if kwargs else ""
-        raise ConfigError(f"{subject} failed with {args}: {type(exc).__name__}"
+        verb, hint = (f"rejected kwargs {quote(kwargs)}", f"; check {section}") if kwargs else ("failed", "")
+        raise ConfigError(f"{subject} {verb}: {type(exc).__name__}"
                           f"{': ' + shorten(text) if text else ''}{hint}") from exc
 
 

@@ -128,9 +128,17 @@ PLAN_STEPS = 1000
 def cmd_plan(args: argparse.Namespace) -> int:
     from thawkit import adapt_recipe, load_recipe
 
+    from ._builders import optimizer_errors
+
     recipe = load_recipe(args.recipe, overrides=args.set, pm=args.pm)
     adapted = adapt_recipe(recipe, meta=True, where=args.recipe)
-    optimizer = adapted.optimizer(recipe.optimizer)  # its own checks of its settings, as train's
+    # the optimizer as train builds it (over the meta parameters), for its own checks of its
+    # settings; not through adapted.optimizer(), which lists every plugin's optimizers (timm's too)
+    settings = recipe.optimizer
+    factory = args.pm.optimizers.get(settings.name, where="optimizer.name")
+    groups = adapted.param_groups(settings)
+    with optimizer_errors(settings.name, settings.kwargs):
+        optimizer = factory(groups, lr=settings.lr, weight_decay=settings.weight_decay, **settings.kwargs)
     cache = []
     if "train" in args.pm.recipe_sections and "data" in args.pm.recipe_sections:
         from thawkit.plugins.train.session import make_scheduler
