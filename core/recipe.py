@@ -369,6 +369,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         value = raw
     node = data
     parts = key.strip().split(".")
+    if len(parts) > MAX_DEPTH:
+        raise ConfigError(f"--set {shorten(key)}: a key path of more than {MAX_DEPTH} parts")
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})
         if not isinstance(nxt, dict):

@@ -103,6 +103,8 @@ def test_set_values_keep_the_limits(tmp_path):
     assert_clean(code, err, "nested deeper than 100")
     code, _, err = cli("plan", str(path), "--set", "train.seed=" + "9" * 5000)
     assert_clean(code, err, "5,000 digits")
+    code, _, err = cli("plan", str(path), "--set", "backbone.kwargs." + ".".join(["a"] * 50_000) + "=1")
+    assert_clean(code, err, "more than 100 parts", "more characters]")
     # what is no YAML stays a string, as before
     code, _, err = cli("plan", str(path), "--set", "train.output=[unclosed")
     assert code == 0, err
@@ -123,6 +125,7 @@ PLAN_CASES = {
     "mean nan": ({"data": {"mean": [float("nan"), 0, 0]}}, ["data.mean.0", "finite"]),
     "image_size 100000": ({"data": {"image_size": 100000}}, ["data.image_size", "4096"]),
     "output ''": ({"train": {"output": ""}}, ["train.output", "working directory"]),
+    "num_workers 10**6": ({"data": {"num_workers": 10**6}}, ["data.num_workers"]),
     "grad_clip inf": ({"train": {"grad_clip": float("inf")}}, ["train.grad_clip"]),
     "cache_memory digits": ({"train": {"cache_memory": "9" * 400 + "GB"}}, ["train.cache_memory"]),
     "num_classes 2**63": ({"head": {"num_classes": 2**63}}, ["head.num_classes"]),

@@ -60,7 +60,7 @@ class DataSection(_Section):
     std: tuple[Spread, Spread, Spread] | None = Field(None, description="Per channel, each > 0.")
     augment: bool = Field(True, description="Random resized crop and flip when training.")
     batch_size: int = Field(32, gt=0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes.")
 
 
 class TrainSection(_Section):
