@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, UnknownNameError, WEIGHT_SUFFIXES, hookimpl
+from thawkit import WEIGHT_SUFFIXES, ConfigError, UnknownNameError, hookimpl, quote
 
 from . import _torchvision_layouts as tvl
 
@@ -83,7 +83,7 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
         return "file", Path(weights)
     if not isinstance(weights, str):
         raise ConfigError(f"{WHERE}: weights must be None, 'DEFAULT', a weights name or a "
-                          f"file path, got {weights!r}")
+                          f"file path, got {quote(weights)}")
     text = weights.strip()
     key = text
     if "." in text and not text.lower().endswith(WEIGHT_SUFFIXES):
@@ -92,19 +92,26 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
             key = member
         elif cls_name.endswith("_Weights"):
             raise ConfigError(
-                f"{WHERE}: weights {text!r} are not weights of {name!r}; available: "
+                f"{WHERE}: weights {quote(text)} are not weights of {name!r}; available: "
                 f"DEFAULT, {', '.join(available)} ({enum_cls.__name__})")
     if key.upper() == "DEFAULT":
         return "enum", enum_cls.DEFAULT
     if key.upper() in available:  # enum names are upper case; accept "imagenet1k_v2"
         return "enum", enum_cls[key.upper()]
     looks_like_path = text.lower().endswith(WEIGHT_SUFFIXES) or os.sep in text or "/" in text
-    if looks_like_path or Path(text).exists():
+    if looks_like_path or _exists(text):
         return "file", Path(text).expanduser()
     raise ConfigError(
-        f"{WHERE}: unknown weights {text!r} for {name!r}; available: DEFAULT, "
+        f"{WHERE}: unknown weights {quote(text)} for {name!r}; available: DEFAULT, "
         f"{', '.join(available)} ({enum_cls.__name__}), or a path to a "
         f"{'/'.join(WEIGHT_SUFFIXES)} file")
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except OSError:  # a name too long for a file name, ...
+        return False
 
 
 #: builder options that published weights fix and a rebuild without them must repeat
@@ -224,7 +231,7 @@ class TorchvisionSource:
         """Build ``name``; the module docstring explains the options."""
         import torch
 
-        from thawkit import WeightsError, quote
+        from thawkit import WeightsError
 
         from .weights import apply_weights, not_a_file, read_weights
 

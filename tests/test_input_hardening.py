@@ -350,3 +350,13 @@ def test_the_batchnorm_check_passes_what_trains(tmp_path, pm):
         "source": "torchvision", "name": "resnet18", "kwargs": {}}, strategy={"name": "full"})
     with pytest.raises(Exception, match="data.batch_size is 1"):
         check_single_batches(full, 2, 16, 5)
+
+
+def test_weights_names_too_long_for_a_file_name(pm):
+    import thawkit
+    from thawkit import ThawkitError
+
+    for weights, expected in (("x" * 300, "unknown weights"), ("y" * 300 + ".pt", "File name too long")):
+        with pytest.raises(ThawkitError, match=expected) as info:
+            thawkit.load_backbone("torchvision:resnet18", pm=pm, weights=weights)
+        assert "more characters]" in str(info.value) and len(str(info.value)) < 1000
