@@ -309,7 +309,7 @@ def load_recipe(path: str | Path, *, overrides: list[str] | None = None,
     data = read_mapping(path)
     for item in overrides or []:
         apply_override(data, item)
-    return validate_recipe(data, where=str(path), pm=pm, base=Path(path).parent)
+    return validate_recipe(data, where=shorten(str(path)), pm=pm, base=Path(path).parent)
 
 
 def adapt_recipe(recipe: Recipe, *, meta: bool = False, load_weights: bool = True,

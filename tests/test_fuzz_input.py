@@ -210,7 +210,7 @@ def test_plan_on_generated_recipes_is_zero_or_one_clean_error(workdir, monkeypat
 
     check()
     # the generator reaches both outcomes, not only the early errors
-    assert seen["ok"] >= 30 and seen["error"] >= 300, seen
+    assert seen["ok"] >= 20 and seen["error"] >= 250, seen  # 50 and 450 with hypothesis 6.170
 
 
 # ------------------------------------------------------------------ weights
@@ -293,4 +293,5 @@ def test_loading_generated_weight_files_loads_or_is_a_weights_error(workdir, pm,
 
     check()
     assert "this must never run" not in capfd.readouterr().out
-    assert outcomes["loaded"] >= 5 and outcomes["refused"] >= 150, outcomes
+    # 10 and 240 with hypothesis 6.170 (the valid files survive some byte flips and swaps)
+    assert outcomes["loaded"] >= 3 and outcomes["refused"] >= 150, outcomes
