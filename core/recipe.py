@@ -234,10 +234,9 @@ def _expanded(node: Any, seen: dict[int, Any], where: str, level: int = 1) -> tu
     known = seen.get(id(node), ())
     if known is None:
         raise _limit(where, node.start_mark, "an alias refers to a node that contains it")
-    size, height = known or (0, 0)
+    size, height = known or (0, 1)
     if level + height - 1 > MAX_DEPTH:
-        raise _limit(where, node.start_mark, f"nested deeper than {MAX_DEPTH} levels (YAML aliases "
-                     "expanded)")
+        raise _limit(where, node.start_mark, f"nested deeper than {MAX_DEPTH} levels")
     if known:
         return size, height
     seen[id(node)] = None
