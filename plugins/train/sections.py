@@ -77,8 +77,8 @@ class TrainSection(_Section):
     @classmethod
     def _named(cls, value: str) -> str:
         if not value.strip() or "\0" in value:
-            raise ValueError("name a run directory, e.g. runs/exp (an empty name would write the "
-                             "run into the working directory)")
+            raise ValueError("name a run directory, e.g. runs/exp (not empty, which would write "
+                             "the run into the working directory, and without NUL characters)")
         return value
 
     @field_validator("device")
