@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
     from .errors import (ConfigError as ConfigError, LayoutError as LayoutError, PluginError as PluginError,
                          ThawkitError as ThawkitError, UnknownNameError as UnknownNameError,
                          WeightsError as WeightsError, closest as closest,
-                         format_validation_error as format_validation_error)
+                         format_validation_error as format_validation_error, quote as quote,
+                         shorten as shorten)
     from .layout import (Block as Block, Layout as Layout, Split as Split,
                          layout_from_prefixes as layout_from_prefixes)
     from .norm import (has_running_stats as has_running_stats, is_norm as is_norm,
@@ -55,7 +56,7 @@ _LAZY = {
     **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "arch_options", "load_backbone",
                      "spec_of"], "backbone"),
     **dict.fromkeys(["ConfigError", "LayoutError", "PluginError", "ThawkitError", "UnknownNameError",
-                     "WeightsError", "closest", "format_validation_error"], "errors"),
+                     "WeightsError", "closest", "format_validation_error", "quote", "shorten"], "errors"),
     **dict.fromkeys(["Block", "Layout", "Split", "layout_from_prefixes"], "layout"),
     **dict.fromkeys(["has_running_stats", "is_norm", "norm_modules"], "norm"),
     **dict.fromkeys(["GroupSpec", "OptimizerSettings"], "param_groups"),

@@ -33,8 +33,8 @@ def describe_layout(model: nn.Module, *, pm: ThawkitPluginManager | None = None,
 def replace_head(model: nn.Module, num_classes: int, *, dropout: float = 0.0, keep_aux: bool = False,
                  pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, Layout]:
     """Replace the classifier(s) for ``num_classes`` outputs; returns the model and its new layout."""
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ConfigError(f"head.num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 0 < num_classes <= 10**6:
+        raise ConfigError(f"head.num_classes must be an integer from 1 to 10**6, got {num_classes!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ConfigError(f"head.dropout must be in [0, 1), got {dropout!r}")
     pm = _pm(pm)

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from .plugin_manager import ThawkitPluginManager
 
 
+#: The most characters of one error message the CLI prints (``--debug`` shows it whole).
+MESSAGE_LIMIT = 4000
+
+
 # -------------------------------------------------------------------- parser
 def build_parser(pm: ThawkitPluginManager | None = None) -> argparse.ArgumentParser:
     """The ``thawkit`` parser with every plugin's commands (``pm``: a fresh manager when omitted)."""
@@ -102,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     except ThawkitError as exc:
         if debug:
             traceback.print_exception(exc)
-        print(f"{command}: error: {exc}", file=sys.stderr)
+        from .errors import shorten
+
+        print(f"{command}: error: {shorten(str(exc), MESSAGE_LIMIT)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)

@@ -28,7 +28,7 @@ class UnknownNameError(ThawkitError, KeyError):
 
     def _message(self, where: str | None) -> str:
         prefix = f"{where}: " if where else ""
-        msg = f"{prefix}unknown {self.kind} {self.name!r}"
+        msg = f"{prefix}unknown {self.kind} {quote(self.name)}"
         if self.suggestions:
             msg += f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?"
         plural = self.kind[:-1] + "ies" if self.kind.endswith("y") else self.kind + "s"
@@ -58,6 +58,20 @@ class LayoutError(ThawkitError):
     """A model layout that does not assign every parameter to exactly one block."""
 
 
+#: How much of a user's value an error message quotes (docs/recipes.md, "Limits").
+QUOTE_LIMIT = 200
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, with a marker saying how much was cut."""
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit:,} more characters]"
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (:func:`shorten`)."""
+    return shorten(repr(value), limit)
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The registered names nearest to ``name`` (case-insensitive), best first."""
     candidates = list(candidates)
@@ -78,8 +92,8 @@ def format_validation_error(exc: ValidationError, *, where: str, model: type[Bas
     prepended to every field path (``("strategy",)`` for a strategy's ``Params``).
     Plugins use it to report their own pydantic models the way recipes are reported.
     """
-    lines = []
-    for err in exc.errors():
+    lines, errors = [], exc.errors()
+    for err in errors[:20]:
         loc = prefix + tuple(err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -87,7 +101,9 @@ def format_validation_error(exc: ValidationError, *, where: str, model: type[Bas
             msg = f"unknown field; allowed fields: {', '.join(allowed)}" if allowed else "unknown field"
         elif err["type"] == "missing":
             msg = "field required"
-        lines.append(f"{where}: {_loc(loc)}: {msg}")
+        lines.append(f"{where}: {shorten(_loc(loc))}: {shorten(msg, 2 * QUOTE_LIMIT)}")
+    if len(errors) > 20:
+        lines.append(f"{where}: ... and {len(errors) - 20} more problems")
     return "\n".join(lines)
 
 

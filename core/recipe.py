@@ -19,9 +19,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
 
-from .errors import ConfigError, UnknownNameError, format_validation_error
+from .errors import ConfigError, UnknownNameError, format_validation_error, quote, shorten
 from .param_groups import OptimizerSettings
 from .strategy import Strategy, strategy_instance
 
@@ -34,7 +34,7 @@ CORE_SECTIONS = ("backbone", "head", "strategy", "optimizer", "plugins")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BackboneSection(_Section):
@@ -46,6 +46,13 @@ class BackboneSection(_Section):
                                 "local .pth/.safetensors file; timm: a local file.")
     pretrained: bool = Field(False, description="timm: download the published weights.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments.")
+
+    @field_validator("kwargs")
+    @classmethod
+    def _no_device(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if "device" in kwargs:
+            raise ValueError("device: not a builder argument in a recipe; set train.device")
+        return kwargs
 
     @property
     def spec(self) -> str:
@@ -61,8 +68,8 @@ class BackboneSection(_Section):
 
 
 class HeadSection(_Section):
-    num_classes: int | None = Field(None, gt=0, description="Outputs of the new head; inferred from "
-                                    "the training data when omitted.")
+    num_classes: int | None = Field(None, gt=0, le=10**6, description="Outputs of the new head; "
+                                    "inferred from the training data when omitted.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the new classifier.")
     keep_aux: bool = Field(False, description="Keep (and replace) googlenet/inception auxiliary heads.")
 
@@ -131,31 +138,123 @@ def _recipe_class(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[Rec
 
 
 # ---------------------------------------------------------------------- loading
-def read_mapping(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML or JSON file; syntax errors name the file, line and column."""
-    import yaml
+#: Limits on a recipe document (docs/recipes.md, "Limits"): bytes, nesting, size with YAML
+#: aliases expanded (one per value plus the characters of each scalar), digits of an integer.
+MAX_BYTES, MAX_DEPTH, MAX_EXPANDED, MAX_DIGITS = 100_000, 100, 100_000, 100
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file {str(path)!r} does not exist")
-    text = path.read_text()
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError(f"{where}: YAML does not parse: {problem}") from None
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML or JSON file within the limits; errors name the file, line and column."""
+    path, name = Path(path), shorten(str(path))
+    try:
+        if not path.is_file():
+            raise ConfigError(f"recipe file {name!r} " + ("is not a regular file" if path.exists()
+                                                         else "does not exist"))
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"recipe file {name!r} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{name}: a recipe may hold at most {MAX_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{name}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+                          f"{exc.start}); save the recipe as UTF-8") from None
+    data = parse_text(text, name, json_=path.suffix == ".json")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping with sections "
+        raise ConfigError(f"{name}: a recipe must be a mapping with sections "
                           f"{', '.join(Recipe.model_fields)}; got {type(data).__name__}")
     return data
+
+
+def parse_text(text: str, where: str, *, json_: bool = False) -> Any:
+    """YAML (or JSON) text to Python values, within the limits above."""
+    import yaml
+
+    if json_:
+        def integer(digits: str) -> int:
+            if len(digits) > MAX_DIGITS:
+                raise ValueError(f"an integer of {len(digits):,} digits (at most {MAX_DIGITS})")
+            return int(digits)
+        try:
+            data = json.loads(text, parse_int=integer)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
+        stack = [(data, 1)]  # nesting (a JSON text has no aliases, and its bytes are bounded)
+        while stack:
+            value, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+            stack += [(v, depth + 1) for v in (value.values() if isinstance(value, dict) else
+                                               value if isinstance(value, list) else ())]
+        return data
+    try:
+        return _yaml(text, where)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise ConfigError(f"{at}: YAML does not parse: {getattr(exc, 'problem', None) or exc}") from None
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:  # a constructor's (e.g. a date 2020-13-45)
+        raise ConfigError(f"{where}: YAML value does not parse: {shorten(str(exc))}") from None
+
+
+def _yaml(text: str, where: str) -> Any:
+    """Safe YAML within the limits (a ConfigError past one; yaml.YAMLError on bad syntax)."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _expanded(node, {}, where)
+        return loader.construct_document(node) if node is not None else None
+    except RecursionError:  # composing a node nested ~1000 deep, before _expanded could look
+        raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+
+
+def _limit(where: str, mark: Any, what: str) -> ConfigError:
+    return ConfigError(f"{where}:{mark.line + 1}:{mark.column + 1}: {what} (recipe limits: "
+                       "docs/recipes.md)")
+
+
+def _expanded(node: Any, seen: dict[int, Any], where: str, level: int = 1) -> tuple[int, int]:
+    """Size and depth of ``node`` with aliases expanded; raises past the limits."""
+    import yaml
+
+    known = seen.get(id(node), ())
+    if known is None:
+        raise _limit(where, node.start_mark, "an alias refers to a node that contains it")
+    size, height = known or (0, 1)
+    if level + height - 1 > MAX_DEPTH:
+        raise _limit(where, node.start_mark, f"nested deeper than {MAX_DEPTH} levels")
+    if known:
+        return size, height
+    seen[id(node)] = None
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag.endswith(":int") and len(node.value) > MAX_DIGITS:
+            raise _limit(where, node.start_mark, f"an integer of {len(node.value):,} digits (at "
+                         f"most {MAX_DIGITS})")
+        size, height = 1 + len(node.value), 1
+    else:
+        items = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) \
+            else node.value
+        parts = [_expanded(n, seen, where, level + 1) for n in items]
+        size, height = 1 + sum(p[0] for p in parts), 1 + max((p[1] for p in parts), default=0)
+    if size > MAX_EXPANDED:
+        raise _limit(where, node.start_mark, f"the document expands to more than {MAX_EXPANDED:,} "
+                     "values and characters (a YAML alias counts once per use)")
+    seen[id(node)] = (size, height)
+    return size, height
 
 
 def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
@@ -209,7 +308,7 @@ def load_recipe(path: str | Path, *, overrides: list[str] | None = None,
     data = read_mapping(path)
     for item in overrides or []:
         apply_override(data, item)
-    return validate_recipe(data, where=str(path), pm=pm, base=Path(path).parent)
+    return validate_recipe(data, where=shorten(str(path)), pm=pm, base=Path(path).parent)
 
 
 def adapt_recipe(recipe: Recipe, *, meta: bool = False, load_weights: bool = True,
@@ -232,9 +331,14 @@ def adapt_recipe(recipe: Recipe, *, meta: bool = False, load_weights: bool = Tru
     if meta or not load_weights:
         weights = options.pop("weights", None)
         options.pop("pretrained", None)
-        if meta and isinstance(weights, str) and weights.lower().endswith(WEIGHT_SUFFIXES) \
-                and not Path(weights).is_file():
-            raise WeightsError(f"{where}: backbone.weights: weights file {weights!r} does not exist")
+        if meta and isinstance(weights, str) and weights.lower().endswith(WEIGHT_SUFFIXES):
+            try:  # a directory, a FIFO or a device is no weights file either
+                what = "" if Path(weights).is_file() else "is not a regular file" \
+                    if Path(weights).exists() else "does not exist"
+            except OSError as exc:
+                what = f"cannot be read: {exc.strerror or exc}"
+            if what:
+                raise WeightsError(f"{where}: backbone.weights: weights file {quote(weights)} {what}")
     if meta:
         options["device"] = "meta"
     try:
@@ -254,17 +358,21 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     import yaml
 
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. optimizer.lr=0.01")
+        raise ConfigError(f"--set {quote(item)}: expected key.path=value, e.g. optimizer.lr=0.01")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        value = _yaml(raw, f"--set {shorten(key)}")
+    except ConfigError:
+        raise
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError):
         value = raw
     node = data
     parts = key.strip().split(".")
+    if len(parts) > MAX_DEPTH:
+        raise ConfigError(f"--set {shorten(key)}: a key path of more than {MAX_DEPTH} parts")
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {item!r}: {part} is not a section")
+            raise ConfigError(f"--set {quote(item)}: {shorten(part)} is not a section")
         node = nxt
     node[parts[-1]] = value

@@ -121,14 +121,29 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Steps per epoch the plan's schedule check assumes (the data set decides them in a run).
+PLAN_STEPS = 1000
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from thawkit import adapt_recipe, load_recipe
 
+    from ._builders import optimizer_errors
+
     recipe = load_recipe(args.recipe, overrides=args.set, pm=args.pm)
     adapted = adapt_recipe(recipe, meta=True, where=args.recipe)
-    adapted.param_groups(recipe.optimizer)
+    # the optimizer as train builds it (over the meta parameters), for its own checks of its
+    # settings; not through adapted.optimizer(), which lists every plugin's optimizers (timm's too)
+    settings = recipe.optimizer
+    factory = args.pm.optimizers.get(settings.name, where="optimizer.name")
+    groups = adapted.param_groups(settings)
+    with optimizer_errors(settings.name, settings.kwargs):
+        optimizer = factory(groups, lr=settings.lr, weight_decay=settings.weight_decay, **settings.kwargs)
     cache = []
     if "train" in args.pm.recipe_sections and "data" in args.pm.recipe_sections:
+        from thawkit.plugins.train.session import make_scheduler
+
+        make_scheduler(recipe, optimizer, PLAN_STEPS, pm=args.pm)  # the schedule's checks too
         # the training plugin's feature cache: per phase, on (what, how big) or off (why)
         from thawkit.plugins.train.cache import plan_decisions, summary_lines
 

@@ -20,7 +20,11 @@ class TorchOptimizer:
         self.__doc__ = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else cls.__name__
 
     def __call__(self, param_groups, **kwargs):
-        return self.cls(param_groups, **kwargs)
+        from ._builders import optimizer_errors
+
+        with optimizer_errors(self.cls.__name__.lower(), {k: v for k, v in kwargs.items()
+                                                          if k not in ("lr", "weight_decay")}):
+            return self.cls(param_groups, **kwargs)
 
 
 def torch_optimizer_classes() -> dict[str, type]:

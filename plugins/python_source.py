@@ -7,9 +7,10 @@ builds on the meta device.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 
-from thawkit import ConfigError, hookimpl
+from thawkit import ConfigError, hookimpl, shorten
 
 
 class PythonSource:
@@ -18,26 +19,26 @@ class PythonSource:
     def load(self, name: str, options: dict):
         import torch
 
-        from .weights import apply_weights, read_weights
+        from ._builders import builder_errors
         from .fallbacks import last_linear
+        from .weights import apply_weights, read_weights
 
         module_name, sep, attr = name.rpartition(":")
         if not sep or not module_name or not attr:
             raise ConfigError(f"python source needs python:MODULE:CALLABLE, got python:{name}")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(f"python:{name}: cannot import module {module_name!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the user's module: ImportError, SyntaxError, ...
+            raise ConfigError(f"python:{name}: cannot import module {module_name!r}: "
+                              f"{type(exc).__name__}: {shorten(str(exc))}") from None
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise ConfigError(f"python:{name}: module {module_name!r} has no callable {attr!r}")
         options = dict(options)
         weights = options.pop("weights", None)
         device = options.pop("device", None)
-        if device is not None:
-            with torch.device(device):
-                model = factory(**options)
-        else:
+        with builder_errors(f"python:{name}", options, what="factory"), \
+                torch.device(device) if device is not None else contextlib.nullcontext():
             model = factory(**options)
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"python:{name} returned {type(model).__name__}, not an nn.Module")

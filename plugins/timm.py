@@ -68,6 +68,8 @@ class TimmSource:
     def load(self, name: str, options: dict[str, Any]) -> nn.Module:
         import timm
 
+        from ._builders import builder_errors
+
         opts = dict(options)
         pretrained = opts.pop("pretrained", False)
         weights = opts.pop("weights", None)
@@ -84,10 +86,9 @@ class TimmSource:
         meta = str(device) == "meta"
         with _on_meta() if meta else contextlib.nullcontext():
             try:
-                model = timm.create_model(name, pretrained=pretrained, **opts)
-            except TypeError as exc:  # an option the architecture does not take
-                raise ConfigError(f"{where}: {exc}") from None
-            except RuntimeError as exc:
+                with builder_errors(f"timm:{name}", opts):
+                    model = timm.create_model(name, pretrained=pretrained, **opts)
+            except ConfigError as exc:
                 if "pretrained tag" not in str(exc):
                     raise
                 arch = name.split(".", 1)[0]
@@ -315,7 +316,10 @@ def _optimizer_factory(name: str) -> Callable[..., torch.optim.Optimizer]:
     def factory(param_groups: list[dict], **kwargs: Any) -> torch.optim.Optimizer:
         from timm.optim import create_optimizer_v2
 
-        return create_optimizer_v2(param_groups, opt=name, **kwargs)
+        from ._builders import optimizer_errors
+
+        with optimizer_errors(name, {k: v for k, v in kwargs.items() if k not in ("lr", "weight_decay")}):
+            return create_optimizer_v2(param_groups, opt=name, **kwargs)
 
     factory.__name__ = f"timm_{name}"
     factory.__doc__ = f"timm.optim.create_optimizer_v2(param_groups, opt={name!r}, **kwargs)"

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, UnknownNameError, WEIGHT_SUFFIXES, hookimpl
+from thawkit import WEIGHT_SUFFIXES, ConfigError, UnknownNameError, hookimpl, quote
 
 from . import _torchvision_layouts as tvl
 
@@ -83,7 +83,7 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
         return "file", Path(weights)
     if not isinstance(weights, str):
         raise ConfigError(f"{WHERE}: weights must be None, 'DEFAULT', a weights name or a "
-                          f"file path, got {weights!r}")
+                          f"file path, got {quote(weights)}")
     text = weights.strip()
     key = text
     if "." in text and not text.lower().endswith(WEIGHT_SUFFIXES):
@@ -92,19 +92,26 @@ def resolve_weights(name: str, weights: Any) -> tuple[str, Any]:
             key = member
         elif cls_name.endswith("_Weights"):
             raise ConfigError(
-                f"{WHERE}: weights {text!r} are not weights of {name!r}; available: "
+                f"{WHERE}: weights {quote(text)} are not weights of {name!r}; available: "
                 f"DEFAULT, {', '.join(available)} ({enum_cls.__name__})")
     if key.upper() == "DEFAULT":
         return "enum", enum_cls.DEFAULT
     if key.upper() in available:  # enum names are upper case; accept "imagenet1k_v2"
         return "enum", enum_cls[key.upper()]
     looks_like_path = text.lower().endswith(WEIGHT_SUFFIXES) or os.sep in text or "/" in text
-    if looks_like_path or Path(text).exists():
+    if looks_like_path or _exists(text):
         return "file", Path(text).expanduser()
     raise ConfigError(
-        f"{WHERE}: unknown weights {text!r} for {name!r}; available: DEFAULT, "
+        f"{WHERE}: unknown weights {quote(text)} for {name!r}; available: DEFAULT, "
         f"{', '.join(available)} ({enum_cls.__name__}), or a path to a "
         f"{'/'.join(WEIGHT_SUFFIXES)} file")
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except OSError:  # a name too long for a file name, ...
+        return False
 
 
 #: builder options that published weights fix and a rebuild without them must repeat
@@ -178,12 +185,11 @@ def _regnet_widths_on_cpu():
 def _call_builder(name: str, kwargs: dict) -> nn.Module:
     import torchvision.models as tvm
 
-    try:
+    from ._builders import builder_errors
+
+    shown = {k: v for k, v in kwargs.items() if k not in ("weights", "init_weights")}
+    with builder_errors(f"torchvision:{name}", shown):
         return tvm.get_model(name, **kwargs)
-    except (TypeError, ValueError) as exc:
-        shown = {k: v for k, v in kwargs.items() if k != "weights"}
-        raise ConfigError(f"{WHERE}: torchvision's {name} builder rejected the options "
-                          f"{shown}: {exc}") from None
 
 
 def build(name: str, device: Any = None, **kwargs: Any) -> nn.Module:
@@ -225,8 +231,9 @@ class TorchvisionSource:
         """Build ``name``; the module docstring explains the options."""
         import torch
 
-        from .weights import apply_weights, read_weights
         from thawkit import WeightsError
+
+        from .weights import apply_weights, not_a_file, read_weights
 
         names = classification_models()
         if name not in names:
@@ -244,8 +251,9 @@ class TorchvisionSource:
 
         if kind == "file":
             if on_meta:
-                if not weights.is_file():
-                    raise WeightsError(f"weights file {str(weights)!r} does not exist")
+                problem = not_a_file(weights)
+                if problem:
+                    raise WeightsError(f"weights file {quote(str(weights))} {problem}")
                 return build(name, device, **opts)
             model = build(name, None, **opts)
             state = read_weights(weights)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import WeightsError
+from thawkit import WeightsError, quote, shorten
 
 if TYPE_CHECKING:
     import torch
@@ -30,36 +31,79 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     import torch
 
     path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"weights file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise WeightsError(f"weights path {str(path)!r} is not a file")
+    problem = not_a_file(path)
+    if problem:
+        raise WeightsError(f"weights file {quote(str(path))} {problem}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"weights file {str(path)!r} is not a valid safetensors file: {exc}") from None
+            raise WeightsError(f"weights file {quote(str(path))} is not a valid safetensors file: "
+                               f"{shorten(str(exc))}") from None
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() or [type(exc).__name__]
+            first = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+            kind = sniff(path)
+            if kind:
+                raise _corrupt(path, kind) from None
             if "weights_only" in str(exc) or "Unsupported global" in str(exc):
                 raise WeightsError(
-                    f"refusing to load {str(path)!r}: it contains pickled code or objects, not only "
-                    f"tensors ({first}). Re-save it with torch.save(model.state_dict(), path) or as "
-                    ".safetensors") from None
-            raise _corrupt(path, first) from None
+                    f"refusing to load {quote(str(path))}: it contains pickled code or objects, not "
+                    f"only tensors ({shorten(first)}). Re-save it with torch.save(model.state_dict(), "
+                    "path) or as .safetensors") from None
+            raise _corrupt(path, shorten(first)) from None
         except Exception as exc:  # torch raises many types on garbage (IndexError, KeyError, ...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise _corrupt(path, first) from None
+            raise _corrupt(path, sniff(path) or shorten(first)) from None
     return _unwrap(state, path)
 
 
+def not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file ("does not exist", "is a directory", ...)."""
+    import stat
+
+    try:
+        if path.is_file():
+            return None
+        if path.is_symlink() and not path.exists():
+            return f"is a broken symbolic link (to {quote(os.readlink(path))})"
+        if not path.exists():
+            return "does not exist"
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "not a regular file")
+    link = f" (a symbolic link to {quote(os.readlink(path))})" if path.is_symlink() else ""
+    return f"is {kind}{link}, not a weights file" if kind.startswith("a ") else f"is {kind}{link}"
+
+
+def sniff(path: Path) -> str | None:
+    """What a file that torch cannot load holds instead, from its first bytes (None: looks like a
+    torch file, a zip archive or a pickle)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK") or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return None
+    if len(head) > 8 and head[8:9] == b"{":
+        return "it looks like a safetensors file; name it with the .safetensors suffix"
+    return (f"it is neither a zip archive nor a pickle (starts with bytes {head[:8].hex(' ')}); "
+            "save weights with torch.save(model.state_dict(), path) or as .safetensors")
+
+
 def _corrupt(path: Path, first: str) -> WeightsError:
-    return WeightsError(f"weights file {str(path)!r} is corrupt or not a torch file: {first}")
+    return WeightsError(f"weights file {quote(str(path))} is corrupt or not a torch file: {first}")
 
 
 def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:

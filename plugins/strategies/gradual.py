@@ -61,16 +61,20 @@ class Gradual(Strategy):
         block_names = [b.name for b in layout.all_blocks]
         specs = self.params.phases
         if specs[0].epoch != 0:
-            raise ConfigError(f"strategy.phases[0].epoch: the first phase must start at epoch 0, "
+            raise ConfigError(f"strategy.phases.0.epoch: the first phase must start at epoch 0, "
                               f"not {specs[0].epoch}")
         thawed: dict[str, int] = dict.fromkeys(layout.head.params, 0)
         out = []
         for i, spec in enumerate(specs):
-            where = f"strategy.phases[{i}]"
+            where = f"strategy.phases.{i}"  # the path style of every recipe error
             if i and spec.epoch <= specs[i - 1].epoch:
                 raise ConfigError(f"{where}.epoch: {spec.epoch} must be after the previous phase's "
                                   f"epoch {specs[i - 1].epoch}")
             added: set[str] = set()
+            twice = sorted({b for b in spec.blocks if spec.blocks.count(b) > 1})
+            if twice:
+                raise ConfigError(f"{where}.blocks: {', '.join(map(repr, twice))} named twice; "
+                                  "name each block once")
             for bname in spec.blocks:
                 if bname not in block_names:
                     raise UnknownNameError("block", bname, block_names, where=f"{where}.blocks")
@@ -82,8 +86,8 @@ class Gradual(Strategy):
                                       f"{thawed[params[0]]}; phases are cumulative, name each block once")
                 added.update(params)
             if spec.params:
-                new = match_patterns(names, spec.params, f"phases[{i}].params") - set(thawed)
-                if not new:
+                new = match_patterns(names, spec.params, f"phases.{i}.params") - set(thawed)
+                if not new and i:  # in phase 0 the head is thawed already (it always trains)
                     raise ConfigError(f"{where}.params: every parameter these patterns match is already "
                                       "thawed by an earlier phase")
                 added |= new

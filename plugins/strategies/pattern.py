@@ -8,7 +8,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from thawkit import ConfigError, Phase, Strategy, StrategyParams, hookimpl
+from thawkit import ConfigError, Phase, Strategy, StrategyParams, hookimpl, quote
 
 
 def _compile(patterns: list[str], field: str) -> list[re.Pattern]:
@@ -17,7 +17,7 @@ def _compile(patterns: list[str], field: str) -> list[re.Pattern]:
         try:
             out.append(re.compile(pat))
         except re.error as exc:
-            raise ValueError(f"{field}[{i}] {pat!r} is not a valid regex: {exc}") from None
+            raise ConfigError(f"{field}.{i}: {quote(pat)} is not a valid regex: {exc}") from None
     return out
 
 
@@ -37,10 +37,10 @@ class PatternParams(StrategyParams):
 def match_patterns(names: list[str], patterns: list[str], field: str) -> set[str]:
     """Names matched by any pattern; a pattern that matches nothing is an error."""
     out: set[str] = set()
-    for pat, rx in zip(patterns, _compile(patterns, field)):
+    for pat, rx in zip(patterns, _compile(patterns, f"strategy.{field}")):
         hits = {n for n in names if rx.search(n)}
         if not hits:
-            raise ConfigError(f"strategy.{field}: pattern {pat!r} matches no parameter; parameter "
+            raise ConfigError(f"strategy.{field}: pattern {quote(pat)} matches no parameter; parameter "
                               f"names look like {', '.join(names[:3])}, ..., {names[-1]}")
         out |= hits
     return out

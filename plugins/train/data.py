@@ -86,7 +86,10 @@ def check_header(file: str) -> None:
 
     try:
         with Image.open(file) as img:
-            img.size  # noqa: B018 - reading the header is the check
+            img.size  # noqa: B018 - reading the header is the check (and the size limit)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {file!r} is too large to decode safely ({exc}); shrink or remove "
+                        "the file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"image {file!r} cannot be read ({type(exc).__name__}: {exc}); fix or "
                         "remove the file") from None

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CosineParams(_Params):

@@ -2,23 +2,29 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from thawkit import ConfigError, format_validation_error
+from thawkit import ConfigError, format_validation_error, quote
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+#: The largest ``data.image_size`` (pixels per side) a recipe may ask for.
+MAX_IMAGE_SIZE = 4096
+Channel = Annotated[float, Field(allow_inf_nan=False)]
+Spread = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class ScheduleSection(BaseModel):
     """The learning-rate schedule: a registered name, warmup, and the schedule's own parameters."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str = Field("constant", description="constant, cosine, step, onecycle, plateau, ...")
     warmup_epochs: float = Field(0.0, ge=0)
 
@@ -48,23 +54,45 @@ class DataSection(_Section):
 
     train: str | None = Field(None, description="ImageFolder directory of training images.")
     val: str | None = Field(None, description="ImageFolder directory of validation images.")
-    image_size: int | None = Field(None, gt=0, description="Override the backbone's input size.")
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE,
+                                   description="Override the backbone's input size (pixels per side).")
+    mean: tuple[Channel, Channel, Channel] | None = None
+    std: tuple[Spread, Spread, Spread] | None = Field(None, description="Per channel, each > 0.")
     augment: bool = Field(True, description="Random resized crop and flip when training.")
     batch_size: int = Field(32, gt=0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes.")
 
 
 class TrainSection(_Section):
     """Epochs, seed, device, precision and the run directory."""
 
     epochs: int = Field(10, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     deterministic: bool = False
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, mps.")
     amp: bool | None = Field(None, description="Mixed precision; default: on for CUDA.")
     output: str = Field("runs/exp", description="Run directory.")
+
+    @field_validator("output")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip() or "\0" in value:
+            raise ValueError("name a run directory, e.g. runs/exp (not empty, which would write "
+                             "the run into the working directory, and without NUL characters)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        import torch
+
+        try:
+            if value != "auto":
+                torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"{quote(value)} is not a device; use auto, cpu, cuda, cuda:N or "
+                             "mps") from None
+        return value
     grad_clip: float | None = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     cache: Literal["auto", "off"] = Field(
@@ -107,8 +135,9 @@ def parse_size(value: Any) -> int | str:
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value) if isinstance(value, str) else None
+    match = re.fullmatch(r"\s*(\d{1,20}(?:\.\d{0,20})?)\s*([a-zA-Z]*)\s*", value) \
+        if isinstance(value, str) else None
     if match is None or match.group(2).lower() not in _UNITS:
         raise ValueError(f"expected auto, a number of bytes or a size such as 2GB or 512MiB, got "
-                         f"{value!r}")
+                         f"{quote(value)}")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

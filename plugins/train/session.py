@@ -199,6 +199,32 @@ def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int, *, pm: Thawk
     return scheduler, interval
 
 
+def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_train: int) -> None:
+    """A training batch of one image fails in BatchNorm layers that use batch statistics
+    ("Expected more than 1 value per channel"): find out before training, with one forward
+    pass per phase of a meta-device twin (no memory, no arithmetic, nothing of the run changed)."""
+    import torch
+    from thawkit import adapt_recipe
+
+    twin = adapt_recipe(recipe, meta=True, num_classes=num_classes)
+    for phase in twin.phases:
+        twin.on_epoch_start(phase.epoch)
+        twin.model.train()
+        try:
+            twin.model(torch.empty(1, 3, image_size, image_size, device="meta"))
+        except ValueError as exc:
+            if "more than 1 value per channel" not in str(exc):
+                continue
+            cause = "data.train has one image" if n_train == 1 else "data.batch_size is 1"
+            raise ConfigError(
+                f"{cause}, so a training batch holds one image, and BatchNorm layers that train "
+                f"(from epoch {phase.epoch}) cannot normalise one value per channel ({exc}); use "
+                "more training images and data.batch_size >= 2, or keep BatchNorm statistics "
+                "frozen (a strategy with norm: frozen or affine)") from None
+        except Exception:  # noqa: BLE001 - a model the meta device cannot run: the run will tell
+            return
+
+
 def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: bool = False) -> Session:
     """Check the data, build model, optimizer and schedule, and (for a new run) write the run's
     recipe, plan and data description. Nothing is written before every check has passed."""
@@ -218,6 +244,8 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
         from thawkit import data_config
 
         prep = Preprocess.resolve(data_config(adapted.model, pm=pm), recipe.data)
+    if len(train) == 1 or recipe.data.batch_size == 1:
+        check_single_batches(recipe, n, prep.image_size, len(train))
     adapted.model.to(device)
     optimizer = adapted.optimizer(recipe.optimizer)
     loaders = build_loaders(train, val, prep, batch_size=recipe.data.batch_size,
