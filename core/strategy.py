@@ -112,6 +112,19 @@ class Strategy:
         """The cumulative phases for ``model`` described by ``layout`` (see the class docstring)."""
         raise NotImplementedError(f"strategy {self.name!r} does not implement phases()")
 
+    def prepare(self, model: nn.Module, layout: Layout) -> nn.Module | None:
+        """Change the model (with its new head) before :meth:`phases`, e.g. add adapter modules;
+        return it (core describes its layout again) or ``None`` (the default: no change)."""
+        return None
+
+    def describe(self, model: nn.Module) -> tuple[list[str], dict[str, Any]]:
+        """Extra lines for the plan's table and extra data for its JSON (default: none)."""
+        return [], {}
+
+    def group_of(self, param: str) -> str | None:
+        """A name for the optimizer group of ``param`` within its block (default: none)."""
+        return None
+
     @classmethod
     def summary(cls) -> str:
         """The first line of ``description`` (or of the docstring)."""

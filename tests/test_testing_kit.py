@@ -42,7 +42,12 @@ STRATEGY_CASES = {
     "pattern": {"params": [{"include": ["layer"]}, {"include": ["weight"], "exclude": [r"0\.weight"]}],
                 "bad_params": [{"include": ["("]}, {"include": ["no_such_parameter_anywhere"]}]},
     "norm-only": {},
+    "lora": {"params": [{}, {"rank": 2, "blocks": 1, "dropout": 0.1, "norm": "affine"}],
+             "bad_params": [{"rank": 0}, {"blocks": 99}, {"targets": "mlp", "blocks": ["stem"]}]},
+    "loha": {"params": [{"rank": 2}]},
+    "lokr": {"params": [{"rank": 2, "blocks": ["layer2"]}]},
 }
+ADAPTERS = ("lora", "loha", "lokr")     # need the peft extra
 
 
 def test_every_builtin_strategy_is_listed_here(pm):
@@ -51,6 +56,8 @@ def test_every_builtin_strategy_is_listed_here(pm):
 
 @pytest.mark.parametrize("name", sorted(STRATEGY_CASES))
 def test_builtin_strategy_passes_the_kit(pm, name):
+    if name in ADAPTERS:
+        pytest.importorskip("peft")
     report = check_strategy(pm.strategies.get(name), pm=pm, **STRATEGY_CASES[name])
     assert len(report.findings) > 30
 

@@ -73,8 +73,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export_run
 
     weights, config = export_run(args.run_dir, args.out, best=args.best, force=args.force,
-                                 pm=args.pm)
+                                 merge=args.merge, pm=args.pm)
     print(f"wrote {weights} and {config}")
+    if weights.name == "adapter_model.safetensors":
+        print("adapters in PEFT's format (see docs/training.md); --merge writes plain weights")
+        return 0
     print("rebuild with: thawkit.load_backbone(config['spec'], weights=WEIGHTS, "
           "**config['load_options'])")
     return 0
@@ -147,4 +150,6 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("out", help="OUT.safetensors or a directory")
     p.add_argument("--best", action="store_true", help="export best.safetensors instead of the final")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--merge", action="store_true",
+                   help="adapter runs (lora, ...): merge the adapters into plain weights")
     p.set_defaults(func=cmd_export)

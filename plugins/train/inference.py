@@ -128,11 +128,14 @@ def _plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[st
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, force: bool = False,
-               pm: ThawkitPluginManager | None = None) -> tuple[Path, Path]:
+               merge: bool = False, pm: ThawkitPluginManager | None = None) -> tuple[Path, Path]:
     """Write standalone weights and their config; returns ``(weights_path, config_path)``.
 
     ``out``: a ``.safetensors`` path (config beside it, ``.json``) or a directory
-    (``model.safetensors`` and ``config.json`` inside).
+    (``model.safetensors`` and ``config.json`` inside). A run with adapters (``lora``, ...)
+    writes them in PEFT's format into the directory ``out`` (see
+    :func:`thawkit.plugins.train.adapter_export.export_adapters`), or, with ``merge=True``,
+    merged into the base layers as plain weights, checked against the adapter model's logits.
     """
     import torch
     from thawkit import load_backbone
@@ -150,6 +153,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
               "classes": run.classes, "preprocess": run.prep.to_dict(),
               "source_run": str(Path(run_dir)), "source_weights": run.weights.name,
               "epochs": len(read_jsonl(Path(run_dir) / "metrics.jsonl"))}
+    from .adapter_export import export_adapters, has_adapters, merge_run
+
+    if has_adapters(run.model) and not merge:
+        return export_adapters(run, out, config, force=force)
+    reference = merge_run(run) if merge else run.model   # merge: a copy of the unmerged model
     state = _plain_head(run.model, run.layout, run.model.state_dict())
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     trial = weights_path.with_name(f".{weights_path.stem}.check.safetensors")
@@ -165,7 +173,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(2, 3, run.prep.image_size, run.prep.image_size, generator=gen)
         with torch.no_grad():
-            same = torch.allclose(rebuilt(x), run.model(x), rtol=1e-5, atol=1e-6)
+            same = torch.allclose(rebuilt(x), reference(x), rtol=1e-5, atol=1e-5 if merge else 1e-6)
         if not same:
             raise ExportError(f"export: the model that load_backbone({config['spec']!r}) rebuilds "
                               "from the exported weights gives other logits than the trained model")
