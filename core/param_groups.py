@@ -151,7 +151,7 @@ def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], con
     trainable = set(trainable)
     scales = lr_scales(model, layout, config, pm)
     no_decay = no_decay_names(model, pm)
-    groups: dict[tuple[str, float, bool], GroupSpec] = {}
+    groups: dict[tuple[str, float, bool, str | None], GroupSpec] = {}
     lrs_in_block: dict[str, list[float]] = {}
     for block in layout.all_blocks:
         for name in block.params:
