@@ -74,6 +74,8 @@ class Strategy:
       ``frozen``, ``affine`` (core adds their affine parameters) or ``train``.
     * ``layout.thaw_order`` lists units (blocks that thaw together) for gradual
       unfreezing: ``[head, neck]``, the blocks from last to first, then ``[stem]``.
+    * Optional: :meth:`prepare` adds modules (adapters) before the phases; :meth:`describe`
+      adds lines to the plan; :meth:`group_of` names a parameter's optimizer group.
     * A user's bad parameters raise :class:`~thawkit.ConfigError` naming the field
       (``strategy.blocks``); other exceptions reach the user as a
       :class:`~thawkit.PluginError` naming the plugin and the strategy.

@@ -109,6 +109,11 @@ def test_bad_parameters_are_refused_naming_the_field():
         thawkit.adapt(resnet18(), "lora", num_classes=3, blocks=9)
     with pytest.raises(thawkit.UnknownNameError, match="layer9"):
         thawkit.adapt(resnet18(), "lora", num_classes=3, blocks=["layer9"])
+    adapted = thawkit.adapt(resnet18(), "lora", num_classes=3, blocks=1)
+    again = thawkit.adapt(adapted.model, "lora", blocks=1)       # the same adapters: kept as they are
+    assert adapter_params(again.model) == adapter_params(adapted.model)
+    with pytest.raises(thawkit.ConfigError, match="already has PEFT adapters"):
+        thawkit.adapt(adapted.model, "loha")
 
 
 def test_without_peft_the_error_names_the_extra(monkeypatch):
@@ -289,3 +294,14 @@ def test_plan_command_lists_adapters_on_the_meta_device(tmp_path, capsys):
     assert "5 lora adapters (rank 4, alpha 16)" in out and "layer4.0.downsample.0" in out
     assert main(["plan", str(recipe), "--set", "strategy.targets=mlp"]) == 2
     assert "'mlp' matches no layer of torchvision:resnet18" in capsys.readouterr().err
+
+
+def test_feature_cache_below_the_adapters_equals_the_uncached_run(tmp_path, data):
+    from test_train_cache import assert_close_runs, run
+
+    pm = thawkit.get_plugin_manager(entrypoints=False)
+    sections = {"strategy": {"name": "lora", "rank": 2, "blocks": 1}, "optimizer": {"lr": 0.05}}
+    cached, lines = run(tmp_path, data, pm, "cached", train={"epochs": 2}, **sections)
+    plain, _ = run(tmp_path, data, pm, "plain", train={"epochs": 2, "cache": "off"}, **sections)
+    assert "; cache on for epochs 1-2: features below 'block3'" in lines[0]
+    assert_close_runs(plain, cached)
