@@ -13,6 +13,10 @@ checkpoints, resume and predict work as for any strategy: the recipe's strategy 
 same adapters before the weights are loaded. :func:`merge_adapters` folds them into the base
 layers (PEFT's merge), leaving the plain architecture's layer names; :func:`save_adapters`
 writes them in PEFT's format.
+
+Only layers the forward pass calls get adapters (:func:`called_layers`). PEFT's LoRA for a
+whole ``nn.MultiheadAttention`` is not used: it adds the update to the frozen weights and
+subtracts it at every forward, and the float rounding changes them (frozen means bit-identical).
 """
 from __future__ import annotations
 
@@ -107,11 +111,10 @@ def _role(path: str) -> str:
     return "mlp"
 
 
-def candidate_layers(model: nn.Module, layout: Any, blocks: list[Any], *,
-                     whole_mha: bool) -> dict[str, list[str]]:
+def candidate_layers(model: nn.Module, layout: Any, blocks: list[Any]) -> dict[str, list[str]]:
     """Module paths per target kind within ``blocks``: ``attention`` (linear layers under an
-    attention module, or whole ``nn.MultiheadAttention`` when ``whole_mha``), ``mlp`` (the
-    other linear layers) and ``conv`` (2-D convolutions without groups)."""
+    attention module), ``mlp`` (the other linear layers) and ``conv`` (2-D convolutions without
+    groups)."""
     from torch import nn
 
     block_of = layout.block_of()
@@ -122,34 +125,67 @@ def candidate_layers(model: nn.Module, layout: Any, blocks: list[Any], *,
         own = [n for n, _ in module.named_parameters(recurse=False)]
         if not own or block_of.get(f"{path}.{own[0]}" if path else own[0]) not in names:
             continue
-        in_mha = any(path.startswith(p + ".") for p in mha)
-        if isinstance(module, nn.MultiheadAttention):
-            if whole_mha:
-                out["attention"].append(path)
-        elif isinstance(module, nn.Linear):
-            if not (in_mha and whole_mha):
-                out["attention" if in_mha or _role(path) == "attention" else "mlp"].append(path)
+        if isinstance(module, nn.Linear):
+            in_mha = any(path.startswith(p + ".") for p in mha)
+            out["attention" if in_mha or _role(path) == "attention" else "mlp"].append(path)
         elif isinstance(module, nn.Conv2d) and module.groups == 1:
             out["conv"].append(path)
     return out
 
 
-def resolve_targets(model: nn.Module, layout: Any, params: AdapterParams, *,
-                    whole_mha: bool) -> list[str]:
+def called_layers(model: nn.Module, paths: list[str]) -> set[str] | None:
+    """Which of ``paths`` the model's forward calls, from one forward pass in eval mode on zeros
+    of the input size the model expects (on the meta device for a meta model); ``None`` when that
+    forward fails. A layer whose weight the forward uses directly (``nn.MultiheadAttention``'s
+    ``out_proj``, torchvision's Swin attention) is not called, and an adapter there would not act."""
+    import torch
+
+    from thawkit import data_config
+
+    called: set[str] = set()
+    handles = [model.get_submodule(p).register_forward_pre_hook(
+        lambda m, args, p=p: called.add(p)) for p in paths]
+    modes = {m: m.training for m in model.modules()}
+    first = next(model.parameters())
+    try:
+        x = torch.zeros(1, *data_config(model).input_size, device=first.device, dtype=first.dtype)
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    except Exception:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    return called
+
+
+def resolve_targets(model: nn.Module, layout: Any, params: AdapterParams) -> list[str]:
     """The full module names that get adapters (PEFT's ``target_modules``)."""
     blocks = chosen_blocks(layout, params.blocks)
-    found = candidate_layers(model, layout, blocks, whole_mha=whole_mha)
+    found = candidate_layers(model, layout, blocks)
+    called = called_layers(model, [p for paths in found.values() for p in paths])
+    bypassed = {k: [p for p in v if p not in called] for k, v in found.items()} if called is not None \
+        else dict.fromkeys(found, [])
+    found = {k: [p for p in v if p not in bypassed[k]] for k, v in found.items()}
     found["all-linear"] = found["attention"] + found["mlp"]
+    bypassed["all-linear"] = bypassed["attention"] + bypassed["mlp"]
     choice = params.targets
     if choice == "auto":
         choice = next((k for k in ("attention", "all-linear", "conv") if found[k]), "attention")
     targets = found[choice]
     if not targets:
         have = ", ".join(f"{k} ({len(v)})" for k, v in found.items() if v and k != "all-linear")
+        skipped = bypassed[choice]
         raise ConfigError(
             f"strategy.targets: {params.targets!r} matches no layer of {model_name(model)} in "
             f"blocks {', '.join(b.name for b in blocks)}; "
             + (f"they have {have}" if have else "they have no linear or convolution layers")
+            + (f" ({len(skipped)} {choice} layers such as {skipped[0]} are not called by the "
+               "forward pass, which uses their weights directly, as nn.MultiheadAttention does: "
+               "an adapter there would not act)" if skipped else "")
             + "; choose another targets or blocks")
     return sorted(targets)
 
@@ -194,7 +230,6 @@ class AdapterStrategy(Strategy):
 
     Params = AdapterParams
     params: AdapterParams
-    whole_mha: bool = False            # the tuner adapts nn.MultiheadAttention as a whole
 
     def __init__(self, params: StrategyParams | None = None) -> None:
         _peft(self.name)
@@ -222,7 +257,7 @@ class AdapterStrategy(Strategy):
         if mark is not None or adapter_layers(model):
             raise ConfigError(f"strategy {self.name!r}: {model_name(model)} already has PEFT "
                               "adapters; adapt a model without them")
-        targets = resolve_targets(model, layout, self.params, whole_mha=self.whole_mha)
+        targets = resolve_targets(model, layout, self.params)
         peft.inject_adapter_in_model(self.peft_config(targets), model, adapter_name=ADAPTER)
         setattr(model, _MARK, self._mark())
         return model
@@ -258,7 +293,6 @@ class AdapterStrategy(Strategy):
 class LoRA(AdapterStrategy):
     name = "lora"
     description = "LoRA adapters (PEFT) on the chosen layers, plus the head; the base stays frozen."
-    whole_mha = True
     config = ("LoraConfig", "lora_alpha", "lora_dropout")
 
 

@@ -92,12 +92,15 @@ def test_convnext_and_torchvision_vit():
     # the depthwise convolutions are left out (PEFT cannot merge LoRA on grouped convolutions)
     assert adapted_layers(timm_convnext(), targets="conv", blocks=1) == layers(plain, nn.Conv2d, ["stages.3"])
     assert not any(".conv_dw" in p for p in adapted_layers(timm_convnext(), targets="conv"))
-    # torchvision's ViT: LoRA adapts nn.MultiheadAttention whole (PEFT adds one to its out_proj)
-    found = adapted_layers(tv_vit(), targets="attention", blocks=1)
-    assert found == {"encoder.layers.encoder_layer_1.self_attention",
-                     "encoder.layers.encoder_layer_1.self_attention.base_layer.out_proj"}
-    assert adapted_layers(tv_vit(), "loha", targets="attention", blocks=1) == \
-        {"encoder.layers.encoder_layer_1.self_attention.out_proj"}
+    # torchvision's ViT: nn.MultiheadAttention uses its out_proj's weight without calling it, so
+    # an adapter there would never act; all-linear leaves it out, attention names why
+    plain = tv_vit()
+    assert adapted_layers(tv_vit(), targets="all-linear", blocks=1) == \
+        {p for p in layers(plain, nn.Linear, ["encoder.layers.encoder_layer_1"]) if ".mlp." in p}
+    with pytest.raises(thawkit.ConfigError, match=r"'attention' matches no layer of VisionTransformer "
+                       r"in blocks encoder_layer_1; they have mlp \(2\) \(1 attention layers such as "
+                       r"encoder.layers.encoder_layer_1.self_attention.out_proj are not called"):
+        thawkit.adapt(tv_vit(), "lora", num_classes=3, targets="attention", blocks=1)
 
 
 def test_bad_parameters_are_refused_naming_the_field():
@@ -132,8 +135,12 @@ def test_without_peft_the_error_names_the_extra(monkeypatch):
 
 
 # ------------------------------------------------------------------ training, groups, plan
-def test_frozen_base_stays_bit_identical_head_and_adapters_train():
-    adapted = thawkit.adapt(resnet18(), "lora", num_classes=3, rank=2, blocks=1, dropout=0.1)
+@pytest.mark.parametrize("build, block", [(resnet18, "layer4"), (tv_vit, "encoder_layer_1")],
+                         ids=["resnet18-batchnorm", "torchvision-vit-multiheadattention"])
+def test_frozen_base_stays_bit_identical_head_and_adapters_train(build, block):
+    """Every adapter moves (none sits on a layer the forward bypasses), nothing else does."""
+    adapted = thawkit.adapt(build(), "lora", num_classes=3, rank=2, blocks=1, dropout=0.1,
+                            targets="all-linear" if block != "layer4" else "auto")
     model = adapted.model
     names = {n for names in adapter_params(model).values() for n in names}
     head = set(adapted.layout.head.params)
@@ -151,9 +158,9 @@ def test_frozen_base_stays_bit_identical_head_and_adapters_train():
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved == names | head      # BatchNorm statistics and every base weight: bit-identical
     groups = {g["name"]: g for g in opt.param_groups}
-    assert sorted(groups) == ["head", "head.no_decay", "layer4.lora.no_decay"]
-    assert groups["layer4.lora.no_decay"]["weight_decay"] == 0.0
-    assert {id(p) for p in groups["layer4.lora.no_decay"]["params"]} == \
+    assert set(groups) == {"head", "head.no_decay", f"{block}.lora.no_decay"}
+    assert groups[f"{block}.lora.no_decay"]["weight_decay"] == 0.0
+    assert {id(p) for p in groups[f"{block}.lora.no_decay"]["params"]} == \
         {id(p) for n, p in model.named_parameters() if n in names}
 
 
