@@ -298,7 +298,8 @@ class LoRA(AdapterStrategy):
 
 class LoHa(AdapterStrategy):
     name = "loha"
-    description = "LoHa adapters (PEFT, Hadamard product of low-rank pairs) on the chosen layers, plus the head."
+    description = ("LoHa adapters (PEFT, Hadamard product of low-rank pairs) on the chosen layers, "
+                   "plus the head.")
 
 
 class LoKr(AdapterStrategy):

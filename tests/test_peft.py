@@ -63,7 +63,8 @@ def adapted_layers(model, strategy="lora", **params):
 def test_resnet_conv_targets_per_block_choice():
     plain = resnet18()
     assert adapted_layers(resnet18(), rank=2) == layers(plain, nn.Conv2d, [f"layer{i}" for i in range(1, 5)])
-    assert adapted_layers(resnet18(), rank=2, targets="conv", blocks=1) == layers(plain, nn.Conv2d, ["layer4"])
+    assert adapted_layers(resnet18(), rank=2, targets="conv", blocks=1) == \
+        layers(plain, nn.Conv2d, ["layer4"])
     assert adapted_layers(resnet18(), "loha", rank=2, blocks=["layer1", "layer3"]) == \
         layers(plain, nn.Conv2d, ["layer1", "layer3"])
     with pytest.raises(thawkit.ConfigError, match=r"'attention' matches no layer of ResNet in blocks "
