@@ -245,10 +245,17 @@ def test_train_resume_predict_and_both_exports(tmp_path, data, capsys):
     from thawkit.plugins.train import resume, train
     from thawkit.plugins.train.inference import load_run_model, predict
 
+    from safetensors.torch import save_file
+    from thawkit.plugins.train.demo_model import small_cnn
+
     pm = thawkit.get_plugin_manager(entrypoints=False)
+    base_file = tmp_path / "base.safetensors"        # the "pretrained" base
+    torch.manual_seed(5)
+    save_file(small_cnn(width=4).state_dict(), str(base_file))
+    sections = {**LORA, "backbone": {"weights": str(base_file)}}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert train(load(recipe_dict(data, straight, **LORA), pm), pm=pm, log=print).status == "finished"
-    assert train(load(recipe_dict(data, stopped, **LORA), pm), pm=pm, log=print,
+    assert train(load(recipe_dict(data, straight, **sections), pm), pm=pm, log=print).status == "finished"
+    assert train(load(recipe_dict(data, stopped, **sections), pm), pm=pm, log=print,
                  stop_after=1).status == "stopped"
     assert resume(stopped, pm=pm, log=print).status == "finished"
     assert_same_run(straight, stopped)
@@ -271,14 +278,16 @@ def test_train_resume_predict_and_both_exports(tmp_path, data, capsys):
     assert "PEFT" in capsys.readouterr().out
     out = tmp_path / "peft"
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    base, _ = thawkit.replace_head(thawkit.load_backbone(config["spec"], **config["load_options"]), 3)
-    base_state = {k.replace(".base_layer", ""): v for k, v in run.model.state_dict().items()
-                  if "lora_" not in k}
-    base.load_state_dict(base_state)                  # the frozen base: its pretrained weights
+    from thawkit.plugins.train.adapter_export import load_adapter_export
     from thawkit.plugins.weights import read_weights
+
+    rebuilt, adapter_config = load_adapter_export(out)
+    assert adapter_config["base_load_options"]["weights"] == str(base_file)
+    base, _ = thawkit.replace_head(thawkit.load_backbone(config["spec"], weights=str(base_file), width=4), 3)
     base.load_state_dict(read_weights(out / "head.safetensors"), strict=False)
     loaded = peft.PeftModel.from_pretrained(base, str(out)).eval()
     with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), run.model(x), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(loaded(x), run.model(x), rtol=1e-5, atol=1e-6)
 
     # errors: one file without --merge, --merge on a run without adapters
