@@ -7,8 +7,9 @@
 * ``config.json``: the backbone spec, its load options (the base weights) and the classes.
 
 :func:`load_adapter_export` rebuilds the model from it: the base as ``config.json`` says, the
-new head, then the adapters. ``--merge`` (``export_run(..., merge=True)``) instead folds the adapters into the base layers
-(:func:`thawkit.plugins.adapters.merge_adapters`) and writes plain weights that
+new head, then the adapters. ``--merge`` (``export_run(..., merge=True)``) instead folds the
+adapters into the base layers (:func:`thawkit.plugins.adapters.merge_adapters`) and writes
+plain weights that
 ``thawkit.load_backbone`` loads into the plain architecture, checked to give the adapter
 model's logits.
 """
