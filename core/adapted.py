@@ -156,7 +156,7 @@ class Adapted:
         with self.pm.guard(self._owner, f"strategy {self.strategy.name!r}: lr_scales()"):
             scales = self.strategy.lr_scales(self.layout, self.model)
         self._groups = build_groups(self.model, self.layout, self.ever_trainable, config, self.pm,
-                                    scales)
+                                    scales, tag_of=self.strategy.group_of)
         self.optimizer_settings = config
         return torch_param_groups(self.model, self._groups)
 
@@ -223,9 +223,10 @@ class Adapted:
             "min_scale": c.min_scale, "head_lr_mult": c.head_lr_mult, "lrs": c.lrs, "kwargs": c.kwargs,
             "groups": [{"name": g.name, "block": g.block, "lr": g.lr, "weight_decay": g.weight_decay,
                         "params": len(g.params)} for g in self._groups]}
+        notes, details = self.strategy.describe(self.model)
         plan = Plan(strategy=self.strategy.name, params=self.strategy.params.model_dump(mode="json"),
                     norm=self.norm, optimizer=optimizer, phase=self.phase, phases=phases,
-                    blocks=blocks, rows=rows)
+                    blocks=blocks, rows=rows, notes=notes, details=details)
         return plan.check([n for n, _ in self.model.named_parameters()])
 
     # ------------------------------------------------------------- state

@@ -104,6 +104,11 @@ def adapt(model: nn.Module, strategy: str | Strategy, *, num_classes: int | None
         model, layout = replace_head(model, num_classes, dropout=dropout, keep_aux=keep_aux, pm=pm)
     else:
         layout = describe_layout(model, pm=pm)
+    entry = pm.strategies.entries.get(chosen.name)
+    with pm.guard(entry.plugin if entry else None, f"strategy {chosen.name!r}: prepare()"):
+        prepared = chosen.prepare(model, layout)
+    if prepared is not None:
+        model, layout = prepared, describe_layout(prepared, pm=pm)
     adapted = Adapted(model, layout, chosen, pm=pm)
     pm.hook.thawkit_adapted(adapted=adapted)
     return adapted

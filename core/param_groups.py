@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -140,9 +140,11 @@ def lr_scales(model: nn.Module, layout: Layout, config: OptimizerSettings,
 
 
 def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], config: OptimizerSettings,
-                 pm: ThawkitPluginManager, extra: dict[str, float] | None = None) -> list[GroupSpec]:
+                 pm: ThawkitPluginManager, extra: dict[str, float] | None = None,
+                 tag_of: Callable[[str], str | None] = lambda name: None) -> list[GroupSpec]:
     """Groups over ``trainable`` (every parameter that trains in any phase), each exactly once;
-    ``extra``: a strategy's own lr factors by parameter name (:meth:`Strategy.lr_scales`)."""
+    ``extra``: a strategy's own lr factors by parameter name (:meth:`Strategy.lr_scales`);
+    ``tag_of(name)`` puts a parameter in a group of its own in its block (``layer4.lora``)."""
     block_names = [b.name for b in layout.all_blocks]
     for block_name in config.lrs:
         if block_name not in block_names:
@@ -150,7 +152,7 @@ def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], con
     trainable = set(trainable)
     scales = lr_scales(model, layout, config, pm)
     no_decay = no_decay_names(model, pm)
-    groups: dict[tuple[str, float, bool], GroupSpec] = {}
+    groups: dict[tuple[str, float, bool, str | None], GroupSpec] = {}
     lrs_in_block: dict[str, list[float]] = {}
     for block in layout.all_blocks:
         for name in block.params:
@@ -165,14 +167,14 @@ def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], con
             seen = lrs_in_block.setdefault(block.name, [])
             if lr not in seen:
                 seen.append(lr)
-            key = (block.name, lr, decay)
+            key = (block.name, lr, decay, tag_of(name))
             if key not in groups:
                 groups[key] = GroupSpec("", block.name, lr, config.weight_decay if decay else 0.0, [])
             groups[key].params.append(name)
-    for (block_name, lr, decay), spec in groups.items():
+    for (block_name, lr, decay, tag), spec in groups.items():
         many = len(lrs_in_block[block_name]) > 1
         spec.name = block_name + (f".{lrs_in_block[block_name].index(lr)}" if many else "") + \
-            ("" if decay else ".no_decay")
+            (f".{tag}" if tag else "") + ("" if decay else ".no_decay")
     ordered = sorted(groups.values(), key=lambda g: (block_names.index(g.block),
                                                      lrs_in_block[g.block].index(g.lr),
                                                      g.name.endswith(".no_decay")))

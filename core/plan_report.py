@@ -50,6 +50,8 @@ class Plan:
     phases: list[PhaseRow]
     blocks: list[BlockRow]
     rows: list[ParamRow] = field(repr=False)
+    notes: list[str] = field(default_factory=list)           # the strategy's lines below the table
+    details: dict[str, Any] = field(default_factory=dict)    # the strategy's data, in to_dict()
 
     # ------------------------------------------------------------ checks
     def check(self, all_names: list[str]) -> Plan:
@@ -81,7 +83,7 @@ class Plan:
             "total_params": self.total, "trainable_params": self.trainable,
             "phases": [asdict(p) for p in self.phases],
             "blocks": [asdict(b) for b in self.blocks],
-            "parameters": [asdict(r) for r in self.rows],
+            "parameters": [asdict(r) for r in self.rows], **self.details,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -120,7 +122,7 @@ class Plan:
         widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
         fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines = [head, fmt.format(*cols), fmt.format(*["-" * w for w in widths])]
-        lines += [fmt.format(*r) for r in rows]
+        lines += [fmt.format(*r) for r in rows] + self.notes
         return "\n".join(line.rstrip() for line in lines)
 
 

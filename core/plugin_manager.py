@@ -52,6 +52,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.strategy.bitfit": "thawkit.plugins.strategies.bitfit",
     "thawkit.strategy.norm_only": "thawkit.plugins.strategies.norm_only",
     "thawkit.strategy.lp_ft": "thawkit.plugins.strategies.lp_ft",
+    "thawkit.adapters": "thawkit.plugins.adapters",
     "thawkit.train": "thawkit.plugins.train.plugin",
     "thawkit.schedules": "thawkit.plugins.train.schedules",
     "thawkit.commands": "thawkit.plugins.commands",

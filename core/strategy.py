@@ -75,6 +75,8 @@ class Strategy:
     * ``layout.thaw_order`` lists units (blocks that thaw together) for gradual
       unfreezing: ``[head, neck]``, the blocks from last to first, then ``[stem]``.
     * Optional :meth:`lr_scales`: ``{param_name: factor}`` (model names, factors > 0).
+    * Optional: :meth:`prepare` adds modules (adapters) before the phases; :meth:`describe`
+      adds lines to the plan; :meth:`group_of` names a parameter's optimizer group.
     * A user's bad parameters raise :class:`~thawkit.ConfigError` naming the field
       (``strategy.blocks``); other exceptions reach the user as a
       :class:`~thawkit.PluginError` naming the plugin and the strategy.
@@ -117,6 +119,19 @@ class Strategy:
         """Learning-rate factors ``{param_name: factor}`` multiplied into the groups' rates (like
         layer decay; ``optimizer.lrs`` still wins for the blocks it names). Default: none."""
         return {}
+
+    def prepare(self, model: nn.Module, layout: Layout) -> nn.Module | None:
+        """Change the model (with its new head) before :meth:`phases`, e.g. add adapter modules;
+        return it (core describes its layout again) or ``None`` (the default: no change)."""
+        return None
+
+    def describe(self, model: nn.Module) -> tuple[list[str], dict[str, Any]]:
+        """Extra lines for the plan's table and extra data for its JSON (default: none)."""
+        return [], {}
+
+    def group_of(self, param: str) -> str | None:
+        """A name for the optimizer group of ``param`` within its block (default: none)."""
+        return None
 
     @classmethod
     def summary(cls) -> str:

@@ -45,7 +45,12 @@ STRATEGY_CASES = {
     "lp-ft": {"params": [{}, {"probe_epochs": 3, "blocks": 2, "backbone_lr_scale": 0.5},
                          {"norm": "affine"}],
               "bad_params": [{"probe_epochs": 0}, {"blocks": 99}, {"backbone_lr_scale": 0}]},
+    "lora": {"params": [{}, {"rank": 2, "blocks": 1, "dropout": 0.1, "norm": "affine"}],
+             "bad_params": [{"rank": 0}, {"blocks": 99}, {"targets": "mlp", "blocks": ["stem"]}]},
+    "loha": {"params": [{"rank": 2}]},
+    "lokr": {"params": [{"rank": 2, "blocks": ["layer2"]}]},
 }
+ADAPTERS = ("lora", "loha", "lokr")     # need the peft extra
 
 
 def test_every_builtin_strategy_is_listed_here(pm):
@@ -54,6 +59,8 @@ def test_every_builtin_strategy_is_listed_here(pm):
 
 @pytest.mark.parametrize("name", sorted(STRATEGY_CASES))
 def test_builtin_strategy_passes_the_kit(pm, name):
+    if name in ADAPTERS:
+        pytest.importorskip("peft")
     report = check_strategy(pm.strategies.get(name), pm=pm, **STRATEGY_CASES[name])
     assert len(report.findings) > 30
 

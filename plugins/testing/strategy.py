@@ -110,14 +110,21 @@ def _with_strategy(strategy: type[Strategy], pm: ThawkitPluginManager | None) ->
     return pm
 
 
-def prepared(case: ModelCase, pm: ThawkitPluginManager) -> tuple[Any, Any]:
-    """A fresh model of ``case`` with its new head, and its layout."""
+def prepared(case: ModelCase, pm: ThawkitPluginManager,
+             instance: Strategy | None = None) -> tuple[Any, Any]:
+    """A fresh model of ``case`` with its new head (and what ``instance.prepare`` adds), and its
+    layout."""
     import thawkit
 
     model = case.build()
     if case.num_classes is not None:
-        return thawkit.replace_head(model, case.num_classes, pm=pm)
-    return model, thawkit.describe_layout(model, pm=pm)
+        model, layout = thawkit.replace_head(model, case.num_classes, pm=pm)
+    else:
+        layout = thawkit.describe_layout(model, pm=pm)
+    grown = instance.prepare(model, layout) if instance is not None else None
+    if grown is not None:
+        model, layout = grown, thawkit.describe_layout(grown, pm=pm)
+    return model, layout
 
 
 def _refuses(name: str, bad: dict[str, Any], case: ModelCase, pm: ThawkitPluginManager,
@@ -149,7 +156,7 @@ def _check_on(report: Report, where: str, instance: Strategy, case: ModelCase,
 
     with report.checking(f"model {case.name}", "takes a new head and is described",
                          "the models a strategy is checked on load, take a head and have a layout") as c:
-        model, layout = prepared(case, pm)
+        model, layout = prepared(case, pm, instance)
     if not c.passed:
         return
     before = snapshot(model)

@@ -73,8 +73,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export_run
 
     weights, config = export_run(args.run_dir, args.out, best=args.best, force=args.force,
-                                 pm=args.pm, wise=args.wise)
+                                 merge=args.merge, pm=args.pm, wise=args.wise)
     print(f"wrote {weights} and {config}")
+    if weights.name == "adapter_model.safetensors":
+        print("adapters in PEFT's format (see docs/training.md); --merge writes plain weights")
+        return 0
     print("rebuild with: thawkit.load_backbone(config['spec'], weights=WEIGHTS, "
           "**config['load_options'])")
     return 0
@@ -150,4 +153,6 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--wise", type=float, metavar="ALPHA",
                    help="WiSE-FT: interpolate the backbone with the run's starting weights, "
                         "(1-ALPHA)*start + ALPHA*fine-tuned (0..1); the head stays fine-tuned")
+    p.add_argument("--merge", action="store_true",
+                   help="adapter runs (lora, ...): merge the adapters into plain weights")
     p.set_defaults(func=cmd_export)

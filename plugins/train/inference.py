@@ -128,12 +128,16 @@ def _plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[st
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, force: bool = False,
-               pm: ThawkitPluginManager | None = None, wise: float | None = None) -> tuple[Path, Path]:
+               merge: bool = False, pm: ThawkitPluginManager | None = None,
+               wise: float | None = None) -> tuple[Path, Path]:
     """Write standalone weights and their config; returns ``(weights_path, config_path)``.
 
     ``out``: a ``.safetensors`` path (config beside it, ``.json``) or a directory
     (``model.safetensors`` and ``config.json`` inside). ``wise``: WiSE-FT, the backbone
-    interpolated with the run's starting weights at this alpha (:mod:`.wise`).
+    interpolated with the run's starting weights at this alpha (:mod:`.wise`). A run with
+    adapters (``lora``, ...) writes them in PEFT's format into the directory ``out`` (see
+    :func:`thawkit.plugins.train.adapter_export.export_adapters`), or, with ``merge=True``,
+    merged into the base layers as plain weights, checked against the adapter model's logits.
     """
     import torch
     from thawkit import load_backbone
@@ -148,12 +152,19 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     if existing and not force:
         raise ConfigError(f"export: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''};"
                           " choose another OUT or pass --force to overwrite")
-    if wise is None:
-        run = load_run_model(run_dir, best=best, pm=pm)
-    else:
-        from .wise import wise_model
+    from .adapter_export import export_adapters, has_adapters, merge_run
 
-        run = wise_model(run_dir, wise, best=best, pm=pm)
+    run = load_run_model(run_dir, best=best, pm=pm)
+    if wise is not None:
+        if has_adapters(run.model):
+            raise ConfigError(f"export --wise: run {str(run_dir)!r} trains adapters "
+                              f"({run.recipe.strategy.name}): its base weights never moved, so "
+                              "WiSE-FT has nothing to interpolate; export without --wise")
+        from ..wise import interpolate
+        from .wise import start_state
+
+        start = start_state(run_dir, pm=pm)
+        run.model.load_state_dict(interpolate(start, run.model.state_dict(), wise, head=run.layout))
     recipe = run.recipe
     options = {**recipe.backbone.kwargs, "num_classes": len(run.classes)}
     config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,
@@ -161,6 +172,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
               "source_run": str(Path(run_dir)), "source_weights": run.weights.name,
               "epochs": len(read_jsonl(Path(run_dir) / "metrics.jsonl")),
               **({"wise_alpha": float(wise)} if wise is not None else {})}
+    if has_adapters(run.model) and not merge:
+        return export_adapters(run, out, config, force=force)
+    reference = merge_run(run) if merge else run.model   # merge: a copy of the unmerged model
     state = _plain_head(run.model, run.layout, run.model.state_dict())
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     trial = weights_path.with_name(f".{weights_path.stem}.check.safetensors")
@@ -176,7 +190,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(2, 3, run.prep.image_size, run.prep.image_size, generator=gen)
         with torch.no_grad():
-            same = torch.allclose(rebuilt(x), run.model(x), rtol=1e-5, atol=1e-6)
+            same = torch.allclose(rebuilt(x), reference(x), rtol=1e-5, atol=1e-5 if merge else 1e-6)
         if not same:
             raise ExportError(f"export: the model that load_backbone({config['spec']!r}) rebuilds "
                               "from the exported weights gives other logits than the trained model")
