@@ -261,7 +261,8 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(tmp_path, pm)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (tmp_path / "run" / "model.safetensors").exists()
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "diverged"
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "failed" and "epoch 2, step 3" in status["message"]
 
 
 # --------------------------------------------------------- predict, export

@@ -152,27 +152,70 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     def save(self) -> None:
+        self._check_finite()
         save_checkpoint(self.s.run_dir, self.checkpoint_state())
+
+    def _check_finite(self, val: dict[str, float] | None = None) -> None:
+        """A :class:`DivergedError` when the validation loss or a weight is NaN or infinite:
+        non-finite weights are never saved, as checkpoint, best or final weights."""
+        import torch
+
+        st = self.state
+        if val is not None and not math.isfinite(val["val_loss"]):
+            what = f"the validation loss is {val['val_loss']} after epoch {st.epoch + 1}"
+        else:
+            bad = [k for k, v in self.s.model.state_dict().items()
+                   if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if not bad:
+                return
+            what = (f"{len(bad)} tensor{'s' if len(bad) > 1 else ''} of the model "
+                    f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) hold NaN or infinite "
+                    f"values in epoch {st.epoch + 1}")
+        raise DivergedError(f"{what}; the run stopped and keeps its last good checkpoint "
+                            f"({self._last_good()}), nothing of this epoch was saved; lower "
+                            "optimizer.lr, set train.grad_clip, or check the data")
 
     # ------------------------------------------------------------- loop
     def fit(self) -> Outcome:
+        """Run (or finish) the run; ``run.json`` ends ``finished``, ``stopped``, ``interrupted``
+        or ``failed`` (with the reason) however it ends, as long as the directory is writable."""
         self._status("running")
         try:
             with _sigint_to_flag(self):
                 outcome = self._run()
-        except DivergedError as exc:
-            self._status("diverged", str(exc))
-            self._plot()
-            raise
         except DataError as exc:
             msg = _worker_message(exc)
-            self._status("failed", msg)
+            self._ended("failed", msg)
             raise DataError(msg) from None
+        except ThawkitError as exc:
+            self._ended("failed", str(exc))
+            raise
+        except KeyboardInterrupt:
+            self._ended("interrupted", "aborted by a second Ctrl-C; the last checkpoint is kept; "
+                        f"continue with: thawkit train --resume {self.s.run_dir}")
+            raise
+        except OSError as exc:
+            from .rundir import RunDirError, describe_os_error
+
+            msg = f"the run stopped: {describe_os_error(exc)}; the last checkpoint is kept"
+            self._ended("failed", msg)
+            raise RunDirError(exc.errno, msg) from exc
+        except Exception as exc:
+            self._ended("failed", f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             self.pipeline.close()
         self._status(outcome.status, outcome.message)
         self._plot()
         return outcome
+
+    def _ended(self, status: str, message: str) -> None:
+        """Record how a run ended badly, if the directory still takes writes."""
+        try:
+            self._status(status, message)
+            self._plot()
+        except Exception:  # noqa: BLE001 - a full or read-only disk: the error already says so
+            pass
 
     def _run(self) -> Outcome:
         s, st = self.s, self.state
@@ -189,6 +232,7 @@ class Trainer:
             self.log(self._line(record))
             if self.interrupt_requested and st.epoch < s.epochs:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
+        self._check_finite()
         save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
         best = f"; best val top-1 {100 * st.best_top1:.2f}% at epoch {st.best_epoch + 1}" \
             if st.best_epoch >= 0 else ""
@@ -281,6 +325,7 @@ class Trainer:
         s, st = self.s, self.state
         started = time.perf_counter()
         val = self.evaluate()
+        self._check_finite(val)
         if s.interval == "epoch":
             from torch.optim.lr_scheduler import ReduceLROnPlateau
 
