@@ -418,3 +418,27 @@ def test_skipped_files_one_class_and_val_equal_to_train_are_reported(tmp_path):
     single = scan_folder(str(one), "data.train")
     assert any("single class" in n for n in data_warnings(single, scan_folder(str(root), "v")))
     assert not any("same directory" in n for n in data_warnings(train, single))
+
+
+def test_resume_with_a_checkpoint_that_does_not_fit_is_one_error(tmp_path, finished, capsys):
+    import torch
+    from thawkit.plugins.train.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "model.safetensors").unlink()
+    ckpt = load_checkpoint(run)
+    ckpt["model"]["fc.weight"] = torch.zeros(7, 1)
+    torch.save(ckpt, run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run)]) == 2
+    one_error(capsys, run / "checkpoint.pt", "does not fit")
+
+
+def test_only_rank_0_of_a_distributed_job_takes_the_lock(tmp_path, monkeypatch):
+    from thawkit.plugins.train.rundir import RunDirError, run_lock
+
+    with run_lock(tmp_path), pytest.raises(RunDirError, match="in use"), run_lock(tmp_path):
+        pass  # a second lock on the directory, even from this process, is refused
+    monkeypatch.setenv("RANK", "1")
+    with run_lock(tmp_path), run_lock(tmp_path):
+        pass

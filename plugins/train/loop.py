@@ -140,16 +140,26 @@ class Trainer:
 
     def restore(self) -> None:
         """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
+        from .checkpoint import CHECKPOINT, CheckpointError
+
         s = self.s
         ckpt = load_checkpoint(s.run_dir)
-        s.model.load_state_dict(ckpt["model"])
-        s.optimizer.load_state_dict(ckpt["optimizer"])
-        s.scheduler.load_state_dict(ckpt["scheduler"])
-        s.scaler.load_state_dict(ckpt["scaler"])
-        s.adapted.load_state_dict(ckpt["strategy"])
-        self.state = Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), **ckpt["progress"])
+        try:
+            s.model.load_state_dict(ckpt["model"])
+            s.optimizer.load_state_dict(ckpt["optimizer"])
+            s.scheduler.load_state_dict(ckpt["scheduler"])
+            s.scaler.load_state_dict(ckpt["scaler"])
+            s.adapted.load_state_dict(ckpt["strategy"])
+            self.state = Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), **ckpt["progress"])
+            set_rng_state(ckpt["rng"])
+        except ThawkitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise CheckpointError(f"checkpoint {str(s.run_dir / CHECKPOINT)!r} does not fit the run "
+                                  f"its recipe.yaml describes ({type(exc).__name__}: {first}); it was "
+                                  "changed, or the recipe was") from None
         truncate_metrics(s.run_dir / METRICS, self.state.epoch)
-        set_rng_state(ckpt["rng"])
 
     def save(self) -> None:
         self._check_finite()

@@ -87,10 +87,14 @@ def make_run_dir(run_dir: Path, field: str = "train.output") -> bool:
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/run.lock`` exclusively for the block; a :class:`RunDirError` naming the
-    holder when another process has it. On platforms without ``fcntl`` no lock is taken."""
+    holder when another process has it. On platforms without ``fcntl`` no lock is taken; in a
+    distributed job (``RANK`` set) only rank 0, the one that writes the directory, takes it."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    if os.environ.get("RANK", "0") != "0":
         yield
         return
     path = run_dir / LOCK_FILE
