@@ -101,22 +101,28 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     with disk_errors("write", path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if _flock(fcntl, fd):
+            with disk_errors("write", path):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+        else:
             holder = _read_holder(fd)
             raise RunDirError(errno.EBUSY, f"{str(run_dir)!r} is in use by another thawkit process"
                               f"{f' (pid {holder})' if holder else ''}, which holds {str(path)!r}; "
-                              "wait for it to end (or stop it), or choose another --output") from None
-        with disk_errors("write", path):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+                              "wait for it to end (or stop it), or choose another --output")
+        yield  # the lock goes with the file descriptor: closing it (or exiting) releases it
     finally:
         os.close(fd)
+
+
+def _flock(fcntl: Any, fd: int) -> bool:
+    """Lock ``fd`` exclusively; False when another process holds it. A file system without
+    ``flock`` (some network mounts) counts as locked: the run goes on unlocked, as before."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    return True
 
 
 def _read_holder(fd: int) -> str:

@@ -212,8 +212,8 @@ def _preprocess_problem(prep: dict[str, Any]) -> str | None:
 
     for key in ("image_size", "resize"):
         v = prep.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16384:
-            return f"{key} must be an integer from 1 to 16384, got {str(v)[:40]}"
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+            return f"{key} must be an integer from 1 to 4096, got {str(v)[:40]}"
     for key in ("mean", "std"):
         v = prep.get(key)
         if not isinstance(v, list) or len(v) != 3 or not all(
