@@ -1,13 +1,18 @@
-"""Real signals: ``thawkit train`` in a subprocess killed with SIGKILL (at a random step before
-the first checkpoint, in the middle of a checkpoint write) or stopped with a real SIGINT, then
+"""Real signals: ``thawkit train`` killed with SIGKILL (at a random step before the first
+checkpoint, in the middle of a checkpoint write) or stopped with a real SIGINT, then
 ``--resume``: the run ends bit-identical to the uninterrupted one. (A kill between the last
 checkpoint and the final weights is simulated in-process, in test_run_guards.py; the runner
-here can do it too: mode "final".) Three subprocesses, each mostly importing torch."""
+here can do it too: mode "final".)
+
+Each run is a child process forked from one helper process that imported torch once (an
+import costs seconds here), so the kills stay cheap: the child is a whole ``thawkit train``
+process, and the signals are real ones, sent to its pid."""
 from __future__ import annotations
 
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -18,63 +23,84 @@ from pathlib import Path
 import pytest
 from test_train import load, make_data, recipe_dict, write_recipe
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork and signals")
 
-#: The subprocess: ``thawkit train`` with a trap that kills it (SIGKILL, no cleanup of any kind)
-#: at the chosen point, or waits at a step for the test's SIGINT.
+#: The helper: for each line ``[mode, n, prefix, argv]`` on stdin, fork a child that runs
+#: ``thawkit ARGV`` (stdout, stderr to PREFIX.out, PREFIX.err) with a trap that kills it
+#: (SIGKILL, no cleanup of any kind) at the chosen point, or waits at a step for a SIGINT;
+#: print the child's pid, then its exit code (negative: the signal that ended it).
 RUNNER = textwrap.dedent("""
-    import os, signal, sys, time
-    import torch
-    from thawkit.plugins.train import loop
-
-    mode, n, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    count = [0]
-    loop.Trainer._plot = lambda self: None  # curves.png is not what is tested (saves importing matplotlib)
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    if mode == "write":  # half of the n-th checkpoint reaches the disk, then SIGKILL
-        real_save = torch.save
-
-        def save(obj, f, *args, **kwargs):
-            count[0] += 1
-            real_save(obj, f, *args, **kwargs)
-            if count[0] == n:
-                f.flush()
-                f.truncate(f.tell() // 2)
-                f.flush()
-                die()
-        torch.save = save
-    elif mode == "final":  # the last checkpoint is written, model.safetensors is not
-        real_weights = loop.save_weights
-
-        def save_weights(path, state, metadata=None):
-            if path.name == "model.safetensors":
-                die()
-            real_weights(path, state, metadata)
-        loop.save_weights = save_weights
-    else:  # "step": SIGKILL after the n-th optimizer step; "sigint": wait there for SIGINT
-        real_init = loop.Trainer.__init__
-
-        def init(self, *args, **kwargs):
-            real_init(self, *args, **kwargs)
-
-            def on_step(trainer):
-                count[0] += 1
-                if count[0] != n:
-                    return
-                if mode == "step":
-                    die()
-                open(marker, "w").close()
-                deadline = time.monotonic() + 60
-                while not trainer.interrupt_requested and time.monotonic() < deadline:
-                    time.sleep(0.005)
-            self.on_step = on_step
-        loop.Trainer.__init__ = init
-
+    import json, os, signal, sys, time
+    import torch, torchvision  # noqa: F401 - imported once, before the forks
     from thawkit.cli import main
-    sys.exit(main(sys.argv[4:]))
+    from thawkit.plugins.train import cache, data, inference, loop, runs, session  # noqa: F401
+
+    torch.set_num_threads(1)
+
+
+    def trap(mode, n, marker):
+        count = [0]
+        loop.Trainer._plot = lambda self: None  # curves.png is not what is tested
+
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        if mode == "write":  # half of the n-th checkpoint reaches the disk, then SIGKILL
+            real_save = torch.save
+
+            def save(obj, f, *args, **kwargs):
+                count[0] += 1
+                real_save(obj, f, *args, **kwargs)
+                if count[0] == n:
+                    f.flush()
+                    f.truncate(f.tell() // 2)
+                    f.flush()
+                    die()
+            torch.save = save
+        elif mode == "final":  # the last checkpoint is written, model.safetensors is not
+            real_weights = loop.save_weights
+
+            def save_weights(path, state, metadata=None):
+                if path.name == "model.safetensors":
+                    die()
+                real_weights(path, state, metadata)
+            loop.save_weights = save_weights
+        else:  # "step": SIGKILL after the n-th optimizer step; "sigint": wait there for SIGINT
+            real_init = loop.Trainer.__init__
+
+            def init(self, *args, **kwargs):
+                real_init(self, *args, **kwargs)
+
+                def on_step(trainer):
+                    count[0] += 1
+                    if count[0] != n:
+                        return
+                    if mode == "step":
+                        die()
+                    open(marker, "w").close()
+                    deadline = time.monotonic() + 60
+                    while not trainer.interrupt_requested and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                self.on_step = on_step
+            loop.Trainer.__init__ = init
+
+
+    for line in iter(sys.stdin.readline, ""):
+        mode, n, prefix, argv = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 99
+            try:
+                for fd, suffix in ((1, ".out"), (2, ".err")):
+                    os.dup2(os.open(prefix + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+                trap(mode, n, prefix + ".marker")
+                code = main(argv)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(pid, flush=True)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """)
 
 EPOCHS, STEPS = 2, 5  # 18 training images in batches of 4: 5 steps per epoch, a checkpoint each
@@ -87,17 +113,26 @@ def setup(tmp_path_factory):
     from thawkit.plugins.train import train
 
     tmp = tmp_path_factory.mktemp("signals")
-    data = make_data(tmp)
-    sections = {"strategy": {"name": "gradual", "every": 1}, "train": {"epochs": EPOCHS},
-                "backbone": {"kwargs": {"width": 4, "dropout": 0.3}}, "data": {"augment": True}}
-    pm = thawkit.get_plugin_manager(entrypoints=False)
-    straight = tmp / "straight"
-    assert train(load(recipe_dict(data, straight, **sections), pm), pm=pm,
-                 log=lambda s: None).status == "finished"
-    recipe = write_recipe(tmp / "r.yaml", recipe_dict(data, tmp / "unused", **sections))
     runner = tmp / "runner.py"
     runner.write_text(RUNNER)
-    return recipe, runner, straight
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THAWKIT_PLUGINS": ""}
+    # started first: its imports overlap with the uninterrupted run below
+    helper = subprocess.Popen([sys.executable, str(runner)], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, bufsize=0)
+    try:
+        data = make_data(tmp)
+        sections = {"strategy": {"name": "gradual", "every": 1}, "train": {"epochs": EPOCHS},
+                    "backbone": {"kwargs": {"width": 4, "dropout": 0.3}},
+                    "data": {"augment": True}}
+        pm = thawkit.get_plugin_manager(entrypoints=False)
+        straight = tmp / "straight"
+        assert train(load(recipe_dict(data, straight, **sections), pm), pm=pm,
+                     log=lambda s: None).status == "finished"
+        recipe = write_recipe(tmp / "r.yaml", recipe_dict(data, tmp / "unused", **sections))
+        yield recipe, helper, straight
+    finally:
+        helper.kill()  # idle between runs: nothing to lose
+        helper.wait(timeout=60)
 
 
 def rows(run: Path) -> list[dict]:
@@ -107,12 +142,31 @@ def rows(run: Path) -> list[dict]:
     return out
 
 
-def start(setup, run: Path, mode: str, n: int) -> subprocess.Popen:
-    recipe, runner, _ = setup
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "THAWKIT_PLUGINS": ""}
-    return subprocess.Popen([sys.executable, str(runner), mode, str(n), str(run) + ".marker",
-                             "train", str(recipe), "--output", str(run)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(setup, run: Path, mode: str, n: int) -> int:
+    """Fork a ``thawkit train`` child with the trap ``mode``; its pid."""
+    recipe, helper, _ = setup
+    argv = ["train", str(recipe), "--output", str(run)]
+    helper.stdin.write((json.dumps([mode, n, str(run), argv]) + "\n").encode())
+    return int(reply(helper))
+
+
+def reply(helper: subprocess.Popen) -> str:
+    """The helper's next line (read unbuffered, byte by byte, so select sees all that is left)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([helper.stdout], [], [], 120)
+        byte = helper.stdout.read(1) if ready else b""
+        if not byte:
+            helper.kill()
+            pytest.fail(f"the helper that forks thawkit train stopped answering (got {line!r})")
+        line += byte
+    return line.decode()
+
+
+def finish(setup, run: Path) -> tuple[int, str, str]:
+    """The child's exit code, stdout and stderr."""
+    code = int(reply(setup[1]))
+    return code, Path(f"{run}.out").read_text(), Path(f"{run}.err").read_text()
 
 
 def resume_and_compare(run: Path, straight: Path, pm) -> None:
@@ -136,9 +190,9 @@ def test_sigkill_then_resume_ends_as_the_uninterrupted_run(tmp_path, setup, pm, 
     from thawkit.plugins.train.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
-    proc = start(setup, run, mode, n)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL, err
+    start(setup, run, mode, n)
+    code, _, err = finish(setup, run)
+    assert code == -signal.SIGKILL, err
     if mode == "step":
         assert not (run / "checkpoint.pt").exists()
     elif mode == "write":
@@ -154,14 +208,14 @@ def test_real_sigint_saves_exits_130_and_resumes(tmp_path, setup, pm):
     from thawkit.plugins.train.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
-    proc = start(setup, run, "sigint", STEPS + 2)  # epoch 2, step 2
-    marker = Path(str(run) + ".marker")
+    pid = start(setup, run, "sigint", STEPS + 2)  # epoch 2, step 2
+    marker = Path(f"{run}.marker")
     deadline = time.monotonic() + 120
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    os.kill(pid, signal.SIGINT)
+    code, out, err = finish(setup, run)
+    assert code == 130, err
     assert "stopping after this step" in err and "Traceback" not in err
     assert "interrupted at epoch 2, step 2" in out and f"--resume {run}" in out
     assert (load_checkpoint(run)["epoch"], load_checkpoint(run)["step"]) == (1, 2)
