@@ -79,7 +79,7 @@ def tamper(path: Path, kind: str, where: float, blob: bytes, value, pick: int) -
         path.write_bytes(blob + raw)
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 @given(change=tampering(), command=st.sampled_from(["predict", "predict --best", "export"]))
 def test_tampered_run_directory_is_exit_0_or_2_without_traceback(run, tmp_path_factory, change,
