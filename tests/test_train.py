@@ -226,6 +226,12 @@ def test_truncated_image_stops_the_run_naming_it(tmp_path, pm):
         train(load(d, pm), pm=pm, log=lambda s: None)
     assert str(file) in str(info.value)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+    # the advice leads somewhere though no checkpoint was written yet: fix the file, --resume
+    assert "--resume" in str(info.value) and not (tmp_path / "run" / "checkpoint.pt").exists()
+    from thawkit.plugins.train import resume
+
+    write_folder(data / "val", CLASSES, 3, seed=2)
+    assert resume(tmp_path / "run", pm=pm, log=lambda s: None).status == "finished"
 
 
 def test_cli_bad_data_is_one_line_exit_2(tmp_path, capsys):
