@@ -258,7 +258,8 @@ def test_a_second_process_cannot_train_into_a_locked_run_directory(tmp_path, fin
         assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()
                       if p.name != "run.lock") == before
     finally:
-        holder.communicate("")  # the holder exits; the OS releases its lock
+        holder.kill()  # SIGKILL: no cleanup, yet the OS releases the lock with the process
+        holder.wait()
     assert main(["train", "--resume", str(run)]) == 0
     assert (run / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
 
