@@ -42,7 +42,8 @@ json_values = st.recursive(
 @st.composite
 def tampering(draw):
     name = draw(st.sampled_from(FILES))
-    kind = draw(st.sampled_from(["truncate", "garble", "replace", "remove", "retype", "directory"]))
+    kind = draw(st.sampled_from(["truncate", "garble", "replace", "remove", "retype", "directory",
+                                 "inject"]))
     return name, kind, draw(st.floats(0, 1)), draw(st.binary(min_size=1, max_size=64)), \
         draw(json_values), draw(st.integers(0, 10**6))
 
@@ -63,12 +64,12 @@ def tamper(path: Path, kind: str, where: float, blob: bytes, value, pick: int) -
     elif kind == "directory":
         path.unlink()
         path.mkdir()
-    elif path.suffix in (".json", ".yaml", ".jsonl"):  # retype one field (nested one level)
+    elif path.suffix in (".json", ".yaml", ".jsonl"):  # retype or add a field (nested one level)
         doc = (json.loads(raw.splitlines()[0]) if path.suffix == ".jsonl"
                else yaml.safe_load(raw) if path.suffix == ".yaml" else json.loads(raw))
-        keys = list(doc)
+        keys = list(doc) if kind == "retype" else ["plugins", "backbone", "classes", "status"]
         key = keys[pick % len(keys)]
-        if isinstance(doc[key], dict) and doc[key] and pick % 2:
+        if isinstance(doc.get(key), dict) and doc[key] and pick % 2:
             sub = list(doc[key])[pick % len(doc[key])]
             doc[key][sub] = value
         else:

@@ -201,23 +201,35 @@ def read_recipe_mapping(path: Path) -> dict[str, Any]:
 
 
 def untrusted_code(data: dict[str, Any], *, base: Path, loaded: list[str]) -> list[str]:
-    """What a run recipe would import: plugins not already loaded, and ``python:`` factories."""
+    """What a run recipe would import: plugins not already loaded, and ``python:`` factories
+    (entries that are not strings are left to the recipe's validation, which refuses them)."""
     found = []
     refs = data.get("plugins") or []
     loaded_paths = {str(Path(n).resolve()) for n in loaded if n.endswith(".py")}
-    for ref in refs if isinstance(refs, list) else [refs]:
-        ref = str(ref)
+    for ref in refs if isinstance(refs, list) else []:
+        if not isinstance(ref, str):
+            continue
         if ref.endswith(".py") or "/" in ref or os.sep in ref:
-            path = base / ref if (base / ref).is_file() else Path(ref)
-            if str(path.resolve()) not in loaded_paths:
-                found.append(f"plugin {ref!r}")
+            try:
+                path = base / ref if (base / ref).is_file() else Path(ref)
+                known = str(path.resolve()) in loaded_paths
+            except (OSError, ValueError):  # a name too long, a NUL byte
+                known = False
+            if not known:
+                found.append(f"plugin {_short(ref)}")
         elif ref not in loaded:
-            found.append(f"plugin {ref!r}")
+            found.append(f"plugin {_short(ref)}")
     backbone = data.get("backbone")
     if isinstance(backbone, dict) and backbone.get("source") == "python" \
-            and backbone.get("name") not in TRUSTED_FACTORIES:
-        found.append(f"the factory 'python:{backbone.get('name')}'")
+            and isinstance(backbone.get("name"), str) and backbone["name"] not in TRUSTED_FACTORIES:
+        found.append(f"the factory {_short('python:' + backbone['name'])}")
+    if len(found) > 3:
+        found[3:] = [f"{len(found) - 3} more"]
     return found
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def check_trusted(run_dir: Path, data: dict[str, Any], *, loaded: list[str], command: str) -> None:
