@@ -117,7 +117,10 @@ def test_disk_full_mid_run_fails_cleanly_keeps_the_checkpoint_and_resumes(tmp_pa
     with pytest.raises(RunDirError) as info:
         train(load(recipe_dict(data, run), pm), pm=pm, log=quiet)
     monkeypatch.undo()
-    assert "disk is full" in str(info.value) and str(run / "checkpoint.pt") in str(info.value)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot write {str(run / 'checkpoint.pt')!r}: the disk is full; ")
+    assert f"keeps its last good checkpoint ({run / 'checkpoint.pt'}, after epoch 1)" in msg
+    assert f"thawkit train --resume {run}" in msg
     assert status(run)["status"] == "failed" and "disk is full" in status(run)["message"]
     assert load_checkpoint(run)["epoch"] == 1
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []

@@ -123,6 +123,7 @@ class Trainer:
             pipeline = CachedPipeline(session, log=log)
         self.pipeline = pipeline
         self.state = Progress()
+        self._saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written
         self.interrupt_requested = False
         label_smoothing = session.recipe.train.label_smoothing
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -152,6 +153,7 @@ class Trainer:
             s.adapted.load_state_dict(ckpt["strategy"])
             self.state = Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), **ckpt["progress"])
             set_rng_state(ckpt["rng"])
+            self._saved = (self.state.epoch, self.state.step)
         except ThawkitError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
@@ -164,6 +166,7 @@ class Trainer:
     def save(self) -> None:
         self._check_finite()
         save_checkpoint(self.s.run_dir, self.checkpoint_state())
+        self._saved = (self.state.epoch, self.state.step)
 
     def _check_finite(self, val: dict[str, float] | None = None) -> None:
         """A :class:`DivergedError` when the validation loss or a weight is NaN or infinite:
@@ -197,6 +200,15 @@ class Trainer:
             msg = _worker_message(exc)
             self._ended("failed", msg)
             raise DataError(msg) from None
+        except OSError as exc:  # a full or read-only disk (RunDirError), or an OSError elsewhere
+            from .rundir import RunDirError, describe_os_error
+
+            cause = str(exc) if isinstance(exc, RunDirError) else describe_os_error(exc)
+            msg = (f"{cause}; the run stopped and keeps its last good checkpoint "
+                   f"({self._last_good()}); once the disk takes writes again, continue with: "
+                   f"thawkit train --resume {self.s.run_dir}")
+            self._ended("failed", msg)
+            raise RunDirError(exc.errno, msg) from exc
         except ThawkitError as exc:
             self._ended("failed", str(exc))
             raise
@@ -204,12 +216,6 @@ class Trainer:
             self._ended("interrupted", "aborted by a second Ctrl-C; the last checkpoint is kept; "
                         f"continue with: thawkit train --resume {self.s.run_dir}")
             raise
-        except OSError as exc:
-            from .rundir import RunDirError, describe_os_error
-
-            msg = f"the run stopped: {describe_os_error(exc)}; the last checkpoint is kept"
-            self._ended("failed", msg)
-            raise RunDirError(exc.errno, msg) from exc
         except Exception as exc:
             self._ended("failed", f"{type(exc).__name__}: {exc}")
             raise
@@ -380,7 +386,10 @@ class Trainer:
 
     def _last_good(self) -> str:
         path = self.s.run_dir / "checkpoint.pt"
-        return f"{path}, after epoch {self.state.epoch}" if path.exists() else "none was written yet"
+        if self._saved is None:
+            return str(path) if path.exists() else "none was written yet"
+        epoch, step = self._saved
+        return f"{path}, at epoch {epoch + 1}, step {step}" if step else f"{path}, after epoch {epoch}"
 
     def _status(self, status: str, message: str = "") -> None:
         st = self.state

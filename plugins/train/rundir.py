@@ -44,7 +44,14 @@ _CAUSES = {
 
 class RunDirError(ThawkitError, OSError):
     """A run directory that cannot be written (full disk, read-only, not a directory) or is
-    held by another process."""
+    held by another process; ``errno`` is the cause's."""
+
+    def __init__(self, errno_: int | None, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno N]"
+        return str(self.args[0])
 
 
 def os_cause(exc: OSError) -> str:
