@@ -184,8 +184,8 @@ class Trainer:
             what = (f"{len(bad)} tensor{'s' if len(bad) > 1 else ''} of the model "
                     f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) hold NaN or infinite "
                     f"values in epoch {st.epoch + 1}")
-        raise DivergedError(f"{what}; the run stopped and keeps its last good checkpoint "
-                            f"({self._last_good()}), nothing of this epoch was saved; lower "
+        raise DivergedError(f"{what}; the run stopped and {self._kept()}, nothing of this epoch "
+                            "was saved; lower "
                             "optimizer.lr, set train.grad_clip, or check the data")
 
     # ------------------------------------------------------------- loop
@@ -204,8 +204,8 @@ class Trainer:
             from .rundir import RunDirError, describe_os_error
 
             cause = str(exc) if isinstance(exc, RunDirError) else describe_os_error(exc)
-            msg = (f"{cause}; the run stopped and keeps its last good checkpoint "
-                   f"({self._last_good()}); once the disk takes writes again, continue with: "
+            msg = (f"{cause}; the run stopped and {self._kept()}; once the disk takes writes "
+                   "again, continue with: "
                    f"thawkit train --resume {self.s.run_dir}")
             self._ended("failed", msg)
             raise RunDirError(exc.errno, msg) from exc
@@ -285,7 +285,7 @@ class Trainer:
                 if not math.isfinite(value):
                     raise DivergedError(
                         f"loss is {value} at epoch {st.epoch + 1}, step {st.step + 1}; the run "
-                        f"stopped and keeps its last good checkpoint ({self._last_good()}); lower "
+                        f"stopped and {self._kept()}; lower "
                         "optimizer.lr, set train.grad_clip, or check the data")
                 opt.zero_grad(set_to_none=True)
                 s.scaler.scale(loss).backward()
@@ -384,12 +384,14 @@ class Trainer:
         return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True,
                     desc=f"epoch {self.state.epoch + 1}/{self.s.epochs}")
 
-    def _last_good(self) -> str:
+    def _kept(self) -> str:
+        """Which checkpoint a run that stops now keeps: the last one it wrote (or read)."""
         path = self.s.run_dir / "checkpoint.pt"
         if self._saved is None:
-            return str(path) if path.exists() else "none was written yet"
+            return f"keeps {path}" if path.exists() else "had not written a checkpoint yet"
         epoch, step = self._saved
-        return f"{path}, at epoch {epoch + 1}, step {step}" if step else f"{path}, after epoch {epoch}"
+        where = f"at epoch {epoch + 1}, step {step}" if step else f"after epoch {epoch}"
+        return f"keeps its last good checkpoint ({path}, {where})"
 
     def _status(self, status: str, message: str = "") -> None:
         st = self.state
