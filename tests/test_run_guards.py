@@ -445,3 +445,23 @@ def test_only_rank_0_of_a_distributed_job_takes_the_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     with run_lock(tmp_path), run_lock(tmp_path):
         pass
+
+
+def masked_cnn(width: int = 4):
+    """The demo CNN with a buffer that holds -inf by design (as an attention mask may)."""
+    import torch
+    from thawkit.plugins.train.demo_model import small_cnn
+
+    model = small_cnn(width=width)
+    model.register_buffer("mask", torch.full((3,), float("-inf")))
+    return model
+
+
+def test_a_buffer_that_is_infinite_by_design_is_no_divergence(tmp_path, data, pm):
+    from safetensors.torch import load_file
+    from thawkit.plugins.train import train
+
+    d = recipe_dict(data, tmp_path / "run", backbone={"name": "test_run_guards:masked_cnn"},
+                    train={"epochs": 1}, schedule={"warmup_epochs": 0})
+    assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+    assert load_file(tmp_path / "run" / "model.safetensors")["mask"].isinf().all()

@@ -124,6 +124,8 @@ class Trainer:
         self.pipeline = pipeline
         self.state = Progress()
         self._saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written
+        # a buffer that holds inf by design (a mask) is no sign of divergence
+        self._nonfinite_from_start = set(self._nonfinite())
         self.interrupt_requested = False
         label_smoothing = session.recipe.train.label_smoothing
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -171,22 +173,18 @@ class Trainer:
     def _check_finite(self, val: dict[str, float] | None = None) -> None:
         """A :class:`DivergedError` when the validation loss or a weight is NaN or infinite:
         non-finite weights are never saved, as checkpoint, best or final weights."""
-        import torch
-
         st = self.state
         if val is not None and not math.isfinite(val["val_loss"]):
             what = f"the validation loss is {val['val_loss']} after epoch {st.epoch + 1}"
         else:
-            bad = [k for k, v in self.s.model.state_dict().items()
-                   if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            bad = [k for k in self._nonfinite() if k not in self._nonfinite_from_start]
             if not bad:
                 return
             what = (f"{len(bad)} tensor{'s' if len(bad) > 1 else ''} of the model "
                     f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) hold NaN or infinite "
                     f"values in epoch {st.epoch + 1}")
         raise DivergedError(f"{what}; the run stopped and {self._kept()}, nothing of this epoch "
-                            "was saved; lower "
-                            "optimizer.lr, set train.grad_clip, or check the data")
+                            "was saved; lower optimizer.lr, set train.grad_clip, or check the data")
 
     # ------------------------------------------------------------- loop
     def fit(self) -> Outcome:
@@ -285,8 +283,8 @@ class Trainer:
                 if not math.isfinite(value):
                     raise DivergedError(
                         f"loss is {value} at epoch {st.epoch + 1}, step {st.step + 1}; the run "
-                        f"stopped and {self._kept()}; lower "
-                        "optimizer.lr, set train.grad_clip, or check the data")
+                        f"stopped and {self._kept()}; lower optimizer.lr, set train.grad_clip, "
+                        "or check the data")
                 opt.zero_grad(set_to_none=True)
                 s.scaler.scale(loss).backward()
                 if clip:
@@ -383,6 +381,12 @@ class Trainer:
 
         return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True,
                     desc=f"epoch {self.state.epoch + 1}/{self.s.epochs}")
+
+    def _nonfinite(self) -> list[str]:
+        import torch
+
+        return [k for k, v in self.s.model.state_dict().items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
     def _kept(self) -> str:
         """Which checkpoint a run that stops now keeps: the last one it wrote (or read)."""
