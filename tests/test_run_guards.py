@@ -459,9 +459,11 @@ def masked_cnn(width: int = 4):
 
 def test_a_buffer_that_is_infinite_by_design_is_no_divergence(tmp_path, data, pm):
     from safetensors.torch import load_file
-    from thawkit.plugins.train import train
+    from thawkit.plugins.train import predict, train
 
     d = recipe_dict(data, tmp_path / "run", backbone={"name": "test_run_guards:masked_cnn"},
                     train={"epochs": 1}, schedule={"warmup_epochs": 0})
     assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
     assert load_file(tmp_path / "run" / "model.safetensors")["mask"].isinf().all()
+    image = str(data / "val" / "eel" / "0.png")
+    assert len(predict(tmp_path / "run", [image], pm=pm, trust=True)[0][1]) == 3

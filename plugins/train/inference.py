@@ -80,7 +80,9 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
     adapted = adapt_recipe(recipe, num_classes=len(info["classes"]), load_weights=False)
     model = adapted.model
     state = read_weights(file)
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    built = model.state_dict()  # a tensor that is non-finite as built (a mask) is by design
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())
+           and (k not in built or bool(built[k].isfinite().all()))]
     if bad:
         raise WeightsError(f"{file} holds NaN or infinite values ({len(bad)} tensors, e.g. "
                            f"{bad[0]}): the run diverged; retrain with a lower optimizer.lr")
