@@ -68,6 +68,9 @@ def test_output_under_a_file_or_a_dangling_symlink(tmp_path, data, capsys):
     one_error(capsys, tmp_path / "file", "not a directory")
     assert main(["train", str(recipe), "--output", str(tmp_path / "file")]) == 2
     one_error(capsys, tmp_path / "file", "not a directory")
+    assert main(["probe", str(recipe), "--lr", "0.1", "--output", str(tmp_path / "file" / "p"),
+                 "--set", "data.augment=false"]) == 2
+    one_error(capsys, tmp_path / "file", "not a directory")
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     assert main(["train", str(recipe), "--output", str(tmp_path / "link")]) == 2
     one_error(capsys, tmp_path / "link", "symlink to nothing")

@@ -277,7 +277,9 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     if not resume:
         import yaml
 
-        run_dir.mkdir(parents=True, exist_ok=True)
+        from .rundir import make_run_dir
+
+        make_run_dir(run_dir)  # thawkit train made it already; thawkit probe and API callers not
         from thawkit import arch_options
 
         recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
