@@ -203,16 +203,15 @@ class Trainer:
 
             cause = str(exc) if isinstance(exc, RunDirError) else describe_os_error(exc)
             msg = (f"{cause}; the run stopped and {self._kept()}; once the disk takes writes "
-                   "again, continue with: "
-                   f"thawkit train --resume {self.s.run_dir}")
+                   f"again, continue with: thawkit train --resume {self.s.run_dir}")
             self._ended("failed", msg)
             raise RunDirError(exc.errno, msg) from exc
         except ThawkitError as exc:
             self._ended("failed", str(exc))
             raise
         except KeyboardInterrupt:
-            self._ended("interrupted", "aborted by a second Ctrl-C; the last checkpoint is kept; "
-                        f"continue with: thawkit train --resume {self.s.run_dir}")
+            self._ended("interrupted", f"aborted by a second Ctrl-C without saving; the run "
+                        f"{self._kept()}; continue with: thawkit train --resume {self.s.run_dir}")
             raise
         except Exception as exc:
             self._ended("failed", f"{type(exc).__name__}: {exc}")
