@@ -470,3 +470,20 @@ def test_a_buffer_that_is_infinite_by_design_is_no_divergence(tmp_path, data, pm
     assert load_file(tmp_path / "run" / "model.safetensors")["mask"].isinf().all()
     image = str(data / "val" / "eel" / "0.png")
     assert len(predict(tmp_path / "run", [image], pm=pm, trust=True)[0][1]) == 3
+
+
+def test_an_abort_mid_epoch_marks_the_run_interrupted(tmp_path, data, pm):
+    """A second Ctrl-C (KeyboardInterrupt at once) still leaves run.json saying so, and which
+    checkpoint is kept; --resume continues from it."""
+    from thawkit.plugins.train import resume, train
+
+    def abort(trainer):
+        if trainer.state.epoch == 1 and trainer.state.step == 2:
+            raise KeyboardInterrupt
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(load(recipe_dict(data, run), pm), pm=pm, log=quiet, on_step=abort)
+    assert status(run)["status"] == "interrupted"
+    assert f"keeps its last good checkpoint ({run / 'checkpoint.pt'}, after epoch 1)" in \
+        status(run)["message"]
+    assert resume(run, pm=pm, log=quiet).status == "finished"
