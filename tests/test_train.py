@@ -226,6 +226,12 @@ def test_truncated_image_stops_the_run_naming_it(tmp_path, pm):
         train(load(d, pm), pm=pm, log=lambda s: None)
     assert str(file) in str(info.value)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+    # the advice leads somewhere though no checkpoint was written yet: fix the file, --resume
+    assert "--resume" in str(info.value) and not (tmp_path / "run" / "checkpoint.pt").exists()
+    from thawkit.plugins.train import resume
+
+    write_folder(data / "val", CLASSES, 3, seed=2)
+    assert resume(tmp_path / "run", pm=pm, log=lambda s: None).status == "finished"
 
 
 def test_cli_bad_data_is_one_line_exit_2(tmp_path, capsys):
@@ -261,7 +267,8 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(tmp_path, pm)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (tmp_path / "run" / "model.safetensors").exists()
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "diverged"
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "failed" and "epoch 2, step 3" in status["message"]
 
 
 # --------------------------------------------------------- predict, export

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from thawkit import ThawkitError
 
+from .rundir import RunDirError, disk_errors, os_cause
+
 if TYPE_CHECKING:
     import torch
 
@@ -60,11 +62,13 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success fsync and rename it to ``path``.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and
-    ``path`` is untouched.
+    ``path`` is untouched; an ``OSError`` (full disk, read-only file system) becomes a
+    :class:`~thawkit.plugins.train.rundir.RunDirError` naming ``path`` and the cause.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with disk_errors("write", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make run files private
         with os.fdopen(fd, "wb") as fh:
@@ -72,11 +76,13 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, ThawkitError):
+            raise RunDirError(exc.errno, f"cannot write {str(path)!r}: {os_cause(exc)}") from exc
         raise
     _fsync_dir(path.parent)
 
@@ -106,30 +112,36 @@ def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor],
 
 # ----------------------------------------------------------------- metrics
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as fh:
+    with disk_errors("write", path), open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+    """The records of a JSON-lines file, up to the first torn or damaged line."""
+    if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    with disk_errors("read", path):
+        text = path.read_bytes().decode("utf-8", "replace")
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line from a crash mid-append
+            row = json.loads(line)
+        except (ValueError, RecursionError):  # a torn last line from a crash mid-append
             break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
     return rows
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> list[dict[str, Any]]:
     """Keep only the records of epochs before ``epochs_done`` (those the checkpoint covers)."""
-    rows = [r for r in read_jsonl(path) if r.get("epoch", 0) < epochs_done]
+    rows = [r for r in read_jsonl(path) if isinstance(r.get("epoch"), int) and r["epoch"] < epochs_done]
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -190,8 +202,10 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise CheckpointError(f"--resume: run directory {str(run_dir)!r} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {CHECKPOINT}; it is not a thawkit "
-                              "run directory, or the run stopped before its first checkpoint")
+        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {CHECKPOINT} (and no recipe.yaml to "
+                              "start again from): it is not a thawkit run directory, or its run "
+                              "stopped before writing anything; start it with: thawkit train RECIPE "
+                              f"--output {run_dir}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:

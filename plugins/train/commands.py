@@ -61,7 +61,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict
 
-    results = predict(args.run_dir, args.images, top_k=args.top_k, best=args.best, pm=args.pm)
+    results = predict(args.run_dir, args.images, top_k=args.top_k, best=args.best, pm=args.pm,
+                      trust=args.trust_run)
     for file, top in results:
         print(file)
         for name, p in top:
@@ -73,7 +74,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export_run
 
     weights, config = export_run(args.run_dir, args.out, best=args.best, force=args.force,
-                                 merge=args.merge, pm=args.pm, wise=args.wise)
+                                 merge=args.merge, pm=args.pm, wise=args.wise, trust=args.trust_run)
     print(f"wrote {weights} and {config}")
     if weights.name == "adapter_model.safetensors":
         print("adapters in PEFT's format (see docs/training.md); --merge writes plain weights")
@@ -140,6 +141,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (5)")
     p.add_argument("--best", action="store_true", help="use best.safetensors (best val top-1 epoch)")
+    _trust_run_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser(
@@ -149,10 +151,18 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("out", help="OUT.safetensors or a directory")
     p.add_argument("--best", action="store_true", help="export best.safetensors instead of the final")
-    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing files (never the files of a run directory)")
     p.add_argument("--wise", type=float, metavar="ALPHA",
                    help="WiSE-FT: interpolate the backbone with the run's starting weights, "
                         "(1-ALPHA)*start + ALPHA*fine-tuned (0..1); the head stays fine-tuned")
     p.add_argument("--merge", action="store_true",
                    help="adapter runs (lora, ...): merge the adapters into plain weights")
+    _trust_run_option(p)
     p.set_defaults(func=cmd_export)
+
+
+def _trust_run_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-run", action="store_true",
+                   help="let the run's recipe.yaml load the plugins and python: factories it names "
+                        "(their code runs); without it they are refused unless loaded with -p")

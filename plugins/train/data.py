@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ class ImageFolderData:
     root: Path
     classes: list[str]
     samples: list[tuple[str, int]]
+    skipped: list[str] = field(default_factory=list)  # files that are not images, broken links
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -63,11 +64,17 @@ def scan_folder(path: str | None, field: str, *, check_headers: bool = True) -> 
         raise ConfigError(f"{field}: {str(root)!r} has no class sub-directories; expected "
                           f"{root}/<class name>/<image files>")
     samples: list[tuple[str, int]] = []
-    empty = []
+    empty: list[str] = []
+    skipped = [str(p) for p in root.iterdir() if not p.is_dir() and not p.name.startswith(".")]
     for idx, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                       and not p.name.startswith("."))
+        files = []
+        for p in sorted((root / name).rglob("*")):
+            if p.name.startswith(".") or p.is_dir():
+                continue
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(p)
+            else:  # another suffix, a broken symlink, a socket or FIFO
+                skipped.append(str(p))
         if not files:
             empty.append(name)
         samples += [(str(p), idx) for p in files]
@@ -78,7 +85,26 @@ def scan_folder(path: str | None, field: str, *, check_headers: bool = True) -> 
     if check_headers:
         for file, _ in samples:
             check_header(file)
-    return ImageFolderData(root, classes, samples)
+    return ImageFolderData(root, classes, samples, sorted(skipped))
+
+
+def data_warnings(train: ImageFolderData, val: ImageFolderData) -> list[str]:
+    """What is legal but probably a mistake: skipped files, one class, val the same as train."""
+    notes = []
+    for split, data in (("data.train", train), ("data.val", val)):
+        if data.skipped:
+            n = len(data.skipped)
+            notes.append(f"{split}: {n} file{'s' if n > 1 else ''} in {str(data.root)!r} "
+                         f"{'are' if n > 1 else 'is'} not used (not an image file by its suffix, or "
+                         f"a broken link): {', '.join(data.skipped[:3])}{', ...' if n > 3 else ''}"
+                         f" (image suffixes: {', '.join(IMAGE_SUFFIXES)})")
+    if len(train.classes) == 1:
+        notes.append(f"data.train: {str(train.root)!r} has a single class ({train.classes[0]!r}); "
+                     "the classifier has nothing to tell apart and top-1 is always 100%")
+    if train.root.resolve() == val.root.resolve():
+        notes.append(f"data.val is the same directory as data.train ({str(train.root)!r}): "
+                     "validation accuracy measures memorisation, not generalisation")
+    return notes
 
 
 def check_header(file: str) -> None:

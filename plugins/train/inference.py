@@ -22,6 +22,7 @@ from thawkit import ConfigError, ThawkitError
 
 from .checkpoint import read_jsonl, save_weights, write_json
 from .data import Preprocess, preprocess_images
+from .rundir import RUN_FILES, disk_errors, run_status
 from .session import read_data_info, read_run_recipe
 
 if TYPE_CHECKING:
@@ -52,8 +53,14 @@ def _pm(pm):
 
 
 def load_run_model(run_dir: str | Path, *, best: bool = False,
-                   pm: ThawkitPluginManager | None = None) -> RunModel:
-    """The trained model of a run (final weights, or ``best=True`` for the best epoch), in eval mode."""
+                   pm: ThawkitPluginManager | None = None, trust: bool = False,
+                   command: str = "load_run_model") -> RunModel:
+    """The trained model of a run (final weights, or ``best=True`` for the best epoch), in eval mode.
+
+    ``trust=False``: a run recipe that names plugins or ``python:`` factories (other than
+    thawkit's own) is refused unless those plugins are loaded in ``pm`` already; pass
+    ``trust=True`` only for run directories whose code you trust.
+    """
     from thawkit import WeightsError, adapt_recipe
 
     from ..weights import read_weights
@@ -62,19 +69,23 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
-    recipe = read_run_recipe(run_dir, pm=pm)
+    recipe = read_run_recipe(run_dir, pm=pm, trust=trust, command=command)
     info = read_data_info(run_dir)
     file = run_dir / ("best.safetensors" if best else "model.safetensors")
     if not file.is_file():
-        status = "unknown"
-        if (run_dir / "run.json").is_file():
-            status = json.loads((run_dir / "run.json").read_text()).get("status", status)
         hint = "" if best else "; use --best for the best epoch so far, or finish it with " \
                                f"thawkit train --resume {run_dir}"
-        raise ConfigError(f"{str(run_dir)!r} has no {file.name} (run status: {status}){hint}")
+        raise ConfigError(f"{str(run_dir)!r} has no {file.name} (run status: {run_status(run_dir)})"
+                          f"{hint}")
     adapted = adapt_recipe(recipe, num_classes=len(info["classes"]), load_weights=False)
     model = adapted.model
     state = read_weights(file)
+    built = model.state_dict()  # a tensor that is non-finite as built (a mask) is by design
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())
+           and (k not in built or bool(built[k].isfinite().all()))]
+    if bad:
+        raise WeightsError(f"{file} holds NaN or infinite values ({len(bad)} tensors, e.g. "
+                           f"{bad[0]}): the run diverged; retrain with a lower optimizer.lr")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -86,18 +97,23 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
 
 
 def predict(run_dir: str | Path, images: list[str], *, top_k: int = 5, best: bool = False,
-            pm: ThawkitPluginManager | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
-    """For each image, the ``top_k`` classes by name with their probabilities, best first."""
+            pm: ThawkitPluginManager | None = None,
+            trust: bool = False) -> list[tuple[str, list[tuple[str, float]]]]:
+    """For each image, the ``top_k`` classes by name with their probabilities, best first
+    (``trust``: as in :func:`load_run_model`)."""
     import torch
 
     if not images:
         raise ConfigError("predict: name at least one image file")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    run = load_run_model(run_dir, best=best, pm=pm)
+    run = load_run_model(run_dir, best=best, pm=pm, trust=trust, command="predict")
     x = preprocess_images(images, run.prep)
     with torch.no_grad():
         probs = run.model(x).float().softmax(dim=1)
+    if not bool(probs.isfinite().all()):
+        raise ThawkitError(f"predict: {run.weights} gives NaN or infinite outputs for these images; "
+                           "the run diverged (retrain with a lower optimizer.lr)")
     k = min(top_k, len(run.classes))
     values, indices = probs.topk(k, dim=1)
     return [(file, [(run.classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())])
@@ -129,11 +145,12 @@ def _plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[st
 
 def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, force: bool = False,
                merge: bool = False, pm: ThawkitPluginManager | None = None,
-               wise: float | None = None) -> tuple[Path, Path]:
+               wise: float | None = None, trust: bool = False) -> tuple[Path, Path]:
     """Write standalone weights and their config; returns ``(weights_path, config_path)``.
 
     ``out``: a ``.safetensors`` path (config beside it, ``.json``) or a directory
-    (``model.safetensors`` and ``config.json`` inside). ``wise``: WiSE-FT, the backbone
+    (``model.safetensors`` and ``config.json`` inside); never one of the run's own files.
+    ``trust``: as in :func:`load_run_model`. ``wise``: WiSE-FT, the backbone
     interpolated with the run's starting weights at this alpha (:mod:`.wise`). A run with
     adapters (``lora``, ...) writes them in PEFT's format into the directory ``out`` (see
     :func:`thawkit.plugins.train.adapter_export.export_adapters`), or, with ``merge=True``,
@@ -148,13 +165,20 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
         wise = check_alpha(wise, "export --wise")
     pm = _pm(pm)
     weights_path, config_path = _export_paths(out)
+    _check_not_run_file(Path(run_dir), weights_path, config_path)
+    for parent in (weights_path.parent, *weights_path.parent.parents):
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ConfigError(f"export: cannot write {str(weights_path)!r}: {str(parent)!r} is "
+                                  "not a directory")
+            break
     existing = [str(p) for p in (weights_path, config_path) if p.exists()]
     if existing and not force:
         raise ConfigError(f"export: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''};"
                           " choose another OUT or pass --force to overwrite")
     from .adapter_export import export_adapters, has_adapters, merge_run
 
-    run = load_run_model(run_dir, best=best, pm=pm)
+    run = load_run_model(run_dir, best=best, pm=pm, trust=trust, command="export")
     if wise is not None:
         if has_adapters(run.model):
             raise ConfigError(f"export --wise: run {str(run_dir)!r} trains adapters "
@@ -176,7 +200,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
         return export_adapters(run, out, config, force=force)
     reference = merge_run(run) if merge else run.model   # merge: a copy of the unmerged model
     state = _plain_head(run.model, run.layout, run.model.state_dict())
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    with disk_errors("create the export directory", weights_path.parent):
+        weights_path.parent.mkdir(parents=True, exist_ok=True)
     trial = weights_path.with_name(f".{weights_path.stem}.check.safetensors")
     save_weights(trial, state, metadata={"thawkit_export": json.dumps(config)})
     try:
@@ -194,11 +219,27 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
         if not same:
             raise ExportError(f"export: the model that load_backbone({config['spec']!r}) rebuilds "
                               "from the exported weights gives other logits than the trained model")
-        trial.replace(weights_path)
+        with disk_errors("write", weights_path):
+            trial.replace(weights_path)
     finally:
         trial.unlink(missing_ok=True)
     write_json(config_path, config)
     return weights_path, config_path
+
+
+def _check_not_run_file(run_dir: Path, *targets: Path) -> None:
+    """Export never writes over a file of a run directory (its own or another run's)."""
+    for target in targets:
+        parent = target.parent
+        try:
+            same_dir = parent.is_dir() and (parent.resolve() == run_dir.resolve()
+                                            or (parent / "checkpoint.pt").is_file())
+        except OSError:
+            continue
+        if same_dir and target.name in RUN_FILES:
+            raise ConfigError(f"export: {str(target)!r} is a file of the run directory "
+                              f"{str(parent)!r}; export to a path outside it (--force never "
+                              "overwrites a run's own files)")
 
 
 def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, dict]:

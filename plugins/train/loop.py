@@ -125,6 +125,9 @@ class Trainer:
         self.pipeline = pipeline
         self.state = Progress()
         self.wise: list[dict[str, Any]] = []  # the WiSE-FT sweep (train.wise_alphas), when done
+        self._saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written
+        # a buffer that holds inf by design (a mask) is no sign of divergence
+        self._nonfinite_from_start = set(self._nonfinite())
         self.interrupt_requested = False
         label_smoothing = session.recipe.train.label_smoothing
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -142,39 +145,92 @@ class Trainer:
 
     def restore(self) -> None:
         """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
+        from .checkpoint import CHECKPOINT, CheckpointError
+
         s = self.s
         ckpt = load_checkpoint(s.run_dir)
-        s.model.load_state_dict(ckpt["model"])
-        s.optimizer.load_state_dict(ckpt["optimizer"])
-        s.scheduler.load_state_dict(ckpt["scheduler"])
-        s.scaler.load_state_dict(ckpt["scaler"])
-        s.adapted.load_state_dict(ckpt["strategy"])
-        self.state = Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), **ckpt["progress"])
+        try:
+            s.model.load_state_dict(ckpt["model"])
+            s.optimizer.load_state_dict(ckpt["optimizer"])
+            s.scheduler.load_state_dict(ckpt["scheduler"])
+            s.scaler.load_state_dict(ckpt["scaler"])
+            s.adapted.load_state_dict(ckpt["strategy"])
+            self.state = Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), **ckpt["progress"])
+            set_rng_state(ckpt["rng"])
+            self._saved = (self.state.epoch, self.state.step)
+        except ThawkitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise CheckpointError(f"checkpoint {str(s.run_dir / CHECKPOINT)!r} does not fit the run "
+                                  f"its recipe.yaml describes ({type(exc).__name__}: {first}); it was "
+                                  "changed, or the recipe was") from None
         truncate_metrics(s.run_dir / METRICS, self.state.epoch)
-        set_rng_state(ckpt["rng"])
 
     def save(self) -> None:
+        self._check_finite()
         save_checkpoint(self.s.run_dir, self.checkpoint_state())
+        self._saved = (self.state.epoch, self.state.step)
+
+    def _check_finite(self, val: dict[str, float] | None = None) -> None:
+        """A :class:`DivergedError` when the validation loss or a weight is NaN or infinite:
+        non-finite weights are never saved, as checkpoint, best or final weights."""
+        st = self.state
+        if val is not None and not math.isfinite(val["val_loss"]):
+            what = f"the validation loss is {val['val_loss']} after epoch {st.epoch + 1}"
+        else:
+            bad = [k for k in self._nonfinite() if k not in self._nonfinite_from_start]
+            if not bad:
+                return
+            what = (f"{len(bad)} tensor{'s' if len(bad) > 1 else ''} of the model "
+                    f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) hold NaN or infinite "
+                    f"values in epoch {st.epoch + 1}")
+        raise DivergedError(f"{what}; the run stopped and {self._kept()}, nothing of this epoch "
+                            "was saved; lower optimizer.lr, set train.grad_clip, or check the data")
 
     # ------------------------------------------------------------- loop
     def fit(self) -> Outcome:
+        """Run (or finish) the run; ``run.json`` ends ``finished``, ``stopped``, ``interrupted``
+        or ``failed`` (with the reason) however it ends, as long as the directory is writable."""
         self._status("running")
         try:
             with _sigint_to_flag(self):
                 outcome = self._run()
-        except DivergedError as exc:
-            self._status("diverged", str(exc))
-            self._plot()
-            raise
         except DataError as exc:
             msg = _worker_message(exc)
-            self._status("failed", msg)
+            self._ended("failed", msg)
             raise DataError(msg) from None
+        except OSError as exc:  # a full or read-only disk (RunDirError), or an OSError elsewhere
+            from .rundir import RunDirError, describe_os_error
+
+            cause = str(exc) if isinstance(exc, RunDirError) else describe_os_error(exc)
+            msg = (f"{cause}; the run stopped and {self._kept()}; once the disk takes writes "
+                   f"again, continue with: thawkit train --resume {self.s.run_dir}")
+            self._ended("failed", msg)
+            raise RunDirError(exc.errno, msg) from exc
+        except ThawkitError as exc:
+            self._ended("failed", str(exc))
+            raise
+        except KeyboardInterrupt:
+            self._ended("interrupted", f"aborted by a second Ctrl-C without saving; the run "
+                        f"{self._kept()}; continue with: thawkit train --resume {self.s.run_dir}")
+            raise
+        except Exception as exc:
+            self._ended("failed", f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             self.pipeline.close()
         self._status(outcome.status, outcome.message)
         self._plot()
         return outcome
+
+    def _ended(self, status: str, message: str) -> None:
+        """Record how a run ended badly, if the directory still takes writes."""
+        try:
+            self._status(status, message)
+            self._plot()
+        except Exception:  # noqa: BLE001 - a full or read-only disk: the error already says so
+            pass
 
     def _run(self) -> Outcome:
         s, st = self.s, self.state
@@ -191,6 +247,7 @@ class Trainer:
             self.log(self._line(record))
             if self.interrupt_requested and st.epoch < s.epochs:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
+        self._check_finite()
         save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
         if s.recipe.train.wise_alphas:
             from .wise import sweep, sweep_line
@@ -235,8 +292,8 @@ class Trainer:
                 if not math.isfinite(value):
                     raise DivergedError(
                         f"loss is {value} at epoch {st.epoch + 1}, step {st.step + 1}; the run "
-                        f"stopped and keeps its last good checkpoint ({self._last_good()}); lower "
-                        "optimizer.lr, set train.grad_clip, or check the data")
+                        f"stopped and {self._kept()}; lower optimizer.lr, set train.grad_clip, "
+                        "or check the data")
                 opt.zero_grad(set_to_none=True)
                 s.scaler.scale(loss).backward()
                 if clip:
@@ -291,6 +348,7 @@ class Trainer:
         s, st = self.s, self.state
         started = time.perf_counter()
         val = self.evaluate()
+        self._check_finite(val)
         if s.interval == "epoch":
             from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -336,9 +394,20 @@ class Trainer:
         return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True,
                     desc=f"epoch {self.state.epoch + 1}/{self.s.epochs}")
 
-    def _last_good(self) -> str:
+    def _nonfinite(self) -> list[str]:
+        import torch
+
+        return [k for k, v in self.s.model.state_dict().items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+    def _kept(self) -> str:
+        """Which checkpoint a run that stops now keeps: the last one it wrote (or read)."""
         path = self.s.run_dir / "checkpoint.pt"
-        return f"{path}, after epoch {self.state.epoch}" if path.exists() else "none was written yet"
+        if self._saved is None:
+            return f"keeps {path}" if path.exists() else "had not written a checkpoint yet"
+        epoch, step = self._saved
+        where = f"at epoch {epoch + 1}, step {step}" if step else f"after epoch {epoch}"
+        return f"keeps its last good checkpoint ({path}, {where})"
 
     def _status(self, status: str, message: str = "") -> None:
         st = self.state

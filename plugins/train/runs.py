@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
 
-from .session import check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
+from .checkpoint import CHECKPOINT
+from .rundir import make_run_dir, remove_leftovers, run_lock, run_status
+from .session import RECIPE_FILE, check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
 
 if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
@@ -42,13 +44,33 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
     _check_stop_after(stop_after)
     pm = _pm(pm)
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
-    check_new_run_dir(run_dir)
-    with torch_flags_restored():
-        session = prepare(recipe, pm=pm, run_dir=run_dir)
-        trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
-                          on_step=on_step)
-        log(_with_status(session.describe(), trainer))
-        return trainer.fit()
+    created = make_run_dir(run_dir)
+    try:
+        with run_lock(run_dir):
+            check_new_run_dir(run_dir)
+            remove_leftovers(run_dir)
+            with torch_flags_restored():
+                session = prepare(recipe, pm=pm, run_dir=run_dir)
+                trainer = Trainer(session, stop_after=stop_after, log=log,
+                                  progress_bar=progress_bar, on_step=on_step)
+                log(_with_status(session.describe(), trainer))
+                return trainer.fit()
+    except BaseException:
+        if created:
+            _remove_if_unused(run_dir)
+        raise
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Take back a run directory this call created when the run wrote nothing into it."""
+    from .rundir import LOCK_FILE
+
+    try:
+        if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
@@ -57,6 +79,8 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
            expect: Recipe | None = None) -> Outcome:
     """Continue the run in ``run_dir`` from its checkpoint, with its own recipe.
 
+    A run that stopped before its first checkpoint starts again from its recipe; one whose
+    last epoch is done but whose final files are missing (killed at the very end) gets them.
     ``expect``: a recipe the caller named too; it must describe the same run.
     """
     from .checkpoint import load_checkpoint
@@ -65,27 +89,53 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     _check_stop_after(stop_after)
     pm = _pm(pm)
     run_dir = Path(run_dir)
-    load_checkpoint(run_dir)  # a missing or unreadable checkpoint fails before any building
-    recipe = read_run_recipe(run_dir, pm=pm)
-    if expect is not None:
-        _check_same(expect, recipe, run_dir)
-    with torch_flags_restored():
-        session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True)
-        trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
-                          on_step=on_step)
-        trainer.restore()
-        if trainer.state.epoch >= recipe.train.epochs:
-            return _already_done(trainer)
-        log(_with_status(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"
-                         + (f", step {trainer.state.step}" if trainer.state.step else "")
-                         + f" of {recipe.train.epochs}", trainer))
-        return trainer.fit()
+    if not run_dir.is_dir():
+        load_checkpoint(run_dir)  # the error for a missing run directory
+    with run_lock(run_dir):
+        remove_leftovers(run_dir)
+        fresh = not (run_dir / CHECKPOINT).exists() and (run_dir / RECIPE_FILE).is_file() \
+            and not (run_dir / "model.safetensors").exists()
+        if not fresh:
+            load_checkpoint(run_dir)  # a missing or unreadable checkpoint fails before any building
+        recipe = read_run_recipe(run_dir, pm=pm)
+        if expect is not None:
+            _check_same(expect, recipe, run_dir)
+        with torch_flags_restored():
+            if fresh:
+                for name in STALE_WITHOUT_CHECKPOINT:
+                    (run_dir / name).unlink(missing_ok=True)
+                session = prepare(recipe, pm=pm, run_dir=run_dir)
+                trainer = Trainer(session, stop_after=stop_after, log=log,
+                                  progress_bar=progress_bar, on_step=on_step)
+                log(_with_status(f"{run_dir} has no checkpoint yet: starting its run again from "
+                                 f"epoch 1; {session.describe()}", trainer))
+                return trainer.fit()
+            session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True)
+            trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
+                              on_step=on_step)
+            trainer.restore()
+            if trainer.state.epoch >= recipe.train.epochs:
+                if (run_dir / "model.safetensors").is_file() and run_status(run_dir) == "finished":
+                    return _already_done(trainer)
+                log(f"{run_dir}: all {recipe.train.epochs} epochs are done but the run's final "
+                    "files are missing; writing them")
+            else:
+                log(_with_status(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"
+                                 + (f", step {trainer.state.step}" if trainer.state.step else "")
+                                 + f" of {recipe.train.epochs}", trainer))
+            return trainer.fit()
+
+
+#: Files of a run that stopped before its first checkpoint; a restart writes them afresh.
+STALE_WITHOUT_CHECKPOINT = ("metrics.jsonl", "best.safetensors", "run.json", "curves.png")
 
 
 def _with_status(line: str, trainer: Trainer) -> str:
-    """The run's first line, with what the pipeline says about the current phase (the cache)."""
+    """The run's first line, with what the pipeline says about the current phase (the cache),
+    then a warning line for each doubtful thing about the data."""
     status = trainer.pipeline.status(trainer.s.adapted.phase)
-    return f"{line}; {status}" if status else line
+    line = f"{line}; {status}" if status else line
+    return "\n".join([line, *(f"warning: {w}" for w in trainer.s.warnings)])
 
 
 def _already_done(trainer: Trainer) -> Outcome:
@@ -113,14 +163,12 @@ def _check_same(given: Recipe, saved: Recipe, run_dir: Path) -> None:
 
 def summary(run_dir: str | Path) -> dict[str, Any]:
     """Status, last metrics and best accuracy of a run directory (for tables and tests)."""
-    import json
-
     from .checkpoint import read_jsonl
 
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    status = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    return {"status": status.get("status"), "epochs": len(rows),
+    status = run_status(run_dir) if (run_dir / "run.json").exists() else None
+    return {"status": status, "epochs": len(rows),
             "seconds": round(sum(r["seconds"] for r in rows), 3),
             "final_top1": rows[-1]["val_top1"] if rows else None,
             "best_top1": max((r["val_top1"] for r in rows), default=None),

@@ -12,7 +12,6 @@ A run directory holds:
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ConfigError
 
 from .checkpoint import CHECKPOINT, write_json, write_text
-from .data import Loaders, Preprocess, build_loaders, check_classes, scan_folder
+from .data import Loaders, Preprocess, build_loaders, check_classes, data_warnings, scan_folder
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +51,7 @@ class Session:
     amp_dtype: Any  # torch.dtype or None (no mixed precision)
     scaler: Any
     cache: list[CacheDecision] = field(default_factory=list)  # one per phase the run reaches
+    warnings: list[str] = field(default_factory=list)  # about the data: logged when the run starts
 
     @property
     def model(self):
@@ -167,20 +167,64 @@ def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
     return validate_recipe(data, where=str(run_dir / RECIPE_FILE), pm=recipe.plugin_manager)
 
 
-def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager) -> Recipe:
-    from thawkit import load_recipe
+def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager, trust: bool = True,
+                    command: str = "predict") -> Recipe:
+    """The run's own recipe. ``trust=False`` (predict, export): refuse one that names plugins
+    or ``python:`` factories the user did not load (:func:`~.rundir.check_trusted`)."""
+    from thawkit import ThawkitError, load_recipe
+
+    from .rundir import check_trusted, damaged, read_recipe_mapping
 
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {RECIPE_FILE}")
-    return load_recipe(path, pm=pm)
+    data = read_recipe_mapping(path)
+    if not trust:
+        loaded = [name for name, plugin in pm.list_name_plugin()]
+        loaded += [getattr(plugin, "__name__", "") for _, plugin in pm.list_name_plugin()]
+        check_trusted(Path(run_dir), data, loaded=loaded, command=command)
+    try:
+        return load_recipe(path, pm=pm)
+    except ThawkitError:
+        raise
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+        raise damaged(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def read_data_info(run_dir: Path) -> dict[str, Any]:
+    """``data.json``: class names and preprocessing, checked (a damaged file is an error naming it)."""
+    from .rundir import damaged, read_json
+
     path = Path(run_dir) / DATA_FILE
-    if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {DATA_FILE}")
-    return json.loads(path.read_text())
+    info = read_json(path)
+    classes = info.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise damaged(path, "'classes' must be a non-empty list of class names")
+    prep = info.get("preprocess")
+    problem = _preprocess_problem(prep) if isinstance(prep, dict) else "it must be a JSON object"
+    if problem:
+        raise damaged(path, f"'preprocess': {problem}")
+    return info
+
+
+def _preprocess_problem(prep: dict[str, Any]) -> str | None:
+    import math
+
+    for key in ("image_size", "resize"):
+        v = prep.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+            return f"{key} must be an integer from 1 to 4096, got {str(v)[:40]}"
+    for key in ("mean", "std"):
+        v = prep.get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                and (key == "mean" or x != 0) for x in v):
+            return f"{key} must be 3 finite numbers{' (not 0)' if key == 'std' else ''}"
+    if not isinstance(prep.get("interpolation"), str):
+        return "interpolation must be a string"
+    if not isinstance(prep.get("augment"), bool):
+        return "augment must be true or false"
+    return None
 
 
 # ----------------------------------------------------------------- build
@@ -261,7 +305,9 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     if not resume:
         import yaml
 
-        run_dir.mkdir(parents=True, exist_ok=True)
+        from .rundir import make_run_dir
+
+        make_run_dir(run_dir)  # thawkit train made it already; thawkit probe and API callers not
         from thawkit import arch_options
 
         recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
@@ -278,4 +324,4 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
 
         record_start(run_dir, recipe, adapted)
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,
-                   amp_dtype, scaler, cache)
+                   amp_dtype, scaler, cache, data_warnings(train, val))

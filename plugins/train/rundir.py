@@ -1,0 +1,249 @@
+"""Guards of a run directory: one process at a time, clear errors for disk trouble and tampered
+files, leftovers cleaned, and no code run from a directory that is not trusted.
+
+* :func:`run_lock`: an OS file lock (``flock``) on ``run.lock`` held while ``thawkit train``
+  writes the directory; the OS releases it when the process exits, however it exits, so a
+  crash never leaves a stale lock. A second process fails at once naming the holder's pid.
+* :func:`disk_errors`: an ``OSError`` while writing (full disk, read-only file system, a
+  parent that is a file, a dangling symlink) becomes a :class:`RunDirError` naming the path
+  and the cause.
+* :func:`read_json`: a run file that is torn or of the wrong shape is an error naming the file.
+* :func:`check_trusted`: ``predict``/``export`` refuse a run recipe's ``plugins:`` and
+  ``python:`` factories unless the user trusts the run (``--trust-run``) or loaded the plugin.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from thawkit import ConfigError, ThawkitError
+
+LOCK_FILE = "run.lock"
+#: Every file a run writes into its directory (export refuses to overwrite them).
+RUN_FILES = ("recipe.yaml", "plan.json", "data.json", "metrics.jsonl", "curves.png",
+             "model.safetensors", "best.safetensors", "checkpoint.pt", "run.json", LOCK_FILE)
+#: ``python:`` factories that ship with thawkit and may be rebuilt from any run directory.
+TRUSTED_FACTORIES = ("thawkit.plugins.train.demo_model:small_cnn",)
+
+_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EEXIST: "it exists and is not a directory (a file, or a symlink to nothing)",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+class RunDirError(ThawkitError, OSError):
+    """A run directory that cannot be written (full disk, read-only, not a directory) or is
+    held by another process; ``errno`` is the cause's."""
+
+    def __init__(self, errno_: int | None, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno N]"
+        return str(self.args[0])
+
+
+def os_cause(exc: OSError) -> str:
+    """What went wrong, in words: "the disk is full", "the file system is read-only", ..."""
+    return _CAUSES.get(exc.errno or 0) or exc.strerror or str(exc) or type(exc).__name__
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
+    """``'PATH': cause`` for an OSError (the path it names, else ``path``)."""
+    where = exc.filename if exc.filename is not None else path
+    return f"{str(where)!r}: {os_cause(exc)}" if where is not None else os_cause(exc)
+
+
+@contextmanager
+def disk_errors(action: str, path: str | os.PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` inside the block into a :class:`RunDirError`: ``cannot ACTION 'PATH': cause``."""
+    try:
+        yield
+    except ThawkitError:
+        raise
+    except OSError as exc:
+        raise RunDirError(exc.errno, f"cannot {action} {describe_os_error(exc, path)}") from exc
+
+
+def make_run_dir(run_dir: Path, field: str = "train.output") -> bool:
+    """Create ``run_dir`` (and its parents); True when it was created here."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise RunDirError(errno.EEXIST, f"{field}: {str(run_dir)!r} is a symlink to nothing "
+                          f"({os.readlink(run_dir)!r}); remove it or choose another --output")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(errno.ENOTDIR, f"{field}: {str(run_dir)!r} exists and is not a directory")
+    if run_dir.is_dir():
+        return False
+    with disk_errors(f"create the run directory ({field})", run_dir):
+        run_dir.mkdir(parents=True)
+    return True
+
+
+# -------------------------------------------------------------------- lock
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/run.lock`` exclusively for the block; a :class:`RunDirError` naming the
+    holder when another process has it. On platforms without ``fcntl`` no lock is taken; in a
+    distributed job (``RANK`` set) only rank 0, the one that writes the directory, takes it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    with disk_errors("write", path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if _flock(fcntl, fd):
+            with disk_errors("write", path):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+        else:
+            holder = _read_holder(fd)
+            raise RunDirError(errno.EBUSY, f"{str(run_dir)!r} is in use by another thawkit process"
+                              f"{f' (pid {holder})' if holder else ''}, which holds {str(path)!r}; "
+                              "wait for it to end (or stop it), or choose another --output")
+        yield  # the lock goes with the file descriptor: closing it (or exiting) releases it
+    finally:
+        os.close(fd)
+
+
+def _flock(fcntl: Any, fd: int) -> bool:
+    """Lock ``fd`` exclusively; False when another process holds it. A file system without
+    ``flock`` (some network mounts) counts as locked: the run goes on unlocked, as before."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    return True
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Delete the temporary files of writes a crash interrupted (``.NAME.*.tmp``); the names."""
+    gone = []
+    for p in run_dir.glob(".*.tmp"):
+        if p.is_file() and any(p.name.startswith(f".{name}.") for name in RUN_FILES):
+            try:
+                p.unlink()
+            except OSError:
+                continue
+            gone.append(p.name)
+    return sorted(gone)
+
+
+# ------------------------------------------------------------- run files
+def read_json(path: Path, *, kind: type = dict) -> Any:
+    """A run directory's JSON file, or a :class:`ConfigError` naming it when it is unreadable."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path.parent)!r} is not a thawkit run directory: it has no "
+                          f"{path.name}") from None
+    except OSError as exc:
+        raise ConfigError(f"run file {describe_os_error(exc, path)}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"run file {str(path)!r} is damaged (not valid JSON: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
+                          "; it was changed or torn after the run wrote it") from None
+    if not isinstance(data, kind):
+        raise ConfigError(f"run file {str(path)!r} is damaged: expected a JSON "
+                          f"{'object' if kind is dict else kind.__name__}, got {type(data).__name__}")
+    return data
+
+
+def damaged(path: Path, what: str) -> ConfigError:
+    return ConfigError(f"run file {str(path)!r} is damaged: {what}; it was changed or torn after "
+                       "the run wrote it")
+
+
+def run_status(run_dir: Path) -> str:
+    """The status in ``run.json`` ("unknown" when it is missing or damaged)."""
+    try:
+        status = read_json(run_dir / "run.json").get("status")
+    except ConfigError:
+        return "unknown"
+    return status if isinstance(status, str) else "unknown"
+
+
+# ------------------------------------------------------------------ trust
+def read_recipe_mapping(path: Path) -> dict[str, Any]:
+    """The run recipe as a mapping (YAML), without validating it or loading any plugin."""
+    import yaml
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+        data = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path.parent)!r} is not a thawkit run directory: it has no "
+                          f"{path.name}") from None
+    except OSError as exc:
+        raise ConfigError(f"run file {describe_os_error(exc, path)}") from None
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise damaged(path, f"not a UTF-8 YAML document ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise damaged(path, f"expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def untrusted_code(data: dict[str, Any], *, base: Path, loaded: list[str]) -> list[str]:
+    """What a run recipe would import: plugins not already loaded, and ``python:`` factories
+    (entries that are not strings are left to the recipe's validation, which refuses them)."""
+    found = []
+    refs = data.get("plugins") or []
+    loaded_paths = {str(Path(n).resolve()) for n in loaded if n.endswith(".py")}
+    for ref in refs if isinstance(refs, list) else []:
+        if not isinstance(ref, str):
+            continue
+        if ref.endswith(".py") or "/" in ref or os.sep in ref:
+            try:
+                path = base / ref if (base / ref).is_file() else Path(ref)
+                known = str(path.resolve()) in loaded_paths
+            except (OSError, ValueError):  # a name too long, a NUL byte
+                known = False
+            if not known:
+                found.append(f"plugin {_short(ref)}")
+        elif ref not in loaded:
+            found.append(f"plugin {_short(ref)}")
+    backbone = data.get("backbone")
+    if isinstance(backbone, dict) and backbone.get("source") == "python" \
+            and isinstance(backbone.get("name"), str) and backbone["name"] not in TRUSTED_FACTORIES:
+        found.append(f"the factory {_short('python:' + backbone['name'])}")
+    if len(found) > 3:
+        found[3:] = [f"{len(found) - 3} more"]
+    return found
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def check_trusted(run_dir: Path, data: dict[str, Any], *, loaded: list[str], command: str) -> None:
+    """Refuse a run recipe that would import code the user did not name."""
+    found = untrusted_code(data, base=run_dir, loaded=loaded)
+    if found:
+        raise ConfigError(
+            f"{command}: {str(run_dir / 'recipe.yaml')!r} names {' and '.join(found)}, whose code "
+            f"{command} would import and run; pass --trust-run if you trust this run directory "
+            "(or load the plugin yourself with -p MODULE)")
