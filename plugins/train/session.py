@@ -206,6 +206,10 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     from thawkit import adapt_recipe
 
     t = recipe.train
+    if recipe.optimizer.lr_scale:
+        raise ConfigError("optimizer.lr_scale: true is timm's form, for your own loop that sets "
+                          "lr = base * lr_scale; thawkit train's schedules scale each group's lr "
+                          "(the multipliers baked in), so leave optimizer.lr_scale false")
     seed_everything(t.seed, t.deterministic)
     train = scan_folder(recipe.data.train, "data.train")
     val = scan_folder(recipe.data.val, "data.val")
