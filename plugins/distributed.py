@@ -41,20 +41,26 @@ class DistributedAdapted:
         from torch.nn.parallel import DistributedDataParallel
 
         self.wraps += 1
+        self._wrapped = self.adapted.trainable
         return DistributedDataParallel(self.adapted.model, **self.ddp_kwargs)
+
+    def refresh(self) -> bool:
+        """Wrap the model afresh if its trainable set is not the one wrapped; True when it did
+        (for a loop that calls ``adapted.on_epoch_start`` itself)."""
+        if self.adapted.trainable == self._wrapped:
+            return False
+        self.module = self._wrap()
+        return True
 
     def on_epoch_start(self, epoch: int) -> bool:
         """Advance the strategy; when the trainable set changed, wrap the model afresh."""
         changed = self.adapted.on_epoch_start(epoch)
-        if changed:
-            self.module = self._wrap()
+        self.refresh()
         return changed
 
     def state_dict(self) -> dict[str, Any]:
         return self.adapted.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        before = self.adapted.trainable
         self.adapted.load_state_dict(state)
-        if self.adapted.trainable != before:
-            self.module = self._wrap()
+        self.refresh()

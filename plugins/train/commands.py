@@ -15,6 +15,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .runs import resume, train
 
+    if args.nproc is not None:
+        from .ddp import launch
+
+        return launch(args)
     pm = args.pm
     overrides = list(args.set or [])
     if args.epochs is not None:
@@ -32,7 +36,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"train.output={args.output}")
         recipe = load_recipe(args.recipe, overrides=overrides, pm=pm)
         outcome = train(recipe, pm=pm, stop_after=args.stop_after)
-    print(outcome.message)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone speaks
+        print(outcome.message)
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else 0
 
 
@@ -105,6 +112,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set optimizer.lr=0.01; repeatable")
+    p.add_argument("--nproc", type=_positive, metavar="N",
+                   help="train in N processes with DDP on this machine (starts torchrun "
+                        "--standalone --nproc_per_node N; data.batch_size stays the global batch)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(

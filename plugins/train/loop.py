@@ -117,10 +117,12 @@ class Trainer:
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self._plot_skipped = False
         self.on_step = on_step
+        self.world = session.world
         if pipeline is None:
             from .cache import CachedPipeline
+            from .ddp import DDPPipeline
 
-            pipeline = CachedPipeline(session, log=log)
+            pipeline = (DDPPipeline if self.world.distributed else CachedPipeline)(session, log=log)
         self.pipeline = pipeline
         self.state = Progress()
         self.interrupt_requested = False
@@ -136,7 +138,13 @@ class Trainer:
                 "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
                 "strategy": s.adapted.state_dict(), "rng": rng_state(),
-                "recipe": s.recipe.model_dump(mode="json")}
+                "recipe": s.recipe.model_dump(mode="json"), **self._world_state()}
+
+    def _world_state(self) -> dict[str, Any]:
+        """Under DDP: the number of processes and every process's RNG state (a collective call)."""
+        if not self.world.distributed:
+            return {}
+        return {"world_size": self.world.size, "rng_ranks": self.world.gather(rng_state())}
 
     def restore(self) -> None:
         """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
@@ -148,11 +156,23 @@ class Trainer:
         s.scaler.load_state_dict(ckpt["scaler"])
         s.adapted.load_state_dict(ckpt["strategy"])
         self.state = Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), **ckpt["progress"])
-        truncate_metrics(s.run_dir / METRICS, self.state.epoch)
-        set_rng_state(ckpt["rng"])
+        if self.world.is_main:
+            truncate_metrics(s.run_dir / METRICS, self.state.epoch)
+        saved = int(ckpt.get("world_size", 1))
+        if saved == self.world.size and "rng_ranks" in ckpt:
+            set_rng_state(ckpt["rng_ranks"][self.world.rank])
+        else:
+            set_rng_state(ckpt["rng"])
+        from .ddp import restore_message
+
+        changed = restore_message(saved, self.world)
+        if changed:
+            self.log(changed)
 
     def save(self) -> None:
-        save_checkpoint(self.s.run_dir, self.checkpoint_state())
+        state = self.checkpoint_state()  # on every process: it gathers their RNG states
+        if self.world.is_main:
+            save_checkpoint(self.s.run_dir, state)
 
     # ------------------------------------------------------------- loop
     def fit(self) -> Outcome:
@@ -187,9 +207,10 @@ class Trainer:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
             record = self._end_epoch()
             self.log(self._line(record))
-            if self.interrupt_requested and st.epoch < s.epochs:
+            if self.world.any(self.interrupt_requested) and st.epoch < s.epochs:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
-        save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
+        if self.world.is_main:
+            save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
         best = f"; best val top-1 {100 * st.best_top1:.2f}% at epoch {st.best_epoch + 1}" \
             if st.best_epoch >= 0 else ""
         return Outcome("finished", st.epoch, f"finished {s.epochs} epochs{best}; weights in "
@@ -221,7 +242,10 @@ class Trainer:
                                     enabled=s.amp_dtype is not None):
                     logits = self.pipeline.forward(x)
                     loss = self.criterion(logits.float(), y)
-                value = float(loss.detach())
+                value, n = float(loss.detach()), int(y.shape[0])
+                correct = int((logits.detach().argmax(1) == y).sum())
+                if self.world.distributed:
+                    loss, value, n, correct = self._reduce_step(loss, value, n, correct)
                 if not math.isfinite(value):
                     raise DivergedError(
                         f"loss is {value} at epoch {st.epoch + 1}, step {st.step + 1}; the run "
@@ -237,9 +261,9 @@ class Trainer:
                 if s.interval == "step":
                     s.scheduler.step()
                 st.step += 1
-                st.loss_sum += value * y.shape[0]
-                st.correct += int((logits.detach().argmax(1) == y).sum())
-                st.seen += int(y.shape[0])
+                st.loss_sum += value * n
+                st.correct += correct
+                st.seen += n
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}")
@@ -254,6 +278,16 @@ class Trainer:
                 bar.close()
         st.seconds += time.perf_counter() - started
         return True
+
+    def _reduce_step(self, loss, value: float, n: int, correct: int):
+        """Under DDP: the step's loss, count and correct over every process (so that all of them
+        decide alike on NaN and Ctrl-C), and this process's loss weighted by its share of the
+        global batch (DDP averages gradients over processes; weighted, the average is the
+        gradient of the global batch's mean loss, whatever the shares)."""
+        total, n_all, correct_all, stop = self.world.sum(
+            [value * n, float(n), float(correct), float(self.interrupt_requested)])
+        self.interrupt_requested = stop > 0
+        return loss * (n * self.world.size / n_all), total / n_all, int(n_all), int(correct_all)
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (plain cross-entropy), top-1 and, with 5 or more classes, top-5."""
@@ -272,6 +306,8 @@ class Trainer:
                 if self.num_classes >= 5:
                     top5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
                 n += int(y.shape[0])
+        if self.world.distributed:  # each process evaluated its own images: sum the counts
+            loss_sum, top1, top5, n = self.world.sum([loss_sum, top1, top5, n])
         out = {"val_loss": loss_sum / n, "val_top1": top1 / n}
         if self.num_classes >= 5:
             out["val_top5"] = top5 / n
@@ -295,10 +331,12 @@ class Trainer:
                   "lrs": st.lrs, "train_loss": st.loss_sum / max(st.seen, 1),
                   "train_top1": st.correct / max(st.seen, 1), **val,
                   "seconds": round(st.seconds + time.perf_counter() - started, 3)}
-        append_jsonl(s.run_dir / METRICS, record)
+        if self.world.is_main:
+            append_jsonl(s.run_dir / METRICS, record)
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
-            save_weights(s.run_dir / "best.safetensors", s.model.state_dict())
+            if self.world.is_main:
+                save_weights(s.run_dir / "best.safetensors", s.model.state_dict())
         st.epoch += 1
         st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
         self.save()
@@ -328,6 +366,8 @@ class Trainer:
         return f"{path}, after epoch {self.state.epoch}" if path.exists() else "none was written yet"
 
     def _status(self, status: str, message: str = "") -> None:
+        if not self.world.is_main:
+            return
         st = self.state
         write_json(self.s.run_dir / "run.json", {
             "status": status, "message": message, "epochs": self.s.epochs,
@@ -338,6 +378,9 @@ class Trainer:
 
     def _plot(self) -> None:
         from .extras import INSTALL, available
+
+        if not self.world.is_main:
+            return
         from .plot import plot_run
 
         if available("matplotlib"):

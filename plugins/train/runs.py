@@ -36,15 +36,22 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
 
         recipe = thawkit.load_recipe("recipe.yaml", overrides=["train.epochs=5"])
         outcome = thawkit.plugins.train.train(recipe, run_dir="runs/try1")
+
+    Under ``torchrun`` (several processes) it trains with DDP; see :mod:`~.ddp`.
     """
+    from .ddp import join
     from .loop import Trainer
 
     _check_stop_after(stop_after)
     pm = _pm(pm)
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
+    world = join(recipe.train.device)
     check_new_run_dir(run_dir)
+    world.barrier()  # every process has checked before rank 0 writes
+    if not world.is_main:
+        log, progress_bar = _quiet, False
     with torch_flags_restored():
-        session = prepare(recipe, pm=pm, run_dir=run_dir)
+        session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
         trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
                           on_step=on_step)
         log(_with_status(session.describe(), trainer))
@@ -60,6 +67,7 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     ``expect``: a recipe the caller named too; it must describe the same run.
     """
     from .checkpoint import load_checkpoint
+    from .ddp import join
     from .loop import Trainer
 
     _check_stop_after(stop_after)
@@ -69,17 +77,25 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     recipe = read_run_recipe(run_dir, pm=pm)
     if expect is not None:
         _check_same(expect, recipe, run_dir)
+    world = join(recipe.train.device)
+    if not world.is_main:
+        log, progress_bar = _quiet, False
     with torch_flags_restored():
-        session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True)
+        session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True, world=world)
         trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
                           on_step=on_step)
         trainer.restore()
+        world.barrier()  # every process has read the checkpoint before rank 0 writes
         if trainer.state.epoch >= recipe.train.epochs:
             return _already_done(trainer)
         log(_with_status(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"
                          + (f", step {trainer.state.step}" if trainer.state.step else "")
                          + f" of {recipe.train.epochs}", trainer))
         return trainer.fit()
+
+
+def _quiet(_line: str) -> None:
+    """The log of every process but rank 0's."""
 
 
 def _with_status(line: str, trainer: Trainer) -> str:
