@@ -99,6 +99,9 @@ if rank == 0:
     import shutil
     shutil.copytree(stopped, out / "stopped_one")
 codes.append(main(["train", "--resume", str(stopped)]))
+# the embedding guide's torchrun example, last: it ends the process group
+import runpy
+runpy.run_path(sys.argv[3], run_name="__main__")
 (out / f"rank{rank}.json").write_text(json.dumps({"status": outcome.status, "writes": writes,
                                                   "codes": codes}))
 '''
@@ -151,7 +154,8 @@ def ddp_run(tmp_path_factory):
     data = make_data(tmp / "data")
     path = write_recipe(tmp / "recipe.yaml", recipe(data, tmp / "ddp"))
     (tmp / "driver.py").write_text(DRIVER)
-    result = torchrun(str(tmp / "driver.py"), str(path), str(tmp), cwd=tmp)
+    example = TESTS.parent / "examples" / "ddp_gradual.py"
+    result = torchrun(str(tmp / "driver.py"), str(path), str(tmp), str(example), cwd=tmp)
     return tmp, data, result
 
 
@@ -214,6 +218,14 @@ def test_resume_same_world_is_bit_identical_other_world_says_so(ddp_run, pm):
     assert "written by 2 processes, this run has 1" in said and "not bit-identical" in said
     a, b = weights(tmp / "stopped_one" / "model.safetensors"), weights(tmp / "ddp" / "model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < ATOL
+
+
+def test_embedding_example_under_torchrun(ddp_run):
+    """examples/ddp_gradual.py (the embedding guide's) with 2 processes: its own check that the
+    processes hold identical weights passed, and rank 0 alone printed."""
+    _, _, result = ddp_run
+    assert result.stdout.count("identical weights in all 2 process(es)") == 1
+    assert result.stdout.count("epoch 2: DDP wraps so far 3") == 1
 
 
 def test_nproc_starts_the_same_command_under_torchrun(tmp_path, monkeypatch, capsys):

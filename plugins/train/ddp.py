@@ -130,7 +130,7 @@ def join(device_setting: str) -> World:
     dist.init_process_group(backend)
     # kept for the process's later runs (a group cannot be started twice from torchrun's
     # environment) and ended when the process exits
-    atexit.register(dist.destroy_process_group)
+    atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
     return World(dist.get_rank(), dist.get_world_size(), local, backend)
 
 
