@@ -240,3 +240,61 @@ def test_nproc_starts_the_same_command_under_torchrun(tmp_path, monkeypatch, cap
     monkeypatch.setenv("WORLD_SIZE", "2")  # already one of torchrun's processes
     assert main(["train", "--nproc", "2", "r.yaml"]) == 2
     assert "leave --nproc out under torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n, batch, size", [(18, 5, 2), (17, 4, 3), (16, 4, 4), (14, 4, 3)])
+def test_shards_together_are_the_one_process_batches(n, batch, size):
+    from thawkit.plugins.train.data import EpochBatches
+    from thawkit.plugins.train.ddp import ShardedBatches
+
+    one = EpochBatches(n, batch, seed=7)
+    shards = [ShardedBatches(n, batch, 7, rank, size) for rank in range(size)]
+    for epoch in (0, 3):
+        one.set_epoch(epoch)
+        for s in shards:
+            s.set_epoch(epoch)
+        steps = list(zip(*[list(s) for s in shards]))
+        full = list(one)
+        assert len(steps) == shards[0].steps_per_epoch <= len(full)
+        for parts, whole in zip(steps, full):
+            assert sorted(k for part in parts for k in part) == sorted(whole)  # each image once
+            assert all(parts)  # every process has at least one image
+        dropped = full[len(steps):]
+        assert all(len(b) < size for b in dropped)  # only a last batch too small to share
+
+
+def test_batch_smaller_than_the_processes_is_refused():
+    from thawkit import ConfigError
+    from thawkit.plugins.train.ddp import World, shard
+
+    with pytest.raises(ConfigError, match="data.batch_size is the global batch"):
+        shard(None, World(rank=0, size=4), batch_size=3, seed=0)  # refused before any loader
+
+
+def test_sync_bn_keeps_the_norm_policy_and_is_refused_on_cpu(pm):
+    """The conversion keeps the module objects (so thawkit's frozen-norm hooks and the optimizer
+    still hold them): frozen BatchNorm statistics stay bit-identical, thawed ones update."""
+    import thawkit
+    from thawkit import ConfigError
+    from thawkit.plugins.train.ddp import World, check_sync_bn, convert_sync_bn
+    from thawkit.plugins.train.demo_model import small_cnn
+
+    torch.manual_seed(0)
+    adapted = thawkit.adapt(small_cnn(width=4), "last-block", num_classes=3, pm=pm)
+    model = adapted.model
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert convert_sync_bn(model) == len(bns) > 0
+    assert all(type(m) is nn.SyncBatchNorm for m in bns)
+    opt = adapted.optimizer("sgd", lr=0.1)
+    model.train()  # dist is not initialised here: SyncBatchNorm computes like BatchNorm
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    for k, v in before.items():
+        frozen = not k.startswith("block3.")
+        assert torch.equal(after[k], v) == frozen, k
+    check_sync_bn(World(), torch.device("cpu"))  # one process: nothing to synchronise
+    with pytest.raises(ConfigError, match="SyncBatchNorm runs on CUDA only"):
+        check_sync_bn(World(rank=0, size=2), torch.device("cpu"))
