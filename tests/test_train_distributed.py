@@ -3,8 +3,9 @@
 Checked: both processes end with identical parameters, the thawed blocks moved and the frozen
 stem did not, rank 0 alone writes the run directory (rank 1's writes are watched), validation
 counts every image once, the result equals a one-process run with the same global batch within
-float tolerance, and resume with the same number of processes is bit-identical while another
-number says what that means.
+float tolerance, resume with the same number of processes is bit-identical (also after a
+Ctrl-C that only one process saw: all stop after the same step) while another number says what
+that means, and the embedding guide's torchrun example runs.
 
 Why not bit-identical to one process: the global batch and its gradient are the same, but the
 one-process run sums the per-sample losses of the whole batch in one reduction, while under DDP
@@ -99,11 +100,26 @@ if rank == 0:
     import shutil
     shutil.copytree(stopped, out / "stopped_one")
 codes.append(main(["train", "--resume", str(stopped)]))
+# a Ctrl-C in rank 1 alone, after step 2 of epoch 2: every process stops after step 3 with a
+# mid-epoch checkpoint, and the resumed run ends as the uninterrupted one
+from thawkit.plugins.train import resume
+
+
+def ctrl_c(trainer):
+    if rank == 1 and trainer.state.epoch == 1 and trainer.state.step == 2:
+        trainer.interrupt_requested = True
+
+
+interrupted = thawkit.load_recipe(sys.argv[1], overrides=[f"train.output={out / 'interrupted'}"])
+first = train(interrupted, on_step=ctrl_c)
+print(f"rank {rank}: {first.message}")
+statuses = [first.status]
+statuses.append(resume(out / "interrupted").status)
 # the embedding guide's torchrun example, last: it ends the process group
 import runpy
 runpy.run_path(sys.argv[3], run_name="__main__")
 (out / f"rank{rank}.json").write_text(json.dumps({"status": outcome.status, "writes": writes,
-                                                  "codes": codes}))
+                                                  "codes": codes, "statuses": statuses}))
 '''
 
 
@@ -174,13 +190,13 @@ def test_both_processes_end_identical_and_thawed_blocks_moved(ddp_run):
 def test_rank_0_alone_writes_the_run_directory(ddp_run):
     tmp, _, result = ddp_run
     assert json.loads((tmp / "rank1.json").read_text()) == {
-        "status": "finished", "writes": [], "codes": [0, 0]}
+        "status": "finished", "writes": [], "codes": [0, 0], "statuses": ["interrupted", "finished"]}
     assert json.loads((tmp / "rank0.json").read_text())["codes"] == [0, 0]
     run = tmp / "ddp"
     assert [r["epoch"] for r in rows(run)] == [0, 1, 2]  # one writer: each epoch once
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no stray temporary files
-    assert result.stdout.count("2 processes (DDP, gloo") == 2  # one process speaks (2 runs)
+    assert result.stdout.count("2 processes (DDP, gloo") == 3  # one process speaks (3 new runs)
     assert result.stdout.count("stopped after 1 of 3 epochs") == 1
     assert "cache off for epoch 1: 2 processes (torchrun)" in result.stdout
 
@@ -212,6 +228,12 @@ def test_resume_same_world_is_bit_identical_other_world_says_so(ddp_run, pm):
     assert (tmp / "stopped" / "model.safetensors").read_bytes() == \
         (tmp / "ddp" / "model.safetensors").read_bytes()
     assert rows(tmp / "stopped") == rows(tmp / "ddp")
+    # Ctrl-C in one process: all stopped after the same step, mid-epoch, and resumed exactly
+    assert json.loads((tmp / "rank0.json").read_text())["statuses"] == ["interrupted", "finished"]
+    assert "rank 0: interrupted at epoch 2, step 3;" in result.stdout
+    assert "rank 1: interrupted at epoch 2, step 3;" in result.stdout
+    assert (tmp / "interrupted" / "model.safetensors").read_bytes() == \
+        (tmp / "ddp" / "model.safetensors").read_bytes()
     lines: list[str] = []
     assert resume(tmp / "stopped_one", pm=pm, log=lines.append).status == "finished"
     said = " ".join(lines)

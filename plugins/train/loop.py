@@ -126,6 +126,7 @@ class Trainer:
         self.pipeline = pipeline
         self.state = Progress()
         self.interrupt_requested = False
+        self._all_stop = False  # under DDP: a Ctrl-C some process had when the step began
         label_smoothing = session.recipe.train.label_smoothing
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.num_classes = len(session.loaders.classes)
@@ -269,7 +270,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{value:.4f}")
                 if self.on_step is not None:
                     self.on_step(self)
-                if self.interrupt_requested and st.step < total:
+                if (self._all_stop if self.world.distributed else self.interrupt_requested) \
+                        and st.step < total:
                     st.seconds += time.perf_counter() - started
                     self.save()
                     return False
@@ -286,7 +288,7 @@ class Trainer:
         gradient of the global batch's mean loss, whatever the shares)."""
         total, n_all, correct_all, stop = self.world.sum(
             [value * n, float(n), float(correct), float(self.interrupt_requested)])
-        self.interrupt_requested = stop > 0
+        self._all_stop = stop > 0  # every process stops after this same step
         return loss * (n * self.world.size / n_all), total / n_all, int(n_all), int(correct_all)
 
     def evaluate(self) -> dict[str, float]:
