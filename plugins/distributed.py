@@ -5,13 +5,14 @@ gradients when it is constructed: a block thawed afterwards is never
 all-reduced and the ranks silently drift apart. :class:`DistributedAdapted`
 re-wraps the model whenever a phase change alters the trainable set. The
 optimizer is untouched (it already holds every parameter that will ever
-thaw), so its state and any LR scheduler carry on unchanged.
+thaw), so its state and any LR scheduler carry on unchanged. ``thawkit train``
+uses it under torchrun (``thawkit.plugins.train.ddp``).
 
 Example (under ``torchrun``)::
 
     adapted = thawkit.adapt(model, "gradual", num_classes=10, every=2)
     optimizer = adapted.optimizer("adamw", lr=1e-3)
-    ddp = thawkit.distributed.DistributedAdapted(adapted, device_ids=[local_rank])
+    ddp = thawkit.plugins.distributed.DistributedAdapted(adapted, device_ids=[local_rank])
     for epoch in range(epochs):
         ddp.on_epoch_start(epoch)        # re-wraps when a block thaws
         for x, y in loader:

@@ -262,6 +262,8 @@ def test_nproc_starts_the_same_command_under_torchrun(tmp_path, monkeypatch, cap
     monkeypatch.setenv("WORLD_SIZE", "2")  # already one of torchrun's processes
     assert main(["train", "--nproc", "2", "r.yaml"]) == 2
     assert "leave --nproc out under torchrun" in capsys.readouterr().err
+    assert main(["probe", "r.yaml", "--lr", "0.1"]) == 2
+    assert "thawkit probe runs in one process" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("n, batch, size", [(18, 5, 2), (17, 4, 3), (16, 4, 4), (14, 4, 3)])

@@ -46,8 +46,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from thawkit import load_recipe
 
+    from .ddp import launched
     from .probe import probe
 
+    if launched():
+        raise ConfigError("thawkit probe runs in one process (its features are computed once); "
+                          "start it without torchrun")
     overrides = list(args.set or [])
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
