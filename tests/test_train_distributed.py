@@ -255,12 +255,19 @@ def test_nproc_starts_the_same_command_under_torchrun(tmp_path, monkeypatch, cap
 
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
-    assert main(["train", "--nproc", "2", "r.yaml", "--stop-after", "1", "--set", "train.seed=3"]) == 0
+    path = write_recipe(tmp_path / "r.yaml", recipe(make_data(tmp_path), tmp_path / "run"))
+    assert main(["train", "--nproc", "2", str(path), "--stop-after", "1", "--set", "train.seed=3"]) == 0
     assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone",
-                      "--nproc_per_node=2", "-m", "thawkit", "train", "r.yaml", "--stop-after", "1",
+                      "--nproc_per_node=2", "-m", "thawkit", "train", str(path), "--stop-after", "1",
                       "--set", "train.seed=3"]]
+    # a recipe's mistakes are found once, before any process starts: one message, exit code 2
+    assert main(["train", "--nproc", "6", str(path)]) == 2
+    assert main(["train", "--nproc", "2", str(path), "--set", "optimizer.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size is the global batch (5), smaller than the 6 processes" in err
+    assert "optimizer.lr" in err and "Traceback" not in err and len(calls) == 1
     monkeypatch.setenv("WORLD_SIZE", "2")  # already one of torchrun's processes
-    assert main(["train", "--nproc", "2", "r.yaml"]) == 2
+    assert main(["train", "--nproc", "2", str(path)]) == 2
     assert "leave --nproc out under torchrun" in capsys.readouterr().err
     assert main(["probe", "r.yaml", "--lr", "0.1"]) == 2
     assert "thawkit probe runs in one process" in capsys.readouterr().err

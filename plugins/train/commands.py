@@ -13,12 +13,9 @@ EXIT_INTERRUPTED = 130
 def cmd_train(args: argparse.Namespace) -> int:
     from thawkit import load_recipe
 
+    from .ddp import launch
     from .runs import resume, train
 
-    if args.nproc is not None:
-        from .ddp import launch
-
-        return launch(args)
     pm = args.pm
     overrides = list(args.set or [])
     if args.epochs is not None:
@@ -28,6 +25,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with its own recipe; --set, --epochs and "
                               "--output cannot change it (start a new run instead)")
         expect = load_recipe(args.recipe, pm=pm) if args.recipe else None
+        if args.nproc is not None:
+            return launch(args)
         outcome = resume(args.resume, pm=pm, stop_after=args.stop_after, expect=expect)
     else:
         if not args.recipe:
@@ -35,6 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.output:
             overrides.append(f"train.output={args.output}")
         recipe = load_recipe(args.recipe, overrides=overrides, pm=pm)
+        if args.nproc is not None:  # the recipe is checked here once, before any process starts
+            return launch(args, recipe.data.batch_size)
         outcome = train(recipe, pm=pm, stop_after=args.stop_after)
     import os
 

@@ -167,14 +167,18 @@ class ShardedBatches(EpochBatches):
             yield keys[self.rank::self.size]
 
 
+def check_batch(batch_size: int, processes: int) -> None:
+    if batch_size < processes:
+        raise ConfigError(f"data.batch_size is the global batch ({batch_size}), smaller than the "
+                          f"{processes} processes: each needs at least one image per step; raise "
+                          "data.batch_size or start fewer processes")
+
+
 def shard(loaders: Loaders, world: World, *, batch_size: int, seed: int) -> Loaders:
     """Loaders that give this process its part of every training batch and of the validation set."""
     from torch.utils.data import DataLoader
 
-    if batch_size < world.size:
-        raise ConfigError(f"data.batch_size is the global batch ({batch_size}), smaller than the "
-                          f"{world.size} processes: each needs at least one image per step; raise "
-                          "data.batch_size or start fewer processes")
+    check_batch(batch_size, world.size)
     train, val = loaders.train, loaders.val
     common = {"num_workers": train.num_workers, "pin_memory": train.pin_memory,
               "worker_init_fn": train.worker_init_fn, "persistent_workers": False}
@@ -245,7 +249,7 @@ class DDPPipeline(CachedPipeline):
         return self.ddp.module(x) if self.model.training else super().forward(x)
 
 
-def launch(args: Any) -> int:
+def launch(args: Any, batch_size: int | None = None) -> int:
     """``thawkit train --nproc N ...``: the same command under ``torchrun --standalone``; its exit
     code. The processes inherit the environment (``THAWKIT_PLUGINS`` included)."""
     import subprocess
@@ -254,6 +258,8 @@ def launch(args: Any) -> int:
     if launched():
         raise ConfigError("--nproc: this process is already one of several (started by torchrun); "
                           "leave --nproc out under torchrun")
+    if batch_size is not None:
+        check_batch(batch_size, args.nproc)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={args.nproc}", "-m", "thawkit"]
     command += [a for ref in (getattr(args, "plugin", None) or []) for a in ("--plugin", ref)]
