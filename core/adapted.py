@@ -158,7 +158,7 @@ class Adapted:
         self._groups = build_groups(self.model, self.layout, self.ever_trainable, config, self.pm,
                                     scales, tag_of=self.strategy.group_of)
         self.optimizer_settings = config
-        return torch_param_groups(self.model, self._groups)
+        return torch_param_groups(self.model, self._groups, config.lr if config.lr_scale else None)
 
     def optimizer(self, settings: str | OptimizerSettings = "adamw",
                   **kwargs: Any) -> torch.optim.Optimizer:
@@ -168,7 +168,9 @@ class Adapted:
         :class:`~thawkit.OptimizerSettings` (a recipe's ``optimizer`` section). Keyword
         arguments: ``lr`` (the head's rate), ``weight_decay`` (default 0.01, weights only),
         ``layer_decay`` (lr times decay ** distance from the head), ``min_scale``,
-        ``head_lr_mult``, ``lrs`` (explicit ``{block: lr}``); anything else goes to the
+        ``head_lr_mult``, ``lrs`` (explicit ``{block: lr}``), ``lr_scale`` (timm's form: each
+        group's ``lr`` is ``lr`` and its multiplier is in ``lr_scale``, for a loop or timm
+        scheduler that sets ``lr * lr_scale``); anything else goes to the
         optimizer (``momentum``, ``betas``, ...). Frozen parameters are in the groups too
         (with ``requires_grad=False``), so the optimizer never changes shape while phases thaw.
         """

@@ -4,7 +4,8 @@ Groups are built once over every parameter that is trainable in *any* phase,
 so the optimizer's structure never changes while gradual unfreezing flips
 ``requires_grad``. Multipliers (layer decay, head multiplier, explicit
 per-block rates) are baked into each group's ``lr``, which every
-``torch.optim.lr_scheduler`` scales proportionally.
+``torch.optim.lr_scheduler`` scales proportionally; with ``lr_scale`` they go to each
+group's ``lr_scale`` instead, for loops that follow timm (``lr = base * lr_scale``).
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class OptimizerSettings(BaseModel):
     min_scale: float = Field(0.0, ge=0, description="Lower bound on layer-decay scales.")
     head_lr_mult: float = Field(1.0, gt=0, description="Multiplier on the head's learning rate.")
     lrs: dict[str, float] = Field(default_factory=dict, description="Explicit lr per block name.")
+    lr_scale: bool = Field(False, description="timm's form: every group's lr is the base lr and its "
+                           "multiplier is in lr_scale, for loops that set lr = base * lr_scale.")
 
     @field_validator("lrs")
     @classmethod
@@ -184,8 +187,11 @@ def build_groups(model: nn.Module, layout: Layout, trainable: Iterable[str], con
     return ordered
 
 
-def torch_param_groups(model: nn.Module, specs: list[GroupSpec]) -> list[dict[str, Any]]:
-    """``[{"name", "params", "lr", "weight_decay"}]`` ready for any ``torch.optim`` optimizer."""
+def torch_param_groups(model: nn.Module, specs: list[GroupSpec],
+                       base_lr: float | None = None) -> list[dict[str, Any]]:
+    """``[{"name", "params", "lr", "weight_decay"}]`` ready for any ``torch.optim`` optimizer;
+    with ``base_lr`` (timm's form) ``lr`` is ``base_lr`` and ``lr_scale`` the group's multiplier."""
     params = dict(model.named_parameters())
-    return [{"name": s.name, "params": [params[n] for n in s.params], "lr": s.lr,
-             "weight_decay": s.weight_decay} for s in specs]
+    return [{"name": s.name, "params": [params[n] for n in s.params], "weight_decay": s.weight_decay,
+             **({"lr": s.lr} if base_lr is None else {"lr": base_lr, "lr_scale": s.lr / base_lr})}
+            for s in specs]

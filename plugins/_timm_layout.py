@@ -18,8 +18,16 @@ if TYPE_CHECKING:
 STEM, NECK, HEAD = "stem", "neck", "head"
 
 
+#: what a model provides to be treated as a timm model (timm's conventions)
+CONVENTION = ("group_matcher", "get_classifier", "reset_classifier")
+
+
 def is_timm(model: Any) -> bool:
-    return type(model).__module__.startswith("timm.")
+    """timm's own models, and any model written to timm's conventions: one that provides
+    ``group_matcher``, ``get_classifier`` and ``reset_classifier`` (``no_weight_decay`` is
+    optional), wherever its class is defined."""
+    return type(model).__module__.startswith("timm.") or \
+        all(callable(getattr(model, name, None)) for name in CONVENTION)
 
 
 # ------------------------------------------------------------------ classifiers

@@ -224,7 +224,9 @@ def thawkit_register_sources(register: Callable[..., None]) -> None:
 # ---------------------------------------------------------------- model hooks
 @hookimpl
 def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layout | None:
-    """timm models: ``group_matcher(coarse=True)`` groups -> stem and blocks.
+    """timm models, and models written to timm's conventions (``group_matcher``,
+    ``get_classifier``, ``reset_classifier``; see ``_timm_layout.is_timm``):
+    ``group_matcher(coarse=True)`` groups -> stem and blocks.
 
     Group 0 is the stem when the matcher names it so; parameters no pattern
     matches (final norms, the non-final part of composite heads) form the neck;
@@ -270,7 +272,9 @@ def thawkit_layer_scales(model: nn.Module, layout: Layout, layer_decay: float,
 
 @hookimpl
 def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig | None:
-    if not is_timm(model):
+    # a model written to timm's conventions outside timm has a data config only if it says so
+    if not is_timm(model) or not (type(model).__module__.startswith("timm.")
+                                  or getattr(model, "pretrained_cfg", None)):
         return None
     from thawkit import DataConfig
     from timm.data import resolve_model_data_config

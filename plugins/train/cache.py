@@ -174,8 +174,9 @@ def flops_share(split: Split, model: torch.nn.Module, input_shape: tuple[int, ..
 
 
 def decide(adapted: Adapted, recipe: Recipe, prep: Preprocess, *, n_train: int | None,
-           n_val: int | None, run_dir: Path, device: Any) -> list[CacheDecision]:
-    """The decision for every phase the run reaches, by the rules in the module docstring."""
+           n_val: int | None, run_dir: Path, device: Any, processes: int = 1) -> list[CacheDecision]:
+    """The decision for every phase the run reaches, by the rules in the module docstring (off in
+    a run of several processes: each would compute and hold every image's features)."""
     epochs = recipe.train.epochs
     budget = memory_budget(recipe.train.cache_memory) if recipe.train.cache != "off" else 0
     out = []
@@ -183,7 +184,11 @@ def decide(adapted: Adapted, recipe: Recipe, prep: Preprocess, *, n_train: int |
         end = min(adapted.phases[i + 1].epoch if i + 1 < len(adapted.phases) else epochs, epochs)
         if ph.epoch < end:
             d = CacheDecision(i, ph.epoch, end, False, "")
-            _decide_phase(d, adapted, recipe, prep, (n_train, n_val), budget, run_dir, device)
+            if processes > 1:
+                d.reason = (f"{processes} processes (torchrun): each would compute and hold the "
+                            "features of every image for its share of the batches")
+            else:
+                _decide_phase(d, adapted, recipe, prep, (n_train, n_val), budget, run_dir, device)
             out.append(d)
     return out
 

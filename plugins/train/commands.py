@@ -13,6 +13,7 @@ EXIT_INTERRUPTED = 130
 def cmd_train(args: argparse.Namespace) -> int:
     from thawkit import load_recipe
 
+    from .ddp import launch
     from .runs import resume, train
 
     pm = args.pm
@@ -24,6 +25,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with its own recipe; --set, --epochs and "
                               "--output cannot change it (start a new run instead)")
         expect = load_recipe(args.recipe, pm=pm) if args.recipe else None
+        if args.nproc is not None:
+            return launch(args)
         outcome = resume(args.resume, pm=pm, stop_after=args.stop_after, expect=expect)
     else:
         if not args.recipe:
@@ -31,16 +34,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.output:
             overrides.append(f"train.output={args.output}")
         recipe = load_recipe(args.recipe, overrides=overrides, pm=pm)
+        if args.nproc is not None:  # the recipe is checked here once, before any process starts
+            return launch(args, recipe.data.batch_size)
         outcome = train(recipe, pm=pm, stop_after=args.stop_after)
-    print(outcome.message)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone speaks
+        print(outcome.message)
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from thawkit import load_recipe
 
+    from .ddp import launched
     from .probe import probe
 
+    if launched():
+        raise ConfigError("thawkit probe runs in one process (its features are computed once); "
+                          "start it without torchrun")
     overrides = list(args.set or [])
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
@@ -109,6 +121,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set optimizer.lr=0.01; repeatable")
+    p.add_argument("--nproc", type=_positive, metavar="N",
+                   help="train in N processes with DDP on this machine (starts torchrun "
+                        "--standalone --nproc_per_node N; data.batch_size stays the global batch)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(

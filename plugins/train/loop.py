@@ -118,10 +118,12 @@ class Trainer:
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self._plot_skipped = False
         self.on_step = on_step
+        self.world = session.world
         if pipeline is None:
             from .cache import CachedPipeline
+            from .ddp import DDPPipeline
 
-            pipeline = CachedPipeline(session, log=log)
+            pipeline = (DDPPipeline if self.world.distributed else CachedPipeline)(session, log=log)
         self.pipeline = pipeline
         self.state = Progress()
         self.wise: list[dict[str, Any]] = []  # the WiSE-FT sweep (train.wise_alphas), when done
@@ -129,6 +131,7 @@ class Trainer:
         # a buffer that holds inf by design (a mask) is no sign of divergence
         self._nonfinite_from_start = set(self._nonfinite())
         self.interrupt_requested = False
+        self._all_stop = False  # under DDP: a Ctrl-C some process had when the step began
         label_smoothing = session.recipe.train.label_smoothing
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.num_classes = len(session.loaders.classes)
@@ -141,7 +144,13 @@ class Trainer:
                 "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
                 "strategy": s.adapted.state_dict(), "rng": rng_state(),
-                "recipe": s.recipe.model_dump(mode="json")}
+                "recipe": s.recipe.model_dump(mode="json"), **self._world_state()}
+
+    def _world_state(self) -> dict[str, Any]:
+        """Under DDP: the number of processes and every process's RNG state (a collective call)."""
+        if not self.world.distributed:
+            return {}
+        return {"world_size": self.world.size, "rng_ranks": self.world.gather(rng_state())}
 
     def restore(self) -> None:
         """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
@@ -156,7 +165,11 @@ class Trainer:
             s.scaler.load_state_dict(ckpt["scaler"])
             s.adapted.load_state_dict(ckpt["strategy"])
             self.state = Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), **ckpt["progress"])
-            set_rng_state(ckpt["rng"])
+            saved = int(ckpt.get("world_size", 1))
+            if saved == self.world.size and "rng_ranks" in ckpt:
+                set_rng_state(ckpt["rng_ranks"][self.world.rank])
+            else:
+                set_rng_state(ckpt["rng"])
             self._saved = (self.state.epoch, self.state.step)
         except ThawkitError:
             raise
@@ -165,11 +178,19 @@ class Trainer:
             raise CheckpointError(f"checkpoint {str(s.run_dir / CHECKPOINT)!r} does not fit the run "
                                   f"its recipe.yaml describes ({type(exc).__name__}: {first}); it was "
                                   "changed, or the recipe was") from None
-        truncate_metrics(s.run_dir / METRICS, self.state.epoch)
+        if self.world.is_main:
+            truncate_metrics(s.run_dir / METRICS, self.state.epoch)
+        from .ddp import restore_message
+
+        changed = restore_message(saved, self.world)
+        if changed:
+            self.log(changed)
 
     def save(self) -> None:
         self._check_finite()
-        save_checkpoint(self.s.run_dir, self.checkpoint_state())
+        state = self.checkpoint_state()  # on every process: it gathers their RNG states
+        if self.world.is_main:
+            save_checkpoint(self.s.run_dir, state)
         self._saved = (self.state.epoch, self.state.step)
 
     def _check_finite(self, val: dict[str, float] | None = None) -> None:
@@ -245,10 +266,11 @@ class Trainer:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
             record = self._end_epoch()
             self.log(self._line(record))
-            if self.interrupt_requested and st.epoch < s.epochs:
+            if self.world.any(self.interrupt_requested) and st.epoch < s.epochs:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
         self._check_finite()
-        save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
+        if self.world.is_main:
+            save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
         if s.recipe.train.wise_alphas:
             from .wise import sweep, sweep_line
 
@@ -288,7 +310,10 @@ class Trainer:
                                     enabled=s.amp_dtype is not None):
                     logits = self.pipeline.forward(x)
                     loss = self.criterion(logits.float(), y)
-                value = float(loss.detach())
+                value, n = float(loss.detach()), int(y.shape[0])
+                correct = int((logits.detach().argmax(1) == y).sum())
+                if self.world.distributed:
+                    loss, value, n, correct = self._reduce_step(loss, value, n, correct)
                 if not math.isfinite(value):
                     raise DivergedError(
                         f"loss is {value} at epoch {st.epoch + 1}, step {st.step + 1}; the run "
@@ -304,15 +329,16 @@ class Trainer:
                 if s.interval == "step":
                     s.scheduler.step()
                 st.step += 1
-                st.loss_sum += value * y.shape[0]
-                st.correct += int((logits.detach().argmax(1) == y).sum())
-                st.seen += int(y.shape[0])
+                st.loss_sum += value * n
+                st.correct += correct
+                st.seen += n
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}")
                 if self.on_step is not None:
                     self.on_step(self)
-                if self.interrupt_requested and st.step < total:
+                if (self._all_stop if self.world.distributed else self.interrupt_requested) \
+                        and st.step < total:
                     st.seconds += time.perf_counter() - started
                     self.save()
                     return False
@@ -321,6 +347,16 @@ class Trainer:
                 bar.close()
         st.seconds += time.perf_counter() - started
         return True
+
+    def _reduce_step(self, loss, value: float, n: int, correct: int):
+        """Under DDP: the step's loss, count and correct over every process (so that all of them
+        decide alike on NaN and Ctrl-C), and this process's loss weighted by its share of the
+        global batch (DDP averages gradients over processes; weighted, the average is the
+        gradient of the global batch's mean loss, whatever the shares)."""
+        total, n_all, correct_all, stop = self.world.sum(
+            [value * n, float(n), float(correct), float(self.interrupt_requested)])
+        self._all_stop = stop > 0  # every process stops after this same step
+        return loss * (n * self.world.size / n_all), total / n_all, int(n_all), int(correct_all)
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (plain cross-entropy), top-1 and, with 5 or more classes, top-5."""
@@ -339,6 +375,8 @@ class Trainer:
                 if self.num_classes >= 5:
                     top5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
                 n += int(y.shape[0])
+        if self.world.distributed:  # each process evaluated its own images: sum the counts
+            loss_sum, top1, top5, n = self.world.sum([loss_sum, top1, top5, n])
         out = {"val_loss": loss_sum / n, "val_top1": top1 / n}
         if self.num_classes >= 5:
             out["val_top5"] = top5 / n
@@ -363,10 +401,12 @@ class Trainer:
                   "lrs": st.lrs, "train_loss": st.loss_sum / max(st.seen, 1),
                   "train_top1": st.correct / max(st.seen, 1), **val,
                   "seconds": round(st.seconds + time.perf_counter() - started, 3)}
-        append_jsonl(s.run_dir / METRICS, record)
+        if self.world.is_main:
+            append_jsonl(s.run_dir / METRICS, record)
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
-            save_weights(s.run_dir / "best.safetensors", s.model.state_dict())
+            if self.world.is_main:
+                save_weights(s.run_dir / "best.safetensors", s.model.state_dict())
         st.epoch += 1
         st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
         self.save()
@@ -410,6 +450,8 @@ class Trainer:
         return f"keeps its last good checkpoint ({path}, {where})"
 
     def _status(self, status: str, message: str = "") -> None:
+        if not self.world.is_main:
+            return
         st = self.state
         write_json(self.s.run_dir / "run.json", {
             "status": status, "message": message, "epochs": self.s.epochs,
@@ -421,6 +463,9 @@ class Trainer:
 
     def _plot(self) -> None:
         from .extras import INSTALL, available
+
+        if not self.world.is_main:
+            return
         from .plot import plot_run
 
         if available("matplotlib"):

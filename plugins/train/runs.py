@@ -38,19 +38,27 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
 
         recipe = thawkit.load_recipe("recipe.yaml", overrides=["train.epochs=5"])
         outcome = thawkit.plugins.train.train(recipe, run_dir="runs/try1")
+
+    Under ``torchrun`` (several processes) it trains with DDP; see :mod:`~.ddp`.
     """
+    from .ddp import join
     from .loop import Trainer
 
     _check_stop_after(stop_after)
     pm = _pm(pm)
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
-    created = make_run_dir(run_dir)
+    world = join(recipe.train.device)
+    if not world.is_main:
+        log, progress_bar = _quiet, False
+    created = make_run_dir(run_dir) if world.is_main else False
     try:
-        with run_lock(run_dir):
+        with run_lock(run_dir):  # in a distributed job, rank 0 alone takes it
             check_new_run_dir(run_dir)
-            remove_leftovers(run_dir)
+            if world.is_main:
+                remove_leftovers(run_dir)
+            world.barrier()  # every process has checked before rank 0 writes
             with torch_flags_restored():
-                session = prepare(recipe, pm=pm, run_dir=run_dir)
+                session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
                 trainer = Trainer(session, stop_after=stop_after, log=log,
                                   progress_bar=progress_bar, on_step=on_step)
                 log(_with_status(session.describe(), trainer))
@@ -84,6 +92,7 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     ``expect``: a recipe the caller named too; it must describe the same run.
     """
     from .checkpoint import load_checkpoint
+    from .ddp import join
     from .loop import Trainer
 
     _check_stop_after(stop_after)
@@ -91,8 +100,7 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         load_checkpoint(run_dir)  # the error for a missing run directory
-    with run_lock(run_dir):
-        remove_leftovers(run_dir)
+    with run_lock(run_dir):  # in a distributed job, rank 0 alone takes it
         fresh = not (run_dir / CHECKPOINT).exists() and (run_dir / RECIPE_FILE).is_file() \
             and not (run_dir / "model.safetensors").exists()
         if not fresh:
@@ -100,20 +108,28 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
         recipe = read_run_recipe(run_dir, pm=pm)
         if expect is not None:
             _check_same(expect, recipe, run_dir)
+        world = join(recipe.train.device)
+        if not world.is_main:
+            log, progress_bar = _quiet, False
+        else:
+            remove_leftovers(run_dir)
         with torch_flags_restored():
             if fresh:
-                for name in STALE_WITHOUT_CHECKPOINT:
-                    (run_dir / name).unlink(missing_ok=True)
-                session = prepare(recipe, pm=pm, run_dir=run_dir)
+                if world.is_main:
+                    for name in STALE_WITHOUT_CHECKPOINT:
+                        (run_dir / name).unlink(missing_ok=True)
+                world.barrier()  # every process has looked before rank 0 writes
+                session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
                 trainer = Trainer(session, stop_after=stop_after, log=log,
                                   progress_bar=progress_bar, on_step=on_step)
                 log(_with_status(f"{run_dir} has no checkpoint yet: starting its run again from "
                                  f"epoch 1; {session.describe()}", trainer))
                 return trainer.fit()
-            session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True)
+            session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True, world=world)
             trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
                               on_step=on_step)
             trainer.restore()
+            world.barrier()  # every process has read the checkpoint before rank 0 writes
             if trainer.state.epoch >= recipe.train.epochs:
                 if (run_dir / "model.safetensors").is_file() and run_status(run_dir) == "finished":
                     return _already_done(trainer)
@@ -128,6 +144,10 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
 
 #: Files of a run that stopped before its first checkpoint; a restart writes them afresh.
 STALE_WITHOUT_CHECKPOINT = ("metrics.jsonl", "best.safetensors", "run.json", "curves.png")
+
+
+def _quiet(_line: str) -> None:
+    """The log of every process but rank 0's."""
 
 
 def _with_status(line: str, trainer: Trainer) -> str:

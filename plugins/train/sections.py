@@ -95,6 +95,9 @@ class TrainSection(_Section):
         return value
     grad_clip: float | None = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    sync_bn: bool = Field(
+        False, description="Under torchrun on CUDA: BatchNorm layers that train normalise with "
+        "the statistics of the global batch (SyncBatchNorm); off: each process's own part.")
     cache: Literal["auto", "off"] = Field(
         "auto", description="auto: compute the frozen part's features once per phase where that is "
         "exact and pays (see thawkit.plugins.train.cache); off: never.")

@@ -24,6 +24,7 @@ from thawkit import ConfigError
 
 from .checkpoint import CHECKPOINT, write_json, write_text
 from .data import Loaders, Preprocess, build_loaders, check_classes, data_warnings, scan_folder
+from .ddp import World
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +53,7 @@ class Session:
     scaler: Any
     cache: list[CacheDecision] = field(default_factory=list)  # one per phase the run reaches
     warnings: list[str] = field(default_factory=list)  # about the data: logged when the run starts
+    world: World = field(default_factory=World)  # this process among the run's (ddp.py)
 
     @property
     def model(self):
@@ -64,6 +66,9 @@ class Session:
     def describe(self) -> str:
         r, a = self.recipe, self.adapted
         amp = f" ({str(self.amp_dtype).replace('torch.', '')} mixed precision)" if self.amp_dtype else ""
+        w = self.world
+        if w.distributed:
+            amp += f", {w.size} processes (DDP, {w.backend}; data.batch_size is the global batch)"
         return (f"{r.backbone.spec} -> {len(self.loaders.classes)} classes, strategy {r.strategy.name} "
                 f"({len(a.phases)} phase{'s' if len(a.phases) > 1 else ''}), {r.optimizer.name} + "
                 f"{r.schedule.name}; {len(self.loaders.train.dataset)} train / "
@@ -269,19 +274,32 @@ def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_tr
             return
 
 
-def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: bool = False) -> Session:
+def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: bool = False,
+            world: World | None = None) -> Session:
     """Check the data, build model, optimizer and schedule, and (for a new run) write the run's
-    recipe, plan and data description. Nothing is written before every check has passed."""
+    recipe, plan and data description. Nothing is written before every check has passed; of
+    several processes (``world``), rank 0 alone writes."""
     import torch
     from thawkit import adapt_recipe
 
+    from .ddp import check_sync_bn, convert_sync_bn, process_device, shard
+
     t = recipe.train
+    if recipe.optimizer.lr_scale:
+        raise ConfigError("optimizer.lr_scale: true is timm's form, for your own loop that sets "
+                          "lr = base * lr_scale; thawkit train's schedules scale each group's lr "
+                          "(the multipliers baked in), so leave optimizer.lr_scale false")
     seed_everything(t.seed, t.deterministic)
     train = scan_folder(recipe.data.train, "data.train")
     val = scan_folder(recipe.data.val, "data.val")
     n = check_classes(train, val, recipe.head.num_classes)
-    device = pick_device(t.device)
+    world = world or World()
+    device = process_device(world, pick_device(t.device))
+    if t.sync_bn:
+        check_sync_bn(world, device)
     adapted = adapt_recipe(recipe, num_classes=n)
+    if t.sync_bn and world.distributed:
+        convert_sync_bn(adapted.model)
     if resume:
         prep = Preprocess.from_dict(read_data_info(run_dir)["preprocess"])
     else:
@@ -295,14 +313,16 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     loaders = build_loaders(train, val, prep, batch_size=recipe.data.batch_size,
                             num_workers=recipe.data.num_workers, seed=t.seed,
                             pin_memory=device.type == "cuda")
+    if world.distributed:
+        loaders = shard(loaders, world, batch_size=recipe.data.batch_size, seed=t.seed)
     scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch, pm=pm)
     amp_dtype = amp_dtype_for(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     from .cache import decide
 
     cache = decide(adapted, recipe, prep, n_train=len(train), n_val=len(val), run_dir=run_dir,
-                   device=device)
-    if not resume:
+                   device=device, processes=world.size)
+    if not resume and world.is_main:
         import yaml
 
         from .rundir import make_run_dir
@@ -324,4 +344,4 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
 
         record_start(run_dir, recipe, adapted)
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,
-                   amp_dtype, scaler, cache, data_warnings(train, val))
+                   amp_dtype, scaler, cache, data_warnings(train, val), world)

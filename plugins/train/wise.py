@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, WeightsError
+from thawkit import WeightsError
 
 from ..wise import check_alpha, head_keys, interpolate, state_digest
 from .checkpoint import save_weights, write_json
