@@ -1,4 +1,4 @@
-"""Two CPU ranks under Lightning's DDP strategy (gloo), gradual unfreezing: `python tests/lightning_ddp.py OUT`.
+"""Two CPU ranks (gloo) under Lightning's DDP, gradual unfreezing: `python tests/lightning_ddp.py OUT`.
 
 Run by tests/test_lightning.py. Lightning starts rank 1 by running this script again; each rank
 trains on its own half of the data (Lightning's DistributedSampler) and saves its parameters to
@@ -19,8 +19,12 @@ class DDPClassifier(Classifier):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x, data.y), batch_size=BATCH)
 
     def on_train_end(self):
-        params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
-        torch.save(params, f"{sys.argv[1]}/rank{self.global_rank}.pt")
+        save(self, f"rank{self.global_rank}")
+
+
+def save(module, name):
+    params = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+    torch.save(params, f"{sys.argv[1]}/{name}.pt")
 
 
 if __name__ == "__main__":
@@ -29,7 +33,7 @@ if __name__ == "__main__":
     if "--no-rewrap" in sys.argv:
         callback.on_train_start = lambda trainer, pl_module: None  # never learns about the DDP wrap
     module = DDPClassifier()
-    torch.save({k: v.detach().clone() for k, v in module.model.named_parameters()}, f"{sys.argv[1]}/before.pt")
+    save(module, "before")
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         callbacks=[callback])

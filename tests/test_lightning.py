@@ -251,28 +251,30 @@ def test_missing_model_attribute_is_named(tmp_path):
         fit.fit(Classifier(), train_dataloaders=Batches())
 
 
+class FromCallback(Classifier):
+    def configure_optimizers(self):
+        return configure_optimizers(self)  # the callback's optimizer and schedule
+
+
 def test_lightning_cli_builds_the_callback_from_a_config(tmp_path):
+    """The config of docs/embedding.md builds the callback and trains with its optimizer."""
     pytest.importorskip("jsonargparse")
     from lightning.pytorch.cli import LightningCLI
 
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "trainer:\n  logger: false\n  enable_progress_bar: false\n  max_epochs: 1\n  callbacks:\n"
-        "    - class_path: thawkit.plugins.lightning.ThawkitFinetuning\n      init_args:\n"
-        "        strategy: {name: gradual, every: 2, norm: affine}\n        num_classes: 4\n"
-        "        optimizer: {name: sgd, lr: 0.1, momentum: 0.9}\n        schedule: cosine\n"
-        "model:\n  lr: 0.01\n")
-    cli = LightningCLI(Classifier, run=False, args=["--config", str(config)],
-                       save_config_kwargs={"overwrite": True})
+    config = Path(__file__).parent.parent / "examples" / "lightning_cli.yaml"
+    quiet = ["--trainer.max_epochs=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+             "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={tmp_path}"]
+    cli = LightningCLI(FromCallback, run=False, args=["--config", str(config), *quiet])
     [callback] = [c for c in cli.trainer.callbacks if isinstance(c, ThawkitFinetuning)]
     assert callback.strategy.name == "gradual" and callback.strategy.params.every == 2
-    assert callback.strategy.params.norm == "affine" and callback.num_classes == 4
-    assert callback.optimizer.name == "sgd" and callback.optimizer.kwargs == {"momentum": 0.9}
-    assert callback.schedule.name == "cosine"
-    bad = config.read_text().replace("num_classes: 4", "num_classes: four")
-    config.write_text(bad)
+    assert callback.num_classes == 3 and callback.schedule.warmup_epochs == 1
+    cli.trainer.fit(cli.model, train_dataloaders=Batches())
+    groups = {g["name"]: g for g in cli.trainer.optimizers[0].param_groups}
+    assert groups["block2"]["initial_lr"] == pytest.approx(0.05 * 0.7) and groups["head"]["momentum"] == 0.9
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("num_classes: 3", "num_classes: three"))
     with pytest.raises(SystemExit):
-        LightningCLI(Classifier, run=False, args=["--config", str(config)])
+        LightningCLI(FromCallback, run=False, args=["--config", str(bad), *quiet])
 
 
 def test_import_without_lightning_names_the_extra(monkeypatch):
@@ -300,3 +302,14 @@ def test_ddp_two_cpu_ranks_stay_identical_through_thaws(tmp_path):
     assert not torch.equal(a["block1.0.weight"], before["block1.0.weight"])
     assert not torch.equal(a["block2.0.weight"], before["block2.0.weight"])
     assert torch.equal(a["stem.0.weight"], before["stem.0.weight"])
+
+
+def test_strategies_that_shard_are_refused_for_phases(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from thawkit.plugins.lightning import _check_lightning_strategy
+
+    with pytest.raises(thawkit.ConfigError, match="FSDPStrategy.*strategy='ddp'"):
+        _check_lightning_strategy(SimpleNamespace(strategy=FSDPStrategy()))
