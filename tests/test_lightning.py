@@ -313,3 +313,44 @@ def test_strategies_that_shard_are_refused_for_phases(tmp_path):
 
     with pytest.raises(thawkit.ConfigError, match="FSDPStrategy.*strategy='ddp'"):
         _check_lightning_strategy(SimpleNamespace(strategy=FSDPStrategy()))
+
+
+def test_from_recipe_takes_strategy_head_optimizer_and_schedule(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("backbone: {source: torchvision, name: resnet18}\n"
+                      "strategy: {name: gradual, every: 2, norm: affine}\n"
+                      "head: {num_classes: 3, dropout: 0.1}\n"
+                      "optimizer: {name: sgd, lr: 0.1, momentum: 0.9}\n"
+                      "schedule: {name: step, step_size: 2}\n")
+    callback = ThawkitFinetuning.from_recipe(recipe)
+    assert callback.strategy.params.every == 2 and callback.strategy.params.norm == "affine"
+    assert (callback.num_classes, callback.dropout) == (3, 0.1)
+    assert callback.optimizer.name == "sgd" and callback.optimizer.kwargs == {"momentum": 0.9}
+    assert callback.schedule.name == "step" and callback.schedule.params == {"step_size": 2}
+
+
+def test_from_adapted_uses_the_model_adapted_in_init(tmp_path):
+    class Adapted(Classifier):
+        def __init__(self):
+            super().__init__()
+            self.adapted = thawkit.adapt(self.model, "gradual", num_classes=3, every=1)
+            self.model = self.adapted.model
+
+    module = Adapted()
+    head = module.model.fc
+    callback = ThawkitFinetuning.from_adapted(module.adapted)
+    trainer(tmp_path, callback, max_epochs=2).fit(module, train_dataloaders=Batches())
+    assert callback.adapted is module.adapted and module.model.fc is head  # not adapted twice
+    assert module.seen[1] == set(module.adapted.phases[1].trainable)
+
+
+def test_without_the_flag_alignment_lightning_warns(tmp_path, monkeypatch):
+    """The control of test_no_eval_mode_warning_from_frozen_norms: the frozen norms are what
+    Lightning counts when on_fit_start leaves their flags alone (stem.1 and block1.1, frozen in phase 0)."""
+    monkeypatch.setattr(ThawkitFinetuning, "on_fit_start", lambda self, trainer, pl_module: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, finetuning(), max_epochs=1).fit(Classifier(), train_dataloaders=Batches())
+    assert [str(w.message) for w in caught if "eval mode" in str(w.message)] == \
+        ["Found 2 module(s) in eval mode at the start of training. This may lead to unexpected behavior "
+         "during training. If this is intentional, you can ignore this warning."]
