@@ -41,8 +41,8 @@ def trainer(folder):
 
 def loader():
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(16, 3, 32, 32, generator=generator)
-    labels = torch.randint(0, 10, (16,), generator=generator)
+    images = torch.randn(8, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (8,), generator=generator)
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=8)
 
 
