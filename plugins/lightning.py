@@ -132,6 +132,13 @@ class ThawkitFinetuning(Callback):
                     f"ThawkitFinetuning: {type(pl_module).__name__}.{self.attribute} is not the model this "
                     "callback adapted; give each LightningModule its own callback")
             return
+        if self.num_classes is not None and _launches_processes(trainer):
+            raise ConfigError(
+                f"ThawkitFinetuning(num_classes={self.num_classes}) under a Trainer strategy that starts "
+                "its processes itself (ddp_spawn, ddp_fork, ddp_notebook): Lightning loads the trained "
+                "weights back into the main process's module, whose head only these processes replace. "
+                "Use strategy='ddp', or replace the head in __init__ (thawkit.replace_head) and leave "
+                "num_classes out")
         self.adapted = thawkit.adapt(model, self.strategy, num_classes=self.num_classes,
                                      dropout=self.dropout, keep_aux=self.keep_aux, pm=self.pm)
         if self.adapted.model is not model:
@@ -209,6 +216,13 @@ def _check_lightning_strategy(trainer: pl.Trainer) -> None:
             f"ThawkitFinetuning: strategy phases thaw parameters during training, which thawkit "
             f"supports under Lightning's single-device and DDP strategies; this Trainer uses "
             f"{type(trainer.strategy).__name__}. Use strategy='ddp' or a one-phase thawkit strategy")
+
+
+def _launches_processes(trainer: pl.Trainer) -> bool:
+    """Whether the strategy starts its worker processes from this one (spawn, fork)."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
 
 
 def _rewrap(trainer: pl.Trainer) -> None:

@@ -354,3 +354,11 @@ def test_without_the_flag_alignment_lightning_warns(tmp_path, monkeypatch):
     assert [str(w.message) for w in caught if "eval mode" in str(w.message)] == \
         ["Found 2 module(s) in eval mode at the start of training. This may lead to unexpected behavior "
          "during training. If this is intentional, you can ignore this warning."]
+
+
+def test_spawned_processes_cannot_replace_the_head():
+    """Under ddp_spawn, Lightning loads the trained weights into the main process's module, whose
+    head only the spawned processes replaced: refused in setup, before any training."""
+    spawn = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, logger=False)  # starts nothing
+    with pytest.raises(thawkit.ConfigError, match="strategy='ddp', or replace the head in __init__"):
+        finetuning().setup(spawn, Classifier(), "fit")
