@@ -1,8 +1,9 @@
 """Two CPU ranks (gloo) under Lightning's DDP, gradual unfreezing: `python tests/lightning_ddp.py OUT`.
 
-Run by tests/test_lightning.py. Lightning starts rank 1 by running this script again; each rank
+Run by tests/test_lightning.py (a slow test). Lightning starts rank 1 by running this script again; each rank
 trains on its own half of the data (Lightning's DistributedSampler) and saves its parameters to
-OUT/rank{N}.pt. `--no-rewrap` turns the callback's re-wrap off, to show what it prevents.
+OUT/rank{N}.pt. `--no-rewrap` turns the callback's re-wrap off, to show what it prevents
+(the thawed blocks then differ between the ranks).
 """
 import sys
 
