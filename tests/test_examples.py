@@ -87,8 +87,15 @@ def in_root(monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------ examples
+#: examples that need an optional extra: the module they import, and the extra
+NEEDS = {"lightning_finetune.py": ("lightning", "lightning")}
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_example_script_runs(name):
+    if name in NEEDS:
+        module, extra = NEEDS[name]
+        pytest.importorskip(module, reason=f"needs the {extra} extra: pip install -e '.[{extra}]'")
     result = run_script(f"examples/{name}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip(), f"examples/{name} printed nothing"
