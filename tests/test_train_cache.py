@@ -229,6 +229,18 @@ def test_probe_refuses_what_it_cannot_cache(tmp_path, data, pm, sections, messag
         probe(load(recipe_dict(data, tmp_path / "p", **sections), pm), [0.01], pm=pm)
 
 
+def test_probe_takes_the_run_lock(tmp_path, data, pm):
+    from thawkit.plugins.train.probe import probe
+    from thawkit.plugins.train.rundir import RunDirError, run_lock
+
+    out = tmp_path / "p"
+    out.mkdir()
+    recipe = load(recipe_dict(data, out, data={"augment": False}), pm)
+    with run_lock(out), pytest.raises(RunDirError, match="in use by another thawkit process"):
+        probe(recipe, [0.01], pm=pm, run_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing written
+
+
 def test_probe_command(tmp_path, data, capsys):
     from thawkit.cli import main
 

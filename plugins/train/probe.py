@@ -112,6 +112,7 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
     """
     from thawkit import default_plugin_manager
 
+    from .rundir import make_run_dir, remove_if_unused, run_lock
     from .session import check_new_run_dir, prepare, torch_flags_restored
 
     if not lrs:
@@ -120,13 +121,20 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
         raise ConfigError(f"probe: learning rates must be > 0, got {list(lrs)}")
     pm = pm or default_plugin_manager()
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
-    check_new_run_dir(run_dir)
-    with torch_flags_restored():
-        session = prepare(recipe, pm=pm, run_dir=run_dir)
-        split = check_probe(session)
-        log(f"{session.describe()}; probing {len(lrs)} learning rates on features below the head, "
-            "computed once")
-        return _sweep(session, split, list(lrs), pm, log)
+    created = make_run_dir(run_dir, "probe --output")
+    try:
+        with run_lock(run_dir):  # one process writes a run directory at a time, as in train
+            check_new_run_dir(run_dir)
+            with torch_flags_restored():
+                session = prepare(recipe, pm=pm, run_dir=run_dir)
+                split = check_probe(session)
+                log(f"{session.describe()}; probing {len(lrs)} learning rates on features below "
+                    "the head, computed once")
+                return _sweep(session, split, list(lrs), pm, log)
+    except BaseException:
+        if created:
+            remove_if_unused(run_dir)
+        raise
 
 
 def _sweep(session: Session, split: Any, lrs: list[float], pm: ThawkitPluginManager,

@@ -140,6 +140,16 @@ def _read_holder(fd: int) -> str:
     return text if text.isdigit() else ""
 
 
+def remove_if_unused(run_dir: Path) -> None:
+    """Take back a run directory a command created when the run wrote nothing into it."""
+    try:
+        if [p.name for p in run_dir.iterdir()] in ([], [LOCK_FILE]):
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:
+        pass
+
+
 def remove_leftovers(run_dir: Path) -> list[str]:
     """Delete the temporary files of writes a crash interrupted (``.NAME.*.tmp``); the names."""
     gone = []

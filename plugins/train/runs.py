@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ConfigError
 
 from .checkpoint import CHECKPOINT
-from .rundir import make_run_dir, remove_leftovers, run_lock, run_status
+from .rundir import make_run_dir, remove_if_unused, remove_leftovers, run_lock, run_status
 from .session import RECIPE_FILE, check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
 
 if TYPE_CHECKING:
@@ -65,20 +65,8 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
                 return trainer.fit()
     except BaseException:
         if created:
-            _remove_if_unused(run_dir)
+            remove_if_unused(run_dir)
         raise
-
-
-def _remove_if_unused(run_dir: Path) -> None:
-    """Take back a run directory this call created when the run wrote nothing into it."""
-    from .rundir import LOCK_FILE
-
-    try:
-        if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-            (run_dir / LOCK_FILE).unlink()
-            run_dir.rmdir()
-    except OSError:
-        pass
 
 
 def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
