@@ -493,3 +493,17 @@ def test_lora_resume_from_a_lightning_checkpoint_equals_the_uninterrupted_run(lo
     assert len(module.groups) == EPOCHS * STEPS - 9  # went on from step 9 with the checkpoint's weights
     assert sorted(resumed) == sorted(full)
     assert [k for k in full if not torch.equal(full[k], resumed[k])] == []
+
+
+def test_spawned_processes_cannot_add_adapters():
+    """Under ddp_spawn/ddp_fork the adapters would exist in the started processes only: Lightning
+    loads rank 0's weights back into the main process's module with strict=False, which drops the
+    trained adapters silently (seen under ddp_fork: the main module had the trained head, no
+    lora layers). Refused in setup, before any training."""
+    pytest.importorskip("peft")
+    spawn = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, logger=False)  # starts nothing
+    with pytest.raises(thawkit.ConfigError, match=r"ThawkitFinetuning\('lora'\).*adds layers to the "
+                       r"model \(block1\.0\.lora_A\.default\.weight, .*Use strategy='ddp'"):
+        ThawkitFinetuning("lora", rank=2).setup(spawn, PerRank("."), "fit")
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    ThawkitFinetuning("lora", rank=2).setup(single, PerRank("."), "fit")  # one process: no reason to refuse
