@@ -341,19 +341,22 @@ def test_control_without_the_rewrap_thawed_blocks_drift(tmp_path):
     assert drifted == {"block1", "block2"}
 
 
+def script_ranks(tmp_path, *args):
+    """Run tests/lightning_ddp.py (2 ranks, strategy="ddp"): weights saved before, by rank 0, by rank 1."""
+    script = Path(__file__).with_name("lightning_ddp.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [torch.load(tmp_path / f"{name}.pt", weights_only=True) for name in ("before", "rank0", "rank1")]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_ddp_strategy_that_starts_each_rank_as_a_script(tmp_path):
     """strategy="ddp" as most users run it: Lightning starts rank 1 by running the script again
     (tests/lightning_ddp.py; slow: each rank imports torch and Lightning)."""
-    script = Path(__file__).with_name("lightning_ddp.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    before = torch.load(tmp_path / "before.pt", weights_only=True)
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    before, a, b = script_ranks(tmp_path)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert not torch.equal(a["block1.0.weight"], before["block1.0.weight"])
     assert torch.equal(a["stem.0.weight"], before["stem.0.weight"])
@@ -507,3 +510,21 @@ def test_spawned_processes_cannot_add_adapters():
         ThawkitFinetuning("lora", rank=2).setup(spawn, PerRank("."), "fit")
     single = L.Trainer(accelerator="cpu", devices=1, logger=False)
     ThawkitFinetuning("lora", rank=2).setup(single, PerRank("."), "fit")  # one process: no reason to refuse
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_ddp_strategy_with_lora_adapters(tmp_path):
+    """lora under strategy="ddp" (tests/lightning_ddp.py --lora; slow: each rank imports torch,
+    Lightning and PEFT): the ranks agree on every parameter and buffer, the adapters moved (PEFT
+    starts lora_B at zero), the base weights and BatchNorm statistics did not, and rank 0, the
+    main process, holds the adapters after fit()."""
+    pytest.importorskip("peft")
+    before, a, b = script_ranks(tmp_path, "--lora")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    lora_b = [k for k in a if ".lora_B." in k]
+    assert {k.split(".lora_B.")[0] for k in lora_b} == {"block1.0", "block2.0"}
+    assert all(a[k].abs().sum() > 0 for k in lora_b)
+    base = plain_names(a)
+    assert [k for k in before if not k.startswith("fc.") and not torch.equal(before[k], base[k])] == []
+    assert "stem.1.running_var" in before and "block1.1.running_mean" in before
