@@ -132,15 +132,29 @@ class ThawkitFinetuning(Callback):
                     f"ThawkitFinetuning: {type(pl_module).__name__}.{self.attribute} is not the model this "
                     "callback adapted; give each LightningModule its own callback")
             return
-        if self.num_classes is not None and _launches_processes(trainer):
+        launches = _launches_processes(trainer)
+        if self.num_classes is not None and launches:
             raise ConfigError(
                 f"ThawkitFinetuning(num_classes={self.num_classes}) under a Trainer strategy that starts "
                 "its processes itself (ddp_spawn, ddp_fork, ddp_notebook): Lightning loads the trained "
                 "weights back into the main process's module, whose head only these processes replace. "
                 "Use strategy='ddp', or replace the head in __init__ (thawkit.replace_head) and leave "
                 "num_classes out")
+        names = set(model.state_dict()) if launches else None
         self.adapted = thawkit.adapt(model, self.strategy, num_classes=self.num_classes,
                                      dropout=self.dropout, keep_aux=self.keep_aux, pm=self.pm)
+        if names is not None and set(self.adapted.model.state_dict()) != names:
+            # Lightning loads rank 0's weights back with strict=False: layers the strategy added
+            # (adapters) are not in the main process's module, and their training would be dropped
+            added = sorted(set(self.adapted.model.state_dict()) - names,
+                           key=lambda n: (n not in self.adapted.trainable, n))  # trained ones first
+            raise ConfigError(
+                f"ThawkitFinetuning({self.strategy.name!r}) under a Trainer strategy that starts its "
+                "processes itself (ddp_spawn, ddp_fork, ddp_notebook): the strategy adds layers to the "
+                f"model ({', '.join(added[:2])}{', ...' if len(added) > 2 else ''}) in these processes "
+                "only, and Lightning loads the trained weights back into the main process's module, "
+                "which lacks them, without an error: the trained layers would be lost. "
+                "Use strategy='ddp'")
         if self.adapted.model is not model:
             setattr(pl_module, self.attribute, self.adapted.model)
         if len(self.adapted.phases) > 1:

@@ -3,7 +3,8 @@
 Run by tests/test_lightning.py (a slow test). Lightning starts rank 1 by running this script again; each rank
 trains on its own half of the data (Lightning's DistributedSampler) and saves its parameters to
 OUT/rank{N}.pt. `--no-rewrap` turns the callback's re-wrap off, to show what it prevents
-(the thawed blocks then differ between the ranks).
+(the thawed blocks then differ between the ranks). `--lora` trains LoRA adapters (rank 2) and the
+head instead, and saves the whole state (buffers too).
 """
 import sys
 
@@ -24,13 +25,16 @@ class DDPClassifier(Classifier):
 
 
 def save(module, name):
-    params = {k: v.detach().clone() for k, v in module.model.named_parameters()}
-    torch.save(params, f"{sys.argv[1]}/{name}.pt")
+    values = module.model.state_dict() if "--lora" in sys.argv else dict(module.model.named_parameters())
+    torch.save({k: v.detach().clone() for k, v in values.items()}, f"{sys.argv[1]}/{name}.pt")
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    callback = ThawkitFinetuning("gradual", num_classes=3, every=1)
+    if "--lora" in sys.argv:
+        callback = ThawkitFinetuning("lora", num_classes=3, rank=2)
+    else:
+        callback = ThawkitFinetuning("gradual", num_classes=3, every=1)
     if "--no-rewrap" in sys.argv:
         callback.on_train_start = lambda trainer, pl_module: None  # never learns about the DDP wrap
     module = DDPClassifier()

@@ -341,19 +341,22 @@ def test_control_without_the_rewrap_thawed_blocks_drift(tmp_path):
     assert drifted == {"block1", "block2"}
 
 
+def script_ranks(tmp_path, *args):
+    """Run tests/lightning_ddp.py (2 ranks, strategy="ddp"): weights saved before, by rank 0, by rank 1."""
+    script = Path(__file__).with_name("lightning_ddp.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [torch.load(tmp_path / f"{name}.pt", weights_only=True) for name in ("before", "rank0", "rank1")]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_ddp_strategy_that_starts_each_rank_as_a_script(tmp_path):
     """strategy="ddp" as most users run it: Lightning starts rank 1 by running the script again
     (tests/lightning_ddp.py; slow: each rank imports torch and Lightning)."""
-    script = Path(__file__).with_name("lightning_ddp.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    before = torch.load(tmp_path / "before.pt", weights_only=True)
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    before, a, b = script_ranks(tmp_path)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert not torch.equal(a["block1.0.weight"], before["block1.0.weight"])
     assert torch.equal(a["stem.0.weight"], before["stem.0.weight"])
@@ -417,3 +420,111 @@ def test_spawned_processes_cannot_replace_the_head():
     spawn = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, logger=False)  # starts nothing
     with pytest.raises(thawkit.ConfigError, match="strategy='ddp', or replace the head in __init__"):
         finetuning().setup(spawn, Classifier(), "fit")
+
+
+# ---------------------------------------------------------------------------------- adapters
+def lora():
+    return ThawkitFinetuning("lora", num_classes=3, rank=2, pm=thawkit.get_plugin_manager(entrypoints=False))
+
+
+def plain_names(state):
+    """The adapted model's state with PEFT's names of the base layers mapped back to the plain ones
+    (``stem.0.base_layer.weight`` -> ``stem.0.weight``); the adapters' own entries left out."""
+    from thawkit.plugins.adapters import is_adapter_param
+
+    return {k.replace(".base_layer.", "."): v for k, v in state.items() if not is_adapter_param(k)}
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """LoRA (rank 2 on the convs of block1 and block2) under the callback, checkpointed at step 9."""
+    pytest.importorskip("peft")
+    tmp = tmp_path_factory.mktemp("lora")
+    module = Classifier()
+    before = state(module)
+    callback = lora()
+    mid = L.callbacks.ModelCheckpoint(dirpath=tmp / "steps", filename="{step}", save_top_k=-1,
+                                      every_n_train_steps=9)
+    injected = {}
+
+    class Initial(L.Callback):  # the adapters as injected, before the first step
+        def on_train_start(self, trainer, pl_module):
+            injected.update({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+    fit = trainer(tmp, callback, Initial(), mid)
+    fit.fit(module, train_dataloaders=Batches())
+    return {"module": module, "callback": callback, "trainer": fit, "before": before,
+            "injected": injected, "after": state(module), "dir": tmp}
+
+
+def test_lora_trains_adapters_and_head_and_keeps_the_base_bit_identical(lora_run):
+    from thawkit.plugins.adapters import adapter_params
+
+    module, adapted = lora_run["module"], lora_run["callback"].adapted
+    adapters = {n for names in adapter_params(module.model).values() for n in names}
+    assert {n.split(".lora_")[0] for n in adapters} == {"block1.0", "block2.0"}  # the blocks; not the stem
+    assert module.model is adapted.model
+    assert list(module.seen.values()) == [adapters | {"fc.weight", "fc.bias"}] * EPOCHS
+    before, after = lora_run["before"], plain_names(lora_run["after"])
+    base = [k for k in before if not k.startswith("fc.")]
+    assert set(base) <= set(after) and any("running_var" in k for k in base)
+    assert [k for k in base if not torch.equal(before[k], after[k])] == []  # weights and BN statistics
+    injected, trained = lora_run["injected"], lora_run["after"]
+    assert all(not torch.equal(injected[k], trained[k]) for k in adapters | {"fc.weight"})
+
+
+def test_lora_optimizer_groups_hold_the_adapters(lora_run):
+    from thawkit.plugins.adapters import adapter_params
+
+    opt = lora_run["trainer"].optimizers[0]
+    model = lora_run["module"].model
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    grouped = {g["name"]: {name_of[id(p)] for p in g["params"]} for g in opt.param_groups}
+    adapters = {n for names in adapter_params(model).values() for n in names}
+    in_lora = set().union(*(v for k, v in grouped.items() if ".lora" in k))
+    assert in_lora == adapters and all(".lora" in k or k.startswith("head") for k in grouped)
+    assert sum(len(v) for v in grouped.values()) == len(adapters) + 2  # each once, plus fc
+
+
+def test_lora_resume_from_a_lightning_checkpoint_equals_the_uninterrupted_run(lora_run, tmp_path):
+    """Lightning restores the weights after the callback's setup: the adapters are in place to
+    receive them (the checkpoint holds ``stem.0.base_layer.weight``, ``stem.0.lora_A...``)."""
+    module = Classifier()
+    fit = trainer(tmp_path, lora())
+    fit.fit(module, train_dataloaders=Batches(), ckpt_path=str(lora_run["dir"] / "steps/step=9.ckpt"))
+    resumed, full = state(module), lora_run["after"]
+    assert len(module.groups) == EPOCHS * STEPS - 9  # went on from step 9 with the checkpoint's weights
+    assert sorted(resumed) == sorted(full)
+    assert [k for k in full if not torch.equal(full[k], resumed[k])] == []
+
+
+def test_spawned_processes_cannot_add_adapters():
+    """Under ddp_spawn/ddp_fork the adapters would exist in the started processes only: Lightning
+    loads rank 0's weights back into the main process's module with strict=False, which drops the
+    trained adapters silently (seen under ddp_fork: the main module had the trained head, no
+    lora layers). Refused in setup, before any training."""
+    pytest.importorskip("peft")
+    spawn = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, logger=False)  # starts nothing
+    with pytest.raises(thawkit.ConfigError, match=r"ThawkitFinetuning\('lora'\).*adds layers to the "
+                       r"model \(block1\.0\.lora_A\.default\.weight, .*Use strategy='ddp'"):
+        ThawkitFinetuning("lora", rank=2).setup(spawn, PerRank("."), "fit")
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    ThawkitFinetuning("lora", rank=2).setup(single, PerRank("."), "fit")  # one process: no reason to refuse
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_ddp_strategy_with_lora_adapters(tmp_path):
+    """lora under strategy="ddp" (tests/lightning_ddp.py --lora; slow: each rank imports torch,
+    Lightning and PEFT): the ranks agree on every parameter and buffer, the adapters moved (PEFT
+    starts lora_B at zero), the base weights and BatchNorm statistics did not, and rank 0, the
+    main process, holds the adapters after fit()."""
+    pytest.importorskip("peft")
+    before, a, b = script_ranks(tmp_path, "--lora")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    lora_b = [k for k in a if ".lora_B." in k]
+    assert {k.split(".lora_B.")[0] for k in lora_b} == {"block1.0", "block2.0"}
+    assert all(a[k].abs().sum() > 0 for k in lora_b)
+    base = plain_names(a)
+    assert [k for k in before if not k.startswith("fc.") and not torch.equal(before[k], base[k])] == []
+    assert "stem.1.running_var" in before and "block1.1.running_mean" in before

@@ -15,6 +15,7 @@ with momentum: parameters agree to 1e-5 absolute.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -115,6 +116,10 @@ first = train(interrupted, on_step=ctrl_c)
 print(f"rank {rank}: {first.message}")
 statuses = [first.status]
 statuses.append(resume(out / "interrupted").status)
+# adapters (lora through PEFT) under DDP, when the fixture gives their recipe
+if len(sys.argv) > 4:
+    train(thawkit.load_recipe(sys.argv[4]), on_step=lambda t: last.update(trainer=t))
+    torch.save(last["trainer"].s.model.state_dict(), out / f"lora{rank}.pt")
 # the embedding guide's torchrun example, last: it ends the process group
 import runpy
 runpy.run_path(sys.argv[3], run_name="__main__")
@@ -171,7 +176,11 @@ def ddp_run(tmp_path_factory):
     path = write_recipe(tmp / "recipe.yaml", recipe(data, tmp / "ddp"))
     (tmp / "driver.py").write_text(DRIVER)
     example = TESTS.parent / "examples" / "ddp_gradual.py"
-    result = torchrun(str(tmp / "driver.py"), str(path), str(tmp), str(example), cwd=tmp)
+    lora = []
+    if importlib.util.find_spec("peft") is not None:  # the same run with lora adapters (thawkit[peft])
+        lora = [str(write_recipe(tmp / "lora.yaml", {**recipe(data, tmp / "lora"),
+                                                     "strategy": {"name": "lora", "rank": 2}}))]
+    result = torchrun(str(tmp / "driver.py"), str(path), str(tmp), str(example), *lora, cwd=tmp)
     return tmp, data, result
 
 
@@ -187,6 +196,26 @@ def test_both_processes_end_identical_and_thawed_blocks_moved(ddp_run):
         assert any(not torch.equal(a[k], initial[k]) for k in a if k.startswith(block))
 
 
+def test_lora_under_torchrun_ranks_identical_and_base_frozen(ddp_run):
+    """``thawkit train`` with a lora recipe in the same 2 processes: the adapters are all-reduced
+    (both ranks identical), they moved (PEFT starts lora_B at zero), the base did not."""
+    tmp, _, _ = ddp_run
+    if not (tmp / "lora").is_dir():
+        pytest.skip("peft is not installed (thawkit[peft])")
+    a, b = (torch.load(tmp / f"lora{r}.pt", weights_only=True) for r in (0, 1))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    lora_b = [k for k in a if ".lora_B." in k]
+    assert {k.split(".lora_B.")[0] for k in lora_b} == {"1.0", "2.0"}  # the blocks' convs
+    assert all(a[k].abs().sum() > 0 for k in lora_b)
+    torch.manual_seed(0)  # the run's seed: the backbone as it was built
+    initial = gn_net().state_dict()
+    base = {k.replace(".base_layer.", "."): v for k, v in a.items()
+            if ".lora_" not in k and not k.startswith("4.")}
+    assert sorted(base) == sorted(k for k in initial if not k.startswith("4."))
+    assert [k for k in base if not torch.equal(base[k], initial[k])] == []
+    assert json.loads((tmp / "lora" / "run.json").read_text())["status"] == "finished"
+
+
 def test_rank_0_alone_writes_the_run_directory(ddp_run):
     tmp, _, result = ddp_run
     assert json.loads((tmp / "rank1.json").read_text()) == {
@@ -196,7 +225,8 @@ def test_rank_0_alone_writes_the_run_directory(ddp_run):
     assert [r["epoch"] for r in rows(run)] == [0, 1, 2]  # one writer: each epoch once
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no stray temporary files
-    assert result.stdout.count("2 processes (DDP, gloo") == 3  # one process speaks (3 new runs)
+    new_runs = 3 + (tmp / "lora").is_dir()  # the lora run where peft is installed
+    assert result.stdout.count("2 processes (DDP, gloo") == new_runs  # one process speaks
     assert result.stdout.count("stopped after 1 of 3 epochs") == 1
     assert "cache off for epoch 1: 2 processes (torchrun)" in result.stdout
 
