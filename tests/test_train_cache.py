@@ -107,10 +107,11 @@ def test_no_disk_space_turns_the_cache_off_naming_the_size(tmp_path, data, pm, m
     assert "train.cache_dtype: float16" in lines[0]
 
 
-@pytest.mark.parametrize("stop_after", [1, 3])
+@pytest.mark.parametrize("stop_after", [1, 2, 3])
 def test_resumed_cached_run_is_bit_identical(tmp_path, data, pm, stop_after):
-    """Stopped inside a cached phase (1) or inside the second cached phase (3): the cache is
-    rebuilt on resume, and the run ends bit-identical to an uninterrupted cached one."""
+    """Stopped inside a cached phase (1), at the boundary (2) or inside the second cached phase
+    (3): the cache is rebuilt on resume, its first line names the phase the resumed epoch runs
+    in, and the run ends bit-identical to an uninterrupted cached one."""
     from thawkit.plugins.train import resume, train
 
     sections = {"strategy": {"name": "gradual", "every": 2}, "train": {"epochs": 4},
@@ -121,7 +122,7 @@ def test_resumed_cached_run_is_bit_identical(tmp_path, data, pm, stop_after):
     assert train(load(d, pm), pm=pm, log=lambda _: None, stop_after=stop_after).status == "stopped"
     resumed_lines: list[str] = []
     assert resume(tmp_path / "resumed", pm=pm, log=resumed_lines.append).status == "finished"
-    assert "; cache on for epochs" in resumed_lines[0]
+    assert f"; cache on for epochs {1 if stop_after < 2 else 3}-" in resumed_lines[0]
     assert_same_run(straight, tmp_path / "resumed")
 
 

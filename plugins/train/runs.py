@@ -141,7 +141,8 @@ def _quiet(_line: str) -> None:
 def _with_status(line: str, trainer: Trainer) -> str:
     """The run's first line, with what the pipeline says about the current phase (the cache),
     then a warning line for each doubtful thing about the data."""
-    status = trainer.pipeline.status(trainer.s.adapted.phase)
+    # the phase the next epoch runs in (a resume at a boundary restores the phase before it)
+    status = trainer.pipeline.status(trainer.s.adapted.phase_at(trainer.state.epoch))
     line = f"{line}; {status}" if status else line
     return "\n".join([line, *(f"warning: {w}" for w in trainer.s.warnings)])
 
