@@ -153,10 +153,11 @@ class Adapted:
         shows the groups of the latest call.
         """
         config = OptimizerSettings.of(settings, **kwargs)
-        with self.pm.guard(self._owner, f"strategy {self.strategy.name!r}: lr_scales()"):
+        with self.pm.guard(self._owner, f"strategy {self.strategy.name!r}: lr_scales(), group_of()"):
             scales = self.strategy.lr_scales(self.layout, self.model)
+            tags = {name: self.strategy.group_of(name) for name in self.ever_trainable}
         self._groups = build_groups(self.model, self.layout, self.ever_trainable, config, self.pm,
-                                    scales, tag_of=self.strategy.group_of)
+                                    scales, tag_of=tags.__getitem__)
         self.optimizer_settings = config
         return torch_param_groups(self.model, self._groups, config.lr if config.lr_scale else None)
 
@@ -225,7 +226,8 @@ class Adapted:
             "min_scale": c.min_scale, "head_lr_mult": c.head_lr_mult, "lrs": c.lrs, "kwargs": c.kwargs,
             "groups": [{"name": g.name, "block": g.block, "lr": g.lr, "weight_decay": g.weight_decay,
                         "params": len(g.params)} for g in self._groups]}
-        notes, details = self.strategy.describe(self.model)
+        with self.pm.guard(self._owner, f"strategy {self.strategy.name!r}: describe()"):
+            notes, details = self.strategy.describe(self.model)
         plan = Plan(strategy=self.strategy.name, params=self.strategy.params.model_dump(mode="json"),
                     norm=self.norm, optimizer=optimizer, phase=self.phase, phases=phases,
                     blocks=blocks, rows=rows, notes=notes, details=details)

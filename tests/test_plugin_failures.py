@@ -106,10 +106,24 @@ class Picky(thawkit.Strategy):
         return [thawkit.Phase(0, layout.head.params)]
 
 
+class Sloppy(thawkit.Strategy):
+    name = "sloppy"
+
+    def phases(self, layout, model):
+        return [thawkit.Phase(0, layout.head.params)]
+
+    def group_of(self, param):
+        return {}[param]
+
+    def describe(self, model):
+        raise ValueError("no description")
+
+
 @thawkit.hookimpl
 def thawkit_register_strategies(register):
     register(Broken)
     register(Picky)
+    register(Sloppy)
 
 
 @thawkit.hookimpl
@@ -142,6 +156,14 @@ def test_exception_in_params_validation_or_a_hook_is_a_plugin_error(extras):
     adapted = thawkit.adapt(_mlp(), "picky", pm=pm)
     with pytest.raises(thawkit.PluginError, match="'extras'.*thawkit_no_weight_decay.*AttributeError"):
         adapted.optimizer("sgd")
+
+
+def test_exception_in_a_strategys_optional_methods_is_a_plugin_error(extras):
+    adapted = thawkit.adapt(_mlp(), "sloppy", pm=thawkit.get_plugin_manager())
+    with pytest.raises(thawkit.PluginError, match="'extras'.*strategy 'sloppy'.*group_of.*KeyError"):
+        adapted.optimizer("sgd")
+    with pytest.raises(thawkit.PluginError, match="'extras'.*strategy 'sloppy'.*describe.*no description"):
+        adapted.plan
 
 
 def test_cli_reports_a_strategy_failure_in_one_line_and_exit_2(extras, tmp_path, capsys):
