@@ -294,6 +294,10 @@ def test_train_resume_predict_and_both_exports(tmp_path, data, capsys):
     with pytest.raises(thawkit.ConfigError, match="export to a directory"):
         from thawkit.plugins.train.inference import export_run
         export_run(straight, tmp_path / "x.safetensors", pm=pm)
+    capsys.readouterr()
+    assert main(["export", str(straight), str(tmp_path / "wise"), "--wise", "0.5"]) == 2
+    assert "trains adapters (lora): its base weights never moved" in capsys.readouterr().err
+    assert not (tmp_path / "wise").exists()
     head_only = tmp_path / "head-only"
     train(load(recipe_dict(data, head_only), pm), pm=pm, log=print)
     with pytest.raises(thawkit.ConfigError, match="adds no adapters; export it without --merge"):

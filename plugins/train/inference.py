@@ -180,15 +180,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
 
     run = load_run_model(run_dir, best=best, pm=pm, trust=trust, command="export")
     if wise is not None:
-        if has_adapters(run.model):
-            raise ConfigError(f"export --wise: run {str(run_dir)!r} trains adapters "
-                              f"({run.recipe.strategy.name}): its base weights never moved, so "
-                              "WiSE-FT has nothing to interpolate; export without --wise")
-        from ..wise import interpolate
-        from .wise import start_state
+        from .wise import interpolate_run
 
-        start = start_state(run_dir, pm=pm)
-        run.model.load_state_dict(interpolate(start, run.model.state_dict(), wise, head=run.layout))
+        interpolate_run(run, run_dir, wise, pm=pm)
     recipe = run.recipe
     options = {**recipe.backbone.kwargs, "num_classes": len(run.classes)}
     config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,

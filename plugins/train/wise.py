@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import WeightsError
+from thawkit import ConfigError, WeightsError
 
 from ..wise import check_alpha, head_keys, interpolate, state_digest
 from .checkpoint import save_weights, write_json
@@ -103,7 +103,18 @@ def wise_model(run_dir: str | Path, alpha: float, *, best: bool = False,
     from .inference import load_run_model
 
     alpha = check_alpha(alpha, "WiSE-FT")
-    run = load_run_model(run_dir, best=best, pm=pm)
+    return interpolate_run(load_run_model(run_dir, best=best, pm=pm), run_dir, alpha, pm=pm)
+
+
+def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float, *,
+                    pm: ThawkitPluginManager | None = None) -> RunModel:
+    """``run`` (the loaded model of ``run_dir``) with its backbone interpolated in place."""
+    from .adapter_export import has_adapters
+
+    if has_adapters(run.model):
+        raise ConfigError(f"WiSE-FT: run {str(run_dir)!r} trains adapters "
+                          f"({run.recipe.strategy.name}): its base weights never moved, so there "
+                          "is nothing to interpolate")
     start = start_state(run_dir, pm=pm)
     run.model.load_state_dict(interpolate(start, run.model.state_dict(), alpha, head=run.layout))
     return run
