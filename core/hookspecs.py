@@ -28,6 +28,10 @@ the plugin and the hook, chained to the original. Raise ``ThawkitError``
 subclasses (``ConfigError``, ``UnknownNameError``...) for a user's mistake. A
 collector hook that raises, or registers a name another plugin has, unloads its
 plugin as a whole. ``thawkit.plugins.testing`` checks each contract below.
+
+Every hook's example is its part of ``examples/tiny_zoo.py``, one complete plugin that
+implements them all and that the tests run; the hook reference (docs/hooks.md) shows
+each part beside its hook.
 """
 from __future__ import annotations
 
@@ -67,13 +71,6 @@ def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
     Returns: nothing (all implementations are called). Historic: a plugin registered
     later is called on registration, so its specs exist before any plugin that
     implements them is validated.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_add_hookspecs(pm):
-            from . import my_hookspecs
-            pm.add_hookspecs(my_hookspecs)
     """
 
 
@@ -90,13 +87,6 @@ def thawkit_register_commands(subparsers: argparse._SubParsersAction[argparse.Ar
 
     Returns: nothing (all implementations are called). Keep imports inside the
     handler: ``thawkit --help`` builds every parser and must stay fast.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_register_commands(subparsers):
-            p = subparsers.add_parser("hello", help="say hello")
-            p.set_defaults(func=lambda args: print("hello") or 0)
     """
 
 
@@ -114,15 +104,6 @@ def thawkit_recipe_sections(register: Callable[..., None]) -> None:
 
     Returns: nothing (all implementations are called). Core's own sections
     (``backbone``, ``head``, ``strategy``, ``optimizer``, ``plugins``) cannot be replaced.
-
-    Example::
-
-        class WandbSection(pydantic.BaseModel):
-            project: str | None = None
-
-        @thawkit.hookimpl
-        def thawkit_recipe_sections(register):
-            register("wandb", WandbSection)
     """
 
 
@@ -148,12 +129,6 @@ def thawkit_register_sources(register: Callable[..., None]) -> None:
     ``device="meta"`` (build without memory, read no weights: plans use it) and
     passes other keys to the builder; an unknown name raises
     :class:`thawkit.UnknownNameError` (with the known names, for the closest).
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_register_sources(register):
-            register("mymodels", MyModelZoo())
     """
 
 
@@ -168,13 +143,6 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
     Returns: a :class:`thawkit.DataConfig`, or ``None`` if this plugin does not know the
     model. First non-None result wins; core falls back to 224 px ImageNet statistics.
     ``input_size`` is (channels, height, width) that the model's forward accepts.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_data_config(model, spec):
-            if spec and spec.source == "mymodels":
-                return thawkit.DataConfig(input_size=(3, 96, 96))
     """
 
 
@@ -201,15 +169,6 @@ def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layo
     input to output; the head holds the classifier's parameters and ``classifiers``
     names its module path(s). Reads names and shapes only (meta models), changes
     nothing, and describes the same model the same way every time.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_describe_layout(model, spec):
-            if isinstance(model, MyNet):
-                return thawkit.layout_from_prefixes(model, stem=["stem"],
-                    blocks=[(f"stage{i}", [f"stages.{i}"]) for i in range(4)],
-                    head=["fc"], classifiers=["fc"])
     """
 
 
@@ -239,14 +198,6 @@ def thawkit_replace_head(
     Contract: the model then outputs ``num_classes`` scores, its new head sits on the
     backbone's device and dtype (meta included), and its layout (described again) has
     the new classifier's parameters in the head.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_replace_head(model, layout, num_classes, dropout, keep_aux):
-            if isinstance(model, MyNet):
-                model.fc = nn.Linear(model.fc.in_features, num_classes)
-                return model
     """
 
 
@@ -263,12 +214,6 @@ def thawkit_register_strategies(register: Callable[..., None]) -> None:
 
     Contract: :class:`thawkit.Strategy` states it (what ``phases()`` receives and
     returns, the head that always trains, the neck, norm layers, ``thaw_order``).
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_register_strategies(register):
-            register(EveryOtherBlock)
     """
 
 
@@ -283,12 +228,6 @@ def thawkit_infer_num_classes(recipe: Recipe, where: str) -> int | None:
     Returns: the number of classes, or ``None`` when this plugin cannot tell. First
     non-None result wins. The training plugin counts the class folders of
     ``data.train`` (and raises :class:`thawkit.ConfigError` when that folder is missing).
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_infer_num_classes(recipe, where):
-            return len(my_label_file(recipe).classes)
     """
 
 
@@ -300,12 +239,6 @@ def thawkit_adapted(adapted: Adapted) -> None:
         adapted: the :class:`thawkit.Adapted` object (model, layout, plan, strategy).
 
     Returns: nothing; use it to log, wrap or check. All implementations are called.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_adapted(adapted):
-            print(adapted.plan.summary())
     """
 
 
@@ -331,13 +264,6 @@ def thawkit_register_optimizers(register: Callable[..., None]) -> None:
     Contract: the optimizer holds the groups as given (same order, parameters, names,
     ``lr`` and ``weight_decay``: ``kwargs`` are defaults only), leaves parameters
     without a gradient untouched, and restores from its ``state_dict()``.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_register_optimizers(register):
-            register("sgd-nesterov", lambda groups, **kw: torch.optim.SGD(
-                groups, momentum=0.9, nesterov=True, **kw))
     """
 
 
@@ -354,13 +280,6 @@ def thawkit_no_weight_decay(model: nn.Module) -> list[str] | None:
     Returns: an iterable of names or ``None``; results of all plugins are merged.
     The generic fallback returns ``model.no_weight_decay()`` when the model
     defines it (timm's convention).
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_no_weight_decay(model):
-            if isinstance(model, MyViT):
-                return ["pos_embedding", "class_token"]
     """
 
 
@@ -380,12 +299,6 @@ def thawkit_layer_scales(
     neck+head). The timm plugin answers with timm's fine ``group_matcher`` so scales
     equal ``timm.optim.param_groups_layer_decay``. Scales lie in ``[min_scale, 1]``,
     the head's is 1, and they never grow from the head towards the stem.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_layer_scales(model, layout, layer_decay, min_scale):
-            return {name: 1.0 for name, _ in model.named_parameters()}  # no decay
     """
 
 
@@ -415,14 +328,4 @@ def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split |
     core has no fallback: without an answer there is no cache, never a wrong one.
     :func:`thawkit.plugins.split.split_sequential` builds a split from the steps of a
     forward pass.
-
-    Example::
-
-        from thawkit.plugins.split import split_sequential
-
-        @thawkit.hookimpl
-        def thawkit_split_model(model, layout, block):
-            if isinstance(model, MyNet):  # forward: stem, stages, pool, fc
-                steps = [model.stem, *model.stages, model.pool, model.fc]
-                return split_sequential(model, layout, block, steps)
     """

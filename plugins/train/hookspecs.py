@@ -26,11 +26,4 @@ def thawkit_register_schedules(register: Callable[..., None]) -> None:
     at each step (thawkit's per-block multipliers hold), keeps the lr finite and >= 0,
     never adds or removes groups, and resumes exactly from its ``state_dict()``.
     ``thawkit.plugins.testing.check_schedule`` checks it.
-
-    Example::
-
-        @thawkit.hookimpl
-        def thawkit_register_schedules(register):
-            register("exp", lambda opt, *, epochs, steps_per_epoch, warmup_epochs=0, gamma=0.999:
-                     torch.optim.lr_scheduler.ExponentialLR(opt, gamma))
     """
