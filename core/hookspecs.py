@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -57,7 +58,7 @@ hookimpl = pluggy.HookimplMarker("thawkit")
 
 
 # -------------------------------------------------------------------------------------------
-# plugin setup: extra hooks, command-line commands, recipe sections
+# plugin setup: extra hooks, command-line commands, recipe sections and files
 # -------------------------------------------------------------------------------------------
 
 
@@ -104,6 +105,26 @@ def thawkit_recipe_sections(register: Callable[..., None]) -> None:
 
     Returns: nothing (all implementations are called). Core's own sections
     (``backbone``, ``head``, ``strategy``, ``optimizer``, ``plugins``) cannot be replaced.
+    """
+
+
+@hookspec(firstresult=True)
+def thawkit_read_recipe(path: Path, overrides: list[str]) -> dict[str, Any] | None:
+    """Read a recipe file into a mapping, with ``--set`` overrides applied, for validation.
+
+    Parameters:
+        path: the recipe file as the user named it (``thawkit.load_recipe``, ``thawkit train``).
+        overrides: ``key.path=value`` items from ``--set``, applied in order; the value is
+            written in the file format's own syntax.
+
+    Returns: the recipe as a mapping (core validates it), or ``None`` for a file this plugin
+    does not read (decide by the suffix). First non-None result wins; the built-in reader
+    (plugin ``thawkit.recipe_files``: JSON for ``.json``, YAML for any other file) is asked
+    last.
+
+    Contract: reads only ``path`` and changes nothing; a missing, unreadable or malformed
+    file, or a bad override, raises :class:`thawkit.ConfigError` naming the file (line and
+    column where there are some) or the override. Bound what a document may expand to.
     """
 
 

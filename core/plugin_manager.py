@@ -44,6 +44,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.timm": "thawkit.plugins.timm",
     "thawkit.python_source": "thawkit.plugins.python_source",
     "thawkit.optimizers": "thawkit.plugins.optimizers",
+    "thawkit.recipe_files": "thawkit.plugins.recipe_files",
     "thawkit.strategy.head_only": "thawkit.plugins.strategies.head_only",
     "thawkit.strategy.last_block": "thawkit.plugins.strategies.last_block",
     "thawkit.strategy.gradual": "thawkit.plugins.strategies.gradual",

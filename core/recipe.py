@@ -15,13 +15,12 @@ manager of its own (the shared built-ins and entry points, plus those plugins):
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
 
-from .errors import ConfigError, UnknownNameError, format_validation_error, quote, shorten
+from .errors import ConfigError, PluginError, UnknownNameError, format_validation_error, quote, shorten
 from .param_groups import OptimizerSettings
 from .strategy import Strategy, strategy_instance
 
@@ -138,125 +137,6 @@ def _recipe_class(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[Rec
 
 
 # ---------------------------------------------------------------------- loading
-#: Limits on a recipe document (docs/recipes.md, "Limits"): bytes, nesting, size with YAML
-#: aliases expanded (one per value plus the characters of each scalar), digits of an integer.
-MAX_BYTES, MAX_DEPTH, MAX_EXPANDED, MAX_DIGITS = 100_000, 100, 100_000, 100
-
-
-def read_mapping(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML or JSON file within the limits; errors name the file, line and column."""
-    path, name = Path(path), shorten(str(path))
-    try:
-        if not path.is_file():
-            raise ConfigError(f"recipe file {name!r} " + ("is not a regular file" if path.exists()
-                                                         else "does not exist"))
-        with path.open("rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"recipe file {name!r} cannot be read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_BYTES:
-        raise ConfigError(f"{name}: a recipe may hold at most {MAX_BYTES:,} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{name}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
-                          f"{exc.start}); save the recipe as UTF-8") from None
-    data = parse_text(text, name, json_=path.suffix == ".json")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: a recipe must be a mapping with sections "
-                          f"{', '.join(Recipe.model_fields)}; got {type(data).__name__}")
-    return data
-
-
-def parse_text(text: str, where: str, *, json_: bool = False) -> Any:
-    """YAML (or JSON) text to Python values, within the limits above."""
-    import yaml
-
-    if json_:
-        def integer(digits: str) -> int:
-            if len(digits) > MAX_DIGITS:
-                raise ValueError(f"an integer of {len(digits):,} digits (at most {MAX_DIGITS})")
-            return int(digits)
-        try:
-            data = json.loads(text, parse_int=integer)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        except RecursionError:
-            raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
-        stack = [(data, 1)]  # nesting (a JSON text has no aliases, and its bytes are bounded)
-        while stack:
-            value, depth = stack.pop()
-            if depth > MAX_DEPTH:
-                raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
-            stack += [(v, depth + 1) for v in (value.values() if isinstance(value, dict) else
-                                               value if isinstance(value, list) else ())]
-        return data
-    try:
-        return _yaml(text, where)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
-        raise ConfigError(f"{at}: YAML does not parse: {getattr(exc, 'problem', None) or exc}") from None
-    except ConfigError:
-        raise
-    except (ValueError, TypeError, OverflowError) as exc:  # a constructor's (e.g. a date 2020-13-45)
-        raise ConfigError(f"{where}: YAML value does not parse: {shorten(str(exc))}") from None
-
-
-def _yaml(text: str, where: str) -> Any:
-    """Safe YAML within the limits (a ConfigError past one; yaml.YAMLError on bad syntax)."""
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            _expanded(node, {}, where)
-        return loader.construct_document(node) if node is not None else None
-    except RecursionError:  # composing a node nested ~1000 deep, before _expanded could look
-        raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
-    finally:
-        loader.dispose()
-
-
-def _limit(where: str, mark: Any, what: str) -> ConfigError:
-    return ConfigError(f"{where}:{mark.line + 1}:{mark.column + 1}: {what} (recipe limits: "
-                       "docs/recipes.md)")
-
-
-def _expanded(node: Any, seen: dict[int, Any], where: str, level: int = 1) -> tuple[int, int]:
-    """Size and depth of ``node`` with aliases expanded; raises past the limits."""
-    import yaml
-
-    known = seen.get(id(node), ())
-    if known is None:
-        raise _limit(where, node.start_mark, "an alias refers to a node that contains it")
-    size, height = known or (0, 1)
-    if level + height - 1 > MAX_DEPTH:
-        raise _limit(where, node.start_mark, f"nested deeper than {MAX_DEPTH} levels")
-    if known:
-        return size, height
-    seen[id(node)] = None
-    if isinstance(node, yaml.ScalarNode):
-        if node.tag.endswith(":int") and len(node.value) > MAX_DIGITS:
-            raise _limit(where, node.start_mark, f"an integer of {len(node.value):,} digits (at "
-                         f"most {MAX_DIGITS})")
-        size, height = 1 + len(node.value), 1
-    else:
-        items = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) \
-            else node.value
-        parts = [_expanded(n, seen, where, level + 1) for n in items]
-        size, height = 1 + sum(p[0] for p in parts), 1 + max((p[1] for p in parts), default=0)
-    if size > MAX_EXPANDED:
-        raise _limit(where, node.start_mark, f"the document expands to more than {MAX_EXPANDED:,} "
-                     "values and characters (a YAML alias counts once per use)")
-    seen[id(node)] = (size, height)
-    return size, height
-
-
 def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
                     pm: ThawkitPluginManager | None = None, base: Path | None = None) -> Recipe:
     """Validate a recipe mapping once: sections, then names against the plugin registries.
@@ -298,17 +178,27 @@ def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
 
 def load_recipe(path: str | Path, *, overrides: list[str] | None = None,
                 pm: ThawkitPluginManager | None = None) -> Recipe:
-    """Read, override (``key.path=value``, value parsed as YAML) and validate a recipe file.
+    """Read a recipe file, apply ``--set`` overrides (``key.path=value``) and validate it.
+
+    A plugin reads the file (``thawkit_read_recipe``; the built-in reader takes YAML and
+    JSON), with ``pm`` or the shared manager; the recipe's own ``plugins:`` then join it.
 
     Example::
 
         recipe = thawkit.load_recipe("recipe.yaml", overrides=["optimizer.lr=0.01"])
         adapted = thawkit.adapt_recipe(recipe)
     """
-    data = read_mapping(path)
-    for item in overrides or []:
-        apply_override(data, item)
-    return validate_recipe(data, where=shorten(str(path)), pm=pm, base=Path(path).parent)
+    from .plugin_manager import default_plugin_manager
+
+    where, path = shorten(str(path)), Path(path)
+    data = (pm or default_plugin_manager()).hook.thawkit_read_recipe(path=path,
+                                                                    overrides=list(overrides or []))
+    if data is None:
+        raise ConfigError(f"{where}: no plugin reads {path.suffix or 'suffix-less'} recipe files")
+    if not isinstance(data, dict):
+        raise PluginError(f"{where}: a thawkit_read_recipe plugin returned {type(data).__name__}, "
+                          "not a mapping")
+    return validate_recipe(data, where=where, pm=pm, base=path.parent)
 
 
 def adapt_recipe(recipe: Recipe, *, meta: bool = False, load_weights: bool = True,
@@ -351,28 +241,3 @@ def adapt_recipe(recipe: Recipe, *, meta: bool = False, load_weights: bool = Tru
         n = pm.hook.thawkit_infer_num_classes(recipe=recipe, where=where)
     return adapt(model, recipe.strategy.instance, num_classes=n, dropout=recipe.head.dropout,
                  keep_aux=recipe.head.keep_aux, pm=pm)
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Set ``key.path=value`` in a recipe mapping (the value parsed as YAML), as ``--set`` does."""
-    import yaml
-
-    if "=" not in item:
-        raise ConfigError(f"--set {quote(item)}: expected key.path=value, e.g. optimizer.lr=0.01")
-    key, raw = item.split("=", 1)
-    try:
-        value = _yaml(raw, f"--set {shorten(key)}")
-    except ConfigError:
-        raise
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError):
-        value = raw
-    node = data
-    parts = key.strip().split(".")
-    if len(parts) > MAX_DEPTH:
-        raise ConfigError(f"--set {shorten(key)}: a key path of more than {MAX_DEPTH} parts")
-    for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {quote(item)}: {shorten(part)} is not a section")
-        node = nxt
-    node[parts[-1]] = value

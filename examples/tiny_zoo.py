@@ -1,7 +1,7 @@
 """A complete third-party plugin: a tiny model zoo that implements every thawkit hook.
 
-Each ``# [hook]`` region below is the example of that hook's section in the README
-(a test keeps the two identical). Run it to see the hooks work together::
+Each ``# [hook]`` region below is the example of that hook in the hook reference,
+docs/hooks.md (a test keeps the two identical). Run it to see the hooks work together::
 
     python examples/tiny_zoo.py
 
@@ -11,6 +11,7 @@ Packaged, it would declare ``[project.entry-points.thawkit] tinyzoo = "tiny_zoo"
 import fnmatch
 import math
 import sys
+import tomllib
 
 import torch
 from pydantic import BaseModel, Field
@@ -222,6 +223,37 @@ class LabelsSection(BaseModel, extra="forbid"):
 @thawkit.hookimpl
 def thawkit_recipe_sections(register):
     register("labels", LabelsSection)
+# [end]
+
+
+# [thawkit_read_recipe]
+def toml_value(text):
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text  # --set backbone.name=tiny8: a bare word is a string
+
+
+@thawkit.hookimpl
+def thawkit_read_recipe(path, overrides):
+    if path.suffix != ".toml":
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise thawkit.ConfigError(f"{path}: not a readable TOML recipe: {exc}") from None
+    for item in overrides:  # --set key.path=value, the value in TOML syntax
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise thawkit.ConfigError(f"--set {item!r}: expected key.path=value")
+        *sections, field = key.split(".")
+        node = data
+        for name in sections:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise thawkit.ConfigError(f"--set {item!r}: {name} is not a section")
+        node[field] = toml_value(text)
+    return data
 # [end]
 
 

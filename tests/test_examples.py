@@ -140,6 +140,24 @@ def test_custom_strategy_file_is_also_a_cli_plugin(in_root):
     assert re.search(r"^every-other\s+examples/custom_strategy\.py\s", out, re.M)
 
 
+def test_tiny_zoo_reads_toml_recipes(in_root, tmp_path):
+    """The tiny zoo's thawkit_read_recipe, from the command line: TOML recipes and --set values."""
+    recipe = tmp_path / "zoo.toml"
+    recipe.write_text('plugins = []\n[backbone]\nsource = "tinyzoo"\nname = "tiny16"\n\n'
+                      '[strategy]\nname = "top-fraction"\nfraction = 0.5\n\n'
+                      '[labels]\nclasses = ["cat", "dog", "eel"]\n')
+    code, out = in_root(["-p", "examples/tiny_zoo.py", "plan", str(recipe),
+                         "--set", "strategy.fraction=1.0", "--set", "optimizer.name=sgd"])
+    assert code == 0, out
+    assert "\nstrategy top-fraction (fraction=1.0), norm=frozen; optimizer sgd " in out, out
+    assert re.search(r"^head\s+head\s+51\s", out, re.M), out  # 3 classes from [labels]: 16*3+3
+    code, out = in_root(["-p", "examples/tiny_zoo.py", "plan", str(recipe), "--set", "strategy"])
+    assert (code, out.strip()) == (2, f"thawkit plan: error: --set 'strategy': expected key.path=value")
+    recipe.write_text("[backbone\n")
+    code, out = in_root(["-p", "examples/tiny_zoo.py", "plan", str(recipe)])
+    assert code == 2 and "not a readable TOML recipe" in out and "Traceback" not in out, out
+
+
 def test_tiny_zoo_hooks_are_each_one_region():
     from thawkit.plugins.train import hookspecs as train_hookspecs
 

@@ -665,3 +665,63 @@ def test_thawkit_infer_num_classes(pm):
     assert thawkit.adapt_recipe(explicit).model.fc.out_features == 5  # the recipe's own wins
     kept = thawkit.adapt_recipe(validate_recipe(base, pm=pm))  # no answer: the model's head stays
     assert kept.model.fc.out_features == StagedNet().fc.out_features
+
+
+class TomlReader:
+    """Reads ``.toml`` recipes; ``--set`` values are TOML (``optimizer.lr=0.5``)."""
+
+    calls: list[tuple[str, list[str]]] = []
+
+    @thawkit.hookimpl
+    def thawkit_read_recipe(self, path, overrides):
+        import tomllib
+
+        if path.suffix != ".toml":
+            return None
+        TomlReader.calls.append((path.name, overrides))
+        data = tomllib.loads(path.read_text())
+        for item in overrides:
+            key, _, value = item.partition("=")
+            section, field = key.split(".")
+            data.setdefault(section, {})[field] = tomllib.loads(f"v = {value}")["v"]
+        return data
+
+
+def test_thawkit_read_recipe(pm, tmp_path):
+    pm.register(SourcePlugin(), name="staged-source")
+    toml = tmp_path / "recipe.toml"
+    toml.write_text('[backbone]\nsource = "staged"\nname = "net"\n\n'
+                    '[strategy]\nname = "last-block"\nblocks = 2\n')
+    # no plugin reads TOML: the built-in reader takes it for YAML, and says where it fails
+    with pytest.raises(thawkit.ConfigError, match=r"recipe\.toml:\d+:\d+: YAML does not parse"):
+        thawkit.load_recipe(toml, pm=pm)
+
+    pm.register(TomlReader(), name="toml")
+    TomlReader.calls.clear()
+    recipe = thawkit.load_recipe(toml, overrides=["optimizer.lr=0.5", "head.num_classes=3"], pm=pm)
+    assert TomlReader.calls == [("recipe.toml", ["optimizer.lr=0.5", "head.num_classes=3"])]
+    assert (recipe.backbone.spec, recipe.strategy.params) == ("staged:net", {"blocks": 2})
+    assert (recipe.optimizer.lr, recipe.head.num_classes) == (0.5, 3)
+    assert recipe.plugin_manager is pm
+    # other files are still the built-in reader's (the plugin answers None for them)
+    yaml_file = tmp_path / "recipe.yaml"
+    yaml_file.write_text("backbone: {source: staged, name: net}\nstrategy: {name: full}\n")
+    assert thawkit.load_recipe(yaml_file, overrides=["optimizer.lr=0.25"], pm=pm).optimizer.lr == 0.25
+    assert len(TomlReader.calls) == 1
+    # what the reader gives is validated like any recipe: errors name the file and the field
+    with pytest.raises(thawkit.ConfigError, match=r"recipe\.toml: optimizer\.lr: Input should be "
+                                                  "greater than 0"):
+        thawkit.load_recipe(toml, overrides=["optimizer.lr=-1.0"], pm=pm)
+
+    class Broken:
+        @thawkit.hookimpl
+        def thawkit_read_recipe(self, path, overrides):
+            return ["not", "a", "mapping"] if path.suffix == ".toml" else 1 / 0
+
+    pm.register(Broken(), name="broken-reader")
+    with pytest.raises(thawkit.PluginError, match=r"recipe\.toml: a thawkit_read_recipe plugin "
+                                                  "returned list, not a mapping"):
+        thawkit.load_recipe(toml, pm=pm)
+    with pytest.raises(thawkit.PluginError, match="plugin 'broken-reader' failed in "
+                                                  "thawkit_read_recipe: ZeroDivisionError"):
+        thawkit.load_recipe(yaml_file, pm=pm)

@@ -1,4 +1,4 @@
-"""The layering holds: core never imports a plugin, torchvision or timm, and plugins import only
+"""The layering holds: core never imports a plugin, torchvision, timm or yaml, and plugins import only
 the public API of the ``thawkit`` package (import-linter contracts in pyproject.toml).
 
 import-linter reads packages from disk; the repository keeps ``thawkit`` in core/ and
@@ -53,9 +53,11 @@ def test_contracts_list_every_core_module():
     ("plugins/_private_import.py", "from thawkit.adapted import Adapted\n",
      "plugins import only the public API"),
     ("core/_plugin_import.py", "import thawkit.plugins.torchvision\n",
-     "core never imports plugins, torchvision or timm"),
+     "core never imports plugins, torchvision, timm or yaml"),
     ("core/_torchvision_import.py", "import torchvision\n",
-     "core never imports plugins, torchvision or timm"),
+     "core never imports plugins, torchvision, timm or yaml"),
+    ("core/_yaml_import.py", "import yaml\n",
+     "core never imports plugins, torchvision, timm or yaml"),
 ])
 def test_a_broken_layer_fails(tmp_path, where, line, broken):
     """The contracts are not vacuous: one bad import breaks them, and the report names it."""

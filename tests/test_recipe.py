@@ -12,7 +12,8 @@ import thawkit
 from thawkit.plugins.train.schedules import schedule_registry
 from thawkit.errors import ConfigError, UnknownNameError
 from thawkit.plugins.commands import recipe_json_schema
-from thawkit.recipe import apply_override, load_recipe, validate_recipe
+from thawkit.plugins.recipe_files import apply_override
+from thawkit.recipe import load_recipe, validate_recipe
 
 BASE = {
     "backbone": {"source": "toy", "name": "mlp"},
