@@ -125,6 +125,7 @@ def thawkit_read_recipe(path: Path, overrides: list[str]) -> dict[str, Any] | No
     Contract: reads only ``path`` and changes nothing; a missing, unreadable or malformed
     file, or a bad override, raises :class:`thawkit.ConfigError` naming the file (line and
     column where there are some) or the override. Bound what a document may expand to.
+    ``thawkit.plugins.testing.check_recipe_reader`` checks it.
     """
 
 

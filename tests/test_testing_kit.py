@@ -18,8 +18,8 @@ from thawkit.cli import main
 from thawkit.plugins import timm as timm_plugin
 from thawkit.plugins import torchvision as torchvision_plugin
 from thawkit.plugins.testing import (ContractError, ModelCase, check_head_plugin, check_layout_plugin,
-                                     check_optimizer, check_plugin, check_schedule, check_source,
-                                     check_strategy)
+                                     check_optimizer, check_plugin, check_recipe_reader, check_schedule,
+                                     check_source, check_strategy)
 from thawkit.plugins.testing.models import tiny_cnn, tiny_neck
 from thawkit.plugins.train.schedules import schedule_registry
 
@@ -384,6 +384,66 @@ def test_broken_schedule_fails_its_checks():
     finally:
         del SameLrForAll.interval
     assert "interval is 'sometimes'" in found["has valid interval and Params"]
+
+
+# ------------------------------------------------------------ recipe readers
+def test_builtin_and_tiny_zoo_recipe_readers_pass_the_kit(tmp_path):
+    from thawkit.plugins import recipe_files
+
+    report = check_recipe_reader(recipe_files, sample="examples/recipes/resnet18_gradual.yaml")
+    assert [f.status for f in report.findings] == ["pass"] * 6
+    pm = thawkit.get_plugin_manager(entrypoints=False)
+    module = pm.load_local("examples/tiny_zoo.py")
+    sample = tmp_path / "zoo.toml"
+    sample.write_text('[backbone]\nsource = "tinyzoo"\nname = "tiny16"\n[optimizer]\nlr = 0.1\n')
+    assert check_recipe_reader(module, sample=sample).passed
+    assert check_plugin(module, pm=pm, raises=False).passed
+
+
+class Reader:
+    """A YAML-ish reader with one deliberate breach of the contract, chosen by ``breach``."""
+
+    def __init__(self, breach):
+        self.breach = breach
+
+    @thawkit.hookimpl
+    def thawkit_read_recipe(self, path, overrides):
+        if self.breach == "crashes" and path.is_file() and not path.read_bytes():
+            raise KeyError("backbone")  # an empty file: a KeyError, not a ConfigError
+        if self.breach == "writes" and path.is_file():
+            path.with_name(path.name + ".bak").write_bytes(path.read_bytes())
+        if not path.is_file():
+            raise thawkit.ConfigError(f"{path}: no such file")
+        if self.breach == "lists":
+            return ["backbone"]
+        data = {"optimizer": {"lr": 0.1}} if path.suffix == ".recipe" else None
+        for item in overrides:
+            if "=" not in item:
+                if self.breach == "lax":
+                    continue
+                raise thawkit.ConfigError(f"--set {item!r}: expected key.path=value")
+            if self.breach != "deaf" and data is not None:
+                data["optimizer"]["lr"] = float(item.split("=")[1])
+        return data
+
+
+@pytest.mark.parametrize("breach, check, did", [
+    ("crashes", "hostile files", "on an empty file (.yaml) it raised PluginError: plugin 'checked' "
+                                 "failed in thawkit_read_recipe: KeyError: 'backbone'"),
+    ("writes", "changes nothing", "the folder of the files it read changed"),
+    ("lists", "hostile files", "on an empty file (.yaml) it returned list"),
+    ("deaf", "applies overrides", "with --set optimizer.lr=0.5 its optimizer section is {'lr': 0.1}"),
+    ("lax", "refuses a bad override", "--set optimizer (no '=') was accepted"),
+])
+def test_broken_recipe_readers_fail_their_checks(tmp_path, breach, check, did):
+    sample = tmp_path / "run.recipe"
+    sample.write_text("optimizer: {lr: 0.1}\n")
+    report = check_recipe_reader(Reader(breach), sample=sample, name=breach, raises=False)
+    found = failed(report)
+    assert found[check].startswith(f"{did}; the contract: "), found
+    # one breach, one failed check (a reader that answers a list also fails on its sample)
+    assert list(found) == [check] or breach == "lists", found
+    assert {f.subject for f in report.failures} == {f"recipe reader {breach!r}"}
 
 
 # -------------------------------------------------------------- whole plugins

@@ -32,6 +32,7 @@ _LAZY = {
     "check_head_plugin": "layouts",
     "check_optimizer": "optim",
     "check_schedule": "optim",
+    "check_recipe_reader": "recipes",
     "check_plugin": "plugin",
     "ModelCase": "models",
     "default_models": "models",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .layouts import check_head_plugin, check_layout_plugin
 from .models import ModelCase, ModelLike, as_case, default_models
 from .optim import check_optimizer, check_schedule
+from .recipes import check_recipe_reader
 from .report import Report
 from .sources import check_source
 from .strategy import check_strategy
@@ -27,8 +28,9 @@ NOT_CHECKED = ("thawkit_no_weight_decay", "thawkit_infer_num_classes", "thawkit_
 def check_plugin(plugin: Any, *, name: str | None = None, pm: ThawkitPluginManager | None = None,
                  models: Sequence[ModelLike] = (), raises: bool = True) -> Report:
     """Register ``plugin`` (unless ``pm`` holds it already) and run every applicable check:
-    its strategies, sources, optimizers and schedules, and its layout and head hooks on the
-    models it answers for (its sources' first models, ``models`` and the kit's defaults).
+    its strategies, sources, optimizers and schedules, its recipe reader on hostile files, and
+    its layout and head hooks on the models it answers for (its sources' first models,
+    ``models`` and the kit's defaults).
 
     Example::
 
@@ -68,6 +70,8 @@ def check_plugin(plugin: Any, *, name: str | None = None, pm: ThawkitPluginManag
     for entry in mine.get("thawkit_recipe_sections", []):
         with report.checking(f"recipe section {entry.name!r}", "builds from defaults", SECTIONS):
             entry.obj()
+    if "thawkit_read_recipe" in hooks:
+        report.extend(check_recipe_reader(plugin, name=registered, raises=False))
     candidates = [*cases, *default_models()]
     if "thawkit_describe_layout" in hooks:
         _on_models(report, subject, "thawkit_describe_layout", check_layout_plugin, plugin, pm,
