@@ -226,8 +226,16 @@ def test_probe_refuses_what_it_cannot_cache(tmp_path, data, pm, sections, messag
     from thawkit.plugins.train.probe import probe
 
     sections = {"data": {"augment": False}, **sections}
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a folder that exists and is not empty stays
     with pytest.raises(thawkit.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        probe(load(recipe_dict(data, tmp_path / "p", **sections), pm), [0.01], pm=pm)
+        probe(load(recipe_dict(data, out, **sections), pm), [0.01], pm=pm)
+    # refused before any run file was written (the lock is let go and left, as train leaves it)
+    assert sorted(p.name for p in out.iterdir()) in (["notes.txt"], ["notes.txt", "run.lock"])
+    with pytest.raises(thawkit.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        probe(load(recipe_dict(data, tmp_path / "new", **sections), pm), [0.01], pm=pm)
+    assert not (tmp_path / "new").exists()  # a folder the probe made is taken back
 
 
 def test_probe_takes_the_run_lock(tmp_path, data, pm):

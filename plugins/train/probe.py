@@ -28,8 +28,9 @@ from thawkit import ConfigError
 from thawkit.plugins.split import frozen_prefix
 
 if TYPE_CHECKING:
-    from thawkit import Recipe, ThawkitPluginManager
+    from thawkit import Adapted, Recipe, ThawkitPluginManager
 
+    from .data import Preprocess
     from .session import Session
 
 PROBE_FILE = "probe.json"
@@ -80,9 +81,8 @@ class Head:
         self.result = ProbeResult(lr)
 
 
-def check_probe(session: Session) -> Any:
+def check_probe(adapted: Adapted, prep: Preprocess) -> Any:
     """The split below the head, or a :class:`thawkit.ConfigError` saying why the probe cannot run."""
-    adapted = session.adapted
     if len(adapted.phases) != 1:
         raise ConfigError(f"probe: strategy {adapted.strategy.name!r} has {len(adapted.phases)} "
                           "phases; a probe sweeps linear heads: use strategy: head-only")
@@ -91,7 +91,7 @@ def check_probe(session: Session) -> Any:
         raise ConfigError(f"probe: strategy {adapted.strategy.name!r} trains below the head (from "
                           f"block {frozen.block!r}); a probe sweeps linear heads: use strategy: "
                           "head-only")
-    if session.prep.augment:
+    if prep.augment:
         raise ConfigError("probe: data.augment is true; the probe trains on features computed "
                           "once, so it needs data.augment: false")
     if not frozen:
@@ -126,8 +126,10 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
         with run_lock(run_dir):  # one process writes a run directory at a time, as in train
             check_new_run_dir(run_dir)
             with torch_flags_restored():
-                session = prepare(recipe, pm=pm, run_dir=run_dir)
-                split = check_probe(session)
+                splits: list[Any] = []  # checked before prepare() writes the run's files
+                session = prepare(recipe, pm=pm, run_dir=run_dir,
+                                  check=lambda adapted, prep: splits.append(check_probe(adapted, prep)))
+                split = splits[0]
                 log(f"{session.describe()}; probing {len(lrs)} learning rates on features below "
                     "the head, computed once")
                 return _sweep(session, split, list(lrs), pm, log)

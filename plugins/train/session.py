@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,10 +275,12 @@ def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_tr
 
 
 def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: bool = False,
-            world: World | None = None) -> Session:
+            world: World | None = None,
+            check: Callable[[Adapted, Preprocess], None] | None = None) -> Session:
     """Check the data, build model, optimizer and schedule, and (for a new run) write the run's
-    recipe, plan and data description. Nothing is written before every check has passed; of
-    several processes (``world``), rank 0 alone writes."""
+    recipe, plan and data description. Nothing is written before every check has passed (a
+    caller's own ``check(adapted, preprocess)`` included); of several processes (``world``),
+    rank 0 alone writes."""
     import torch
     from thawkit import adapt_recipe
 
@@ -322,6 +324,8 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
 
     cache = decide(adapted, recipe, prep, n_train=len(train), n_val=len(val), run_dir=run_dir,
                    device=device, processes=world.size)
+    if check is not None:
+        check(adapted, prep)
     if not resume and world.is_main:
         import yaml
 
