@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,9 @@ from thawkit.plugins.testing import (ContractError, ModelCase, check_head_plugin
                                      check_source, check_strategy)
 from thawkit.plugins.testing.models import tiny_cnn, tiny_neck
 from thawkit.plugins.train.schedules import schedule_registry
+
+
+ROOT = Path(__file__).parent.parent
 
 
 def failed(report) -> dict[str, str]:
@@ -398,6 +402,21 @@ def test_builtin_and_tiny_zoo_recipe_readers_pass_the_kit(tmp_path):
     sample.write_text('[backbone]\nsource = "tinyzoo"\nname = "tiny16"\n[optimizer]\nlr = 0.1\n')
     assert check_recipe_reader(module, sample=sample).passed
     assert check_plugin(module, pm=pm, raises=False).passed
+
+
+def test_check_plugin_command_takes_a_sample_recipe(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    argv = ["check-plugin", "thawkit.recipe_files", "-v"]
+    assert main(argv) == 0
+    assert "SKIP  recipe reader 'thawkit.recipe_files': reads a recipe" in capsys.readouterr().out
+    assert main([*argv, "--recipe", "examples/recipes/resnet18_gradual.yaml"]) == 0
+    out = capsys.readouterr().out
+    for check in ("hostile files", "changes nothing", "reads a recipe", "applies overrides",
+                  "refuses a bad override"):
+        assert f"PASS  recipe reader 'thawkit.recipe_files': {check}\n" in out
+    assert "SKIP" not in out and out.endswith("7 checks: 7 passed, 0 failed\n")  # + registers
+    assert main([*argv, "--recipe", "no-such.yaml"]) == 2
+    assert "--recipe 'no-such.yaml': no such file" in capsys.readouterr().err
 
 
 class Reader:

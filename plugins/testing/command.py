@@ -24,5 +24,8 @@ def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", default=[], metavar="SPEC",
                    help="also check strategies, layouts and heads on this backbone "
                         "(e.g. torchvision:resnet18); repeatable")
+    p.add_argument("--recipe", metavar="FILE",
+                   help="a recipe in the plugin's own format, for the checks of a recipe reader "
+                        "(thawkit_read_recipe): read it, with and without --set overrides")
     p.add_argument("-v", "--verbose", action="store_true", help="list every check, not only failures")
     p.set_defaults(func=cmd_check_plugin)

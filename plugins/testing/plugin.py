@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .layouts import check_head_plugin, check_layout_plugin
@@ -26,11 +27,12 @@ NOT_CHECKED = ("thawkit_no_weight_decay", "thawkit_infer_num_classes", "thawkit_
 
 
 def check_plugin(plugin: Any, *, name: str | None = None, pm: ThawkitPluginManager | None = None,
-                 models: Sequence[ModelLike] = (), raises: bool = True) -> Report:
+                 models: Sequence[ModelLike] = (), recipe: str | Path | None = None,
+                 raises: bool = True) -> Report:
     """Register ``plugin`` (unless ``pm`` holds it already) and run every applicable check:
-    its strategies, sources, optimizers and schedules, its recipe reader on hostile files, and
-    its layout and head hooks on the models it answers for (its sources' first models,
-    ``models`` and the kit's defaults).
+    its strategies, sources, optimizers and schedules, its recipe reader on hostile files (and
+    on ``recipe``, a recipe in its format), and its layout and head hooks on the models it
+    answers for (its sources' first models, ``models`` and the kit's defaults).
 
     Example::
 
@@ -71,7 +73,7 @@ def check_plugin(plugin: Any, *, name: str | None = None, pm: ThawkitPluginManag
         with report.checking(f"recipe section {entry.name!r}", "builds from defaults", SECTIONS):
             entry.obj()
     if "thawkit_read_recipe" in hooks:
-        report.extend(check_recipe_reader(plugin, name=registered, raises=False))
+        report.extend(check_recipe_reader(plugin, sample=recipe, name=registered, raises=False))
     candidates = [*cases, *default_models()]
     if "thawkit_describe_layout" in hooks:
         _on_models(report, subject, "thawkit_describe_layout", check_layout_plugin, plugin, pm,

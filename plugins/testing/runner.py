@@ -72,6 +72,8 @@ def run_check_plugin(args: argparse.Namespace) -> int:
     import thawkit
 
     pm = thawkit.get_plugin_manager(entrypoints=False)
+    if args.recipe is not None and not Path(args.recipe).is_file():
+        raise thawkit.ThawkitError(f"--recipe {args.recipe!r}: no such file")
     names = resolve(args.plugin, pm)
     report = Report()
     for name in names:
@@ -80,7 +82,8 @@ def run_check_plugin(args: argparse.Namespace) -> int:
         if plugin is None:
             report.findings.append(_load_failure(name, pm.load_errors.get(name, "it was not loaded")))
             continue
-        report.extend(check_plugin(plugin, pm=pm, models=args.model, raises=False))
+        report.extend(check_plugin(plugin, pm=pm, models=args.model, recipe=args.recipe,
+                                    raises=False))
     print(report.format(verbose=args.verbose))
     return 0 if report.passed else 1
 
