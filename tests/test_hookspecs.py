@@ -696,6 +696,10 @@ def test_thawkit_read_recipe(pm, tmp_path):
     with pytest.raises(thawkit.ConfigError, match=r"recipe\.toml:\d+:\d+: YAML does not parse"):
         thawkit.load_recipe(toml, pm=pm)
 
+    bare = thawkit.get_plugin_manager(entrypoints=False, builtins=False)  # no reader at all
+    with pytest.raises(thawkit.ConfigError, match=r"recipe\.toml: no plugin reads \.toml recipe files"):
+        thawkit.load_recipe(toml, pm=bare)
+
     pm.register(TomlReader(), name="toml")
     TomlReader.calls.clear()
     recipe = thawkit.load_recipe(toml, overrides=["optimizer.lr=0.5", "head.num_classes=3"], pm=pm)
