@@ -26,15 +26,13 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
                       list_optimizers as list_optimizers, list_sources as list_sources,
                       list_strategies as list_strategies, replace_head as replace_head)
     from .backbone import (WEIGHT_SUFFIXES as WEIGHT_SUFFIXES, BackboneSpec as BackboneSpec,
-                           DataConfig as DataConfig, arch_options as arch_options,
-                           load_backbone as load_backbone, spec_of as spec_of)
+                           DataConfig as DataConfig, load_backbone as load_backbone, spec_of as spec_of)
     from .errors import (ConfigError as ConfigError, LayoutError as LayoutError, PluginError as PluginError,
                          ThawkitError as ThawkitError, UnknownNameError as UnknownNameError,
                          WeightsError as WeightsError, closest as closest,
                          format_validation_error as format_validation_error, quote as quote,
                          shorten as shorten)
-    from .layout import (Block as Block, Layout as Layout, Split as Split,
-                         layout_from_prefixes as layout_from_prefixes)
+    from .layout import Block as Block, Layout as Layout, Split as Split
     from .norm import (has_running_stats as has_running_stats, is_norm as is_norm,
                        norm_modules as norm_modules)
     from .param_groups import (GroupSpec as GroupSpec, OptimizerSettings as OptimizerSettings)
@@ -53,11 +51,11 @@ _LAZY = {
     "Adapted": "adapted",
     **dict.fromkeys(["adapt", "data_config", "describe_layout", "list_optimizers", "list_sources",
                      "list_strategies", "replace_head"], "api"),
-    **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "arch_options", "load_backbone",
-                     "spec_of"], "backbone"),
+    **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "load_backbone", "spec_of"],
+                    "backbone"),
     **dict.fromkeys(["ConfigError", "LayoutError", "PluginError", "ThawkitError", "UnknownNameError",
                      "WeightsError", "closest", "format_validation_error", "quote", "shorten"], "errors"),
-    **dict.fromkeys(["Block", "Layout", "Split", "layout_from_prefixes"], "layout"),
+    **dict.fromkeys(["Block", "Layout", "Split"], "layout"),
     **dict.fromkeys(["has_running_stats", "is_norm", "norm_modules"], "norm"),
     **dict.fromkeys(["GroupSpec", "OptimizerSettings"], "param_groups"),
     "Plan": "plan_report",

@@ -75,16 +75,6 @@ def spec_of(model: nn.Module) -> BackboneSpec | None:
     return getattr(model, "_thawkit_spec", None)
 
 
-def arch_options(model: nn.Module) -> dict[str, Any]:
-    """Builder options that rebuild ``model``'s architecture without its published weights.
-
-    A source sets ``model._thawkit_arch_options`` when weights change the architecture
-    (torchvision's googlenet/inception ``transform_input``, a vit's ``image_size``), so a
-    trained model can be rebuilt with ``weights=None`` and its own weights loaded.
-    """
-    return dict(getattr(model, "_thawkit_arch_options", None) or {})
-
-
 def load_backbone(spec: str, *, pm: ThawkitPluginManager | None = None, **options: Any) -> nn.Module:
     """Load a backbone by spec: ``"torchvision:resnet18"``, ``"timm:convnext_atto"``, ...
 

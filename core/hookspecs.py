@@ -18,9 +18,9 @@ Two kinds of hook, and one ordering rule for each:
   built-in by answering. The generic fallbacks (the built-in plugin ``thawkit.fallbacks``) are
   the only ``trylast`` implementations: they answer when no one else does.
 
-``thawkit_register_commands`` and ``thawkit_adapted`` call every plugin (newest first).
-Plugins may add hooks of their own through :func:`thawkit_add_hookspecs` (the
-training plugin adds ``thawkit_register_schedules`` that way).
+``thawkit_adapted`` calls every plugin (newest first). Plugins may add hooks of their own
+through :func:`thawkit_add_hookspecs`: the command-line plugin adds
+``thawkit_register_commands`` that way, the training plugin ``thawkit_register_schedules``.
 
 Failures are contained: an exception other than a :class:`thawkit.ThawkitError`
 in any implementation reaches the caller as a :class:`thawkit.PluginError` naming
@@ -35,7 +35,6 @@ each part beside its hook.
 """
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +57,7 @@ hookimpl = pluggy.HookimplMarker("thawkit")
 
 
 # -------------------------------------------------------------------------------------------
-# plugin setup: extra hooks, command-line commands, recipe sections and files
+# plugin setup: extra hooks, recipe sections and files
 # -------------------------------------------------------------------------------------------
 
 
@@ -72,22 +71,6 @@ def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
     Returns: nothing (all implementations are called). Historic: a plugin registered
     later is called on registration, so its specs exist before any plugin that
     implements them is validated.
-    """
-
-
-@hookspec
-def thawkit_register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add subcommands to the ``thawkit`` command line.
-
-    Parameters:
-        subparsers: the ``argparse`` subparsers of the ``thawkit`` parser; call
-            ``subparsers.add_parser(name, help=...)`` and give the parser a handler with
-            ``set_defaults(func=handler)``. ``handler(args)`` returns the exit code;
-            ``args.pm`` is the plugin manager of this invocation. A handler raises
-            :class:`thawkit.ThawkitError` for a user's mistake (one message, exit code 2).
-
-    Returns: nothing (all implementations are called). Keep imports inside the
-    handler: ``thawkit --help`` builds every parser and must stay fast.
     """
 
 

@@ -1,13 +1,14 @@
 """A model's layout: stem, ordered blocks, neck and head, over parameter names.
 
 The layout is the vocabulary every strategy speaks. Plugins describe models
-they know (``thawkit_describe_layout``); :func:`generic_layout` describes any
+they know (``thawkit_describe_layout``), most easily with
+:func:`thawkit.plugins.fallbacks.layout_from_prefixes`; the generic fallback describes any
 ``nn.Module`` from its top-level children. Every parameter belongs to exactly
 one block, which :meth:`Layout.validate` checks.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -140,56 +141,6 @@ class Layout:
             "aux": self.aux,
             "feeds": self.feeds,
         }
-
-
-def _prefix_match(name: str, prefix: str) -> bool:
-    return prefix == "" or name == prefix or name.startswith(prefix + ".")
-
-
-def layout_from_prefixes(
-    model: nn.Module,
-    *,
-    stem: Sequence[str] | None,
-    blocks: Sequence[tuple[str, Sequence[str]]],
-    head: Sequence[str],
-    neck: Sequence[str] | None = None,
-    classifiers: Sequence[str] = (),
-    aux: Sequence[str] = (),
-    feeds: str | None = None,
-    source: str = "generic",
-) -> Layout:
-    """Build a layout from module-path prefixes; each parameter goes to its longest matching prefix.
-
-    ``blocks`` is a list of ``(block_name, [prefix, ...])``. Prefixes may also
-    be full parameter names (for root-level parameters such as ``cls_token``).
-    """
-    spec: list[tuple[str, Role, list[str]]] = []
-    if stem is not None:
-        spec.append(("stem", "stem", list(stem)))
-    spec += [(n, "block", list(p)) for n, p in blocks]
-    if neck:
-        spec.append(("neck", "neck", list(neck)))
-    spec.append(("head", "head", list(head)))
-    assigned: dict[str, list[str]] = {n: [] for n, _, _ in spec}
-    for pname, _ in model.named_parameters():
-        best, best_len = None, -1
-        for bname, _, prefixes in spec:
-            for pre in prefixes:
-                if _prefix_match(pname, pre) and len(pre) > best_len:
-                    best, best_len = bname, len(pre)
-        if best is not None:
-            assigned[best].append(pname)
-    made = {n: Block(n, role, assigned[n], list(pre)) for n, role, pre in spec}
-    return Layout(
-        stem=made.get("stem") if stem is not None else None,
-        blocks=[made[n] for n, _ in blocks],
-        neck=made["neck"] if neck else None,
-        head=made["head"],
-        classifiers=list(classifiers),
-        aux=list(aux),
-        feeds=feeds,
-        source=source,
-    )
 
 
 @dataclass

@@ -54,6 +54,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.strategy.norm_only": "thawkit.plugins.strategies.norm_only",
     "thawkit.strategy.lp_ft": "thawkit.plugins.strategies.lp_ft",
     "thawkit.adapters": "thawkit.plugins.adapters",
+    "thawkit.cli": "thawkit.plugins.cli",
     "thawkit.train": "thawkit.plugins.train.plugin",
     "thawkit.schedules": "thawkit.plugins.train.schedules",
     "thawkit.commands": "thawkit.plugins.commands",

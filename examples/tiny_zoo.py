@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import thawkit
+from thawkit.plugins.fallbacks import layout_from_prefixes
 from thawkit.plugins.split import ForwardStep, frozen_prefix, split_sequential
 from thawkit.plugins.train.schedules import schedule_registry
 
@@ -68,7 +69,7 @@ def thawkit_register_sources(register):
 @thawkit.hookimpl
 def thawkit_describe_layout(model, spec):
     if isinstance(model, TinyNet):  # the generic layout would see one block, "stages"
-        return thawkit.layout_from_prefixes(
+        return layout_from_prefixes(
             model, stem=["stem", "pos_embed"],
             blocks=[(f"stage{i}", [f"stages.{i}"]) for i in range(len(model.stages))],
             head=["head"], classifiers=["head.1"], source="tinyzoo")

@@ -353,7 +353,7 @@ def family_layout(model: nn.Module, family: str) -> FamilyLayout | None:
 
 def describe(model: nn.Module) -> Layout | None:
     """The layout of a torchvision classification model, or ``None`` if it is not one."""
-    from thawkit import layout_from_prefixes
+    from .fallbacks import layout_from_prefixes
 
     fam = family_of(model)
     if fam is None:

@@ -4,18 +4,70 @@ They know nothing of torchvision or timm and answer for any ``nn.Module`` that n
 plugin knows: a layout from the top-level children with the last Linear (or 1x1 conv) as
 the head, replacement of a Linear / 1x1-conv classifier, an ImageNet-style data config,
 ``model.no_weight_decay()`` and layer-wise LR decay over the layout's blocks. Other plugins
-use the helpers here too::
+use the helpers here too (a layout from module-path prefixes, a new classifier)::
 
-    from thawkit.plugins.fallbacks import generic_layout, last_linear, new_classifier, set_submodule
+    from thawkit.plugins.fallbacks import (generic_layout, last_linear, layout_from_prefixes,
+                                           new_classifier, set_submodule)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from thawkit import BackboneSpec, DataConfig, Layout, LayoutError, hookimpl, layout_from_prefixes
+from thawkit import BackboneSpec, Block, DataConfig, Layout, LayoutError, hookimpl
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+def _prefix_match(name: str, prefix: str) -> bool:
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+
+def layout_from_prefixes(
+    model: nn.Module,
+    *,
+    stem: Sequence[str] | None,
+    blocks: Sequence[tuple[str, Sequence[str]]],
+    head: Sequence[str],
+    neck: Sequence[str] | None = None,
+    classifiers: Sequence[str] = (),
+    aux: Sequence[str] = (),
+    feeds: str | None = None,
+    source: str = "generic",
+) -> Layout:
+    """Build a layout from module-path prefixes; each parameter goes to its longest matching prefix.
+
+    ``blocks`` is a list of ``(block_name, [prefix, ...])``. Prefixes may also
+    be full parameter names (for root-level parameters such as ``cls_token``).
+    """
+    spec: list[tuple[str, Any, list[str]]] = []
+    if stem is not None:
+        spec.append(("stem", "stem", list(stem)))
+    spec += [(n, "block", list(p)) for n, p in blocks]
+    if neck:
+        spec.append(("neck", "neck", list(neck)))
+    spec.append(("head", "head", list(head)))
+    assigned: dict[str, list[str]] = {n: [] for n, _, _ in spec}
+    for pname, _ in model.named_parameters():
+        best, best_len = None, -1
+        for bname, _, prefixes in spec:
+            for pre in prefixes:
+                if _prefix_match(pname, pre) and len(pre) > best_len:
+                    best, best_len = bname, len(pre)
+        if best is not None:
+            assigned[best].append(pname)
+    made = {n: Block(n, role, assigned[n], list(pre)) for n, role, pre in spec}
+    return Layout(
+        stem=made.get("stem") if stem is not None else None,
+        blocks=[made[n] for n, _ in blocks],
+        neck=made["neck"] if neck else None,
+        head=made["head"],
+        classifiers=list(classifiers),
+        aux=list(aux),
+        feeds=feeds,
+        source=source,
+    )
 
 
 def last_linear(model: nn.Module) -> str | None:

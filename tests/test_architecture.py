@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 import thawkit
-from thawkit.cli import main
+from thawkit.plugins.cli import main
 
 STRATEGY_FILE = """\
 from pydantic import field_validator
@@ -133,7 +133,7 @@ def test_core_registers_no_command_of_its_own(capsys):
     for name in list(thawkit.DEFAULT_PLUGINS):
         if name != "thawkit.fallbacks":
             pm.unregister(name=name)
-    from thawkit.cli import build_parser
+    from thawkit.plugins.cli import build_parser
 
     [sub] = [a for a in build_parser(pm)._actions if a.dest == "command"]
     assert list(sub.choices) == []

@@ -63,7 +63,7 @@ def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
 
 
 def subcommands() -> list[str]:
-    from thawkit.cli import build_parser
+    from thawkit.plugins.cli import build_parser
 
     parser = build_parser()
     [sub] = [a for a in parser._actions if a.dest == "command"]
@@ -83,7 +83,7 @@ def test_help_lists_every_command():
 def test_help_does_not_import_torch():
     code = textwrap.dedent("""
         import sys
-        from thawkit.cli import main
+        from thawkit.plugins.cli import main
         for argv in (["--help"], []):
             try:
                 main(argv)
@@ -221,7 +221,7 @@ BAD_INPUTS = {
 @pytest.fixture
 def in_process(workdir, monkeypatch, capsys):
     """``main(argv)`` in this process, as the console script calls it, in ``workdir``."""
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     monkeypatch.chdir(workdir)
     monkeypatch.syspath_prepend(str(workdir))

@@ -1,9 +1,9 @@
-"""The model commands: describe, models, coverage (in-process through thawkit.cli.main)."""
+"""The model commands: describe, models, coverage (in-process through thawkit.plugins.cli.main)."""
 import json
 
 import pytest
 
-from thawkit.cli import main
+from thawkit.plugins.cli import main
 
 
 @pytest.fixture(autouse=True)

@@ -66,7 +66,7 @@ def test_pretrained_weights_load_like_a_users_own(demo):
 
 
 def test_demo_refuses_a_non_empty_directory(demo, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     out, _, _ = demo
     assert main(["demo", "--output", str(out)]) == 2

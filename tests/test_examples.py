@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import thawkit
-from thawkit.cli import build_parser, main
+from thawkit.plugins.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -152,16 +152,17 @@ def test_tiny_zoo_reads_toml_recipes(in_root, tmp_path):
     assert "\nstrategy top-fraction (fraction=1.0), norm=frozen; optimizer sgd " in out, out
     assert re.search(r"^head\s+head\s+51\s", out, re.M), out  # 3 classes from [labels]: 16*3+3
     code, out = in_root(["-p", "examples/tiny_zoo.py", "plan", str(recipe), "--set", "strategy"])
-    assert (code, out.strip()) == (2, f"thawkit plan: error: --set 'strategy': expected key.path=value")
+    assert (code, out.strip()) == (2, "thawkit plan: error: --set 'strategy': expected key.path=value")
     recipe.write_text("[backbone\n")
     code, out = in_root(["-p", "examples/tiny_zoo.py", "plan", str(recipe)])
     assert code == 2 and "not a readable TOML recipe" in out and "Traceback" not in out, out
 
 
 def test_tiny_zoo_hooks_are_each_one_region():
+    from thawkit.plugins.cli import hookspecs as cli_hookspecs
     from thawkit.plugins.train import hookspecs as train_hookspecs
 
-    hooks = [n for module in (thawkit.hookspecs, train_hookspecs) for n in dir(module)
+    hooks = [n for module in (thawkit.hookspecs, cli_hookspecs, train_hookspecs) for n in dir(module)
              if n.startswith("thawkit_")]
     text = (EXAMPLES / "tiny_zoo.py").read_text()
     assert sorted(re.findall(r"^# \[(thawkit_\w+)\]$", text, re.M)) == sorted(hooks)

@@ -162,7 +162,7 @@ def workdir():
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -177,7 +177,7 @@ def test_plan_on_generated_recipes_is_zero_or_one_clean_error(workdir, monkeypat
     import warnings
 
     import thawkit
-    from thawkit import cli
+    from thawkit.plugins import cli
 
     # main() as the console script runs it, with the plugin manager and the parser built once
     # (building them is most of a plan's time on the small CNN)

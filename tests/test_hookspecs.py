@@ -18,10 +18,12 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import thawkit
+from thawkit.plugins.fallbacks import layout_from_prefixes
 from thawkit import hookspecs
 from thawkit.backbone import BackboneSpec, DataConfig
 from thawkit.plugins.commands import recipe_json_schema
 from thawkit.plugins.split import ForwardStep, frozen_prefix, split_sequential
+from thawkit.plugins.cli import hookspecs as cli_hookspecs
 from thawkit.plugins.train import hookspecs as train_hookspecs
 from thawkit.plugins.train.schedules import schedule_registry
 from thawkit.recipe import validate_recipe
@@ -33,8 +35,10 @@ TESTS = Path(__file__).parent
 HOOK_PAGE = TESTS.parent / "docs" / "hooks.md"
 HOOKS = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
          if hasattr(fn, "thawkit_spec")}
-# every hook a plugin can implement: core's, and those the built-in training plugin adds
-ALL_HOOKS = {name: fn for module in (hookspecs, train_hookspecs)
+# every hook a plugin can implement: core's, and those the built-in command-line and training
+# plugins add (through thawkit_add_hookspecs)
+ADDED_SPECS = (cli_hookspecs, train_hookspecs)
+ALL_HOOKS = {name: fn for module in (hookspecs, *ADDED_SPECS)
              for name, fn in inspect.getmembers(module, inspect.isfunction)
              if hasattr(fn, "thawkit_spec")}
 # Gaps in core/hookspecs.py that are reported and awaiting a fix. strict: once fixed, the
@@ -58,11 +62,11 @@ def test_hookspecs_module_defines_only_prefixed_hooks():
     assert public, "core/hookspecs.py defines no hooks"
     assert sorted(public) == sorted(HOOKS), "a public function in hookspecs.py is not a @hookspec"
     assert [n for n in HOOKS if not n.startswith("thawkit_")] == []
-    from thawkit.plugins.train import hookspecs as train_hookspecs
-
-    # core's hooks, plus those the built-in training plugin adds through thawkit_add_hookspecs
-    added = {n for n in dir(train_hookspecs) if n.startswith("thawkit_")}
-    assert added and not added & set(HOOKS)
+    # core's hooks, plus those the built-in plugins add through thawkit_add_hookspecs
+    added = [{n for n in dir(module) if n.startswith("thawkit_")} for module in ADDED_SPECS]
+    assert all(added) and sum(map(len, added)) == len(set.union(*added)), "a hook is defined twice"
+    added = set.union(*added)
+    assert not added & set(HOOKS)
     assert set(HOOKS) | added == {n for n in dir(thawkit.get_plugin_manager(entrypoints=False).hook)
                                   if n.startswith("thawkit_")}
 
@@ -183,7 +187,7 @@ def _mlp() -> nn.Module:
 
 
 def _staged_layout(model):
-    return thawkit.layout_from_prefixes(
+    return layout_from_prefixes(
         model, stem=["stem", "pos_embed"],
         blocks=[(f"stage{i}", [f"stages.{i}"]) for i in range(len(model.stages))],
         head=["fc"], classifiers=["fc"], source="staged")
@@ -444,7 +448,7 @@ def test_a_torchvision_plan_does_not_import_timm():
     import subprocess
     import sys
 
-    code = ("import sys; from thawkit.cli import main; main(['plan', "
+    code = ("import sys; from thawkit.plugins.cli import main; main(['plan', "
             "'examples/recipes/resnet18_gradual.yaml']); print('timm' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=TESTS.parent, capture_output=True,
                             text=True, timeout=300)
@@ -582,7 +586,7 @@ def test_thawkit_add_hookspecs(pm):
 
 
 def test_thawkit_register_commands(tmp_path, capsys):
-    from thawkit.cli import build_parser, main
+    from thawkit.plugins.cli import build_parser, main
 
     plugin = tmp_path / "hello_plugin.py"
     plugin.write_text(

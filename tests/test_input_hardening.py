@@ -22,7 +22,7 @@ BASE = {"backbone": {"source": "torchvision", "name": "resnet18"}, "strategy": {
 
 def cli(*argv: str) -> tuple[int, str, str]:
     """``thawkit ARGV`` in this process: exit code, stdout, stderr."""
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -187,7 +187,7 @@ def test_error_messages_quote_a_bounded_amount_of_input(tmp_path, monkeypatch):
 
 
 def test_the_cli_cuts_any_long_message(tmp_path):
-    from thawkit.cli import MESSAGE_LIMIT
+    from thawkit.plugins.cli import MESSAGE_LIMIT
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({**BASE, "backbone": {"source": "torchvision", "name": "resnet18",

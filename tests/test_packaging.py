@@ -50,10 +50,10 @@ def wheel(source, tmp_path_factory) -> zipfile.ZipFile:
 
 def test_wheel_contains_every_package(wheel):
     names = wheel.namelist()
-    for package in ("thawkit", "thawkit/plugins", "thawkit/plugins/strategies", "thawkit/plugins/testing",
-                    "thawkit/plugins/train"):
+    for package in ("thawkit", "thawkit/plugins", "thawkit/plugins/cli", "thawkit/plugins/strategies",
+                    "thawkit/plugins/testing", "thawkit/plugins/train"):
         assert f"{package}/__init__.py" in names, package
-    for module in ("hookspecs", "plugin_manager", "cli", "recipe", "adapted", "api"):
+    for module in ("hookspecs", "plugin_manager", "recipe", "adapted", "api", "__main__"):
         assert f"thawkit/{module}.py" in names
     assert "thawkit/py.typed" in names, "the wheel must tell type checkers thawkit is typed"
     strategies = {Path(n).stem for n in names if n.startswith("thawkit/plugins/strategies/")}
@@ -68,7 +68,7 @@ def test_wheel_metadata(wheel):
     assert "test" in meta.get_all("Provides-Extra")
     [entry_points] = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(entry_points).decode()
-    assert "[console_scripts]" in text and "thawkit = thawkit.cli:main" in text
+    assert "[console_scripts]" in text and "thawkit = thawkit.plugins.cli:main" in text
 
 
 def test_plain_install_imports_from_anywhere(source, tmp_path):

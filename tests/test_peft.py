@@ -241,7 +241,7 @@ LORA = {"strategy": {"name": "lora", "rank": 2, "blocks": 2, "dropout": 0.2}, "t
 
 def test_train_resume_predict_and_both_exports(tmp_path, data, capsys):
     from test_resume import assert_same_run
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
     from thawkit.plugins.train import resume, train
     from thawkit.plugins.train.inference import load_run_model, predict
 
@@ -305,7 +305,7 @@ def test_train_resume_predict_and_both_exports(tmp_path, data, capsys):
 
 
 def test_plan_command_lists_adapters_on_the_meta_device(tmp_path, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("backbone: {source: torchvision, name: resnet18}\nhead: {num_classes: 3}\n"

@@ -12,7 +12,8 @@ import pytest
 from torch import nn
 
 import thawkit
-from thawkit.cli import main
+from thawkit.plugins.fallbacks import layout_from_prefixes
+from thawkit.plugins.cli import main
 from thawkit.plugin_manager import DEFAULT_PLUGINS, PluginLoadWarning
 from thawkit.plugins.commands import plugin_info
 
@@ -94,7 +95,7 @@ def test_third_party_decision_overrides_a_builtin(pm):
     class Layout:
         @thawkit.hookimpl  # registered after the built-ins, so asked before them
         def thawkit_describe_layout(self, model, spec):
-            return thawkit.layout_from_prefixes(model, stem=None, blocks=[("body", ["0", "2"])],
+            return layout_from_prefixes(model, stem=None, blocks=[("body", ["0", "2"])],
                                                 head=["4"], classifiers=["4"], source="mine")
 
     pm.register(Layout(), name="my-layouts")
@@ -108,7 +109,7 @@ def test_third_party_layout_overrides_the_torchvision_plugin(pm):
         @thawkit.hookimpl
         def thawkit_describe_layout(self, model, spec):
             if type(model).__name__ == "ResNet":
-                return thawkit.layout_from_prefixes(
+                return layout_from_prefixes(
                     model, stem=["conv1", "bn1"], blocks=[("early", ["layer1", "layer2"]),
                                                           ("late", ["layer3", "layer4"])],
                     head=["fc"], classifiers=["fc"], source="coarse")

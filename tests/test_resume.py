@@ -128,7 +128,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, data, pm
 
 
 def test_torn_checkpoint_is_a_clear_error(tmp_path, data, pm):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
     from thawkit.plugins.train import train
 
     d = recipe_dict(data, tmp_path / "run")
@@ -139,7 +139,7 @@ def test_torn_checkpoint_is_a_clear_error(tmp_path, data, pm):
 
 
 def test_resume_errors(tmp_path, data, pm, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
     from thawkit.plugins.train import train
 
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2

@@ -1,6 +1,6 @@
 """Property test: ``predict`` and ``export`` on a tampered run directory (a file truncated,
 garbled, replaced, removed, or one of its fields given another type) end with exit code 0 or 2,
-one short message and never a traceback. In-process (``thawkit.cli.main``), derandomized."""
+one short message and never a traceback. In-process (``thawkit.plugins.cli.main``), derandomized."""
 from __future__ import annotations
 
 import contextlib
@@ -85,7 +85,7 @@ def tamper(path: Path, kind: str, where: float, blob: bytes, value, pick: int) -
 @given(change=tampering(), command=st.sampled_from(["predict", "predict --best", "export"]))
 def test_tampered_run_directory_is_exit_0_or_2_without_traceback(run, tmp_path_factory, change,
                                                                  command):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     run_dir, image = run
     name, kind, where, blob, value, pick = change

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_train import load, make_data, recipe_dict, write_recipe
 
-from thawkit.cli import main
+from thawkit.plugins.cli import main
 
 
 def quiet(_line: str) -> None:

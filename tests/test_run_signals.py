@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork and 
 RUNNER = textwrap.dedent("""
     import json, os, signal, sys, time
     import torch, torchvision  # noqa: F401 - imported once, before the forks
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
     from thawkit.plugins.train import cache, data, inference, loop, runs, session  # noqa: F401
 
     torch.set_num_threads(1)

@@ -14,8 +14,9 @@ from pydantic import Field
 from torch import nn
 
 import thawkit
+from thawkit.plugins.fallbacks import layout_from_prefixes
 from thawkit.plugins import fallbacks
-from thawkit.cli import main
+from thawkit.plugins.cli import main
 from thawkit.plugins import timm as timm_plugin
 from thawkit.plugins import torchvision as torchvision_plugin
 from thawkit.plugins.testing import (ContractError, ModelCase, check_head_plugin, check_layout_plugin,
@@ -285,7 +286,7 @@ def test_broken_sources_fail_their_checks(pm):
 class LosesABlock:
     @thawkit.hookimpl
     def thawkit_describe_layout(self, model, spec):
-        return thawkit.layout_from_prefixes(model, stem=["stem"], blocks=[("b1", ["layer1"])],
+        return layout_from_prefixes(model, stem=["stem"], blocks=[("b1", ["layer1"])],
                                             head=["fc"], classifiers=["classifier"])
 
 

@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 
 import thawkit
+from thawkit.plugins.fallbacks import layout_from_prefixes
 from thawkit.api import describe_layout, replace_head
 from thawkit.errors import ConfigError, UnknownNameError, WeightsError
 from thawkit.plugins import _torchvision_layouts as tvl
@@ -503,7 +504,7 @@ def test_a_later_plugin_overrides_the_torchvision_layout():
     class Coarse:
         @thawkit.hookimpl
         def thawkit_describe_layout(model, spec):
-            return thawkit.layout_from_prefixes(
+            return layout_from_prefixes(
                 model, stem=["conv1", "bn1"], blocks=[("low", ["layer1", "layer2"]),
                                                        ("high", ["layer3", "layer4"])],
                 head=["fc"], classifiers=["fc"], source="coarse")
@@ -518,7 +519,7 @@ def test_architecture_options_of_published_weights_rebuild_the_same_network(mpm,
     (predict/export load a run's own weights into weights=None) must repeat it."""
     import torchvision
 
-    from thawkit.backbone import arch_options
+    from thawkit.plugins.weights import arch_options
 
     w = torchvision.models.GoogLeNet_Weights.DEFAULT
     torch.manual_seed(0)

@@ -117,7 +117,7 @@ def test_gradual_lrs_follow_one_schedule_across_phases(finished_run):
 
 
 def test_cli_train_via_parser(tmp_path, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     data = make_data(tmp_path)
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(data, tmp_path / "unused"))
@@ -235,7 +235,7 @@ def test_truncated_image_stops_the_run_naming_it(tmp_path, pm):
 
 
 def test_cli_bad_data_is_one_line_exit_2(tmp_path, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     data = make_data(tmp_path)
     (data / "val" / "dog").rename(data / "val" / "fox")
@@ -273,7 +273,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(tmp_path, pm)
 
 # --------------------------------------------------------- predict, export
 def test_predict_prints_top_classes_by_name(finished_run, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
     from thawkit.plugins.train import predict
 
     run, data = finished_run
@@ -290,7 +290,7 @@ def test_predict_prints_top_classes_by_name(finished_run, capsys):
 
 
 def test_predict_errors(finished_run, tmp_path, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     run, _ = finished_run
     assert main(["predict", str(run), str(tmp_path / "nope.png")]) == 2
@@ -302,7 +302,7 @@ def test_predict_errors(finished_run, tmp_path, capsys):
 def test_export_round_trip_gives_the_same_logits(finished_run, tmp_path, capsys):
     import thawkit
     import torch
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
     from thawkit.plugins.train import load_exported, load_run_model
 
     run, _ = finished_run
@@ -330,7 +330,7 @@ def test_help_does_not_import_torch():
     import sys
 
     code = ("import sys, contextlib, io, thawkit\n"
-            "from thawkit.cli import build_parser, main\n"
+            "from thawkit.plugins.cli import build_parser, main\n"
             "p = build_parser(thawkit.get_plugin_manager())\n"
             "p.parse_args(['train', 'r.yaml', '--stop-after', '1'])\n"
             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"

@@ -161,7 +161,7 @@ def test_cache_off_with_the_reason(tmp_path, data, pm, sections, reason):
 
 
 def test_plan_command_shows_the_cache(tmp_path, data, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     d = recipe_dict(data, tmp_path / "run", data={"augment": False},
                     strategy={"name": "gradual", "every": 2}, train={"epochs": 4})
@@ -251,7 +251,7 @@ def test_probe_takes_the_run_lock(tmp_path, data, pm):
 
 
 def test_probe_command(tmp_path, data, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(data, tmp_path / "unused",
                                                            data={"augment": False}))

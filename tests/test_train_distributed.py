@@ -94,7 +94,7 @@ model = last["trainer"].s.model
 torch.save({k: v.detach().clone() for k, v in model.named_parameters()}, out / f"rank{rank}.pt")
 # the command line in the same processes, as `torchrun -m thawkit train` runs it: stopped after
 # epoch 1, a copy kept for a one-process resume, then resumed with 2 processes
-from thawkit.cli import main
+from thawkit.plugins.cli import main
 stopped = out / "stopped"
 codes = [main(["train", sys.argv[1], "--output", str(stopped), "--stop-after", "1"])]
 if rank == 0:
@@ -281,7 +281,7 @@ def test_embedding_example_under_torchrun(ddp_run):
 
 
 def test_nproc_starts_the_same_command_under_torchrun(tmp_path, monkeypatch, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_train import load, make_data, recipe_dict
 
-from thawkit.cli import main
+from thawkit.plugins.cli import main
 from thawkit.plugins.train import extras
 
 

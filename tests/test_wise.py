@@ -160,7 +160,7 @@ def test_random_init_run_saves_its_start(runs, pm):
 def test_export_wise_loads_into_the_plain_architecture(runs, tmp_path, capsys):
     import thawkit
     import torch
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     tmp, weights, _ = runs
     run = tmp / "lpft"
@@ -182,7 +182,7 @@ def test_export_wise_loads_into_the_plain_architecture(runs, tmp_path, capsys):
 
 
 def test_export_wise_errors_are_clean(runs, tmp_path, capsys):
-    from thawkit.cli import main
+    from thawkit.plugins.cli import main
 
     tmp, weights, _ = runs
     out = tmp_path / "x.safetensors"

@@ -332,7 +332,7 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
         from .rundir import make_run_dir
 
         make_run_dir(run_dir)  # thawkit train made it already; thawkit probe and API callers not
-        from thawkit import arch_options
+        from ..weights import arch_options
 
         recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
                                  arch=arch_options(adapted.model))

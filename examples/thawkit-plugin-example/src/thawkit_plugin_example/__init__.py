@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import thawkit
+from thawkit.plugins.fallbacks import layout_from_prefixes
 from torch import nn
 
 from .strategy import Budget
@@ -32,7 +33,7 @@ def thawkit_register_strategies(register: Any) -> None:
 def thawkit_describe_layout(model: nn.Module, spec: Any) -> thawkit.Layout | None:
     if not isinstance(model, PocketNet):
         return None  # not ours: another plugin (or thawkit's generic layout) answers
-    return thawkit.layout_from_prefixes(
+    return layout_from_prefixes(
         model, stem=["stem"],
         blocks=[(f"stage{i}", [f"stages.{i}"]) for i in range(len(model.stages))],
         neck=["norm"], head=["head"], classifiers=[model.classifier_path()], source="pocket")

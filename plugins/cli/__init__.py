@@ -1,9 +1,12 @@
-"""The ``thawkit`` command-line shell: every command comes from a plugin (``thawkit_register_commands``).
+"""The ``thawkit`` command line, a built-in plugin (``thawkit.cli``): a front end over the
+library, like the Lightning callback and the torchrun launcher.
 
-The built-in commands are plugins too (``thawkit.plugins.commands``, the
-training plugin, the coverage plugin). Imports nothing heavy until a command
-runs (``thawkit --help`` stays fast). Each invocation builds its own plugin
-manager, with the ``--plugin`` modules, and hands it to the command as ``args.pm``.
+It adds the hook ``thawkit_register_commands`` (:mod:`thawkit.plugins.cli.hookspecs`), and
+every command comes from a plugin through it: the built-in ones too
+(``thawkit.plugins.commands``, the training plugin, the coverage plugin). Imports nothing
+heavy until a command runs (``thawkit --help`` stays fast). Each invocation builds its own
+plugin manager, with the ``--plugin`` modules, and hands it to the command as ``args.pm``.
+``thawkit`` and ``python -m thawkit`` run :func:`main`.
 """
 from __future__ import annotations
 
@@ -13,18 +16,27 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from thawkit import hookimpl
+
 if TYPE_CHECKING:
-    from .plugin_manager import ThawkitPluginManager
+    from thawkit import ThawkitPluginManager
 
 
 #: The most characters of one error message the CLI prints (``--debug`` shows it whole).
 MESSAGE_LIMIT = 4000
 
 
+@hookimpl
+def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
+    from . import hookspecs
+
+    pm.add_hookspecs(hookspecs)
+
+
 # -------------------------------------------------------------------- parser
 def build_parser(pm: ThawkitPluginManager | None = None) -> argparse.ArgumentParser:
     """The ``thawkit`` parser with every plugin's commands (``pm``: a fresh manager when omitted)."""
-    from . import __version__
+    from thawkit import __version__
 
     parser = argparse.ArgumentParser(
         prog="thawkit",
@@ -36,7 +48,7 @@ def build_parser(pm: ThawkitPluginManager | None = None) -> argparse.ArgumentPar
                         help="on an error, also print the traceback (with a plugin's original exception)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     if pm is None:
-        from .plugin_manager import get_plugin_manager
+        from thawkit import get_plugin_manager
 
         pm = get_plugin_manager()
     # each command remembers its plugin; a plugin that fails leaves none of its commands behind
@@ -73,7 +85,7 @@ def _early(argv: list[str] | None) -> tuple[list[str], str, bool]:
 
 def _plugin_manager(refs: list[str]) -> ThawkitPluginManager:
     """A manager for this invocation, with the ``--plugin`` modules."""
-    from .plugin_manager import get_plugin_manager
+    from thawkit import get_plugin_manager
 
     pm = get_plugin_manager()
     for ref in refs:
@@ -83,7 +95,7 @@ def _plugin_manager(refs: list[str]) -> ThawkitPluginManager:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``thawkit`` command line; returns the exit code (2 for a user's mistake)."""
-    from .errors import PluginError, ThawkitError
+    from thawkit import PluginError, ThawkitError
 
     refs, command, debug = _early(argv)
     try:
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except ThawkitError as exc:
         if debug:
             traceback.print_exception(exc)
-        from .errors import shorten
+        from thawkit import shorten
 
         print(f"{command}: error: {shorten(str(exc), MESSAGE_LIMIT)}", file=sys.stderr)
         return 2
@@ -115,7 +127,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
