@@ -1,5 +1,5 @@
-"""The layering holds: core never imports a plugin, torchvision, timm or yaml, and plugins import only
-the public API of the ``thawkit`` package (import-linter contracts in pyproject.toml).
+"""The layering holds: core never imports a plugin, torchvision, timm, yaml or argparse, and plugins
+import only the public API of the ``thawkit`` package (import-linter contracts in pyproject.toml).
 
 import-linter reads packages from disk; the repository keeps ``thawkit`` in core/ and
 ``thawkit.plugins`` in plugins/, so the tests lay them out as installed (a copy in a temp folder).
@@ -53,11 +53,13 @@ def test_contracts_list_every_core_module():
     ("plugins/_private_import.py", "from thawkit.adapted import Adapted\n",
      "plugins import only the public API"),
     ("core/_plugin_import.py", "import thawkit.plugins.torchvision\n",
-     "core never imports plugins, torchvision, timm or yaml"),
+     "core never imports plugins, torchvision, timm, yaml or argparse"),
     ("core/_torchvision_import.py", "import torchvision\n",
-     "core never imports plugins, torchvision, timm or yaml"),
+     "core never imports plugins, torchvision, timm, yaml or argparse"),
     ("core/_yaml_import.py", "import yaml\n",
-     "core never imports plugins, torchvision, timm or yaml"),
+     "core never imports plugins, torchvision, timm, yaml or argparse"),
+    ("core/_argparse_import.py", "import argparse\n",
+     "core never imports plugins, torchvision, timm, yaml or argparse"),
 ])
 def test_a_broken_layer_fails(tmp_path, where, line, broken):
     """The contracts are not vacuous: one bad import breaks them, and the report names it."""
