@@ -140,7 +140,6 @@ def test_core_registers_no_command_of_its_own(capsys):
     assert main(["strategies"]) == 0 and "head-only" in capsys.readouterr().out
 
 
-
 def test_core_knows_no_command_line():
     """The command line is the built-in plugin thawkit.cli: core defines no command hook, and a
     manager without that plugin has no thawkit_register_commands hook at all."""

@@ -12,10 +12,10 @@ import pytest
 from torch import nn
 
 import thawkit
-from thawkit.plugins.fallbacks import layout_from_prefixes
 from thawkit.plugins.cli import main
 from thawkit.plugin_manager import DEFAULT_PLUGINS, PluginLoadWarning
 from thawkit.plugins.commands import plugin_info
+from thawkit.plugins.fallbacks import layout_from_prefixes
 
 STRATEGY_PLUGIN = '''
 import thawkit

@@ -14,7 +14,6 @@ from pydantic import Field
 from torch import nn
 
 import thawkit
-from thawkit.plugins.fallbacks import layout_from_prefixes
 from thawkit.plugins import fallbacks
 from thawkit.plugins.cli import main
 from thawkit.plugins import timm as timm_plugin
@@ -286,7 +285,7 @@ def test_broken_sources_fail_their_checks(pm):
 class LosesABlock:
     @thawkit.hookimpl
     def thawkit_describe_layout(self, model, spec):
-        return layout_from_prefixes(model, stem=["stem"], blocks=[("b1", ["layer1"])],
+        return fallbacks.layout_from_prefixes(model, stem=["stem"], blocks=[("b1", ["layer1"])],
                                             head=["fc"], classifiers=["classifier"])
 
 

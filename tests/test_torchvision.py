@@ -18,10 +18,10 @@ import torchvision
 from torch import nn
 
 import thawkit
-from thawkit.plugins.fallbacks import layout_from_prefixes
 from thawkit.api import describe_layout, replace_head
 from thawkit.errors import ConfigError, UnknownNameError, WeightsError
 from thawkit.plugins import _torchvision_layouts as tvl
+from thawkit.plugins.fallbacks import layout_from_prefixes
 
 ALL_MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
 N = 7
