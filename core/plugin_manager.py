@@ -57,7 +57,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.cli": "thawkit.plugins.cli",
     "thawkit.train": "thawkit.plugins.train.plugin",
     "thawkit.schedules": "thawkit.plugins.train.schedules",
-    "thawkit.commands": "thawkit.plugins.commands",
+    "thawkit.commands": "thawkit.plugins.inspection",
     "thawkit.coverage": "thawkit.plugins.coverage",
     "thawkit.check_plugin": "thawkit.plugins.testing.command",
     "thawkit.fallbacks": "thawkit.plugins.fallbacks",

@@ -43,7 +43,7 @@ def pair(pm):
 
 def test_endpoints_are_exact_and_half_is_the_mean(pair):
     import torch
-    from thawkit.plugins.wise import interpolate
+    from thawkit.plugins.interpolation import interpolate
 
     start, tuned, layout = pair
     head = set(layout.head.params)
@@ -72,7 +72,7 @@ def test_endpoints_are_exact_and_half_is_the_mean(pair):
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "half", True])
 def test_alpha_outside_0_1_is_refused(pair, alpha):
     import thawkit
-    from thawkit.plugins.wise import interpolate
+    from thawkit.plugins.interpolation import interpolate
 
     start, tuned, layout = pair
     with pytest.raises(thawkit.ConfigError, match="from 0 .* to 1"):
@@ -82,7 +82,7 @@ def test_alpha_outside_0_1_is_refused(pair, alpha):
 def test_start_that_does_not_fit_is_refused(pair):
     import thawkit
     import torch
-    from thawkit.plugins.wise import interpolate
+    from thawkit.plugins.interpolation import interpolate
 
     start, tuned, layout = pair
     with pytest.raises(thawkit.WeightsError, match="lack 1 tensors.*block2.0.weight"):

@@ -3,7 +3,7 @@ library, like the Lightning callback and the torchrun launcher.
 
 It adds the hook ``thawkit_register_commands`` (:mod:`thawkit.plugins.cli.hookspecs`), and
 every command comes from a plugin through it: the built-in ones too
-(``thawkit.plugins.commands``, the training plugin, the coverage plugin). Imports nothing
+(``thawkit.plugins.inspection``, the training plugin, the coverage plugin). Imports nothing
 heavy until a command runs (``thawkit --help`` stays fast). Each invocation builds its own
 plugin manager, with the ``--plugin`` modules, and hands it to the command as ``args.pm``.
 ``thawkit`` and ``python -m thawkit`` run :func:`main`.

@@ -160,7 +160,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     from thawkit import load_backbone
 
     if wise is not None:
-        from ..wise import check_alpha
+        from ..interpolation import check_alpha
 
         wise = check_alpha(wise, "export --wise")
     pm = _pm(pm)

@@ -5,7 +5,7 @@ where they came from. When the recipe names them (``backbone.weights``: a file, 
 its absolute path, or published weights; or ``backbone.pretrained``), they are rebuilt from
 there when needed and checked against the digest; when it names none (the builder's own
 initialisation, random or not), the run saves them as ``start.safetensors``, since nothing
-else could give them back. Interpolation itself is :func:`thawkit.plugins.wise.interpolate`.
+else could give them back. Interpolation itself is :func:`thawkit.plugins.interpolation.interpolate`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError, WeightsError
 
-from ..wise import check_alpha, head_keys, interpolate, state_digest
+from ..interpolation import check_alpha, head_keys, interpolate, state_digest
 from .checkpoint import save_weights, write_json
 
 if TYPE_CHECKING:

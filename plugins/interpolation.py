@@ -6,7 +6,7 @@ model's robustness under distribution shift while keeping most of the fine-tuned
 The new head has no counterpart in the starting model (it was created for the new classes),
 so it always comes from the fine-tuned model. For your own loop::
 
-    from thawkit.plugins.wise import interpolate
+    from thawkit.plugins.interpolation import interpolate
 
     start = {k: v.clone() for k, v in adapted.model.state_dict().items()}   # before training
     ...                                                                     # fine-tune
