@@ -134,16 +134,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     adapted = adapt_recipe(recipe, meta=True, where=args.recipe)
     # the optimizer as train builds it (over the meta parameters), for its own checks of its
     # settings; not through adapted.optimizer(), which lists every plugin's optimizers (timm's too)
-    settings = recipe.optimizer
-    factory = args.pm.optimizers.get(settings.name, where="optimizer.name")
+    pm, settings = recipe.plugin_manager, recipe.optimizer
+    factory = pm.optimizers.get(settings.name, where="optimizer.name")
     groups = adapted.param_groups(settings)
     with optimizer_errors(settings.name, settings.kwargs):
         optimizer = factory(groups, lr=settings.lr, weight_decay=settings.weight_decay, **settings.kwargs)
     cache = []
-    if "train" in args.pm.recipe_sections and "data" in args.pm.recipe_sections:
+    if "train" in pm.recipe_sections and "data" in pm.recipe_sections:
         from thawkit.plugins.train.session import make_scheduler
 
-        make_scheduler(recipe, optimizer, PLAN_STEPS, pm=args.pm)  # the schedule's checks too
+        make_scheduler(recipe, optimizer, PLAN_STEPS)  # the schedule's checks too
         # the training plugin's feature cache: per phase, on (what, how big) or off (why)
         from thawkit.plugins.train.cache import plan_decisions, summary_lines
 

@@ -1,6 +1,6 @@
 """Deprecated: renamed :mod:`thawkit.plugins.interpolation` (``wise`` collided with
 :mod:`thawkit.plugins.train.wise`). Each name here warns and resolves to the new module's."""
-from ._moved import module_alias
+from ._deprecation import module_alias
 
 __all__ = ["check_alpha", "head_keys", "interpolate", "state_digest"]
 __getattr__ = module_alias(__name__, "thawkit.plugins.interpolation", __all__)

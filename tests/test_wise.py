@@ -110,10 +110,10 @@ def runs(tmp_path_factory):
                     backbone={"weights": str(weights), "kwargs": {"width": 4, "num_classes": 5}},
                     train={"epochs": 2, "wise_alphas": [0.0, 0.5, 1.0]})
     lines: list[str] = []
-    assert train(load(d, pm), pm=pm, log=lines.append).status == "finished"
+    assert train(load(d, pm), log=lines.append).status == "finished"
     d = recipe_dict(data, tmp / "scratch", strategy={"name": "full"}, train={"epochs": 1},
                     schedule={"name": "constant", "warmup_epochs": 0})
-    assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+    assert train(load(d, pm), log=quiet).status == "finished"
     return tmp, weights, lines
 
 
@@ -233,7 +233,7 @@ def test_sweep_on_cached_features_equals_the_uncached_sweep(runs, tmp_path, pm):
                         backbone={"weights": str(weights), "kwargs": {"width": 4, "num_classes": 5}},
                         data={"augment": False},
                         train={"epochs": 2, "cache": cache, "wise_alphas": [0.3, 0.7]})
-        assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+        assert train(load(d, pm), log=quiet).status == "finished"
         plan = json.loads((tmp_path / cache / "plan.json").read_text())
         assert plan["cache"][0]["on"] == (cache == "auto")
         found.append(json.loads((tmp_path / cache / "run.json").read_text())["wise"])

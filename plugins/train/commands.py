@@ -36,7 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, overrides=overrides, pm=pm)
         if args.nproc is not None:  # the recipe is checked here once, before any process starts
             return launch(args, recipe.data.batch_size)
-        outcome = train(recipe, pm=pm, stop_after=args.stop_after)
+        outcome = train(recipe, stop_after=args.stop_after)
     import os
 
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone speaks
@@ -59,7 +59,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.output:
         overrides.append(f"train.output={args.output}")
     recipe = load_recipe(args.recipe, overrides=overrides, pm=args.pm)
-    probe(recipe, args.lr, pm=args.pm)
+    probe(recipe, args.lr)
     return 0
 
 

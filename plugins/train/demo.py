@@ -136,7 +136,7 @@ def _timed_run(recipe, run_dir: Path, pm) -> float:
     from .runs import train
 
     started = time.perf_counter()
-    train(recipe, pm=pm, run_dir=run_dir, log=lambda line: None, progress_bar=False)
+    train(recipe, run_dir=run_dir, log=lambda line: None, progress_bar=False)
     return time.perf_counter() - started
 
 

@@ -46,12 +46,6 @@ class RunModel:
     weights: Path
 
 
-def _pm(pm):
-    from thawkit import default_plugin_manager
-
-    return pm or default_plugin_manager()
-
-
 def load_run_model(run_dir: str | Path, *, best: bool = False,
                    pm: ThawkitPluginManager | None = None, trust: bool = False,
                    command: str = "load_run_model") -> RunModel:
@@ -59,13 +53,13 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
 
     ``trust=False``: a run recipe that names plugins or ``python:`` factories (other than
     thawkit's own) is refused unless those plugins are loaded in ``pm`` already; pass
-    ``trust=True`` only for run directories whose code you trust.
+    ``trust=True`` only for run directories whose code you trust. ``pm`` reads the run's recipe
+    (:func:`~.session.read_run_recipe`), whose own manager builds the model.
     """
     from thawkit import WeightsError, adapt_recipe
 
     from ..weights import read_weights
 
-    pm = _pm(pm)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
@@ -163,7 +157,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
         from ..interpolation import check_alpha
 
         wise = check_alpha(wise, "export --wise")
-    pm = _pm(pm)
     weights_path, config_path = _export_paths(out)
     _check_not_run_file(Path(run_dir), weights_path, config_path)
     for parent in (weights_path.parent, *weights_path.parent.parents):
@@ -182,7 +175,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     if wise is not None:
         from .wise import interpolate_run
 
-        interpolate_run(run, run_dir, wise, pm=pm)
+        interpolate_run(run, run_dir, wise)
     recipe = run.recipe
     options = {**recipe.backbone.kwargs, "num_classes": len(run.classes)}
     config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,
@@ -200,7 +193,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     save_weights(trial, state, metadata={"thawkit_export": json.dumps(config)})
     try:
         try:
-            rebuilt = load_backbone(config["spec"], pm=pm, weights=str(trial), **options)
+            rebuilt = load_backbone(config["spec"], pm=recipe.plugin_manager, weights=str(trial), **options)
         except ThawkitError as exc:
             raise ExportError(f"export: thawkit.load_backbone({config['spec']!r}, weights=..., "
                               f"{', '.join(f'{k}={v!r}' for k, v in options.items())}) cannot rebuild "
@@ -249,5 +242,5 @@ def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -
     if "thawkit_export" not in meta:
         raise ConfigError(f"{str(path)!r} is not a thawkit export (no thawkit_export metadata)")
     config = json.loads(meta["thawkit_export"])
-    model = load_backbone(config["spec"], pm=_pm(pm), weights=str(path), **config["load_options"])
+    model = load_backbone(config["spec"], pm=pm, weights=str(path), **config["load_options"])
     return model.eval(), config

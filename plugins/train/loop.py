@@ -33,6 +33,7 @@ from .checkpoint import (
     write_json,
 )
 from .data import DataError
+from .schedules import end_epoch
 
 if TYPE_CHECKING:
     from .session import Session
@@ -387,13 +388,7 @@ class Trainer:
         started = time.perf_counter()
         val = self.evaluate()
         self._check_finite(val)
-        if s.interval == "epoch":
-            from torch.optim.lr_scheduler import ReduceLROnPlateau
-
-            if isinstance(s.scheduler, ReduceLROnPlateau):
-                s.scheduler.step(val["val_loss"])
-            else:
-                s.scheduler.step()
+        end_epoch(s.scheduler, s.interval, val["val_loss"])
         adapted = s.adapted
         record = {"epoch": st.epoch, "phase": adapted.phase,
                   "phase_label": adapted.phases[adapted.phase].label,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
 
+from .._deprecation import recipe_manager
 from .checkpoint import CHECKPOINT
 from .rundir import make_run_dir, remove_if_unused, remove_leftovers, run_lock, run_status
 from .session import RECIPE_FILE, check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
@@ -15,12 +16,6 @@ if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
 
     from .loop import Outcome, Trainer
-
-
-def _pm(pm: ThawkitPluginManager | None) -> ThawkitPluginManager:
-    from thawkit import default_plugin_manager
-
-    return pm or default_plugin_manager()
 
 
 def _check_stop_after(stop_after: int | None) -> None:
@@ -39,13 +34,14 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
         recipe = thawkit.load_recipe("recipe.yaml", overrides=["train.epochs=5"])
         outcome = thawkit.plugins.train.train(recipe, run_dir="runs/try1")
 
-    Under ``torchrun`` (several processes) it trains with DDP; see :mod:`~.ddp`.
+    Under ``torchrun`` (several processes) it trains with DDP; see :mod:`~.ddp`. The recipe's
+    plugin manager (``recipe.plugin_manager``) builds everything; ``pm=`` is deprecated.
     """
     from .ddp import join
     from .loop import Trainer
 
+    recipe_manager(recipe, pm, "train")
     _check_stop_after(stop_after)
-    pm = _pm(pm)
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
     world = join(recipe.train.device)
     if not world.is_main:
@@ -58,7 +54,7 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
                 remove_leftovers(run_dir)
             world.barrier()  # every process has checked before rank 0 writes
             with torch_flags_restored():
-                session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
+                session = prepare(recipe, run_dir=run_dir, world=world)
                 trainer = Trainer(session, stop_after=stop_after, log=log,
                                   progress_bar=progress_bar, on_step=on_step)
                 log(_with_status(session.describe(), trainer))
@@ -77,14 +73,15 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
 
     A run that stopped before its first checkpoint starts again from its recipe; one whose
     last epoch is done but whose final files are missing (killed at the very end) gets them.
-    ``expect``: a recipe the caller named too; it must describe the same run.
+    ``expect``: a recipe the caller named too; it must describe the same run. ``pm``: the manager
+    the run's recipe is read with (default: the shared one; a recipe naming ``plugins:`` gets its
+    own); the run then uses that recipe's manager.
     """
     from .checkpoint import load_checkpoint
     from .ddp import join
     from .loop import Trainer
 
     _check_stop_after(stop_after)
-    pm = _pm(pm)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         load_checkpoint(run_dir)  # the error for a missing run directory
@@ -107,13 +104,13 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
                     for name in STALE_WITHOUT_CHECKPOINT:
                         (run_dir / name).unlink(missing_ok=True)
                 world.barrier()  # every process has looked before rank 0 writes
-                session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
+                session = prepare(recipe, run_dir=run_dir, world=world)
                 trainer = Trainer(session, stop_after=stop_after, log=log,
                                   progress_bar=progress_bar, on_step=on_step)
                 log(_with_status(f"{run_dir} has no checkpoint yet: starting its run again from "
                                  f"epoch 1; {session.describe()}", trainer))
                 return trainer.fit()
-            session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True, world=world)
+            session = prepare(recipe, run_dir=run_dir, resume=True, world=world)
             trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
                               on_step=on_step)
             trainer.restore()

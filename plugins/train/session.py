@@ -172,11 +172,13 @@ def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
     return validate_recipe(data, where=str(run_dir / RECIPE_FILE), pm=recipe.plugin_manager)
 
 
-def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager, trust: bool = True,
+def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager | None = None, trust: bool = True,
                     command: str = "predict") -> Recipe:
-    """The run's own recipe. ``trust=False`` (predict, export): refuse one that names plugins
-    or ``python:`` factories the user did not load (:func:`~.rundir.check_trusted`)."""
-    from thawkit import ThawkitError, load_recipe
+    """The run's own recipe, read with ``pm`` (default: the shared manager; a recipe that names
+    ``plugins:`` then gets a manager of its own, ``recipe.plugin_manager``, which the run uses).
+    ``trust=False`` (predict, export): refuse one that names plugins or ``python:`` factories the
+    user did not load (:func:`~.rundir.check_trusted`)."""
+    from thawkit import ThawkitError, default_plugin_manager, load_recipe
 
     from .rundir import check_trusted, damaged, read_recipe_mapping
 
@@ -185,8 +187,9 @@ def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager, trust: bool = Tr
         raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {RECIPE_FILE}")
     data = read_recipe_mapping(path)
     if not trust:
-        loaded = [name for name, plugin in pm.list_name_plugin()]
-        loaded += [getattr(plugin, "__name__", "") for _, plugin in pm.list_name_plugin()]
+        plugins = (pm or default_plugin_manager()).list_name_plugin()
+        loaded = [name for name, plugin in plugins]
+        loaded += [getattr(plugin, "__name__", "") for _, plugin in plugins]
         check_trusted(Path(run_dir), data, loaded=loaded, command=command)
     try:
         return load_recipe(path, pm=pm)
@@ -233,19 +236,12 @@ def _preprocess_problem(prep: dict[str, Any]) -> str | None:
 
 
 # ----------------------------------------------------------------- build
-def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int, *, pm: ThawkitPluginManager):
-    from .schedules import schedule_registry
+def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
+    """The recipe's schedule over ``optimizer`` for ``train.epochs`` epochs, and its interval."""
+    from .schedules import build_scheduler
 
-    s = recipe.schedule
-    registry = schedule_registry(pm)
-    factory = registry.get(s.name, where="schedule.name")
-    with pm.guard(registry.entries[s.name].plugin, f"schedule {s.name!r}"):
-        scheduler = factory(optimizer, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch,
-                            warmup_epochs=s.warmup_epochs, **s.params)
-    interval = getattr(factory, "interval", "step")
-    if interval not in ("step", "epoch"):
-        raise ConfigError(f"schedule {s.name!r}: interval must be 'step' or 'epoch', not {interval!r}")
-    return scheduler, interval
+    return build_scheduler(recipe.schedule, optimizer, pm=recipe.plugin_manager,
+                           epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch)
 
 
 def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_train: int) -> None:
@@ -274,13 +270,13 @@ def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_tr
             return
 
 
-def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: bool = False,
+def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
             world: World | None = None,
             check: Callable[[Adapted, Preprocess], None] | None = None) -> Session:
     """Check the data, build model, optimizer and schedule, and (for a new run) write the run's
     recipe, plan and data description. Nothing is written before every check has passed (a
     caller's own ``check(adapted, preprocess)`` included); of several processes (``world``),
-    rank 0 alone writes."""
+    rank 0 alone writes. Plugins come from ``recipe.plugin_manager``."""
     import torch
     from thawkit import adapt_recipe
 
@@ -307,7 +303,7 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     else:
         from thawkit import data_config
 
-        prep = Preprocess.resolve(data_config(adapted.model, pm=pm), recipe.data)
+        prep = Preprocess.resolve(data_config(adapted.model, pm=recipe.plugin_manager), recipe.data)
     if len(train) == 1 or recipe.data.batch_size == 1:
         check_single_batches(recipe, n, prep.image_size, len(train))
     adapted.model.to(device)
@@ -317,7 +313,7 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
                             pin_memory=device.type == "cuda")
     if world.distributed:
         loaders = shard(loaders, world, batch_size=recipe.data.batch_size, seed=t.seed)
-    scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch, pm=pm)
+    scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch)
     amp_dtype = amp_dtype_for(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     from .cache import decide

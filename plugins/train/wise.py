@@ -53,12 +53,11 @@ def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
                 ) -> dict[str, torch.Tensor]:
     """The weights run ``run_dir`` started from (outside the new head), checked against its
     ``start.json``; a :class:`~thawkit.WeightsError` saying what is missing when they cannot be had."""
-    from thawkit import adapt, default_plugin_manager, load_backbone
+    from thawkit import adapt, load_backbone
 
     from ..weights import read_weights
     from .session import read_data_info, read_run_recipe
 
-    pm = pm or default_plugin_manager()
     run_dir = Path(run_dir)
     path = run_dir / START_FILE
     if not path.is_file():
@@ -76,6 +75,7 @@ def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
         origin = str(run_dir / record["saved"])
     else:
         recipe = read_run_recipe(run_dir, pm=pm)
+        pm = recipe.plugin_manager
         options = recipe.backbone.load_options()
         if record.get("file"):
             if not Path(record["file"]).is_file():
@@ -103,11 +103,10 @@ def wise_model(run_dir: str | Path, alpha: float, *, best: bool = False,
     from .inference import load_run_model
 
     alpha = check_alpha(alpha, "WiSE-FT")
-    return interpolate_run(load_run_model(run_dir, best=best, pm=pm), run_dir, alpha, pm=pm)
+    return interpolate_run(load_run_model(run_dir, best=best, pm=pm), run_dir, alpha)
 
 
-def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float, *,
-                    pm: ThawkitPluginManager | None = None) -> RunModel:
+def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float) -> RunModel:
     """``run`` (the loaded model of ``run_dir``) with its backbone interpolated in place."""
     from .adapter_export import has_adapters
 
@@ -115,7 +114,7 @@ def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float, *,
         raise ConfigError(f"WiSE-FT: run {str(run_dir)!r} trains adapters "
                           f"({run.recipe.strategy.name}): its base weights never moved, so there "
                           "is nothing to interpolate")
-    start = start_state(run_dir, pm=pm)
+    start = start_state(run_dir, pm=run.recipe.plugin_manager)
     run.model.load_state_dict(interpolate(start, run.model.state_dict(), alpha, head=run.layout))
     return run
 
