@@ -107,6 +107,21 @@ def test_two_epoch_run_writes_the_run_directory(finished_run):
     assert set(final) == set(best)
 
 
+def test_every_file_of_a_run_directory_is_named_by_rundir(finished_run):
+    """RunDir owns the run directory's layout: each file a run writes is one of its names, and
+    its paths are the files the run wrote."""
+    from thawkit.plugins.train.rundir import RunDir
+
+    run, _ = finished_run
+    names = {v for k, v in vars(RunDir).items() if k.isupper() and isinstance(v, str)}
+    written = {p.name for p in run.iterdir()}
+    assert written <= names, written - names
+    files = RunDir(run)
+    assert set(RunDir.FILES) - {RunDir.LOCK} <= written
+    assert files.checkpoint == run / "checkpoint.pt" and files.weights(best=True) == run / "best.safetensors"
+    assert files.recipe.is_file() and files.metrics.is_file() and files.status.is_file()
+
+
 def test_gradual_lrs_follow_one_schedule_across_phases(finished_run):
     run, _ = finished_run
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -278,7 +278,7 @@ class CachedPipeline(Pipeline):
         s = self.session
         t, data = s.recipe.train, s.recipe.data
         budget = memory_budget(t.cache_memory)
-        directory = s.run_dir / "cache"
+        directory = s.files.cache
 
         def autocast():
             return torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32,
@@ -321,7 +321,7 @@ class CachedPipeline(Pipeline):
             if cache is not None:
                 cache.close()
         self.train_cache = self.val_cache = self.current = None
-        directory = self.session.run_dir / "cache"
+        directory = self.session.files.cache
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
 

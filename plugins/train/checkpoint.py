@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from thawkit import ThawkitError
 
-from .rundir import RunDirError, disk_errors, os_cause
+from .rundir import RunDir, RunDirError, disk_errors, os_cause
 
 if TYPE_CHECKING:
     import torch
 
-CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
 
@@ -184,7 +183,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     """Write ``run_dir/checkpoint.pt`` atomically; ``state`` holds only tensors and plain data."""
     import torch
 
-    path = Path(run_dir) / CHECKPOINT
+    path = RunDir(run_dir).checkpoint
     state = {"format": CHECKPOINT_FORMAT, **state}
     write_atomic(path, lambda fh: torch.save(state, fh))
     return path
@@ -198,11 +197,11 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
     import torch
 
     run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT
+    path = RunDir(run_dir).checkpoint
     if not run_dir.is_dir():
         raise CheckpointError(f"--resume: run directory {str(run_dir)!r} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {CHECKPOINT} (and no recipe.yaml to "
+        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {RunDir.CHECKPOINT} (and no {RunDir.RECIPE} to "
                               "start again from): it is not a thawkit run directory, or its run "
                               "stopped before writing anything; start it with: thawkit train RECIPE "
                               f"--output {run_dir}")

@@ -7,6 +7,8 @@ from typing import Any
 
 from thawkit import ConfigError
 
+from .rundir import RunDir
+
 EXIT_INTERRUPTED = 130
 
 
@@ -155,7 +157,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (5)")
-    p.add_argument("--best", action="store_true", help="use best.safetensors (best val top-1 epoch)")
+    p.add_argument("--best", action="store_true", help=f"use {RunDir.BEST} (best val top-1 epoch)")
     _trust_run_option(p)
     p.set_defaults(func=cmd_predict)
 
@@ -165,7 +167,7 @@ def add_commands(subparsers: Any) -> None:
                     "model.safetensors and config.json) that thawkit.load_backbone rebuilds.")
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("out", help="OUT.safetensors or a directory")
-    p.add_argument("--best", action="store_true", help="export best.safetensors instead of the final")
+    p.add_argument("--best", action="store_true", help=f"export {RunDir.BEST} instead of the final")
     p.add_argument("--force", action="store_true",
                    help="overwrite existing files (never the files of a run directory)")
     p.add_argument("--wise", type=float, metavar="ALPHA",
@@ -179,5 +181,5 @@ def add_commands(subparsers: Any) -> None:
 
 def _trust_run_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-run", action="store_true",
-                   help="let the run's recipe.yaml load the plugins and python: factories it names "
+                   help=f"let the run's {RunDir.RECIPE} load the plugins and python: factories it names "
                         "(their code runs); without it they are refused unless loaded with -p")

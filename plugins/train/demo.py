@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .rundir import RunDir
+
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
 
@@ -143,7 +145,7 @@ def _timed_run(recipe, run_dir: Path, pm) -> float:
 def row_from_run(name: str, strategy: str, run_dir: Path, wall_seconds: float) -> DemoRow:
     from .checkpoint import read_jsonl
 
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(RunDir(run_dir).metrics)
     return DemoRow(name, strategy, rows[0]["trainable_params"], rows[-1]["trainable_params"],
                    len(rows), round(wall_seconds, 1), rows[0]["val_top1"], rows[-1]["val_top1"],
                    max(r["val_top1"] for r in rows), str(run_dir))

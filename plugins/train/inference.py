@@ -22,7 +22,7 @@ from thawkit import ConfigError, ThawkitError
 
 from .checkpoint import read_jsonl, save_weights, write_json
 from .data import Preprocess, preprocess_images
-from .rundir import RUN_FILES, disk_errors, run_status
+from .rundir import RunDir, disk_errors, run_status
 from .session import read_data_info, read_run_recipe
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
         raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
     recipe = read_run_recipe(run_dir, pm=pm, trust=trust, command=command)
     info = read_data_info(run_dir)
-    file = run_dir / ("best.safetensors" if best else "model.safetensors")
+    file = RunDir(run_dir).weights(best)
     if not file.is_file():
         hint = "" if best else "; use --best for the best epoch so far, or finish it with " \
                                f"thawkit train --resume {run_dir}"
@@ -181,7 +181,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,
               "classes": run.classes, "preprocess": run.prep.to_dict(),
               "source_run": str(Path(run_dir)), "source_weights": run.weights.name,
-              "epochs": len(read_jsonl(Path(run_dir) / "metrics.jsonl")),
+              "epochs": len(read_jsonl(RunDir(run_dir).metrics)),
               **({"wise_alpha": float(wise)} if wise is not None else {})}
     if has_adapters(run.model) and not merge:
         return export_adapters(run, out, config, force=force)
@@ -220,10 +220,10 @@ def _check_not_run_file(run_dir: Path, *targets: Path) -> None:
         parent = target.parent
         try:
             same_dir = parent.is_dir() and (parent.resolve() == run_dir.resolve()
-                                            or (parent / "checkpoint.pt").is_file())
+                                            or RunDir(parent).checkpoint.is_file())
         except OSError:
             continue
-        if same_dir and target.name in RUN_FILES:
+        if same_dir and target.name in RunDir.FILES:
             raise ConfigError(f"export: {str(target)!r} is a file of the run directory "
                               f"{str(parent)!r}; export to a path outside it (--force never "
                               "overwrites a run's own files)")

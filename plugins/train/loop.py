@@ -33,12 +33,12 @@ from .checkpoint import (
     write_json,
 )
 from .data import DataError
+from .rundir import RunDir
 from .schedules import end_epoch
 
 if TYPE_CHECKING:
     from .session import Session
 
-METRICS = "metrics.jsonl"
 
 
 class DivergedError(ThawkitError):
@@ -155,7 +155,7 @@ class Trainer:
 
     def restore(self) -> None:
         """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
-        from .checkpoint import CHECKPOINT, CheckpointError
+        from .checkpoint import CheckpointError
 
         s = self.s
         ckpt = load_checkpoint(s.run_dir)
@@ -176,11 +176,11 @@ class Trainer:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise CheckpointError(f"checkpoint {str(s.run_dir / CHECKPOINT)!r} does not fit the run "
-                                  f"its recipe.yaml describes ({type(exc).__name__}: {first}); it was "
+            raise CheckpointError(f"checkpoint {str(s.files.checkpoint)!r} does not fit the run "
+                                  f"its {RunDir.RECIPE} describes ({type(exc).__name__}: {first}); it was "
                                   "changed, or the recipe was") from None
         if self.world.is_main:
-            truncate_metrics(s.run_dir / METRICS, self.state.epoch)
+            truncate_metrics(s.files.metrics, self.state.epoch)
         from .ddp import restore_message
 
         changed = restore_message(saved, self.world)
@@ -271,19 +271,19 @@ class Trainer:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
         self._check_finite()
         if self.world.is_main:
-            save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
+            save_weights(s.files.model, s.model.state_dict())
         if s.recipe.train.wise_alphas:
             from .wise import sweep, sweep_line
 
             try:
                 self.wise = sweep(self, s.recipe.train.wise_alphas)
-                self.log(sweep_line(self.wise, read_jsonl(s.run_dir / METRICS)[-1]["val_top1"]))
+                self.log(sweep_line(self.wise, read_jsonl(s.files.metrics)[-1]["val_top1"]))
             except ThawkitError as exc:  # the run itself is done and saved: say why, and end
                 self.log(f"no WiSE-FT sweep: {exc}")
         best = f"; best val top-1 {100 * st.best_top1:.2f}% at epoch {st.best_epoch + 1}" \
             if st.best_epoch >= 0 else ""
         return Outcome("finished", st.epoch, f"finished {s.epochs} epochs{best}; weights in "
-                       f"{s.run_dir / 'model.safetensors'}")
+                       f"{s.files.model}")
 
     def _interrupted_message(self) -> str:
         st = self.state
@@ -397,11 +397,11 @@ class Trainer:
                   "train_top1": st.correct / max(st.seen, 1), **val,
                   "seconds": round(st.seconds + time.perf_counter() - started, 3)}
         if self.world.is_main:
-            append_jsonl(s.run_dir / METRICS, record)
+            append_jsonl(s.files.metrics, record)
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
             if self.world.is_main:
-                save_weights(s.run_dir / "best.safetensors", s.model.state_dict())
+                save_weights(s.files.best, s.model.state_dict())
         st.epoch += 1
         st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
         self.save()
@@ -437,7 +437,7 @@ class Trainer:
 
     def _kept(self) -> str:
         """Which checkpoint a run that stops now keeps: the last one it wrote (or read)."""
-        path = self.s.run_dir / "checkpoint.pt"
+        path = self.s.files.checkpoint
         if self._saved is None:
             return f"keeps {path}" if path.exists() else "had not written a checkpoint yet"
         epoch, step = self._saved
@@ -448,7 +448,7 @@ class Trainer:
         if not self.world.is_main:
             return
         st = self.state
-        write_json(self.s.run_dir / "run.json", {
+        write_json(self.s.files.status, {
             "status": status, "message": message, "epochs": self.s.epochs,
             "epochs_done": st.epoch, "best_top1": st.best_top1 if st.best_epoch >= 0 else None,
             "best_epoch": st.best_epoch if st.best_epoch >= 0 else None,
@@ -467,7 +467,7 @@ class Trainer:
             plot_run(self.s.run_dir)
         elif not self._plot_skipped:
             self._plot_skipped = True
-            self.log(f"no {self.s.run_dir / 'curves.png'}: matplotlib is not installed ({INSTALL})")
+            self.log(f"no {self.s.files.plot}: matplotlib is not installed ({INSTALL})")
 
 
 @contextmanager

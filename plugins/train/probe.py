@@ -28,6 +28,7 @@ from thawkit import ConfigError
 from thawkit.plugins.split import frozen_prefix
 
 from .._deprecation import recipe_manager
+from .rundir import RunDir
 from .schedules import end_epoch
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from .data import Preprocess
     from .session import Session
 
-PROBE_FILE = "probe.json"
 
 
 @dataclass
@@ -185,10 +185,10 @@ def _sweep(session: Session, split: Any, lrs: list[float],
     finally:
         pipeline.close()
     results = [h.result for h in heads]
-    write_json(session.run_dir / PROBE_FILE, {"lrs": lrs, "results": [
+    write_json(session.files.probe, {"lrs": lrs, "results": [
         {"lr": r.lr, "final_top1": r.final_top1, "best_top1": r.best["val_top1"],
          "best_epoch": r.best["epoch"], "epochs": r.epochs} for r in results]})
-    save_weights(session.run_dir / "heads.safetensors",
+    save_weights(session.files.probe_heads,
                  {f"lr={h.lr:g}/{h.model_names[name]}": p for h in heads for name, p in h.params.items()})
     log(format_results(results))
     return results
@@ -221,4 +221,4 @@ def format_results(results: list[ProbeResult]) -> str:
 
 def read_probe(run_dir: str | Path) -> dict[str, Any]:
     """``probe.json`` of a probe's run directory."""
-    return json.loads((Path(run_dir) / PROBE_FILE).read_text())
+    return json.loads(RunDir(run_dir).probe.read_text())

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ConfigError
 
 from .._deprecation import recipe_manager
-from .checkpoint import CHECKPOINT
-from .rundir import make_run_dir, remove_if_unused, remove_leftovers, run_lock, run_status
-from .session import RECIPE_FILE, check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
+from .rundir import RunDir, make_run_dir, remove_if_unused, remove_leftovers, run_lock, run_status
+from .session import check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
 
 if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
@@ -85,9 +84,9 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         load_checkpoint(run_dir)  # the error for a missing run directory
-    with run_lock(run_dir):  # in a distributed job, rank 0 alone takes it
-        fresh = not (run_dir / CHECKPOINT).exists() and (run_dir / RECIPE_FILE).is_file() \
-            and not (run_dir / "model.safetensors").exists()
+    files = RunDir(run_dir)
+    with files.lock():  # in a distributed job, rank 0 alone takes it
+        fresh = not files.checkpoint.exists() and files.recipe.is_file() and not files.model.exists()
         if not fresh:
             load_checkpoint(run_dir)  # a missing or unreadable checkpoint fails before any building
         recipe = read_run_recipe(run_dir, pm=pm)
@@ -101,7 +100,7 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
         with torch_flags_restored():
             if fresh:
                 if world.is_main:
-                    for name in STALE_WITHOUT_CHECKPOINT:
+                    for name in RunDir.STALE_WITHOUT_CHECKPOINT:
                         (run_dir / name).unlink(missing_ok=True)
                 world.barrier()  # every process has looked before rank 0 writes
                 session = prepare(recipe, run_dir=run_dir, world=world)
@@ -116,7 +115,7 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
             trainer.restore()
             world.barrier()  # every process has read the checkpoint before rank 0 writes
             if trainer.state.epoch >= recipe.train.epochs:
-                if (run_dir / "model.safetensors").is_file() and run_status(run_dir) == "finished":
+                if files.model.is_file() and run_status(run_dir) == "finished":
                     return _already_done(trainer)
                 log(f"{run_dir}: all {recipe.train.epochs} epochs are done but the run's final "
                     "files are missing; writing them")
@@ -125,10 +124,6 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
                                  + (f", step {trainer.state.step}" if trainer.state.step else "")
                                  + f" of {recipe.train.epochs}", trainer))
             return trainer.fit()
-
-
-#: Files of a run that stopped before its first checkpoint; a restart writes them afresh.
-STALE_WITHOUT_CHECKPOINT = ("metrics.jsonl", "best.safetensors", "run.json", "curves.png")
 
 
 def _quiet(_line: str) -> None:
@@ -164,16 +159,16 @@ def _check_same(given: Recipe, saved: Recipe, run_dir: Path) -> None:
     if diffs:
         raise ConfigError(f"--resume {run_dir}: the recipe given differs from the run's own recipe "
                           f"in {', '.join(diffs)}; a run continues with the recipe it started with "
-                          f"({run_dir / 'recipe.yaml'}); start a new run to change it")
+                          f"({RunDir(run_dir).recipe}); start a new run to change it")
 
 
 def summary(run_dir: str | Path) -> dict[str, Any]:
     """Status, last metrics and best accuracy of a run directory (for tables and tests)."""
     from .checkpoint import read_jsonl
 
-    run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    status = run_status(run_dir) if (run_dir / "run.json").exists() else None
+    files = RunDir(run_dir)
+    rows = read_jsonl(files.metrics)
+    status = run_status(files.path) if files.status.exists() else None
     return {"status": status, "epochs": len(rows),
             "seconds": round(sum(r["seconds"] for r in rows), 3),
             "final_top1": rows[-1]["val_top1"] if rows else None,

@@ -1,15 +1,5 @@
-"""From a recipe (or a run directory) to everything the loop needs, and the run directory's files.
-
-A run directory holds:
-
-* ``recipe.yaml``: the resolved recipe (``head.num_classes`` filled in), the
-  single source of truth for ``--resume``, ``predict`` and ``export``;
-* ``plan.json``: the plan (every parameter's block, phase, group, lr, weight decay) and, under
-  ``cache``, whether each phase trains on cached features and why (``cache.py``);
-* ``data.json``: class names and the resolved preprocessing;
-* ``metrics.jsonl``, ``curves.png``, ``model.safetensors``, ``best.safetensors``,
-  ``checkpoint.pt`` and ``run.json`` (status) written as the run goes.
-"""
+"""From a recipe (or a run directory) to everything the loop needs, and the run directory's first
+files (its recipe, plan and data description; the layout is :class:`~.rundir.RunDir`'s)."""
 from __future__ import annotations
 
 import os
@@ -22,18 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
 
-from .checkpoint import CHECKPOINT, write_json, write_text
+from .checkpoint import write_json, write_text
 from .data import Loaders, Preprocess, build_loaders, check_classes, data_warnings, scan_folder
 from .ddp import World
+from .rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
     from thawkit import Adapted, Recipe, ThawkitPluginManager
 
     from .cache import CacheDecision
-
-RECIPE_FILE = "recipe.yaml"
-DATA_FILE = "data.json"
 
 
 @dataclass
@@ -58,6 +46,11 @@ class Session:
     @property
     def model(self):
         return self.adapted.model
+
+    @property
+    def files(self) -> RunDir:
+        """The run directory's files."""
+        return RunDir(self.run_dir)
 
     @property
     def epochs(self) -> int:
@@ -153,8 +146,7 @@ def check_new_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"train.output: {str(run_dir)!r} exists and is not a directory")
     if run_dir.is_dir():
-        taken = [n for n in (CHECKPOINT, "metrics.jsonl", RECIPE_FILE, "model.safetensors")
-                 if (run_dir / n).exists()]
+        taken = [n for n in RunDir.TAKEN if (run_dir / n).exists()]
         if taken:
             raise ConfigError(f"train.output: {str(run_dir)!r} already holds a run ({', '.join(taken)});"
                               f" continue it with --resume {run_dir}, or choose another --output")
@@ -169,7 +161,7 @@ def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
     # options that the published weights implied, so predict/export rebuild the same network
     data["backbone"]["kwargs"] = {**(arch or {}), **data["backbone"]["kwargs"]}
     data["train"]["output"] = str(run_dir)
-    return validate_recipe(data, where=str(run_dir / RECIPE_FILE), pm=recipe.plugin_manager)
+    return validate_recipe(data, where=str(RunDir(run_dir).recipe), pm=recipe.plugin_manager)
 
 
 def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager | None = None, trust: bool = True,
@@ -182,9 +174,9 @@ def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager | None = None, tr
 
     from .rundir import check_trusted, damaged, read_recipe_mapping
 
-    path = Path(run_dir) / RECIPE_FILE
+    path = RunDir(run_dir).recipe
     if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {RECIPE_FILE}")
+        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {path.name}")
     data = read_recipe_mapping(path)
     if not trust:
         plugins = (pm or default_plugin_manager()).list_name_plugin()
@@ -203,7 +195,7 @@ def read_data_info(run_dir: Path) -> dict[str, Any]:
     """``data.json``: class names and preprocessing, checked (a damaged file is an error naming it)."""
     from .rundir import damaged, read_json
 
-    path = Path(run_dir) / DATA_FILE
+    path = RunDir(run_dir).data
     info = read_json(path)
     classes = info.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
@@ -332,11 +324,12 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
 
         recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
                                  arch=arch_options(adapted.model))
-        write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"),
+        files = RunDir(run_dir)
+        write_text(files.recipe, yaml.safe_dump(recipe.model_dump(mode="json"),
                                                          sort_keys=False))
-        write_json(run_dir / "plan.json", {**adapted.plan.to_dict(),
+        write_json(files.plan, {**adapted.plan.to_dict(),
                                             "cache": [d.to_dict() for d in cache]})
-        write_json(run_dir / DATA_FILE, {
+        write_json(files.data, {
             "classes": train.classes, "preprocess": prep.to_dict(),
             "train": {"dir": str(train.root), "images": len(train)},
             "val": {"dir": str(val.root), "images": len(val)}})

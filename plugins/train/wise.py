@@ -17,6 +17,7 @@ from thawkit import ConfigError, WeightsError
 
 from ..interpolation import check_alpha, head_keys, interpolate, state_digest
 from .checkpoint import save_weights, write_json
+from .rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
     from .inference import RunModel
     from .loop import Trainer
 
-START_FILE = "start.json"
-START_WEIGHTS = "start.safetensors"
 START_FORMAT = "thawkit-start/1"
 
 
@@ -42,11 +41,11 @@ def record_start(run_dir: Path, recipe: Recipe, adapted: Adapted) -> None:
     file = Path(weights).resolve() if weights and Path(weights).is_file() else None
     record = {"format": START_FORMAT, "spec": recipe.backbone.spec, "weights": weights,
               "pretrained": recipe.backbone.pretrained, "file": str(file) if file else None,
-              "saved": None if _named(recipe) else START_WEIGHTS, "tensors": len(keys),
+              "saved": None if _named(recipe) else RunDir.START_WEIGHTS, "tensors": len(keys),
               "sha256": state_digest(state, keys)}
     if record["saved"]:
-        save_weights(run_dir / START_WEIGHTS, {k: state[k] for k in keys})
-    write_json(run_dir / START_FILE, record)
+        save_weights(RunDir(run_dir).start_weights, {k: state[k] for k in keys})
+    write_json(RunDir(run_dir).start, record)
 
 
 def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
@@ -59,9 +58,9 @@ def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
     from .session import read_data_info, read_run_recipe
 
     run_dir = Path(run_dir)
-    path = run_dir / START_FILE
+    path = RunDir(run_dir).start
     if not path.is_file():
-        raise WeightsError(f"WiSE-FT: {str(run_dir)!r} has no {START_FILE}, so its starting weights "
+        raise WeightsError(f"WiSE-FT: {str(run_dir)!r} has no {path.name}, so its starting weights "
                            "are unknown (a run from a thawkit that did not record them cannot be "
                            "interpolated)")
     try:
@@ -92,7 +91,7 @@ def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
         state = {k: full[k] for k in sorted(set(full) - head_keys(full, adapted.layout))}
     if state_digest(state, state) != record["sha256"]:
         raise WeightsError(f"WiSE-FT: the starting weights from {origin} are not the ones run "
-                           f"{str(run_dir)!r} started from (SHA-256 differs from its {START_FILE})")
+                           f"{str(run_dir)!r} started from (SHA-256 differs from its {path.name})")
     return state
 
 
