@@ -38,7 +38,6 @@ from thawkit import ConfigError
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-    import torch
     from thawkit import Adapted, OptimizerSettings, ThawkitPluginManager
 
 __all__ = ["ThawkitFinetuning", "configure_optimizers"]

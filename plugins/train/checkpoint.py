@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,9 @@ from .rundir import RunDir, RunDirError, disk_errors, os_cause
 
 if TYPE_CHECKING:
     import torch
+
+# torch, numpy and safetensors are imported inside the functions that use them: this module is
+# imported torch-free by the run-directory readers (plot, run_model, inference).
 
 CHECKPOINT_FORMAT = 1
 
@@ -191,9 +196,6 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint of a run directory, or a :class:`CheckpointError` saying what is wrong."""
-    import pickle
-    import zipfile
-
     import torch
 
     run_dir = Path(run_dir)
@@ -201,10 +203,10 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise CheckpointError(f"--resume: run directory {str(run_dir)!r} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {RunDir.CHECKPOINT} (and no {RunDir.RECIPE} to "
-                              "start again from): it is not a thawkit run directory, or its run "
-                              "stopped before writing anything; start it with: thawkit train RECIPE "
-                              f"--output {run_dir}")
+        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {RunDir.CHECKPOINT} (and no "
+                              f"{RunDir.RECIPE} to start again from): it is not a thawkit run "
+                              "directory, or its run stopped before writing anything; start it "
+                              f"with: thawkit train RECIPE --output {run_dir}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:

@@ -3,11 +3,15 @@ when one runs)."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from thawkit import ConfigError
 
 from .rundir import RunDir
+
+# Each command imports its machinery when it runs (torch among it): `thawkit --help` builds these
+# parsers and must stay fast.
 
 EXIT_INTERRUPTED = 130
 
@@ -39,8 +43,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.nproc is not None:  # the recipe is checked here once, before any process starts
             return launch(args, recipe.data.batch_size)
         outcome = train(recipe, stop_after=args.stop_after)
-    import os
-
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone speaks
         print(outcome.message)
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else 0

@@ -14,14 +14,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
 from thawkit import ThawkitError
 
+from .cache import CachedPipeline
 from .checkpoint import (
+    CheckpointError,
     append_jsonl,
     load_checkpoint,
     read_jsonl,
@@ -33,51 +37,22 @@ from .checkpoint import (
     write_json,
 )
 from .data import DataError
-from .rundir import RunDir
+from .ddp import DDPPipeline, restore_message
+from .extras import INSTALL, available
+from .pipeline import Pipeline
+from .plot import plot_run
+from .rundir import RunDir, RunDirError, describe_os_error
 from .schedules import end_epoch
+from .wise import sweep, sweep_line
 
 if TYPE_CHECKING:
     from .session import Session
 
+# tqdm (the `train` extra) is imported when a progress bar is shown.
 
 
 class DivergedError(ThawkitError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class Pipeline:
-    """Batches in, logits out: plain images through the whole model."""
-
-    def __init__(self, session: Session):
-        self.model = session.model
-        self.loaders = session.loaders
-        self.device = session.device
-
-    def _to_device(self, batches: Iterable) -> Iterator:
-        nb = self.device.type == "cuda"
-        for x, y in batches:
-            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
-
-    def train_batches(self, epoch: int, skip: int) -> Iterator:
-        self.loaders.batches.set_epoch(epoch, skip)
-        return self._to_device(self.loaders.train)
-
-    def val_batches(self) -> Iterator:
-        return self._to_device(self.loaders.val)
-
-    def forward(self, x):
-        return self.model(x)
-
-    def phase_changed(self, adapted: Any) -> None:
-        """Called when the trainable set changes (and on start); nothing is cached here."""
-
-    def status(self, phase: int) -> str | None:
-        """A line for the log about how phase ``phase`` gets its batches (None: nothing to say)."""
-        return None
-
-    def close(self) -> None:
-        """Called when the run ends, however it ends: release what the pipeline holds."""
-
 
 @dataclass
 class Progress:
@@ -111,8 +86,6 @@ class Trainer:
     def __init__(self, session: Session, *, stop_after: int | None = None,
                  log: Callable[[str], None] = print, progress_bar: bool | None = None,
                  on_step: Callable[[Trainer], None] | None = None, pipeline: Pipeline | None = None):
-        import torch
-
         self.s = session
         self.stop_after = stop_after
         self.log = log
@@ -121,9 +94,6 @@ class Trainer:
         self.on_step = on_step
         self.world = session.world
         if pipeline is None:
-            from .cache import CachedPipeline
-            from .ddp import DDPPipeline
-
             pipeline = (DDPPipeline if self.world.distributed else CachedPipeline)(session, log=log)
         self.pipeline = pipeline
         self.state = Progress()
@@ -155,8 +125,6 @@ class Trainer:
 
     def restore(self) -> None:
         """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
-        from .checkpoint import CheckpointError
-
         s = self.s
         ckpt = load_checkpoint(s.run_dir)
         try:
@@ -181,7 +149,6 @@ class Trainer:
                                   "changed, or the recipe was") from None
         if self.world.is_main:
             truncate_metrics(s.files.metrics, self.state.epoch)
-        from .ddp import restore_message
 
         changed = restore_message(saved, self.world)
         if changed:
@@ -223,7 +190,6 @@ class Trainer:
             self._ended("failed", msg)
             raise DataError(msg) from None
         except OSError as exc:  # a full or read-only disk (RunDirError), or an OSError elsewhere
-            from .rundir import RunDirError, describe_os_error
 
             cause = str(exc) if isinstance(exc, RunDirError) else describe_os_error(exc)
             msg = (f"{cause}; the run stopped and {self._kept()}; once the disk takes writes "
@@ -273,8 +239,6 @@ class Trainer:
         if self.world.is_main:
             save_weights(s.files.model, s.model.state_dict())
         if s.recipe.train.wise_alphas:
-            from .wise import sweep, sweep_line
-
             try:
                 self.wise = sweep(self, s.recipe.train.wise_alphas)
                 self.log(sweep_line(self.wise, read_jsonl(s.files.metrics)[-1]["val_top1"]))
@@ -293,8 +257,6 @@ class Trainer:
 
     def _train_epoch(self) -> bool:
         """One epoch (or its rest); False when Ctrl-C stopped it (checkpoint already saved)."""
-        import torch
-
         s, st = self.s, self.state
         model, opt = s.model, s.optimizer
         model.train()
@@ -361,9 +323,6 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (plain cross-entropy), top-1 and, with 5 or more classes, top-5."""
-        import torch
-        import torch.nn.functional as F
-
         s = self.s
         s.model.eval()
         loss_sum, top1, top5, n = 0.0, 0, 0, 0
@@ -420,8 +379,6 @@ class Trainer:
                 f"{r['seconds']:.1f}s")
 
     def _bar(self, total: int, initial: int):
-        from .extras import available
-
         if not self.progress_bar or not available("tqdm"):
             return None
         from tqdm import tqdm
@@ -430,8 +387,6 @@ class Trainer:
                     desc=f"epoch {self.state.epoch + 1}/{self.s.epochs}")
 
     def _nonfinite(self) -> list[str]:
-        import torch
-
         return [k for k, v in self.s.model.state_dict().items()
                 if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
@@ -457,11 +412,8 @@ class Trainer:
             **({"wise": self.wise} if self.wise else {})})
 
     def _plot(self) -> None:
-        from .extras import INSTALL, available
-
         if not self.world.is_main:
             return
-        from .plot import plot_run
 
         if available("matplotlib"):
             plot_run(self.s.run_dir)

@@ -8,6 +8,8 @@ from typing import Any
 from .checkpoint import read_jsonl, write_atomic
 from .rundir import RunDir
 
+# matplotlib (the `train` extra) is imported when a plot is drawn.
+
 
 
 def phase_starts(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:

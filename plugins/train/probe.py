@@ -24,12 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 from thawkit import ConfigError
 from thawkit.plugins.split import frozen_prefix
 
 from .._deprecation import recipe_manager
-from .rundir import RunDir
+from .cache import CacheDecision, CachedPipeline
+from .checkpoint import save_weights, write_json
+from .rundir import RunDir, make_run_dir, remove_if_unused, run_lock
 from .schedules import end_epoch
+from .session import check_new_run_dir, make_scheduler, prepare, torch_flags_restored
 
 if TYPE_CHECKING:
     from thawkit import Adapted, Recipe, ThawkitPluginManager
@@ -60,8 +66,6 @@ class Head:
     """A copy of the head's trainable parameters with its own optimizer and schedule."""
 
     def __init__(self, lr: float, session: Session, rest: Any):
-        from .session import make_scheduler
-
         self.lr = lr
         trainable = {id(p): n for n, p in rest.named_parameters() if p.requires_grad}
         self.params = {n: p.detach().clone().requires_grad_(True) for n, p in rest.named_parameters()
@@ -115,9 +119,6 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
 
     The recipe's plugin manager builds everything; ``pm=`` is deprecated.
     """
-    from .rundir import make_run_dir, remove_if_unused, run_lock
-    from .session import check_new_run_dir, prepare, torch_flags_restored
-
     recipe_manager(recipe, pm, "probe")
     if not lrs:
         raise ConfigError("probe: give at least one learning rate (--lr)")
@@ -144,12 +145,6 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
 
 def _sweep(session: Session, split: Any, lrs: list[float],
            log: Callable[[str], None]) -> list[ProbeResult]:
-    import torch
-    from torch.func import functional_call
-
-    from .cache import CacheDecision, CachedPipeline
-    from .checkpoint import save_weights, write_json
-
     pipeline = CachedPipeline(session, log=lambda line: None)
     heads = [Head(lr, session, split.rest) for lr in lrs]
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=session.recipe.train.label_smoothing)
@@ -195,10 +190,6 @@ def _sweep(session: Session, split: Any, lrs: list[float],
 
 
 def _evaluate(pipeline: Any, rest: Any, params: dict[str, Any]) -> dict[str, float]:
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call
-
     loss_sum, top1, n = 0.0, 0, 0
     with torch.no_grad():
         for x, y in pipeline.val_batches():

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, ThawkitError
+from thawkit import ConfigError, ThawkitError, default_plugin_manager
+
+if TYPE_CHECKING:
+    from thawkit import Recipe, ThawkitPluginManager
+
+# yaml, thawkit's recipe models and fcntl are imported where used: `thawkit --help` imports this
+# module for the file names, and fcntl does not exist on Windows.
 
 #: ``python:`` factories that ship with thawkit and may be rebuilt from any run directory.
 TRUSTED_FACTORIES = ("thawkit.plugins.train.demo_model:small_cnn",)
@@ -328,3 +335,61 @@ def check_trusted(run_dir: Path, data: dict[str, Any], *, loaded: list[str], com
             f"{command}: {str(RunDir(run_dir).recipe)!r} names {' and '.join(found)}, whose code "
             f"{command} would import and run; pass --trust-run if you trust this run directory "
             "(or load the plugin yourself with -p MODULE)")
+
+
+# ------------------------------------------------------ reading a run
+def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager | None = None, trust: bool = True,
+                    command: str = "predict") -> Recipe:
+    """The run's own recipe, read with ``pm`` (default: the shared manager; a recipe that names
+    ``plugins:`` then gets a manager of its own, ``recipe.plugin_manager``, which the run uses).
+    ``trust=False`` (predict, export): refuse one that names plugins or ``python:`` factories the
+    user did not load (:func:`check_trusted`)."""
+    from thawkit import load_recipe
+
+    path = RunDir(run_dir).recipe
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {path.name}")
+    data = read_recipe_mapping(path)
+    if not trust:
+        plugins = (pm or default_plugin_manager()).list_name_plugin()
+        loaded = [name for name, plugin in plugins]
+        loaded += [getattr(plugin, "__name__", "") for _, plugin in plugins]
+        check_trusted(Path(run_dir), data, loaded=loaded, command=command)
+    try:
+        return load_recipe(path, pm=pm)
+    except ThawkitError:
+        raise
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+        raise damaged(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def read_data_info(run_dir: Path) -> dict[str, Any]:
+    """``data.json``: class names and preprocessing, checked (a damaged file is an error naming it)."""
+    path = RunDir(run_dir).data
+    info = read_json(path)
+    classes = info.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise damaged(path, "'classes' must be a non-empty list of class names")
+    prep = info.get("preprocess")
+    problem = _preprocess_problem(prep) if isinstance(prep, dict) else "it must be a JSON object"
+    if problem:
+        raise damaged(path, f"'preprocess': {problem}")
+    return info
+
+
+def _preprocess_problem(prep: dict[str, Any]) -> str | None:
+    for key in ("image_size", "resize"):
+        v = prep.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+            return f"{key} must be an integer from 1 to 4096, got {str(v)[:40]}"
+    for key in ("mean", "std"):
+        v = prep.get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                and (key == "mean" or x != 0) for x in v):
+            return f"{key} must be 3 finite numbers{' (not 0)' if key == 'std' else ''}"
+    if not isinstance(prep.get("interpolation"), str):
+        return "interpolation must be a string"
+    if not isinstance(prep.get("augment"), bool):
+        return "augment must be true or false"
+    return None

@@ -5,16 +5,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+
 from thawkit import ConfigError
 
 from .._deprecation import recipe_manager
-from .rundir import RunDir, make_run_dir, remove_if_unused, remove_leftovers, run_lock, run_status
-from .session import check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
+from .checkpoint import load_checkpoint, read_jsonl
+from .ddp import join
+from .loop import Outcome, Trainer
+from .rundir import (
+    RunDir,
+    make_run_dir,
+    read_run_recipe,
+    remove_if_unused,
+    remove_leftovers,
+    run_lock,
+    run_status,
+)
+from .session import check_new_run_dir, prepare, torch_flags_restored
 
 if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
 
-    from .loop import Outcome, Trainer
 
 
 def _check_stop_after(stop_after: int | None) -> None:
@@ -36,9 +47,6 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
     Under ``torchrun`` (several processes) it trains with DDP; see :mod:`~.ddp`. The recipe's
     plugin manager (``recipe.plugin_manager``) builds everything; ``pm=`` is deprecated.
     """
-    from .ddp import join
-    from .loop import Trainer
-
     recipe_manager(recipe, pm, "train")
     _check_stop_after(stop_after)
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
@@ -76,10 +84,6 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     the run's recipe is read with (default: the shared one; a recipe naming ``plugins:`` gets its
     own); the run then uses that recipe's manager.
     """
-    from .checkpoint import load_checkpoint
-    from .ddp import join
-    from .loop import Trainer
-
     _check_stop_after(stop_after)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -140,8 +144,6 @@ def _with_status(line: str, trainer: Trainer) -> str:
 
 
 def _already_done(trainer: Trainer) -> Outcome:
-    from .loop import Outcome
-
     return Outcome("finished", trainer.state.epoch,
                    f"{trainer.s.run_dir} already finished all {trainer.s.epochs} epochs")
 
@@ -164,8 +166,6 @@ def _check_same(given: Recipe, saved: Recipe, run_dir: Path) -> None:
 
 def summary(run_dir: str | Path) -> dict[str, Any]:
     """Status, last metrics and best accuracy of a run directory (for tables and tests)."""
-    from .checkpoint import read_jsonl
-
     files = RunDir(run_dir)
     rows = read_jsonl(files.metrics)
     status = run_status(files.path) if files.status.exists() else None

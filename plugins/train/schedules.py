@@ -23,11 +23,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from thawkit import ConfigError, hookimpl
+from thawkit import ConfigError, PluginError, format_validation_error, hookimpl
 
 if TYPE_CHECKING:
     import torch
     from thawkit import Registry, ThawkitPluginManager
+
+# torch is imported when a schedule is built: recipes are validated against this module torch-free.
 
 
 class _Params(BaseModel):
@@ -75,8 +77,6 @@ Factory = Callable[..., Any]
 
 
 def _validated(name: str, params_model: type[_Params], params: dict[str, Any]) -> Any:
-    from thawkit import format_validation_error
-
     try:
         return params_model.model_validate(params)
     except ValidationError as exc:
@@ -240,8 +240,6 @@ def _plateau(optimizer, p, *, warmup_epochs, **_):
 
 def read_schedule(name: str, factory: Any) -> tuple[str, Any]:
     """``register(name, factory)``'s arguments, checked when the plugin registers them."""
-    from thawkit import PluginError
-
     if not callable(factory):
         raise PluginError(f"schedule {name!r} is {factory!r}, which is not callable")
     return name, factory

@@ -10,18 +10,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError
+import numpy as np
+import torch
+import yaml
+from thawkit import ConfigError, adapt_recipe, data_config, validate_recipe
 
+from ..weights import arch_options
+from .cache import CacheDecision, decide
 from .checkpoint import write_json, write_text
 from .data import Loaders, Preprocess, build_loaders, check_classes, data_warnings, scan_folder
-from .ddp import World
-from .rundir import RunDir
+from .ddp import World, check_sync_bn, convert_sync_bn, process_device, shard
+from .rundir import RunDir, make_run_dir, read_data_info
+from .schedules import build_scheduler
+from .wise import record_start
 
 if TYPE_CHECKING:
-    import torch
-    from thawkit import Adapted, Recipe, ThawkitPluginManager
+    from thawkit import Adapted, Recipe
 
-    from .cache import CacheDecision
 
 
 @dataclass
@@ -71,8 +76,6 @@ class Session:
 
 # ------------------------------------------------------------------ device
 def pick_device(name: str):
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -92,8 +95,6 @@ def pick_device(name: str):
 
 def amp_dtype_for(device, amp: bool | None):
     """bfloat16 where the GPU supports it, else float16; None on CPU unless asked for."""
-    import torch
-
     if amp is None:
         amp = device.type == "cuda"
     if not amp:
@@ -111,8 +112,6 @@ def torch_flags_restored() -> Iterator[None]:
     process (a notebook, a test) gets its settings back. The global seeds stay as the run
     left them, as after any seeded run.
     """
-    import torch
-
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -124,9 +123,6 @@ def torch_flags_restored() -> Iterator[None]:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    import numpy as np
-    import torch
-
     if deterministic:
         # must be set before cuBLAS initialises; harmless on CPU
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -154,8 +150,6 @@ def check_new_run_dir(run_dir: Path) -> None:
 
 def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
                     arch: dict[str, Any] | None = None) -> Recipe:
-    from thawkit import validate_recipe
-
     data = recipe.model_dump(mode="json")
     data["head"]["num_classes"] = num_classes
     # options that the published weights implied, so predict/export rebuild the same network
@@ -164,74 +158,9 @@ def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
     return validate_recipe(data, where=str(RunDir(run_dir).recipe), pm=recipe.plugin_manager)
 
 
-def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager | None = None, trust: bool = True,
-                    command: str = "predict") -> Recipe:
-    """The run's own recipe, read with ``pm`` (default: the shared manager; a recipe that names
-    ``plugins:`` then gets a manager of its own, ``recipe.plugin_manager``, which the run uses).
-    ``trust=False`` (predict, export): refuse one that names plugins or ``python:`` factories the
-    user did not load (:func:`~.rundir.check_trusted`)."""
-    from thawkit import ThawkitError, default_plugin_manager, load_recipe
-
-    from .rundir import check_trusted, damaged, read_recipe_mapping
-
-    path = RunDir(run_dir).recipe
-    if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {path.name}")
-    data = read_recipe_mapping(path)
-    if not trust:
-        plugins = (pm or default_plugin_manager()).list_name_plugin()
-        loaded = [name for name, plugin in plugins]
-        loaded += [getattr(plugin, "__name__", "") for _, plugin in plugins]
-        check_trusted(Path(run_dir), data, loaded=loaded, command=command)
-    try:
-        return load_recipe(path, pm=pm)
-    except ThawkitError:
-        raise
-    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
-        raise damaged(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
-
-
-def read_data_info(run_dir: Path) -> dict[str, Any]:
-    """``data.json``: class names and preprocessing, checked (a damaged file is an error naming it)."""
-    from .rundir import damaged, read_json
-
-    path = RunDir(run_dir).data
-    info = read_json(path)
-    classes = info.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise damaged(path, "'classes' must be a non-empty list of class names")
-    prep = info.get("preprocess")
-    problem = _preprocess_problem(prep) if isinstance(prep, dict) else "it must be a JSON object"
-    if problem:
-        raise damaged(path, f"'preprocess': {problem}")
-    return info
-
-
-def _preprocess_problem(prep: dict[str, Any]) -> str | None:
-    import math
-
-    for key in ("image_size", "resize"):
-        v = prep.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
-            return f"{key} must be an integer from 1 to 4096, got {str(v)[:40]}"
-    for key in ("mean", "std"):
-        v = prep.get(key)
-        if not isinstance(v, list) or len(v) != 3 or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                and (key == "mean" or x != 0) for x in v):
-            return f"{key} must be 3 finite numbers{' (not 0)' if key == 'std' else ''}"
-    if not isinstance(prep.get("interpolation"), str):
-        return "interpolation must be a string"
-    if not isinstance(prep.get("augment"), bool):
-        return "augment must be true or false"
-    return None
-
-
 # ----------------------------------------------------------------- build
 def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
     """The recipe's schedule over ``optimizer`` for ``train.epochs`` epochs, and its interval."""
-    from .schedules import build_scheduler
-
     return build_scheduler(recipe.schedule, optimizer, pm=recipe.plugin_manager,
                            epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch)
 
@@ -240,9 +169,6 @@ def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_tr
     """A training batch of one image fails in BatchNorm layers that use batch statistics
     ("Expected more than 1 value per channel"): find out before training, with one forward
     pass per phase of a meta-device twin (no memory, no arithmetic, nothing of the run changed)."""
-    import torch
-    from thawkit import adapt_recipe
-
     twin = adapt_recipe(recipe, meta=True, num_classes=num_classes)
     for phase in twin.phases:
         twin.on_epoch_start(phase.epoch)
@@ -269,11 +195,6 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
     recipe, plan and data description. Nothing is written before every check has passed (a
     caller's own ``check(adapted, preprocess)`` included); of several processes (``world``),
     rank 0 alone writes. Plugins come from ``recipe.plugin_manager``."""
-    import torch
-    from thawkit import adapt_recipe
-
-    from .ddp import check_sync_bn, convert_sync_bn, process_device, shard
-
     t = recipe.train
     if recipe.optimizer.lr_scale:
         raise ConfigError("optimizer.lr_scale: true is timm's form, for your own loop that sets "
@@ -293,8 +214,6 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
     if resume:
         prep = Preprocess.from_dict(read_data_info(run_dir)["preprocess"])
     else:
-        from thawkit import data_config
-
         prep = Preprocess.resolve(data_config(adapted.model, pm=recipe.plugin_manager), recipe.data)
     if len(train) == 1 or recipe.data.batch_size == 1:
         check_single_batches(recipe, n, prep.image_size, len(train))
@@ -308,19 +227,13 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
     scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch)
     amp_dtype = amp_dtype_for(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    from .cache import decide
 
     cache = decide(adapted, recipe, prep, n_train=len(train), n_val=len(val), run_dir=run_dir,
                    device=device, processes=world.size)
     if check is not None:
         check(adapted, prep)
     if not resume and world.is_main:
-        import yaml
-
-        from .rundir import make_run_dir
-
         make_run_dir(run_dir)  # thawkit train made it already; thawkit probe and API callers not
-        from ..weights import arch_options
 
         recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
                                  arch=arch_options(adapted.model))
@@ -333,7 +246,6 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
             "classes": train.classes, "preprocess": prep.to_dict(),
             "train": {"dir": str(train.root), "images": len(train)},
             "val": {"dir": str(val.root), "images": len(val)}})
-        from .wise import record_start
 
         record_start(run_dir, recipe, adapted)
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,

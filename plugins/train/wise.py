@@ -13,17 +13,19 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, WeightsError
+from thawkit import ConfigError, WeightsError, adapt, load_backbone
 
 from ..interpolation import check_alpha, head_keys, interpolate, state_digest
+from ..weights import read_weights
+from .adapter_export import has_adapters
 from .checkpoint import save_weights, write_json
-from .rundir import RunDir
+from .run_model import RunModel, load_run_model
+from .rundir import RunDir, read_data_info, read_run_recipe
 
 if TYPE_CHECKING:
     import torch
     from thawkit import Adapted, Recipe, ThawkitPluginManager
 
-    from .inference import RunModel
     from .loop import Trainer
 
 START_FORMAT = "thawkit-start/1"
@@ -52,11 +54,6 @@ def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
                 ) -> dict[str, torch.Tensor]:
     """The weights run ``run_dir`` started from (outside the new head), checked against its
     ``start.json``; a :class:`~thawkit.WeightsError` saying what is missing when they cannot be had."""
-    from thawkit import adapt, load_backbone
-
-    from ..weights import read_weights
-    from .session import read_data_info, read_run_recipe
-
     run_dir = Path(run_dir)
     path = RunDir(run_dir).start
     if not path.is_file():
@@ -99,16 +96,12 @@ def wise_model(run_dir: str | Path, alpha: float, *, best: bool = False,
                pm: ThawkitPluginManager | None = None) -> RunModel:
     """The run's model (final weights, or ``best=True``) with its backbone interpolated:
     ``(1 - alpha) * start + alpha * fine_tuned``, the head the fine-tuned one."""
-    from .inference import load_run_model
-
     alpha = check_alpha(alpha, "WiSE-FT")
     return interpolate_run(load_run_model(run_dir, best=best, pm=pm), run_dir, alpha)
 
 
 def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float) -> RunModel:
     """``run`` (the loaded model of ``run_dir``) with its backbone interpolated in place."""
-    from .adapter_export import has_adapters
-
     if has_adapters(run.model):
         raise ConfigError(f"WiSE-FT: run {str(run_dir)!r} trains adapters "
                           f"({run.recipe.strategy.name}): its base weights never moved, so there "
