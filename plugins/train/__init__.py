@@ -12,7 +12,9 @@ Modules: ``data`` (ImageFolder checks, transforms, seeded order), ``session``
 loop), ``pipeline`` (batches in, logits out), ``rundir`` (the run directory's layout,
 :class:`~.rundir.RunDir`, its lock and readers), ``checkpoint`` (atomic files), ``plot``,
 ``run_model`` (a run's trained model), ``inference`` (predict, export),
-``demo`` and ``commands`` (the CLI subcommands), ``features`` (:class:`FeatureCache`, the
+``events`` (:class:`Run`, what the event hooks see, and the plugins a run registers for
+itself), ``loggers`` (``metrics.jsonl``, TensorBoard, MLflow), ``demo`` and ``commands`` (the CLI
+subcommands), ``features`` (:class:`FeatureCache`, the
 frozen prefix's outputs computed once, for your own loop), ``cache`` (when ``thawkit train``
 caches them), ``probe`` (``thawkit probe``: a learning-rate sweep of linear probes) and ``wise``
 (WiSE-FT for runs: their recorded starting weights, ``wise_model``, the end-of-run sweep).
@@ -29,7 +31,7 @@ _LAZY = {
     "load_run_model": "run_model", "predict": "inference", "export_run": "inference",
     "load_exported": "inference", "ExportError": "inference",
     "run_demo": "demo", "plot_run": "plot", "FeatureCache": "features",
-    "wise_model": "wise", "start_state": "wise",
+    "wise_model": "wise", "start_state": "wise", "Run": "events",
 }
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "FeatureCache",
     "Outcome",
     "Pipeline",
+    "Run",
     "Trainer",
     "export_run",
     "load_exported",

@@ -112,6 +112,7 @@ class RunDir:
     * ``start.json`` (and ``start.safetensors`` when the starting weights have no name to be
       loaded again by): what the run started from, for WiSE-FT;
     * ``run.lock``: held while a process writes the directory (:meth:`lock`);
+    * ``tensorboard/`` and ``mlflow/``: the TensorBoard and MLflow loggers' default stores;
     * ``cache/``: cached features; ``probe.json`` and ``heads.safetensors``: ``thawkit probe``'s.
     """
 
@@ -130,6 +131,8 @@ class RunDir:
     CACHE = "cache"
     PROBE = "probe.json"
     PROBE_HEADS = "heads.safetensors"
+    TENSORBOARD = "tensorboard"
+    MLFLOW = "mlflow"
     #: Every file a run writes into its directory (export refuses to overwrite them).
     FILES = (RECIPE, PLAN, DATA, METRICS, PLOT, MODEL, BEST, CHECKPOINT, STATUS, LOCK)
     #: Any of these means the directory holds a run already (a new run refuses it).
