@@ -106,7 +106,7 @@ class Run:
 def run_plugins(run: Run, callbacks: Sequence[object]) -> Iterator[None]:
     """Register ``callbacks`` (every process) and the recipe's loggers (rank 0) for one run;
     unregister them afterwards, whether the run ends well, fails, or a logger fails to build."""
-    from .loggers import active_loggers, logger_registry
+    from .sections import active_loggers, logger_registry
 
     pm = run.recipe.plugin_manager
     check_callbacks(pm, callbacks)

@@ -16,77 +16,23 @@ given the run's events as hooks. Third-party loggers work the same way.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from thawkit import ConfigError, format_validation_error, hookimpl
+from pydantic import BaseModel, ConfigDict, Field
+from thawkit import hookimpl
 
 from .checkpoint import append_jsonl, truncate_metrics
 from .rundir import RunDir, disk_errors
 
 if TYPE_CHECKING:
-    from thawkit import Registry, ThawkitPluginManager
 
     from .events import Run
-    from .sections import LoggerChoice, TrainSection
 
 TENSORBOARD_DIR = RunDir.TENSORBOARD
 MLFLOW_DIR = RunDir.MLFLOW
-
-
-def logger_registry(pm: ThawkitPluginManager) -> Registry:
-    """Logger factories by name, from every plugin's ``thawkit_register_loggers``."""
-    return pm.registry("thawkit_register_loggers", "logger")
-
-
-def active_loggers(train: TrainSection) -> list[LoggerChoice]:
-    """The loggers of a run: ``jsonl`` first (always), then those ``train.loggers`` names."""
-    from .sections import LoggerChoice
-
-    chosen = [LoggerChoice.of(item) for item in train.loggers]
-    return [LoggerChoice(name="jsonl"), *(c for c in chosen if c.name != "jsonl")]
-
-
-def check_loggers(items: Iterable[Any], pm: ThawkitPluginManager, where: str) -> None:
-    """Every name registered, listed once, its options valid and its packages installed."""
-    from .extras import available
-    from .sections import LoggerChoice
-
-    registry = logger_registry(pm)
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        choice, field = LoggerChoice.of(item), f"train.loggers.{index}"
-        factory = registry.get(choice.name, where=f"{where}: {field}")
-        if choice.name in seen:
-            raise ConfigError(f"{where}: {field}: logger {choice.name!r} is listed twice")
-        seen.add(choice.name)
-        params_model = getattr(factory, "Params", None)
-        if params_model is not None:
-            try:
-                params_model.model_validate(choice.params)
-            except ValidationError as exc:
-                raise ConfigError(format_validation_error(
-                    exc, where=where, prefix=("train", "loggers", index), model=params_model)) from None
-        else:  # no model: the factory's own keyword arguments are its options
-            signature = inspect.signature(factory)
-            try:
-                signature.bind(None, **choice.params)
-            except TypeError as exc:
-                options = ", ".join(list(signature.parameters)[1:]) or "none"
-                raise ConfigError(f"{where}: {field}: logger {choice.name!r} does not take these "
-                                  f"options ({exc}); its options: {options}") from None
-        requires: dict[str, str] = getattr(factory, "requires", {})
-        missing = [module for module in requires if not available(module)]
-        if missing:
-            raise ConfigError(
-                f"{where}: {field}: logger {choice.name!r} needs {', '.join(missing)}, which "
-                f"{'is' if len(missing) == 1 else 'are'} not installed; install "
-                f"{' '.join(requires[m] for m in missing)} (pip install "
-                f"{' '.join(repr(requires[m]) for m in missing)}), or leave it out of train.loggers")
 
 
 class _Options(BaseModel):

@@ -1,16 +1,20 @@
 """The recipe sections the training plugin adds: ``data``, ``train`` and ``schedule``."""
 from __future__ import annotations
 
+import inspect
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from thawkit import ConfigError, format_validation_error, quote
 
+from . import extras
 from .schedules import schedule_registry
 
 if TYPE_CHECKING:
-    from thawkit import ThawkitPluginManager
+    from collections.abc import Iterable
+
+    from thawkit import Registry, ThawkitPluginManager
 
 # torch is imported where a value needs it: recipes are validated against these sections torch-free.
 
@@ -140,8 +144,6 @@ class TrainSection(_Section):
 
     def resolve(self, pm: ThawkitPluginManager, where: str) -> None:
         """Check ``loggers`` against the registered ones, their options and their packages."""
-        from .loggers import check_loggers
-
         check_loggers(self.loggers, pm, where)
 
     @field_validator("wise_alphas")
@@ -174,3 +176,49 @@ def parse_size(value: Any) -> int | str:
         raise ValueError(f"expected auto, a number of bytes or a size such as 2GB or 512MiB, got "
                          f"{quote(value)}")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def logger_registry(pm: ThawkitPluginManager) -> Registry:
+    """Logger factories by name, from every plugin's ``thawkit_register_loggers``."""
+    return pm.registry("thawkit_register_loggers", "logger")
+
+
+def active_loggers(train: TrainSection) -> list[LoggerChoice]:
+    """The loggers of a run: ``jsonl`` first (always), then those ``train.loggers`` names."""
+    chosen = [LoggerChoice.of(item) for item in train.loggers]
+    return [LoggerChoice(name="jsonl"), *(c for c in chosen if c.name != "jsonl")]
+
+
+def check_loggers(items: Iterable[Any], pm: ThawkitPluginManager, where: str) -> None:
+    """Every name registered, listed once, its options valid and its packages installed."""
+    registry = logger_registry(pm)
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        choice, field = LoggerChoice.of(item), f"train.loggers.{index}"
+        factory = registry.get(choice.name, where=f"{where}: {field}")
+        if choice.name in seen:
+            raise ConfigError(f"{where}: {field}: logger {choice.name!r} is listed twice")
+        seen.add(choice.name)
+        params_model = getattr(factory, "Params", None)
+        if params_model is not None:
+            try:
+                params_model.model_validate(choice.params)
+            except ValidationError as exc:
+                raise ConfigError(format_validation_error(
+                    exc, where=where, prefix=("train", "loggers", index), model=params_model)) from None
+        else:  # no model: the factory's own keyword arguments are its options
+            signature = inspect.signature(factory)
+            try:
+                signature.bind(None, **choice.params)
+            except TypeError as exc:
+                options = ", ".join(list(signature.parameters)[1:]) or "none"
+                raise ConfigError(f"{where}: {field}: logger {choice.name!r} does not take these "
+                                  f"options ({exc}); its options: {options}") from None
+        requires: dict[str, str] = getattr(factory, "requires", {})
+        missing = [module for module in requires if not extras.available(module)]
+        if missing:
+            raise ConfigError(
+                f"{where}: {field}: logger {choice.name!r} needs {', '.join(missing)}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not installed; install "
+                f"{' '.join(requires[m] for m in missing)} (pip install "
+                f"{' '.join(repr(requires[m]) for m in missing)}), or leave it out of train.loggers")
