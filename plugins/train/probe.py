@@ -124,7 +124,9 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
     created = make_run_dir(run_dir, "probe --output")
     try:
         with run_lock(run_dir):  # one process writes a run directory at a time, as in train
-            check_new_run_dir(run_dir)
+            replaced = check_new_run_dir(run_dir, "probe")
+            if replaced:
+                log(f"note: {replaced}")
             with torch_flags_restored():
                 splits: list[Any] = []  # checked before prepare() writes the run's files
                 session = prepare(recipe, pm=pm, run_dir=run_dir,

@@ -9,7 +9,14 @@ from thawkit import ConfigError
 
 from .checkpoint import CHECKPOINT
 from .rundir import make_run_dir, remove_if_unused, remove_leftovers, run_lock, run_status
-from .session import RECIPE_FILE, check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
+from .session import (
+    RECIPE_FILE,
+    absolute_paths,
+    check_new_run_dir,
+    prepare,
+    read_run_recipe,
+    torch_flags_restored,
+)
 
 if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
@@ -53,9 +60,11 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
     created = make_run_dir(run_dir) if world.is_main else False
     try:
         with run_lock(run_dir):  # in a distributed job, rank 0 alone takes it
-            check_new_run_dir(run_dir)
+            replaced = check_new_run_dir(run_dir)
             if world.is_main:
                 remove_leftovers(run_dir)
+                if replaced:
+                    log(f"note: {replaced}")
             world.barrier()  # every process has checked before rank 0 writes
             with torch_flags_restored():
                 session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
@@ -155,7 +164,7 @@ def _already_done(trainer: Trainer) -> Outcome:
 
 
 def _check_same(given: Recipe, saved: Recipe, run_dir: Path) -> None:
-    a, b = given.model_dump(mode="json"), saved.model_dump(mode="json")
+    a, b = absolute_paths(given.model_dump(mode="json")), saved.model_dump(mode="json")
     for d in (a, b):
         d["train"].pop("output", None)
     if a["head"].get("num_classes") is None:
