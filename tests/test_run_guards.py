@@ -516,3 +516,15 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_folder
     err = one_error(capsys, "already holds a run", "choose another --output")
     assert "--resume" not in err
     assert status(run)["status"] == "finished"  # nothing of the finished run was touched
+
+
+def test_probe_never_suggests_resume(tmp_path, data, capsys):
+    """thawkit probe has no --resume: a corrupt image found while it caches features says so."""
+    shutil.copytree(data, tmp_path / "data")
+    broken = tmp_path / "data" / "val" / "cat" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(tmp_path / "data", tmp_path / "run",
+                                                           data={"augment": False}))
+    assert main(["probe", str(recipe), "--lr", "0.1"]) == 2
+    err = one_error(capsys, "1.png", "cannot be decoded", "then run thawkit probe again")
+    assert "--resume" not in err

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ConfigError
 from thawkit.plugins.split import frozen_prefix
 
+from .data import RESUME_ADVICE, DataError
+
 if TYPE_CHECKING:
     from thawkit import Adapted, Recipe, ThawkitPluginManager
 
@@ -135,6 +137,13 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
                 log(f"{session.describe()}; probing {len(lrs)} learning rates on features below "
                     "the head, computed once")
                 return _sweep(session, split, list(lrs), pm, log)
+    except DataError as exc:  # train's advice ends in --resume, which probe does not have
+        if created:
+            remove_if_unused(run_dir)
+        from .loop import _worker_message
+
+        raise DataError(_worker_message(exc).removesuffix(RESUME_ADVICE)
+                        + ", then run thawkit probe again") from None
     except BaseException:
         if created:
             remove_if_unused(run_dir)

@@ -182,7 +182,10 @@ def check_new_run_dir(run_dir: Path, command: str = "train") -> str | None:
 
     for name in present:
         path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     return (f"{run_dir} held a run that ended before its first checkpoint ({ended}); with nothing "
             f"to resume, this run replaces what it left ({', '.join(present)})")
 
