@@ -36,6 +36,8 @@ def cases(data: Path, tmp: Path) -> dict[str, tuple[dict, list[str]]]:
     """name: (recipe sections, words the message must hold)."""
     bad_image = write_folder(tmp / "bad", per_class=2)
     (bad_image / "dog" / "broken.png").write_bytes(b"not a png at all")
+    empty = write_folder(tmp / "empty", per_class=2)
+    (empty / "fox").mkdir()
     return {
         "missing data.train": ({"head": {"num_classes": 3},
                                 "data": {"train": str(tmp / "nowhere")}},
@@ -43,6 +45,7 @@ def cases(data: Path, tmp: Path) -> dict[str, tuple[dict, list[str]]]:
         "num_classes against the folders": ({"head": {"num_classes": 10}},
                                             ["head.num_classes is 10", "3 classes", "cat, dog, eel"]),
         "an unreadable image": ({"data": {"train": str(bad_image)}}, ["broken.png", "cannot be read"]),
+        "an empty class folder": ({"data": {"train": str(empty)}}, ["without images", "fox"]),
         "timm weights DEFAULT": ({"backbone": timm_backbone("resnet18", weights="DEFAULT")},
                                  ["backbone.weights", "'DEFAULT'", "pretrained: true"]),
         "vit at 32 px": ({"backbone": timm_backbone("vit_tiny_patch16_224"),
@@ -53,7 +56,8 @@ def cases(data: Path, tmp: Path) -> dict[str, tuple[dict, list[str]]]:
 
 
 @pytest.mark.parametrize("case", ["missing data.train", "num_classes against the folders",
-                                  "an unreadable image", "timm weights DEFAULT", "vit at 32 px"])
+                                  "an unreadable image", "an empty class folder",
+                                  "timm weights DEFAULT", "vit at 32 px"])
 def test_plan_refuses_what_train_refuses_in_the_same_words(case, data, tmp_path, capsys):
     sections, words = cases(data, tmp_path)[case]
     if "timm" in json.dumps(sections):
