@@ -57,9 +57,9 @@ def preflight(recipe: Recipe, *, pm: ThawkitPluginManager, data: bool = True,
     check_weights(recipe, pm=pm)
     twin = adapt_recipe(recipe, meta=True, num_classes=n)
     prep = prep or Preprocess.resolve(data_config(twin.model, pm=pm), recipe.data)
-    notes = data_warnings(train, val) if train and val else []
+    notes = data_warnings(train, val) if train is not None and val is not None else []
     notes += random_backbone_warnings(recipe, twin)  # before the forward pass moves its phases on
-    check_forward(recipe, twin, prep.image_size, n_train=len(train) if train else None)
+    check_forward(recipe, twin, prep.image_size, n_train=None if train is None else len(train))
     return Preflight(train, val, n, prep, notes)
 
 
