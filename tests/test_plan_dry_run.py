@@ -163,6 +163,14 @@ def test_a_freezing_strategy_on_random_weights_is_a_warning_at_plan_time(data, t
     [line] = [ln for ln in out.splitlines() if WARNING in ln]
     assert line.startswith("warning: torchvision:resnet18") and "head-only" in line
     assert "backbone.random_init_ok: true" in line and "backbone.weights: DEFAULT" in line
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        pass
+    else:  # adapters train beside a frozen base: the same warning
+        lora = {**d, "strategy": {"name": "lora", "rank": 4, "blocks": 1}}
+        assert main(["plan", str(write_recipe(recipe, lora))]) == 0
+        assert "strategy lora keeps" in capsys.readouterr().out
     for meant in ({"backbone": {**d["backbone"], "random_init_ok": True}},
                   {"strategy": {"name": "full"}}):
         assert main(["plan", str(write_recipe(recipe, {**d, **meant}))]) == 0
