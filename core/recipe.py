@@ -15,6 +15,7 @@ manager of its own (the shared built-ins and entry points, plus those plugins):
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ class BackboneSection(_Section):
     weights: str | None = Field(None, description="torchvision: null, DEFAULT, an enum name, or a "
                                 "local .pth/.safetensors file; timm: a local file.")
     pretrained: bool = Field(False, description="timm: download the published weights.")
+    random_init_ok: bool = Field(False, description="Mean it: a freezing strategy on random weights.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments.")
 
     @field_validator("kwargs")
@@ -149,11 +151,12 @@ def validate_recipe(data: dict[str, Any], *, where: str = "recipe",
     refs = data.get("plugins") or []
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         raise ConfigError(f"{where}: plugins: expected a list of module names or .py files")
+    data = {**data, "plugins": (refs := list(refs))} if refs else data  # the caller's stays as given
     if pm is None:
         pm = get_plugin_manager() if refs else default_plugin_manager()
-    for ref in refs:
-        if base is not None and ref.endswith(".py") and (base / ref).is_file():
-            ref = str(base / ref)  # relative to the recipe file first, then to the working folder
+    for i, ref in enumerate(refs):  # a .py file next to the recipe first, then in the working folder
+        found = [p for p in (base and base / ref, Path(ref)) if p and ref.endswith(".py") and p.is_file()]
+        refs[i] = ref = os.path.abspath(found[0]) if found else ref  # absolute: found from anywhere
         pm.load_local(ref)
     model = recipe_model(pm)
     try:

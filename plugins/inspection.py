@@ -131,6 +131,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ._builders import optimizer_errors
 
     recipe = load_recipe(args.recipe, overrides=args.set, pm=args.pm)
+    notes: list[str] = []
+    if "train" in args.pm.recipe_sections and "data" in args.pm.recipe_sections:
+        from thawkit.plugins.train.preflight import preflight
+
+        # train's dry run: every check it makes before its first step, in the same words (the
+        # data folders' too, unless --no-data or the recipe names none: a model-only recipe)
+        folders = recipe.section("data").train or recipe.section("data").val
+        notes = preflight(recipe, data=bool(folders) and not args.no_data).warnings
     adapted = adapt_recipe(recipe, meta=True, where=args.recipe)
     # the optimizer as train builds it (over the meta parameters), for its own checks of its
     # settings; not through adapted.optimizer(), which lists every plugin's optimizers (timm's too)
@@ -149,10 +157,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         cache = plan_decisions(recipe, adapted)
     if args.json:
-        print(json.dumps({**adapted.plan.to_dict(), "cache": [d.to_dict() for d in cache]}, indent=2))
+        print(json.dumps({**adapted.plan.to_dict(), "cache": [d.to_dict() for d in cache],
+                          "warnings": notes}, indent=2))
     else:
         print(adapted.plan)
-        for line in summary_lines(cache):
+        for line in [*summary_lines(cache), *(f"warning: {note}" for note in notes)]:
             print(line)
     return 0
 
@@ -228,4 +237,7 @@ def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set optimizer.lr=0.01")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--no-data", action="store_true",
+                   help="plan without the data folders (not here yet): all of train's checks but "
+                        "theirs; the class count comes from head.num_classes")
     p.set_defaults(func=cmd_plan)

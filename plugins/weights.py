@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,13 +49,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if problem:
         raise WeightsError(f"weights file {quote(str(path))} {problem}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        try:
+        with _safetensors_errors(path):
             state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"weights file {quote(str(path))} is not a valid safetensors file: "
-                               f"{shorten(str(exc))}") from None
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -73,6 +71,34 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise _corrupt(path, sniff(path) or shorten(first)) from None
     return _unwrap(state, path)
+
+
+def check_weights_header(path: str | os.PathLike) -> None:
+    """The checks of :func:`read_weights` that need no tensor read: a regular file, a safetensors
+    header that parses, or the first bytes of a torch file (a :class:`~thawkit.WeightsError`)."""
+    path = Path(path)
+    problem = not_a_file(path)
+    if problem:
+        raise WeightsError(f"weights file {quote(str(path))} {problem}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        with _safetensors_errors(path), safe_open(str(path), "pt") as f:
+            f.keys()
+    else:
+        kind = sniff(path)
+        if kind:
+            raise _corrupt(path, kind)
+
+
+@contextmanager
+def _safetensors_errors(path: Path) -> Iterator[None]:
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"weights file {quote(str(path))} is not a valid safetensors file: "
+                           f"{shorten(str(exc))}") from None
 
 
 def not_a_file(path: Path) -> str | None:

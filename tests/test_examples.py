@@ -102,7 +102,8 @@ def test_example_script_runs(name):
 
 
 def missing_inputs(recipe: thawkit.Recipe) -> list[str]:
-    """Local files a recipe must find before it can plan: weights, and data to count classes."""
+    """Local files a recipe must find before it can plan without its data: weights, and data
+    to count classes."""
     needed = []
     weights = recipe.backbone.weights
     if weights and weights.endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors")):
@@ -110,6 +111,10 @@ def missing_inputs(recipe: thawkit.Recipe) -> list[str]:
     if recipe.head.num_classes is None and recipe.data.train:
         needed.append(recipe.data.train)
     return [path for path in needed if not (ROOT / path).exists()]
+
+
+def has_data(recipe: thawkit.Recipe) -> bool:
+    return all((ROOT / path).is_dir() for path in (recipe.data.train, recipe.data.val) if path)
 
 
 def load_example_recipe(name: str) -> thawkit.Recipe:
@@ -128,7 +133,8 @@ def test_example_recipe_plans(name, in_root):
     missing = missing_inputs(load_example_recipe(name))
     if missing:
         pytest.skip(f"needs {', '.join(missing)}, written by `thawkit demo` or your own data")
-    code, out = in_root(["plan", f"examples/recipes/{name}"])
+    recipe = load_example_recipe(name)
+    code, out = in_root(["plan", f"examples/recipes/{name}", *([] if has_data(recipe) else ["--no-data"])])
     assert code == 0, out
     assert out.startswith(f"strategy {load_example_recipe(name).strategy.name}")
     assert "\ntotal " in out
@@ -176,10 +182,11 @@ def test_pages_show_every_example():
     shown = {(kind, target.split("#")[0]) for _, kind, target, _ in marked_blocks()}
     for path in ([f"examples/{n}" for n in SCRIPTS] + [f"examples/recipes/{n}" for n in RECIPES]
                  + [f"docs/snippets/{n}" for n in SNIPPETS]):
-        assert ("file", path) in shown or ("output", f"thawkit plan {path}") in shown, \
+        assert ("file", path) in shown or ("output", f"thawkit plan {path}") in shown \
+            or ("output", f"thawkit plan {path} --no-data") in shown, \
             f"neither the README nor docs/ shows {path}"
     assert ("output", "thawkit strategies") in shown
-    assert ("output", "thawkit plan examples/recipes/resnet18_gradual.yaml") in shown
+    assert ("output", "thawkit plan examples/recipes/resnet18_gradual.yaml --no-data") in shown
 
 
 @pytest.mark.parametrize("page", PAGES, ids=name_of)

@@ -244,8 +244,9 @@ def test_plan_names_what_a_weights_path_is(tmp_path):
         path = tmp_path / "r.yaml"
         path.write_text(yaml.safe_dump({**BASE, "backbone": {"source": "torchvision", "name": "resnet18",
                                                              "weights": str(cases[case][0])}}))
-        code, _, err = cli("plan", str(path))
-        assert_clean(code, err, "is not a regular file")
+        code, _, err = cli("plan", str(path))  # in train's words: the source's own check
+        assert_clean(code, err, "backbone.weights: weights file", str(cases[case][0]),
+                     "not a weights file")
 
 
 # ---------------------------------------------------------- gradual phases
@@ -340,15 +341,23 @@ def test_one_training_image_with_training_batchnorm_is_named_before_training(tmp
 
 def test_the_batchnorm_check_passes_what_trains(tmp_path, pm):
     """Frozen BatchNorm statistics, or BatchNorm over larger maps, train on single images."""
-    from thawkit.plugins.train.session import check_single_batches
+    from thawkit import adapt_recipe
+    from thawkit.plugins.train.preflight import check_forward
+
+    def check_single_batches(recipe, num_classes, image_size, n_train):
+        twin = adapt_recipe(recipe, meta=True, num_classes=num_classes)
+        check_forward(recipe, twin, image_size, n_train=n_train)
 
     frozen = _recipe(tmp_path, tmp_path / "run", pm, backbone={
         "source": "torchvision", "name": "resnet18", "kwargs": {}}, strategy={"name": "head-only"})
     check_single_batches(frozen, 2, 16, 1)
     cnn = _recipe(tmp_path, tmp_path / "run", pm, strategy={"name": "full"})  # the small CNN: 2x2 maps
     check_single_batches(cnn, 2, 16, 1)
-    full = _recipe(tmp_path, tmp_path / "run", pm, backbone={
-        "source": "torchvision", "name": "resnet18", "kwargs": {}}, strategy={"name": "full"})
+    from test_train import load, recipe_dict
+
+    full = load(recipe_dict(tmp_path, tmp_path / "run", backbone={
+        "source": "torchvision", "name": "resnet18", "kwargs": {}}, strategy={"name": "full"},
+        data={"batch_size": 1}), pm)
     with pytest.raises(Exception, match="data.batch_size is 1"):
         check_single_batches(full, 2, 16, 5)
 

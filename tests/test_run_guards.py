@@ -487,3 +487,44 @@ def test_an_abort_mid_epoch_marks_the_run_interrupted(tmp_path, data, pm):
     assert f"keeps its last good checkpoint ({run / 'checkpoint.pt'}, after epoch 1)" in \
         status(run)["message"]
     assert resume(run, pm=pm, log=quiet).status == "finished"
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_folder(tmp_path, data,
+                                                                                 capsys):
+    """Nothing to resume, so the next train replaces what it left and says what that was; a run
+    with a checkpoint still blocks, and probe (which has no --resume) does not suggest it."""
+    from test_train import CLASSES, write_folder
+
+    shutil.copytree(data, tmp_path / "data")
+    broken = tmp_path / "data" / "val" / "cat" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # the header reads, the pixels do not
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(tmp_path / "data", run))
+    assert main(["train", str(recipe)]) == 2
+    one_error(capsys, "1.png")
+    left = sorted(p.name for p in run.iterdir())
+    assert "recipe.yaml" in left and "checkpoint.pt" not in left and status(run)["status"] == "failed"
+    write_folder(tmp_path / "data" / "val", CLASSES, 3, seed=2)
+    assert main(["train", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {run} held a run that ended before its first checkpoint (failed: image" in out
+    assert "this run replaces what it left (data.json, plan.json, recipe.yaml, run.json" in out
+    assert status(run)["status"] == "finished"
+    assert main(["train", str(recipe)]) == 2
+    one_error(capsys, "already holds a run", f"--resume {run}")
+    assert main(["probe", str(recipe), "--lr", "0.1"]) == 2
+    err = one_error(capsys, "already holds a run", "choose another --output")
+    assert "--resume" not in err
+    assert status(run)["status"] == "finished"  # nothing of the finished run was touched
+
+
+def test_probe_never_suggests_resume(tmp_path, data, capsys):
+    """thawkit probe has no --resume: a corrupt image found while it caches features says so."""
+    shutil.copytree(data, tmp_path / "data")
+    broken = tmp_path / "data" / "val" / "cat" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(tmp_path / "data", tmp_path / "run",
+                                                           data={"augment": False}))
+    assert main(["probe", str(recipe), "--lr", "0.1"]) == 2
+    err = one_error(capsys, "1.png", "cannot be decoded", "then run thawkit probe again")
+    assert "--resume" not in err

@@ -41,9 +41,10 @@ import sys
 import warnings
 from collections.abc import Callable
 from itertools import chain
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, UnknownNameError, WeightsError, hookimpl
+from thawkit import ConfigError, UnknownNameError, WeightsError, hookimpl, quote
 
 from .layout import describe, final_classifiers, is_timm, reset_head
 
@@ -83,6 +84,8 @@ class TimmSource:
             raise ConfigError(f"{where}: pretrained weights cannot be loaded on the meta device")
         if not timm.is_model(name):
             raise UnknownNameError("timm model", name, timm.list_models(), where=where)
+        if weights is not None:
+            _check_weights_file(name, weights)
         meta = str(device) == "meta"
         with _on_meta() if meta else contextlib.nullcontext():
             try:
@@ -99,6 +102,17 @@ class TimmSource:
         if device is not None and not meta:
             model.to(device)
         return model
+
+
+def _check_weights_file(name: str, weights: Any) -> None:
+    """timm's published weights come with ``pretrained``; ``weights`` is a local file only."""
+    from ..weights import not_a_file
+
+    problem = not_a_file(Path(weights))
+    if problem:
+        raise WeightsError(f"backbone.weights: weights file {quote(str(weights))} {problem}; timm:"
+                           f"{name} takes its published weights with pretrained: true (in a recipe, "
+                           "backbone.pretrained: true), and weights names a local file only")
 
 
 #: in-place initialisers (tensor methods and ``torch.nn.init`` functions) that return their input

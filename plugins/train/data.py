@@ -39,6 +39,11 @@ class DataError(ThawkitError):
     """An image that cannot be read, or a data directory that cannot be used."""
 
 
+#: how a decoding error ends in ``thawkit train`` (``thawkit probe``, which has no --resume, says
+#: its own)
+RESUME_ADVICE = ", then continue with --resume"
+
+
 # ------------------------------------------------------------------ folders
 @dataclass
 class ImageFolderData:
@@ -155,7 +160,7 @@ def load_image(file: str):
             return img.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - any decoder failure: name the file, never a bare PIL trace
         raise DataError(f"image {file!r} cannot be decoded ({type(exc).__name__}: {exc}); fix or "
-                        "remove the file, then continue with --resume") from None
+                        f"remove the file{RESUME_ADVICE}") from None
 
 
 # --------------------------------------------------------------- transforms

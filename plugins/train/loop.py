@@ -273,6 +273,23 @@ class Trainer:
         return Outcome("finished", st.epoch, f"finished {s.epochs} epochs{best}; weights in "
                        f"{s.files.model}")
 
+    def _forward(self, x, validating: bool = False):
+        """The pipeline's forward pass; an exception the model raises becomes a message that names
+        the model, the input shape and the field to change (:func:`~.preflight.model_error`)."""
+        import torch
+
+        try:
+            return self.pipeline.forward(x)
+        except (ThawkitError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's own code: worded, not a plugin's bug
+            from .preflight import model_error
+
+            st = self.state
+            when = f" in validation after epoch {st.epoch + 1}" if validating else \
+                f" at epoch {st.epoch + 1}, step {st.step + 1}"
+            raise model_error(self.s.recipe, self.s.model, tuple(x.shape), exc, when) from exc
+
     def _interrupted_message(self) -> str:
         st = self.state
         where = f"epoch {st.epoch + 1}, step {st.step}" if st.step else f"the end of epoch {st.epoch}"
@@ -295,7 +312,7 @@ class Trainer:
             for x, y in self.pipeline.train_batches(st.epoch, st.step):
                 with torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32,
                                     enabled=s.amp_dtype is not None):
-                    logits = self.pipeline.forward(x)
+                    logits = self._forward(x)
                     loss = self.criterion(logits.float(), y)
                 value, n = float(loss.detach()), int(y.shape[0])
                 correct = int((logits.detach().argmax(1) == y).sum())
@@ -353,7 +370,7 @@ class Trainer:
         with torch.no_grad(), torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32,
                                              enabled=s.amp_dtype is not None):
             for x, y in self.pipeline.val_batches():
-                logits = self.pipeline.forward(x).float()
+                logits = self._forward(x, validating=True).float()
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 top1 += int((logits.argmax(1) == y).sum())
                 if self.num_classes >= 5:

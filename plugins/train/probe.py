@@ -36,6 +36,8 @@ from .checkpoint import save_weights, write_json
 from .rundir import RunDir, make_run_dir, remove_if_unused, run_lock
 from .schedules import end_epoch
 from .session import check_new_run_dir, make_scheduler, prepare, torch_flags_restored
+from .data import RESUME_ADVICE, DataError
+from .loop import _worker_message
 
 if TYPE_CHECKING:
     from thawkit import Adapted, Recipe, ThawkitPluginManager
@@ -128,7 +130,9 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
     created = make_run_dir(run_dir, "probe --output")
     try:
         with run_lock(run_dir):  # one process writes a run directory at a time, as in train
-            check_new_run_dir(run_dir)
+            replaced = check_new_run_dir(run_dir, "probe")
+            if replaced:
+                log(f"note: {replaced}")
             with torch_flags_restored():
                 splits: list[Any] = []  # checked before prepare() writes the run's files
                 session = prepare(recipe, run_dir=run_dir,
@@ -137,6 +141,11 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
                 log(f"{session.describe()}; probing {len(lrs)} learning rates on features below "
                     "the head, computed once")
                 return _sweep(session, split, list(lrs), log)
+    except DataError as exc:  # train's advice ends in --resume, which probe does not have
+        if created:
+            remove_if_unused(run_dir)
+        raise DataError(_worker_message(exc).removesuffix(RESUME_ADVICE)
+                        + ", then run thawkit probe again") from None
     except BaseException:
         if created:
             remove_if_unused(run_dir)

@@ -139,6 +139,9 @@ class RunDir:
     TAKEN = (CHECKPOINT, METRICS, RECIPE, MODEL)
     #: Files of a run that stopped before its first checkpoint; a restart writes them afresh.
     STALE_WITHOUT_CHECKPOINT = (METRICS, BEST, STATUS, PLOT)
+    #: what a run that ended before its first checkpoint can leave behind: nothing to resume, so
+    #: a new run into its directory replaces it (the feature cache, if a kill left it, included)
+    EARLY = (RECIPE, PLAN, DATA, METRICS, STATUS, PLOT, START, START_WEIGHTS, CACHE)
 
     recipe = _file(RECIPE)
     plan = _file(PLAN)

@@ -22,7 +22,7 @@ from .rundir import (
     run_lock,
     run_status,
 )
-from .session import check_new_run_dir, prepare, torch_flags_restored
+from .session import absolute_paths, check_new_run_dir, prepare, torch_flags_restored
 
 if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
@@ -63,9 +63,11 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
     created = make_run_dir(run_dir) if world.is_main else False
     try:
         with run_lock(run_dir):  # in a distributed job, rank 0 alone takes it
-            check_new_run_dir(run_dir)
+            replaced = check_new_run_dir(run_dir)
             if world.is_main:
                 remove_leftovers(run_dir)
+                if replaced:
+                    log(f"note: {replaced}")
             world.barrier()  # every process has checked before rank 0 writes
             with torch_flags_restored():
                 session = prepare(recipe, run_dir=run_dir, world=world)
@@ -158,7 +160,7 @@ def _already_done(trainer: Trainer) -> Outcome:
 
 
 def _check_same(given: Recipe, saved: Recipe, run_dir: Path) -> None:
-    a, b = given.model_dump(mode="json"), saved.model_dump(mode="json")
+    a, b = absolute_paths(given.model_dump(mode="json")), saved.model_dump(mode="json")
     for d in (a, b):
         d["train"].pop("output", None)
     if a["head"].get("num_classes") is None:

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import yaml
-from thawkit import ConfigError, adapt_recipe, data_config, validate_recipe
+from thawkit import ConfigError, adapt_recipe, validate_recipe
 
 from ..weights import arch_options
 from .cache import CacheDecision, decide
 from .checkpoint import write_json, write_text
-from .data import Loaders, Preprocess, build_loaders, check_classes, data_warnings, scan_folder
+from .data import Loaders, Preprocess, build_loaders
 from .ddp import World, check_sync_bn, convert_sync_bn, process_device, shard
-from .rundir import RunDir, make_run_dir, read_data_info
+from .preflight import preflight
+from .rundir import RunDir, make_run_dir, read_data_info, read_json
 from .schedules import build_scheduler
 from .wise import record_start
 
@@ -137,25 +138,68 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 # -------------------------------------------------------------- run dirs
-def check_new_run_dir(run_dir: Path) -> None:
-    """A new run never overwrites another run's files."""
+def check_new_run_dir(run_dir: Path, command: str = "train") -> str | None:
+    """A new run never overwrites another run's files. What a run left that ended before its
+    first checkpoint (a bad recipe, a corrupt image) is no run to continue: it is removed, and
+    the returned line says what it was (None: nothing was there). Call it holding the run lock."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"train.output: {str(run_dir)!r} exists and is not a directory")
-    if run_dir.is_dir():
-        taken = [n for n in RunDir.TAKEN if (run_dir / n).exists()]
-        if taken:
-            raise ConfigError(f"train.output: {str(run_dir)!r} already holds a run ({', '.join(taken)});"
-                              f" continue it with --resume {run_dir}, or choose another --output")
+    if not run_dir.is_dir():
+        return None
+    present = sorted(p.name for p in run_dir.iterdir()
+                     if p.name != RunDir.LOCK and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    taken = [n for n in RunDir.TAKEN if n in present]
+    if not taken:
+        return None
+    if not set(present) <= set(RunDir.EARLY):
+        again = f"continue it with thawkit train --resume {run_dir}, or " if command == "train" else ""
+        raise ConfigError(f"train.output: {str(run_dir)!r} already holds a run ({', '.join(taken)});"
+                          f" {again}choose another --output")
+    try:
+        info = read_json(RunDir(run_dir).status)
+        ended = f"{info.get('status', 'unknown')}: {str(info.get('message') or '')[:300]}".rstrip(": ")
+    except ConfigError:
+        ended = "it left no readable run.json"
+    import shutil
+
+    for name in present:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return (f"{run_dir} held a run that ended before its first checkpoint ({ended}); with nothing "
+            f"to resume, this run replaces what it left ({', '.join(present)})")
 
 
 def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
                     arch: dict[str, Any] | None = None) -> Recipe:
-    data = recipe.model_dump(mode="json")
+    data = absolute_paths(recipe.model_dump(mode="json"))
     data["head"]["num_classes"] = num_classes
     # options that the published weights implied, so predict/export rebuild the same network
     data["backbone"]["kwargs"] = {**(arch or {}), **data["backbone"]["kwargs"]}
-    data["train"]["output"] = str(run_dir)
+    data["train"]["output"] = os.path.abspath(run_dir)
     return validate_recipe(data, where=str(RunDir(run_dir).recipe), pm=recipe.plugin_manager)
+
+
+def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe mapping whose ``.py`` plugin files, data folders and weights file are absolute,
+    so the run's ``recipe.yaml`` finds them from any working directory (``--resume``)."""
+    from .preflight import is_file
+
+    def absolute(path: Any, *, exists: bool = True) -> Any:
+        if not isinstance(path, str) or (exists and not is_file(path)):
+            return path
+        return os.path.abspath(Path(path).expanduser())
+
+    data["plugins"] = [absolute(r) if r.endswith(".py") else r for r in data.get("plugins") or []]
+    for key in ("train", "val"):
+        if isinstance(data.get("data"), dict) and data["data"].get(key):
+            data["data"][key] = absolute(data["data"][key], exists=False)
+    data["backbone"]["weights"] = absolute(data["backbone"].get("weights"))
+    return data
+
+
 
 
 # ----------------------------------------------------------------- build
@@ -163,29 +207,6 @@ def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
     """The recipe's schedule over ``optimizer`` for ``train.epochs`` epochs, and its interval."""
     return build_scheduler(recipe.schedule, optimizer, pm=recipe.plugin_manager,
                            epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch)
-
-
-def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_train: int) -> None:
-    """A training batch of one image fails in BatchNorm layers that use batch statistics
-    ("Expected more than 1 value per channel"): find out before training, with one forward
-    pass per phase of a meta-device twin (no memory, no arithmetic, nothing of the run changed)."""
-    twin = adapt_recipe(recipe, meta=True, num_classes=num_classes)
-    for phase in twin.phases:
-        twin.on_epoch_start(phase.epoch)
-        twin.model.train()
-        try:
-            twin.model(torch.empty(1, 3, image_size, image_size, device="meta"))
-        except ValueError as exc:
-            if "more than 1 value per channel" not in str(exc):
-                continue
-            cause = "data.train has one image" if n_train == 1 else "data.batch_size is 1"
-            raise ConfigError(
-                f"{cause}, so a training batch holds one image, and BatchNorm layers that train "
-                f"(from epoch {phase.epoch}) cannot normalise one value per channel ({exc}); use "
-                "more training images and data.batch_size >= 2, or keep BatchNorm statistics "
-                "frozen (a strategy with norm: frozen or affine)") from None
-        except Exception:  # noqa: BLE001 - a model the meta device cannot run: the run will tell
-            return
 
 
 def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
@@ -196,14 +217,11 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
     caller's own ``check(adapted, preprocess)`` included); of several processes (``world``),
     rank 0 alone writes. Plugins come from ``recipe.plugin_manager``."""
     t = recipe.train
-    if recipe.optimizer.lr_scale:
-        raise ConfigError("optimizer.lr_scale: true is timm's form, for your own loop that sets "
-                          "lr = base * lr_scale; thawkit train's schedules scale each group's lr "
-                          "(the multipliers baked in), so leave optimizer.lr_scale false")
     seed_everything(t.seed, t.deterministic)
-    train = scan_folder(recipe.data.train, "data.train")
-    val = scan_folder(recipe.data.val, "data.val")
-    n = check_classes(train, val, recipe.head.num_classes)
+    kept = Preprocess.from_dict(read_data_info(run_dir)["preprocess"]) if resume else None
+    checked = preflight(recipe, prep=kept)  # what thawkit plan checks too
+    train, val, n, prep = checked.train, checked.val, checked.num_classes, checked.prep
+    assert train is not None and val is not None and n is not None  # preflight with data
     world = world or World()
     device = process_device(world, pick_device(t.device))
     if t.sync_bn:
@@ -211,12 +229,6 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
     adapted = adapt_recipe(recipe, num_classes=n)
     if t.sync_bn and world.distributed:
         convert_sync_bn(adapted.model)
-    if resume:
-        prep = Preprocess.from_dict(read_data_info(run_dir)["preprocess"])
-    else:
-        prep = Preprocess.resolve(data_config(adapted.model, pm=recipe.plugin_manager), recipe.data)
-    if len(train) == 1 or recipe.data.batch_size == 1:
-        check_single_batches(recipe, n, prep.image_size, len(train))
     adapted.model.to(device)
     optimizer = adapted.optimizer(recipe.optimizer)
     loaders = build_loaders(train, val, prep, batch_size=recipe.data.batch_size,
@@ -249,4 +261,4 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
 
         record_start(run_dir, recipe, adapted)
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,
-                   amp_dtype, scaler, cache, data_warnings(train, val), world)
+                   amp_dtype, scaler, cache, checked.warnings, world)
