@@ -246,6 +246,57 @@ def test_failed_register_leaves_the_shared_manager_usable(clean_env):
     assert "every-other" in thawkit.list_strategies()
 
 
+
+def test_register_loads_a_plugin_file_by_path(clean_env, tmp_path):
+    path = tmp_path / "my_strategy.py"
+    path.write_text(STRATEGY_PLUGIN.format(cls="FromFile", strategy="from-file"))
+    assert "from-file" not in thawkit.list_strategies()
+    name = thawkit.register(str(path))
+    assert name == str(path) and "from-file" in thawkit.list_strategies()
+    assert thawkit.default_plugin_manager().strategies.entries["from-file"].plugin == str(path)
+    thawkit.adapt(_mlp(), "from-file", num_classes=2)
+
+
+def test_register_loads_a_plugin_module_by_name(clean_env, tmp_path, monkeypatch):
+    (tmp_path / "named_strategy_plugin.py").write_text(STRATEGY_PLUGIN.format(cls="ByName",
+                                                                              strategy="by-name"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert thawkit.register("named_strategy_plugin") == "named_strategy_plugin"
+    assert "by-name" in thawkit.list_strategies()
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("my_strategy.py", r"plugin file 'my_strategy.py' does not exist \(in '.*'\)"),
+    ("my_strtegy", r"plugin 'my_strtegy' failed to import: ModuleNotFoundError: .*; give an "
+                   r"importable module name or a \.py file's path"),
+])
+def test_register_refuses_a_missing_file_or_module(clean_env, tmp_path, monkeypatch, ref, expected):
+    monkeypatch.chdir(tmp_path)
+    before = set(thawkit.default_plugin_manager().list_name_plugin())
+    with pytest.raises(thawkit.PluginError, match=expected):
+        thawkit.register(ref)
+    assert set(thawkit.default_plugin_manager().list_name_plugin()) == before
+
+
+@pytest.mark.parametrize("what", ["object", "module", "unmarked", "file"])
+def test_register_refuses_what_has_no_thawkit_hook(clean_env, tmp_path, what):
+    class Unmarked:  # a hook's name, but no @thawkit.hookimpl
+        def thawkit_register_strategies(self, register):
+            raise AssertionError("never called")
+
+    path = tmp_path / "no_hooks.py"
+    path.write_text("def helper():\n    return 1\n")
+    plugin = {"object": object(), "module": json, "unmarked": Unmarked(), "file": str(path)}[what]
+    pm = thawkit.default_plugin_manager()
+    before = set(pm.list_name_plugin())
+    with pytest.raises(thawkit.PluginError, match="is not a thawkit plugin: it has no thawkit_ hook.*"
+                                                   "@thawkit.hookimpl.*module name or .py file path"):
+        thawkit.register(plugin)
+    assert set(pm.list_name_plugin()) == before
+    with pytest.raises(thawkit.PluginError, match="is not a thawkit plugin"):
+        pm.add_plugin(plugin)  # the same on a manager of one's own
+
+
 # ------------------------------------------------------------------ entry points
 def test_entry_point_plugin_is_discovered(make_dist):
     make_dist("thawkit-demo", "1.2.3", {"demo": "thawkit_demo_plugin"},
