@@ -166,7 +166,7 @@ def test_public_api_with_a_registered_strategy(pm):
     assert row.lr == pytest.approx(1e-3 * 0.5 ** 2)
     table = str(plan)
     assert table.splitlines()[0].startswith("strategy two-step")
-    assert "e0" in table and "e3" in table and "head" in table
+    assert "e1" in table and "e4" in table and "head" in table
     data = json.loads(plan.to_json())
     names = [n for n, _ in adapted.model.named_parameters()]
     assert [p["name"] for p in data["parameters"]] == names

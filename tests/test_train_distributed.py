@@ -222,7 +222,7 @@ def test_rank_0_alone_writes_the_run_directory(ddp_run):
         "status": "finished", "writes": [], "codes": [0, 0], "statuses": ["interrupted", "finished"]}
     assert json.loads((tmp / "rank0.json").read_text())["codes"] == [0, 0]
     run = tmp / "ddp"
-    assert [r["epoch"] for r in rows(run)] == [0, 1, 2]  # one writer: each epoch once
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3]  # one writer: each epoch once
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no stray temporary files
     new_runs = 3 + (tmp / "lora").is_dir()  # the lora run where peft is installed

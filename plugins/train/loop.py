@@ -359,7 +359,8 @@ class Trainer:
         return loss * (n * self.world.size / n_all), total / n_all, int(n_all), int(correct_all)
 
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (plain cross-entropy), top-1 and, with 5 or more classes, top-5."""
+        """Validation loss (plain cross-entropy), top-1 and, with more than 5 classes, top-5 (with
+        5 or fewer it would always read 100%)."""
         import torch
         import torch.nn.functional as F
 
@@ -372,13 +373,13 @@ class Trainer:
                 logits = self.pipeline.forward(x).float()
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 top1 += int((logits.argmax(1) == y).sum())
-                if self.num_classes >= 5:
+                if self.num_classes > 5:
                     top5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
                 n += int(y.shape[0])
         if self.world.distributed:  # each process evaluated its own images: sum the counts
             loss_sum, top1, top5, n = self.world.sum([loss_sum, top1, top5, n])
         out = {"val_loss": loss_sum / n, "val_top1": top1 / n}
-        if self.num_classes >= 5:
+        if self.num_classes > 5:
             out["val_top5"] = top5 / n
         return out
 
@@ -395,7 +396,7 @@ class Trainer:
             else:
                 s.scheduler.step()
         adapted = s.adapted
-        record = {"epoch": st.epoch, "phase": adapted.phase,
+        record = {"epoch": st.epoch + 1, "phase": adapted.phase,  # counted from 1, as printed
                   "phase_label": adapted.phases[adapted.phase].label,
                   "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
                   "lrs": st.lrs, "train_loss": st.loss_sum / max(st.seen, 1),
@@ -418,8 +419,8 @@ class Trainer:
         top5 = f" top5 {100 * r['val_top5']:.2f}%" if "val_top5" in r else ""
         phases = self.s.adapted.phases
         label = f" ({r['phase_label']})" if len(phases) > 1 and r["phase_label"] and \
-            phases[r["phase"]].epoch == r["epoch"] else ""  # the first epoch of each phase
-        return (f"epoch {r['epoch'] + 1}/{self.s.epochs} phase {r['phase']}{label} "
+            phases[r["phase"]].epoch == r["epoch"] - 1 else ""  # the first epoch of each phase
+        return (f"epoch {r['epoch']}/{self.s.epochs} phase {r['phase']}{label} "
                 f"trainable {r['trainable_params']:,} lr {lr:.3g} train_loss {r['train_loss']:.4f} "
                 f"val_loss {r['val_loss']:.4f} top1 {100 * r['val_top1']:.2f}%{top5} "
                 f"{r['seconds']:.1f}s")
@@ -456,7 +457,7 @@ class Trainer:
         write_json(self.s.run_dir / "run.json", {
             "status": status, "message": message, "epochs": self.s.epochs,
             "epochs_done": st.epoch, "best_top1": st.best_top1 if st.best_epoch >= 0 else None,
-            "best_epoch": st.best_epoch if st.best_epoch >= 0 else None,
+            "best_epoch": st.best_epoch + 1 if st.best_epoch >= 0 else None,  # counted from 1
             "device": str(self.s.device),
             "amp": str(self.s.amp_dtype).replace("torch.", "") if self.s.amp_dtype else None,
             **({"wise": self.wise} if self.wise else {})})
