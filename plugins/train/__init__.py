@@ -25,7 +25,7 @@ _LAZY = {
     "Trainer": "loop", "Pipeline": "loop", "Outcome": "loop", "DivergedError": "loop",
     "DataError": "data", "CheckpointError": "checkpoint",
     "load_run_model": "inference", "predict": "inference", "export_run": "inference",
-    "load_exported": "inference", "ExportError": "inference",
+    "load_exported": "inference", "exported_transform": "inference", "ExportError": "inference",
     "run_demo": "demo", "plot_run": "plot", "FeatureCache": "features",
     "wise_model": "wise", "start_state": "wise",
 }
@@ -40,6 +40,7 @@ __all__ = [
     "Pipeline",
     "Trainer",
     "export_run",
+    "exported_transform",
     "load_exported",
     "load_run_model",
     "plot_run",
