@@ -402,11 +402,11 @@ class ThawkitPluginManager(pluggy.PluginManager):
         file path to import: :meth:`load_local`) and validate it; on failure nothing of it stays."""
         if isinstance(plugin, str):
             return self.get_name(self.load_local(plugin))
-        if not any(n.startswith("thawkit_") and self.parse_hookimpl_opts(plugin, n) is not None
-                   for n in dir(plugin)):
-            raise PluginError(f"{quote(plugin)} is not a thawkit plugin: it has no thawkit_ hook (a function "
-                              "named after a hook of thawkit/hookspecs.py, marked @thawkit.hookimpl); give "
-                              "a module or object with such hooks, or a module name or .py file path")
+        if not any(self.parse_hookimpl_opts(plugin, n) for n in dir(plugin) if n.startswith("thawkit_")):
+            raise PluginError(f"{f'plugin {name!r}' if name else quote(plugin)} is not a thawkit plugin: "
+                              "it has no thawkit_ hook (a function named after a hook in thawkit/hookspecs.py"
+                              ", marked @thawkit.hookimpl); give a module or object with such hooks, or a "
+                              "module name or .py file path")
         try:
             out = self.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
