@@ -354,7 +354,7 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 raise PluginError(message + " (THAWKIT_STRICT_PLUGINS is set)")
             warnings.warn_explicit(message, PluginLoadWarning, "THAWKIT_PLUGINS", 1)
 
-    def load_local(self, ref: str) -> object:
+    def load_local(self, ref: str, name: str | None = None) -> object:
         """Import a plugin given as a module name or a ``.py`` file path and register it with
         :meth:`add_plugin`; returns the module. ``thawkit.register(ref)`` does it on the shared manager."""
         try:
@@ -371,10 +371,10 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[mod_name] = module
                 spec.loader.exec_module(module)
-                name = str(path)
+                name = name or str(path)
             else:
                 module = importlib.import_module(ref)
-                name = ref
+                name = name or ref
         except PluginError:
             raise
         except Exception as exc:
@@ -401,7 +401,7 @@ class ThawkitPluginManager(pluggy.PluginManager):
         """Register ``plugin`` (a module or object with ``thawkit_`` hooks, or a module name or ``.py``
         file path to import: :meth:`load_local`) and validate it; on failure nothing of it stays."""
         if isinstance(plugin, str):
-            return self.get_name(self.load_local(plugin))
+            return self.get_name(self.load_local(plugin, name))
         if not any(self.parse_hookimpl_opts(plugin, n) for n in dir(plugin) if n.startswith("thawkit_")):
             raise PluginError(f"{f'plugin {name!r}' if name else quote(plugin)} is not a thawkit plugin: "
                               "it has no thawkit_ hook (a function named after a hook in thawkit/hookspecs.py"

@@ -255,6 +255,9 @@ def test_register_loads_a_plugin_file_by_path(clean_env, tmp_path):
     assert name == str(path) and "from-file" in thawkit.list_strategies()
     assert thawkit.default_plugin_manager().strategies.entries["from-file"].plugin == str(path)
     thawkit.adapt(_mlp(), "from-file", num_classes=2)
+    own = thawkit.get_plugin_manager(entrypoints=False)
+    assert own.add_plugin(str(path), name="my-strategies") == "my-strategies"  # a name of one's own
+    assert own.strategies.entries["from-file"].plugin == "my-strategies"
 
 
 def test_register_loads_a_plugin_module_by_name(clean_env, tmp_path, monkeypatch):
