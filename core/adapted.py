@@ -73,11 +73,7 @@ class Adapted:
         return list(phases)
 
     def phase_at(self, epoch: int) -> int:
-        index = 0
-        for i, ph in enumerate(self.phases):
-            if ph.epoch <= epoch:
-                index = i
-        return index
+        return max((i for i, ph in enumerate(self.phases) if ph.epoch <= epoch), default=0)
 
     def on_epoch_start(self, epoch: int) -> bool:
         """Advance to the phase that covers ``epoch``; True when the trainable set changed."""
@@ -192,10 +188,8 @@ class Adapted:
         group_of: dict[str, GroupSpec] = {}
         for group in self._groups or []:
             group_of.update({p: group for p in group.params})
-        norm_of = {}
-        for path, (module, _) in self._norms.items():
-            for n, _ in module.named_parameters(recurse=False):
-                norm_of[f"{path}.{n}" if path else n] = path
+        norm_of = {f"{path}.{n}" if path else n: path for path, (module, _) in self._norms.items()
+                   for n, _ in module.named_parameters(recurse=False)}
         phase_sets = [self.trainable_in(i) for i in range(len(self.phases))]
         rows = []
         for name, p in self.model.named_parameters():

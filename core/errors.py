@@ -97,8 +97,12 @@ def format_validation_error(exc: ValidationError, *, where: str, model: type[Bas
         loc = prefix + tuple(err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc[len(prefix):-1])
-            msg = f"unknown field; allowed fields: {', '.join(allowed)}" if allowed else "unknown field"
+            allowed, name = _allowed_fields(model, loc[len(prefix):-1]), str(loc[-1])
+            hints = [f"did you mean {h!r}?" for h in closest(name, allowed, n=1)] or [  # wrong section?
+                f"it belongs in {f}: {_loc((*prefix, f, name))}" for f, info in model.model_fields.items()
+                if name in getattr(_model_in(info.annotation), "model_fields", ())][:1]
+            listed = [f"allowed fields: {', '.join(allowed)}"] if allowed else []
+            msg = "; ".join(["unknown field", *listed, *hints])
         elif err["type"] == "missing":
             msg = "field required"
         lines.append(f"{where}: {shorten(_loc(loc))}: {shorten(msg, 2 * QUOTE_LIMIT)}")

@@ -106,7 +106,7 @@ class Plan:
             head += f"; optimizer {o['name']} lr={o['lr']:g} weight_decay={o['weight_decay']:g}"
             if o.get("layer_decay") is not None:
                 head += f" layer_decay={o['layer_decay']:g}"
-        phase_cols = [f"e{p.epoch}" if len(self.phases) > 1 else "train" for p in self.phases]
+        phase_cols = [f"e{p.epoch + 1}" if len(self.phases) > 1 else "train" for p in self.phases]
         cols = ["block", "role", "params"] + phase_cols + ["lr", "wd", "norm"]
         rows = []
         for b in self.blocks:

@@ -1,8 +1,5 @@
-"""The plugin manager: built-ins, entry points and runtime registration.
-
-``get_plugin_manager()`` builds a fresh manager every call (tests use it);
-``default_plugin_manager()`` is the cached one the public API and the CLI use,
-and ``reset_plugin_manager()`` drops it.
+"""The plugin manager: built-ins, entry points and runtime registration (a fresh manager from
+``get_plugin_manager()``, the shared cached one from ``default_plugin_manager()``).
 
 Failures are contained (see :mod:`thawkit.hookspecs`): a plugin that fails to
 register is unloaded whole; at runtime that raises, for an entry point it warns,
@@ -33,7 +30,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, ThawkitError, UnknownNameError, closest
+from .errors import PluginError, ThawkitError, UnknownNameError, closest, quote
 
 ENTRY_POINT_GROUP = "thawkit"
 
@@ -357,13 +354,14 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 raise PluginError(message + " (THAWKIT_STRICT_PLUGINS is set)")
             warnings.warn_explicit(message, PluginLoadWarning, "THAWKIT_PLUGINS", 1)
 
-    def load_local(self, ref: str) -> object:
-        """Register a plugin given as a module name or a ``.py`` file path."""
+    def load_local(self, ref: str, name: str | None = None) -> object:
+        """Import a plugin given as a module name or a ``.py`` file path and register it with
+        :meth:`add_plugin`; returns the module. ``thawkit.register(ref)`` does it on the shared manager."""
         try:
             if ref.endswith(".py") or os.sep in ref or "/" in ref:
                 path = Path(ref)
                 if not path.is_file():
-                    raise PluginError(f"plugin file {ref!r} does not exist")
+                    raise PluginError(f"plugin file {ref!r} does not exist (in {str(Path.cwd())!r})")
                 # one module per file: two plugin files with the same name never collide
                 digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
                 mod_name = f"thawkit_local_{path.stem}_{digest}"
@@ -373,14 +371,16 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[mod_name] = module
                 spec.loader.exec_module(module)
-                name = str(path)
+                name = name or str(path)
             else:
                 module = importlib.import_module(ref)
-                name = ref
+                name = name or ref
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
+            hint = "; give an importable module name or a .py file's path" * (
+                isinstance(exc, ModuleNotFoundError) and f"{ref}.".startswith(f"{exc.name}."))
+            raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}{hint}") from exc
         if self.get_plugin(name) is None:
             self.add_plugin(module, name=name)
         return module
@@ -398,7 +398,15 @@ class ThawkitPluginManager(pluggy.PluginManager):
                 "(thawkit_register_strategies, thawkit_describe_layout, ...)")
 
     def add_plugin(self, plugin: object, name: str | None = None) -> str | None:
-        """Register ``plugin`` and validate its hooks and names; on failure nothing of it stays."""
+        """Register ``plugin`` (a module or object with ``thawkit_`` hooks, or a module name or ``.py``
+        file path to import: :meth:`load_local`) and validate it; on failure nothing of it stays."""
+        if isinstance(plugin, str):
+            return self.get_name(self.load_local(plugin, name))
+        if not any(self.parse_hookimpl_opts(plugin, n) for n in dir(plugin) if n.startswith("thawkit_")):
+            raise PluginError(f"{f'plugin {name!r}' if name else quote(plugin)} is not a thawkit plugin: "
+                              "it has no thawkit_ hook (a function named after a hook in thawkit/hookspecs.py"
+                              ", marked @thawkit.hookimpl); give a module or object with such hooks, or a "
+                              "module name or .py file path")
         try:
             out = self.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
@@ -489,9 +497,10 @@ def reset_plugin_manager() -> None:
 
 
 def register(plugin: object, name: str | None = None) -> str | None:
-    """Register a plugin on the shared manager at runtime and validate its hooks and names.
+    """Register a plugin on the shared manager and validate it; returns its name. ``plugin``: a module
+    or object with ``thawkit_`` hooks, or a module name or ``.py`` file (``"path/to/my_strategy.py"``).
 
-    A clash with another plugin's name, or a hook that fails while registering, raises
-    :class:`PluginError` here and leaves the shared manager as it was.
+    Anything that is not a plugin, a clash with another plugin's name, or a hook that fails
+    while registering raises :class:`PluginError` and leaves the shared manager as it was.
     """
     return default_plugin_manager().add_plugin(plugin, name=name)

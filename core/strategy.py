@@ -40,9 +40,9 @@ class StrategyParams(BaseModel):
 
 @dataclass(frozen=True)
 class Phase:
-    """From ``epoch`` on, exactly the parameters named in ``trainable`` (as
-    ``model.named_parameters()`` names them) train, plus, under ``norm="affine"``, the
-    affine parameters of frozen norm layers. ``label`` is shown in plans."""
+    """After ``epoch`` epochs (0: from the first; the index ``range(epochs)`` gives), exactly the
+    parameters named in ``trainable`` (as ``model.named_parameters()`` names them) train, plus,
+    under ``norm="affine"``, the affine parameters of frozen norm layers. ``label``: for plans."""
 
     epoch: int
     trainable: frozenset[str]

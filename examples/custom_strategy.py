@@ -1,14 +1,24 @@
-"""A custom freezing strategy as a plugin: registered at runtime, then picked by name."""
+"""A custom freezing strategy with a parameter, as a plugin: registered at runtime, then
+picked by name."""
 import thawkit
+from pydantic import Field
 from torch import nn
+
+
+class EveryOtherParams(thawkit.StrategyParams):  # `norm` comes from StrategyParams
+    skip_last: bool = Field(False, description="Start one block lower: the last block stays frozen.")
 
 
 class EveryOtherBlock(thawkit.Strategy):
     name = "every-other"
     description = "Train every other block, counting down from the last one, and the head."
+    Params = EveryOtherParams  # validated before phases() runs: self.params.skip_last
 
     def phases(self, layout, model):
-        return [thawkit.Phase(0, layout.params_of(layout.blocks[::-2] + [layout.head]))]
+        # Layout members a strategy reads: stem, blocks (input to output), neck (or None),
+        # head, thaw_order, block(name), params_of(blocks) -> parameter names
+        chosen = layout.blocks[::-1][int(self.params.skip_last)::2]
+        return [thawkit.Phase(0, layout.params_of([*chosen, layout.head]), label="every other")]
 
 
 @thawkit.hookimpl
@@ -17,12 +27,10 @@ def thawkit_register_strategies(register):
 
 
 if __name__ == "__main__":
-    import sys
-
-    thawkit.register(sys.modules[__name__])  # or: thawkit -p examples/custom_strategy.py ...
+    thawkit.register(__file__)  # a .py path or a module name; or: thawkit -p examples/custom_strategy.py ...
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
                           nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
                           nn.Linear(16, 2))
-    adapted = thawkit.adapt(model, "every-other", num_classes=3)
+    adapted = thawkit.adapt(model, "every-other", num_classes=3, skip_last=True)
     optimizer = adapted.optimizer("sgd", lr=0.01, momentum=0.9, weight_decay=1e-4)
     print(adapted.plan)

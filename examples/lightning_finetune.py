@@ -6,6 +6,7 @@ Trainer from the checkpoint of epoch 0 and checks that it ends with the same wei
 """
 import tempfile
 
+# [lightning]
 import lightning.pytorch as L
 import thawkit
 import torch
@@ -13,7 +14,6 @@ import torch.nn.functional as F
 from thawkit.plugins.lightning import ThawkitFinetuning, configure_optimizers
 
 
-# [lightning]
 class Classifier(L.LightningModule):
     def __init__(self):
         super().__init__()

@@ -174,7 +174,7 @@ def test_plan_prints_the_table(workdir):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("strategy gradual (every=2")
     assert "layer_decay=0.5" in lines[0]
-    assert lines[1].split() == ["block", "role", "params", "e0", "e2", "e4", "e6",
+    assert lines[1].split() == ["block", "role", "params", "e1", "e3", "e5", "e7",
                                 "lr", "wd", "norm"]
     blocks = [line.split()[0] for line in lines[3:-1]]
     assert blocks == ["stem", "1", "2", "head", "total"]

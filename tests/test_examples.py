@@ -239,6 +239,17 @@ def quick_start_commands(text: str) -> tuple[str, str]:
     return first, second
 
 
+def test_readme_and_getting_started_describe_the_demo_alike():
+    """What the demo runs and how long it takes, said once: the same sentence on both pages."""
+    def demo_sentence(text: str) -> str:
+        quick = text.split("## Quick start", 1)[1]
+        sentence = re.search(r"^Set up, then run the main job.*?\):$", quick, re.S | re.M)
+        assert sentence, "no demo sentence under Quick start"
+        return re.sub(r"\]\((?:docs/)?", "](", " ".join(sentence[0].split()))
+
+    assert demo_sentence(readme()) == demo_sentence((DOCS / "getting-started.md").read_text())
+
+
 def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     [command] = re.findall(r'^TEST_COMMAND="(.+)"$', ci, re.M)

@@ -125,7 +125,7 @@ def test_plan_table_and_json(pm):
     adapted = thawkit.adapt(resnet(), "gradual", every=2, num_classes=5, pm=pm)
     adapted.optimizer("adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.8)
     text = str(adapted.plan)
-    assert "layer4" in text and "head" in text and "e2" in text and "total" in text
+    assert "layer4" in text and "head" in text and "e3" in text and "total" in text
     import json
     data = json.loads(adapted.plan.to_json())
     names = [r["name"] for r in data["parameters"]]

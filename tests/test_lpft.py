@@ -65,7 +65,7 @@ def test_plan_shows_the_switch(pm):
     adapted = thawkit.adapt(small(), "lp-ft", num_classes=3, pm=pm, probe_epochs=3)
     adapted.optimizer("adamw", lr=0.01)
     text = str(adapted.plan)
-    assert "lp-ft (probe_epochs=3" in text and " e0 " in text and " e3" in text
+    assert "lp-ft (probe_epochs=3" in text and " e1 " in text and " e4" in text
     assert [p.label for p in adapted.plan.phases] == ["probe: head", "fine-tune: all"]
 
 

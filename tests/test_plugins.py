@@ -166,7 +166,7 @@ def test_public_api_with_a_registered_strategy(pm):
     assert row.lr == pytest.approx(1e-3 * 0.5 ** 2)
     table = str(plan)
     assert table.splitlines()[0].startswith("strategy two-step")
-    assert "e0" in table and "e3" in table and "head" in table
+    assert "e1" in table and "e4" in table and "head" in table
     data = json.loads(plan.to_json())
     names = [n for n, _ in adapted.model.named_parameters()]
     assert [p["name"] for p in data["parameters"]] == names
@@ -244,6 +244,62 @@ def test_failed_register_leaves_the_shared_manager_usable(clean_env):
         thawkit.register(MisspeltHook(), name="typo-plugin")
     thawkit.register(Registers(EveryOtherBlock), name="every-other-plugin")
     assert "every-other" in thawkit.list_strategies()
+
+
+
+def test_register_loads_a_plugin_file_by_path(clean_env, tmp_path):
+    path = tmp_path / "my_strategy.py"
+    path.write_text(STRATEGY_PLUGIN.format(cls="FromFile", strategy="from-file"))
+    assert "from-file" not in thawkit.list_strategies()
+    name = thawkit.register(str(path))
+    assert name == str(path) and "from-file" in thawkit.list_strategies()
+    assert thawkit.default_plugin_manager().strategies.entries["from-file"].plugin == str(path)
+    thawkit.adapt(_mlp(), "from-file", num_classes=2)
+    own = thawkit.get_plugin_manager(entrypoints=False)
+    assert own.add_plugin(str(path), name="my-strategies") == "my-strategies"  # a name of one's own
+    assert own.strategies.entries["from-file"].plugin == "my-strategies"
+
+
+def test_register_loads_a_plugin_module_by_name(clean_env, tmp_path, monkeypatch):
+    (tmp_path / "named_strategy_plugin.py").write_text(STRATEGY_PLUGIN.format(cls="ByName",
+                                                                              strategy="by-name"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert thawkit.register("named_strategy_plugin") == "named_strategy_plugin"
+    assert "by-name" in thawkit.list_strategies()
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("my_strategy.py", r"plugin file 'my_strategy.py' does not exist \(in '.*'\)"),
+    ("my_strtegy", r"plugin 'my_strtegy' failed to import: ModuleNotFoundError: .*; give an "
+                   r"importable module name or a \.py file's path"),
+])
+def test_register_refuses_a_missing_file_or_module(clean_env, tmp_path, monkeypatch, ref, expected):
+    monkeypatch.chdir(tmp_path)
+    before = set(thawkit.default_plugin_manager().list_name_plugin())
+    with pytest.raises(thawkit.PluginError, match=expected):
+        thawkit.register(ref)
+    assert set(thawkit.default_plugin_manager().list_name_plugin()) == before
+
+
+@pytest.mark.parametrize("what", ["object", "module", "unmarked", "file"])
+def test_register_refuses_what_has_no_thawkit_hook(clean_env, tmp_path, what):
+    class Unmarked:  # a hook's name, but no @thawkit.hookimpl
+        def thawkit_register_strategies(self, register):
+            raise AssertionError("never called")
+
+    path = tmp_path / "no_hooks.py"
+    path.write_text("def helper():\n    return 1\n")
+    plugin = {"object": object(), "module": json, "unmarked": Unmarked(), "file": str(path)}[what]
+    pm = thawkit.default_plugin_manager()
+    before = set(pm.list_name_plugin())
+    with pytest.raises(thawkit.PluginError, match="is not a thawkit plugin: it has no thawkit_ hook.*"
+                                                   "@thawkit.hookimpl.*module name or .py file path") as info:
+        thawkit.register(plugin)
+    assert set(pm.list_name_plugin()) == before
+    if what == "file":  # named as given, not by the module thawkit made of it
+        assert str(info.value).startswith(f"plugin {str(path)!r} is not a thawkit plugin")
+    with pytest.raises(thawkit.PluginError, match="is not a thawkit plugin"):
+        pm.add_plugin(plugin)  # the same on a manager of one's own
 
 
 # ------------------------------------------------------------------ entry points

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import yaml
+from pydantic import Field
 from torch import nn
 
 import thawkit
@@ -151,25 +152,26 @@ def test_strategy_parameters_are_validated_with_their_path(toy_pm, strategy, exp
     assert msg.startswith(f"r.yaml: {expected}")
 
 
+class WarmParams(thawkit.StrategyParams):
+    warm_epochs: int = Field(1, ge=1)
+
+
+class Warm(thawkit.Strategy):
+    name = "warm"
+    Params = WarmParams
+
+    def phases(self, layout, model):
+        return [thawkit.Phase(0, layout.head.params)]
+
+
+class WarmPlugin:
+    @thawkit.hookimpl
+    def thawkit_register_strategies(self, register):
+        register(Warm)
+
+
 def test_plugin_strategy_validates_its_own_params(toy_pm):
-    from pydantic import Field
-
-    class WarmParams(thawkit.StrategyParams):
-        warm_epochs: int = Field(1, ge=1)
-
-    class Warm(thawkit.Strategy):
-        name = "warm"
-        Params = WarmParams
-
-        def phases(self, layout, model):
-            return [thawkit.Phase(0, layout.head.params)]
-
-    class Plugin:
-        @thawkit.hookimpl
-        def thawkit_register_strategies(self, register):
-            register(Warm)
-
-    toy_pm.register(Plugin(), name="warm")
+    toy_pm.register(WarmPlugin(), name="warm")
     assert validate_recipe({**BASE, "strategy": {"name": "warm", "warm_epochs": 3}}, pm=toy_pm)
     too_short = {**BASE, "strategy": {"name": "warm", "warm_epochs": 0}}
     msg = error_of(ConfigError, validate_recipe, too_short, pm=toy_pm)
@@ -182,6 +184,61 @@ def test_misspelt_field_inside_a_list_of_models_lists_allowed_fields(toy_pm):
     msg = error_of(ConfigError, validate_recipe, {**BASE, "strategy": strategy}, pm=toy_pm)
     assert "strategy.phases.1.bloks: unknown field; allowed fields: epoch, blocks, params, rest" \
         in msg
+
+
+
+# ------------------------------------------- unknown fields: the closest name, or the right section
+@pytest.mark.parametrize("change, expected", [
+    ({"strategy": {"name": "gradual", "evry": 2}},
+     "strategy.evry: unknown field; allowed fields: norm, every, start, phases; did you mean 'every'?"),
+    ({"strategy": {"name": "gradual", "phases": [{"epoch": 0, "bloks": ["head"]}]}},
+     "strategy.phases.0.bloks: unknown field; allowed fields: epoch, blocks, params, rest; "
+     "did you mean 'blocks'?"),
+    ({"train": {"image_size": 32}}, "train.image_size: unknown field; allowed fields: epochs, "),
+    ({"batch_size": 8}, "batch_size: unknown field; allowed fields: backbone, head, strategy, "),
+    ({"head": {"epochs": 3}}, "head.epochs: unknown field; allowed fields: num_classes, dropout, "),
+])
+def test_unknown_field_names_the_closest_field_or_its_section(toy_pm, change, expected):
+    msg = error_of(ConfigError, validate_recipe, {**BASE, **change}, where="r.yaml", pm=toy_pm)
+    assert msg.startswith(f"r.yaml: {expected}")
+    field = msg.split(": ")[1].rsplit(".", 1)[-1]
+    right = {"image_size": "data.image_size", "batch_size": "data.batch_size", "epochs": "train.epochs"}
+    if field in right:  # nothing close in its own section: the section it belongs in
+        assert msg.endswith(f"; it belongs in {right[field].split('.')[0]}: {right[field]}")
+        assert "did you mean" not in msg
+
+
+def test_unknown_field_without_a_near_name_gets_no_guess(toy_pm):
+    msg = error_of(ConfigError, validate_recipe, {**BASE, "train": {"zqx": 1}}, pm=toy_pm)
+    assert msg.startswith("recipe: train.zqx: unknown field; allowed fields: epochs")
+    assert "did you mean" not in msg and "belongs" not in msg
+
+
+def test_unknown_field_suggestions_cover_plugin_sections_and_strategy_params(toy_pm):
+    from pydantic import BaseModel, ConfigDict
+
+    class LabelsSection(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        synonym_file: str = ""
+
+    class Labels:
+        @thawkit.hookimpl
+        def thawkit_recipe_sections(self, register):
+            register("labels", LabelsSection)
+
+    toy_pm.register(Labels(), name="labels")
+    toy_pm.register(WarmPlugin(), name="warm")
+    misplaced = error_of(ConfigError, validate_recipe, {**BASE, "train": {"synonym_file": "s.txt"}},
+                         pm=toy_pm)
+    assert misplaced.endswith("; it belongs in labels: labels.synonym_file")
+    misspelt = error_of(ConfigError, validate_recipe, {**BASE, "labels": {"synonym_fiel": "s.txt"}},
+                        pm=toy_pm)
+    assert misspelt.endswith("labels.synonym_fiel: unknown field; allowed fields: synonym_file; "
+                             "did you mean 'synonym_file'?")
+    param = error_of(ConfigError, validate_recipe, {**BASE, "strategy": {"name": "warm", "warm_epoch": 2}},
+                     pm=toy_pm)
+    assert param.endswith("strategy.warm_epoch: unknown field; allowed fields: norm, warm_epochs; "
+                          "did you mean 'warm_epochs'?")
 
 
 # ------------------------------------------------------------ unknown names

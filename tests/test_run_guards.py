@@ -364,7 +364,9 @@ def test_export_never_overwrites_a_run_file_and_names_a_bad_path(tmp_path, finis
 
 
 # ---------------------------------------------------------------- trust
-EVIL_PLUGIN = "from pathlib import Path\nPath({marker!r}).write_text('ran')\n"
+EVIL_PLUGIN = (  # a plugin (it has a hook) whose import leaves a mark
+    "from pathlib import Path\nimport thawkit\nPath({marker!r}).write_text('ran')\n\n"
+    "@thawkit.hookimpl\ndef thawkit_register_sources(register):\n    pass\n")
 
 
 def test_predict_refuses_code_named_by_a_shared_run_unless_trusted(tmp_path, finished, data,

@@ -92,7 +92,7 @@ def test_two_epoch_run_writes_the_run_directory(finished_run):
     plan = json.loads((run / "plan.json").read_text())
     assert plan["strategy"] == "gradual" and len(plan["phases"]) >= 2
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]  # counted from 1, as printed
     assert [r["phase"] for r in rows] == [0, 1]
     assert rows[0]["trainable_params"] < rows[1]["trainable_params"]
     for r in rows:
@@ -338,6 +338,41 @@ def test_export_round_trip_gives_the_same_logits(finished_run, tmp_path, capsys)
     assert main(["export", str(run), str(tmp_path / "dir"), "--best"]) == 0
     assert (tmp_path / "dir" / "model.safetensors").is_file()
     assert (tmp_path / "dir" / "config.json").is_file()
+
+
+def test_exported_transform_is_what_predict_uses(finished_run, tmp_path):
+    """A user's own inference with load_exported + exported_transform gives predict's tensors and
+    probabilities exactly, from a file path or an image already opened (any PIL mode)."""
+    import thawkit
+    import torch
+    from PIL import Image
+    from thawkit.plugins.train import export_run, exported_transform, load_exported, predict
+    from thawkit.plugins.train.data import Preprocess, preprocess_images
+    from thawkit.plugins.train.session import read_data_info
+
+    run, data = finished_run
+    weights, _ = export_run(run, tmp_path / "exported.safetensors")
+    model, config = load_exported(weights)
+    transform = exported_transform(config)
+    images = [str(data / "val" / "eel" / "0.png"), str(data / "val" / "cat" / "1.png")]
+    used = preprocess_images(images, Preprocess.from_dict(read_data_info(run)["preprocess"]))
+    assert torch.equal(torch.stack([transform(f) for f in images]), used)
+    with Image.open(images[0]) as opened:
+        assert torch.equal(transform(opened), used[0])
+        assert torch.equal(transform(opened.convert("RGBA")), used[0])
+    with torch.no_grad():
+        probs = model(torch.stack([transform(f) for f in images])).softmax(1)
+    for (file, top), image, row in zip(predict(run, images, top_k=3), images, probs):
+        assert file == image
+        assert [name for name, _ in top] == [config["classes"][i] for i in row.argsort(descending=True)]
+        assert [p for _, p in top] == pytest.approx(sorted(row.tolist(), reverse=True), abs=1e-6)
+    with pytest.raises(thawkit.ConfigError, match="preprocess"):
+        exported_transform({"spec": config["spec"]})
+    # the snippet docs/training.md shows does the same
+    import runpy
+
+    snippet = runpy.run_path(str(Path(__file__).parent.parent / "docs" / "snippets" / "classify_export.py"))
+    assert snippet["classify"](str(weights), images) == [top[0][0] for _, top in predict(run, images)]
 
 
 def test_help_does_not_import_torch():

@@ -16,7 +16,7 @@ from .pattern import match_patterns
 
 class PhaseSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    epoch: int = Field(ge=0, description="Epoch at which this phase starts.")
+    epoch: int = Field(ge=0, description="Epochs done before this phase starts (0: from the first epoch).")
     blocks: list[str] = Field(default_factory=list, description="Block names to thaw.")
     params: list[str] = Field(default_factory=list, description="Regexes of parameter names to thaw.")
     rest: bool = Field(False, description="Thaw everything not thawed yet.")
@@ -30,7 +30,7 @@ class PhaseSpec(BaseModel):
 
 class GradualParams(StrategyParams):
     every: int = Field(1, ge=1, description="Epochs between thawing steps.")
-    start: int = Field(0, ge=0, description="Blocks thawed (besides neck and head) at epoch 0.")
+    start: int = Field(0, ge=0, description="Blocks thawed (besides neck and head) from the first epoch.")
     phases: list[PhaseSpec] | None = Field(None, description="Explicit schedule instead of every/start.")
 
 

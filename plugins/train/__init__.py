@@ -29,7 +29,7 @@ _LAZY = {
     "Trainer": "loop", "Pipeline": "pipeline", "Outcome": "loop", "DivergedError": "loop",
     "DataError": "data", "CheckpointError": "checkpoint",
     "load_run_model": "run_model", "predict": "inference", "export_run": "inference",
-    "load_exported": "inference", "ExportError": "inference",
+    "load_exported": "inference", "exported_transform": "inference", "ExportError": "inference",
     "run_demo": "demo", "plot_run": "plot", "FeatureCache": "features",
     "wise_model": "wise", "start_state": "wise", "Run": "events",
 }
@@ -45,6 +45,7 @@ __all__ = [
     "Run",
     "Trainer",
     "export_run",
+    "exported_transform",
     "load_exported",
     "load_run_model",
     "plot_run",

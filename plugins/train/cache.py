@@ -99,7 +99,7 @@ class CacheDecision:
                 f"forward FLOPs{size})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "epochs": [self.first, self.end], "on": self.on,
+        return {"phase": self.phase, "epochs": [self.first + 1, self.end], "on": self.on,  # from 1, inclusive
                 "reason": self.reason, "block": self.block,
                 "shape": list(self.shape) if self.shape else None, "flops_share": self.share,
                 "train_bytes": self.train_bytes, "val_bytes": self.val_bytes,
@@ -251,12 +251,17 @@ class CachedPipeline(Pipeline):
         self.val_cache: FeatureCache | None = None
 
     def status(self, phase: int) -> str | None:
-        """The decision for ``phase`` as one line (and remembered as said)."""
+        """The decision for ``phase`` as one line (and remembered as said); the phases after it
+        that are off for the same reason join that line, so a reason is said once, not per phase."""
         d = self.decisions.get(phase)
         if d is None:
             return None
-        self.announced.add(phase)
-        return d.text()
+        same = [d]
+        while not d.on and (after := self.decisions.get(same[-1].phase + 1)) is not None \
+                and not after.on and after.reason == d.reason:
+            same.append(after)
+        self.announced.update(x.phase for x in same)
+        return summary_lines(same)[0]
 
     def phase_changed(self, adapted: Adapted) -> None:
         self.close()

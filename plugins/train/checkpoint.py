@@ -143,9 +143,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``, epochs counted from 1. Runs written before
+    thawkit counted epochs from 1 everywhere start at epoch 0: those are renumbered."""
+    rows = read_jsonl(path)
+    if rows and rows[0].get("epoch") == 0:
+        rows = [{**r, "epoch": r["epoch"] + 1} if isinstance(r.get("epoch"), int) else r for r in rows]
+    return rows
+
+
 def truncate_metrics(path: Path, epochs_done: int) -> list[dict[str, Any]]:
-    """Keep only the records of epochs before ``epochs_done`` (those the checkpoint covers)."""
-    rows = [r for r in read_jsonl(path) if isinstance(r.get("epoch"), int) and r["epoch"] < epochs_done]
+    """Keep only the records of the first ``epochs_done`` epochs (those the checkpoint covers),
+    renumbered from 1 if an older run wrote them from 0."""
+    rows = [r for r in read_metrics(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_done]
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

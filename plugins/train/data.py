@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -351,12 +351,24 @@ def build_loaders(train: ImageFolderData, val: ImageFolderData, prep: Preprocess
     return Loaders(train_loader, val_loader, batches, train.classes)
 
 
+def image_transform(prep: Preprocess) -> Callable[[Any], torch.Tensor]:
+    """``prep``'s evaluation transform as predict applies it: ``transform(image)`` takes an image
+    file's path (read as predict reads it) or a PIL image (converted to RGB) and returns a
+    ``3 x H x W`` tensor."""
+    transform = prep.eval_transform()
+
+    def apply(image: Any) -> torch.Tensor:
+        if isinstance(image, (str, Path)):
+            if not Path(image).is_file():
+                raise ConfigError(f"image {str(image)!r} does not exist")
+            image = load_image(str(image))
+        return transform(image.convert("RGB"))
+    return apply
+
+
 def preprocess_images(files: Sequence[str], prep: Preprocess) -> torch.Tensor:
     """A batch tensor of ``files`` through the evaluation transform (for predict)."""
     import torch
 
-    transform = prep.eval_transform()
-    for file in files:
-        if not Path(file).is_file():
-            raise ConfigError(f"image {file!r} does not exist")
-    return torch.stack([transform(load_image(f)) for f in files])
+    transform = image_transform(prep)
+    return torch.stack([transform(f) for f in files])

@@ -14,20 +14,22 @@ trained model's logits.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError, ThawkitError, load_backbone
 
 from ..interpolation import check_alpha
 from .adapter_export import export_adapters, has_adapters, merge_run
 from .checkpoint import read_jsonl, save_weights, write_json
-from .data import preprocess_images
+from .data import Preprocess, image_transform, preprocess_images
 from .rundir import RunDir, disk_errors
 from .run_model import load_run_model, plain_head
 from .wise import interpolate_run
 
 if TYPE_CHECKING:
+    import torch
     from thawkit import ThawkitPluginManager
     from torch import nn
 
@@ -158,7 +160,18 @@ def _check_not_run_file(run_dir: Path, *targets: Path) -> None:
 
 
 def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild an exported model from its ``.safetensors`` file (config from the file's metadata)."""
+    """Rebuild an exported model from its ``.safetensors`` file; returns ``(model, config)``: the
+    model in eval mode, and the export's config from the file's metadata (``spec``,
+    ``load_options``, ``classes``, ``preprocess``, ...: the JSON written beside the file).
+    :func:`exported_transform` turns the config into the preprocessing ``predict`` uses.
+
+    Example::
+
+        model, config = load_exported("digits.safetensors")
+        transform = exported_transform(config)
+        logits = model(transform("seven.png")[None])
+        print(config["classes"][int(logits.argmax())])
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -171,3 +184,16 @@ def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -
     config = json.loads(meta["thawkit_export"])
     model = load_backbone(config["spec"], pm=pm, weights=str(path), **config["load_options"])
     return model.eval(), config
+
+
+def exported_transform(config: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """The preprocessing of an export (its ``config``, as :func:`load_exported` returns it), exactly
+    as ``thawkit predict`` applies it: ``transform(image)`` takes an image file's path or a PIL
+    image (converted to RGB) and returns a ``3 x H x W`` tensor (resize, centre crop, normalise);
+    ``torch.stack`` several for a batch."""
+    try:
+        prep = Preprocess.from_dict(config["preprocess"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"exported_transform: the config has no valid 'preprocess' entry "
+                          f"({type(exc).__name__}: {exc}); pass the config load_exported returns") from None
+    return image_transform(prep)

@@ -41,7 +41,7 @@ class _Options(BaseModel):
 
 # ------------------------------------------------------------------------------- jsonl
 class JsonlLogger:
-    """``metrics.jsonl``: per epoch its number (from 0), phase and label, trainable parameters,
+    """``metrics.jsonl``: per epoch its number (from 1), phase and label, trainable parameters,
     each named group's lr, losses, accuracy and seconds."""
 
     def __init__(self, run: Run) -> None:
@@ -59,7 +59,7 @@ class JsonlLogger:
                 if not k.startswith("lr/") and k not in ("phase", "trainable_params", "seconds")}
         with disk_errors("write", self.path):  # a full disk is the run directory's error, not ours
             append_jsonl(self.path, {
-                "epoch": epoch - 1, "phase": phase, "phase_label": run.adapted.phases[phase].label,
+                "epoch": epoch, "phase": phase, "phase_label": run.adapted.phases[phase].label,
                 "trainable_params": int(metrics["trainable_params"]),
                 "lrs": {k[3:]: v for k, v in metrics.items() if k.startswith("lr/")},
                 **rest, "seconds": metrics["seconds"]})

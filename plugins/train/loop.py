@@ -363,7 +363,8 @@ class Trainer:
         return loss * (n * self.world.size / n_all), total / n_all, int(n_all), int(correct_all)
 
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (plain cross-entropy), top-1 and, with 5 or more classes, top-5."""
+        """Validation loss (plain cross-entropy), top-1 and, with more than 5 classes, top-5 (with
+        5 or fewer it would always read 100%)."""
         s = self.s
         s.model.eval()
         loss_sum, top1, top5, n = 0.0, 0, 0, 0
@@ -373,13 +374,13 @@ class Trainer:
                 logits = self._forward(x, validating=True).float()
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 top1 += int((logits.argmax(1) == y).sum())
-                if self.num_classes >= 5:
+                if self.num_classes > 5:
                     top5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
                 n += int(y.shape[0])
         if self.world.distributed:  # each process evaluated its own images: sum the counts
             loss_sum, top1, top5, n = self.world.sum([loss_sum, top1, top5, n])
         out = {"val_loss": loss_sum / n, "val_top1": top1 / n}
-        if self.num_classes >= 5:
+        if self.num_classes > 5:
             out["val_top5"] = top5 / n
         return out
 
@@ -446,7 +447,7 @@ class Trainer:
         write_json(self.s.files.status, {
             "status": status, "message": message, "epochs": self.s.epochs,
             "epochs_done": st.epoch, "best_top1": st.best_top1 if st.best_epoch >= 0 else None,
-            "best_epoch": st.best_epoch if st.best_epoch >= 0 else None,
+            "best_epoch": st.best_epoch + 1 if st.best_epoch >= 0 else None,  # counted from 1
             "device": str(self.s.device),
             "amp": str(self.s.amp_dtype).replace("torch.", "") if self.s.amp_dtype else None,
             **({"wise": self.wise} if self.wise else {})})

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import read_jsonl, write_atomic
+from .checkpoint import read_metrics, write_atomic
 from .rundir import RunDir
 
 # matplotlib (the `train` extra) is imported when a plot is drawn.
@@ -13,7 +13,7 @@ from .rundir import RunDir
 
 
 def phase_starts(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:
-    """``(epoch, phase, label)`` for every epoch at which the phase differs from the epoch before."""
+    """``(epoch, phase, label)`` for each epoch (from 1) whose phase differs from the epoch before."""
     out, last = [], None
     for r in rows:
         if r.get("phase") != last and last is not None:
@@ -30,16 +30,16 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = read_jsonl(RunDir(run_dir).metrics)
+    rows = read_metrics(RunDir(run_dir).metrics)
     if not rows:
         return None
     out = Path(out) if out is not None else RunDir(run_dir).plot
-    epochs = [r["epoch"] + 1 for r in rows]
+    epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.8))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", ms=3, label="train loss")
     ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", ms=3, label="val loss")
     ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", ms=3, label="val top-1")
-    if "val_top5" in rows[0] and any(r["val_top5"] < 1 for r in rows):  # 5 classes: always 100%
+    if "val_top5" in rows[0] and any(r["val_top5"] < 1 for r in rows):  # older runs of 5 classes: 100%
         ax_acc.plot(epochs, [100 * r["val_top5"] for r in rows], "o-", ms=3, label="val top-5")
     ax_acc.plot(epochs, [100 * r["train_top1"] for r in rows], "--", lw=1, label="train top-1")
     series: dict[tuple, str] = {}  # groups with identical lr curves are drawn once
@@ -54,9 +54,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     for ax, title, ylabel in ((ax_loss, "loss", "cross-entropy"), (ax_acc, "accuracy", "%"),
                               (ax_lr, "learning rate (epoch start)", "lr")):
         for epoch, phase, label in phase_starts(rows):
-            ax.axvline(epoch + 0.5, color="grey", ls=":", lw=1)
+            ax.axvline(epoch - 0.5, color="grey", ls=":", lw=1)
             if ax is ax_acc:
-                ax.annotate(f"phase {phase}: {label}"[:28], (epoch + 0.5, 0.02),
+                ax.annotate(f"phase {phase}: {label}"[:28], (epoch - 0.5, 0.02),
                             xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
                             color="grey", va="bottom", ha="right")
         ax.set_title(title)
@@ -79,12 +79,12 @@ def plot_comparison(runs: dict[str, str | Path], out: str | Path, title: str = "
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for name, run_dir in runs.items():
-        rows = read_jsonl(RunDir(run_dir).metrics)
-        epochs = [r["epoch"] + 1 for r in rows]
+        rows = read_metrics(RunDir(run_dir).metrics)
+        epochs = [r["epoch"] for r in rows]
         line, = ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "-", label=name)
         ax_loss.plot(epochs, [r["val_loss"] for r in rows], "-", color=line.get_color(), label=name)
         for epoch, _, _ in phase_starts(rows):
-            ax_acc.axvline(epoch + 0.5, color=line.get_color(), ls=":", lw=0.8)
+            ax_acc.axvline(epoch - 0.5, color=line.get_color(), ls=":", lw=0.8)
     ax_acc.set(title="val top-1 (dotted: phase changes)", xlabel="epoch", ylabel="%")
     ax_loss.set(title="val loss", xlabel="epoch", ylabel="cross-entropy")
     for ax in (ax_acc, ax_loss):

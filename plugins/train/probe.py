@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class ProbeResult:
-    """One learning rate's head: metrics per epoch (``epoch``, ``train_loss``, ``val_loss``,
-    ``val_top1``)."""
+    """One learning rate's head: metrics per epoch (``epoch``, counted from 1, ``train_loss``,
+    ``val_loss``, ``val_top1``)."""
 
     lr: float
     epochs: list[dict[str, float]] = field(default_factory=list)
@@ -182,7 +182,7 @@ def _sweep(session: Session, split: Any, lrs: list[float],
             for k, head in enumerate(heads):
                 val = _evaluate(pipeline, rest, head.params)
                 end_epoch(head.scheduler, head.interval, val["val_loss"])
-                head.result.epochs.append({"epoch": epoch, "train_loss": sums[k] / max(seen, 1), **val})
+                head.result.epochs.append({"epoch": epoch + 1, "train_loss": sums[k] / max(seen, 1), **val})
             log(f"epoch {epoch + 1}/{session.epochs} top1 "
                 + "  ".join(f"lr {h.lr:g}: {100 * h.result.final_top1:.2f}%" for h in heads)
                 + f"  {time.perf_counter() - started:.1f}s")
@@ -215,10 +215,16 @@ def format_results(results: list[ProbeResult]) -> str:
     for r in results:
         mark = "  <- best" if r is best else ""
         lines.append(f"{r.lr:<10g}  {100 * r.final_top1:8.2f}%  {100 * r.best['val_top1']:8.2f}% "
-                     f"({r.best['epoch'] + 1:>3})    {r.epochs[-1]['val_loss']:.4f}{mark}")
+                     f"({r.best['epoch']:>3})    {r.epochs[-1]['val_loss']:.4f}{mark}")
     return "\n".join(lines)
 
 
 def read_probe(run_dir: str | Path) -> dict[str, Any]:
-    """``probe.json`` of a probe's run directory."""
-    return json.loads(RunDir(run_dir).probe.read_text())
+    """``probe.json`` of a probe's run directory, epochs counted from 1 (a probe written before
+    thawkit counted them from 1 everywhere is renumbered)."""
+    data = json.loads(RunDir(run_dir).probe.read_text())
+    for result in data.get("results", []):
+        if result.get("epochs") and result["epochs"][0].get("epoch") == 0:
+            result["epochs"] = [{**e, "epoch": e["epoch"] + 1} for e in result["epochs"]]
+            result["best_epoch"] += 1
+    return data
