@@ -78,14 +78,15 @@ def test_a_run_written_with_epochs_from_0_resumes_into_epochs_from_1(tmp_path, p
 
 
 def test_probe_counts_epochs_from_1_and_reads_older_files(tmp_path, pm):
-    from thawkit.plugins.train.probe import PROBE_FILE, format_results, probe, read_probe
+    from thawkit.plugins.train.probe import format_results, probe, read_probe
+    from thawkit.plugins.train.rundir import RunDir
 
     data = make_data(tmp_path)
     d = recipe_dict(data, tmp_path / "probe", data={"augment": False}, train={"epochs": 2})
     lines: list[str] = []
     results = probe(load(d, pm), [0.01, 0.1], pm=pm, log=lines.append)
     saved = read_probe(tmp_path / "probe")
-    raw = json.loads((tmp_path / "probe" / PROBE_FILE).read_text())
+    raw = json.loads((tmp_path / "probe" / RunDir.PROBE).read_text())
     assert raw == saved
     for result, record in zip(results, saved["results"]):
         assert [e["epoch"] for e in record["epochs"]] == [1, 2]
@@ -97,7 +98,7 @@ def test_probe_counts_epochs_from_1_and_reads_older_files(tmp_path, pm):
     for record in raw["results"]:
         record["epochs"] = [{**e, "epoch": e["epoch"] - 1} for e in record["epochs"]]
         record["best_epoch"] -= 1
-    (tmp_path / "probe" / PROBE_FILE).write_text(json.dumps(raw))
+    (tmp_path / "probe" / RunDir.PROBE).write_text(json.dumps(raw))
     assert read_probe(tmp_path / "probe") == saved
 
 

@@ -94,7 +94,7 @@ def test_thawkit_epoch_end(gradual):
     ends = [e for e in recorder.events if e[0] == "epoch"]
     assert [e[1] for e in ends] == [1, 2]  # epochs counted from 1
     rows = read_jsonl(out / "metrics.jsonl")
-    assert [r["epoch"] for r in rows] == [0, 1]  # the file keeps its own numbering
+    assert [r["epoch"] for r in rows] == [1, 2]  # counted from 1, as the events
     for (_, _, metrics), row in zip(ends, rows):
         groups = {f"lr/{g}" for g in row["lrs"]}
         assert groups and set(metrics) == {"train_loss", "train_top1", "val_loss", "val_top1",
@@ -149,7 +149,7 @@ def test_thawkit_run_failed(data, tmp_path, pm):
     assert resume(out, pm=pm, log=quiet, callbacks=[again]).status == "finished"
     assert again.events[0] == ("start", 1, True, True)
     assert [e[1] for e in again.events if e[0] == "epoch"] == [2, 3]
-    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]  # no line twice
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]  # no line twice
 
 
 def test_a_failing_hook_in_run_failed_does_not_hide_the_error(data, tmp_path, pm):
@@ -194,7 +194,7 @@ def test_request_stop_ends_the_run_cleanly_and_it_resumes(data, tmp_path, pm):
     whole = tmp_path / "whole"
     train(load(recipe_dict(data, whole, train={"epochs": 4}), pm), log=quiet)
     assert resume(out, pm=pm, log=quiet).status == "finished"
-    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
     assert (out / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
 
 
@@ -244,7 +244,7 @@ def test_thawkit_register_loggers(data, tmp_path, pm):
     assert train(load(recipe_dict(data, out, train={"loggers": ["csv"]}), pm), log=quiet).status \
         == "finished"
     rows = read_jsonl(out / "metrics.jsonl")
-    assert (out / "top1.csv").read_text() == "".join(f"{r['epoch'] + 1},{r['val_top1']}\n" for r in rows)
+    assert (out / "top1.csv").read_text() == "".join(f"{r['epoch']},{r['val_top1']}\n" for r in rows)
     assert [n for n, _ in pm.list_name_plugin() if "logger" in n] == []
     # a logger that raises: the error names it and its plugin; the run is failed, not lost
     bad = tmp_path / "bad"
@@ -331,7 +331,7 @@ def test_mlflow_logger_records_params_metrics_and_artifacts(logged):
         ("0.01", "gradual", "3")
     rows = read_jsonl(logged / "metrics.jsonl")
     history = client.get_metric_history(run.info.run_id, "val_top1")
-    assert [(m.step, m.value) for m in history] == [(r["epoch"] + 1, r["val_top1"]) for r in rows]
+    assert [(m.step, m.value) for m in history] == [(r["epoch"], r["val_top1"]) for r in rows]
     lr = next(iter(rows[0]["lrs"]))
     assert [m.step for m in client.get_metric_history(run.info.run_id, f"lr/{lr}")] == [1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -358,7 +358,7 @@ def test_tiny_zoo_hears_the_events_and_logs_with_its_logger(data, tmp_path):
     assert said[3:] == ["tinyzoo: checkpoint.pt holds 2 epoch(s)", "tinyzoo: run finished after 2 epoch(s)"]
     rows = read_jsonl(out / "metrics.jsonl")
     assert (out / "zoo.log").read_text() == "".join(
-        f"epoch {r['epoch'] + 1}: val top-1 {r['val_top1']:.3f}\n" for r in rows)
+        f"epoch {r['epoch']}: val top-1 {r['val_top1']:.3f}\n" for r in rows)
     # a logger without a Params model: its options are checked against its signature
     with pytest.raises(thawkit.ConfigError, match=r"train\.loggers\.0: logger 'zoo-log' does not "
                                                   r"take these options \(.*'evry'.*\); its options: every"):
