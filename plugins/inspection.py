@@ -166,7 +166,7 @@ def plugin_info(pm: ThawkitPluginManager, include_builtin: bool = False) -> list
         builtin = name in pm.builtin_names
         if builtin and not include_builtin:
             continue
-        dist, version = pm._dist_of.get(name, (None, None))
+        dist, version = pm.distribution(name)
         if builtin:
             from thawkit import __version__
             dist, version = "thawkit", __version__

@@ -22,7 +22,7 @@ def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
     from .schedules import read_schedule
 
     pm.add_hookspecs(hookspecs)
-    pm.collectors["thawkit_register_schedules"] = ("schedule", read_schedule)
+    pm.add_collector("thawkit_register_schedules", "schedule", read_schedule)
 
 
 @hookimpl
