@@ -11,6 +11,7 @@ from thawkit import hookimpl
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
+    from thawkit.plugins.cli import Commands
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -203,7 +204,7 @@ def recipe_json_schema(pm: ThawkitPluginManager | None = None) -> dict[str, Any]
 
 
 @hookimpl
-def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+def thawkit_register_commands(subparsers: Commands) -> None:
     sub = subparsers
     p = sub.add_parser("strategies", help="list freezing strategies and their parameters")
     p.set_defaults(func=cmd_strategies)

@@ -2,7 +2,6 @@
 number of classes of a recipe read from its training folder, and the split of its demo model."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +9,7 @@ from thawkit import ConfigError, hookimpl
 
 if TYPE_CHECKING:
     from thawkit import Layout, Recipe, Split, ThawkitPluginManager
+    from thawkit.plugins.cli import Commands
     from torch import nn
 
 # The hooks import what they need when called: every thawkit process registers this plugin, and
@@ -26,7 +26,7 @@ def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
 
 
 @hookimpl
-def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+def thawkit_register_commands(subparsers: Commands) -> None:
     from .commands import add_commands
 
     add_commands(subparsers)
