@@ -16,6 +16,7 @@ from thawkit import hookimpl
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
+    from thawkit.plugins.cli import Commands
     from torch import nn
 
 NUM_CLASSES = 7
@@ -101,7 +102,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 
 
 @hookimpl
-def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+def thawkit_register_commands(subparsers: Commands) -> None:
     p = subparsers.add_parser("coverage", help="check that every model of a source loads, describes "
                               "and takes a new head (exit 1 if any fails)")
     p.add_argument("pattern", nargs="?", help="only models matching this wildcard")

@@ -11,6 +11,7 @@ from thawkit import hookimpl
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
+    from thawkit.plugins.cli import Commands
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -175,7 +176,7 @@ def plugin_info(pm: ThawkitPluginManager, include_builtin: bool = False) -> list
         builtin = name in pm.builtin_names
         if builtin and not include_builtin:
             continue
-        dist, version = pm._dist_of.get(name, (None, None))
+        dist, version = pm.distribution(name)
         if builtin:
             from thawkit import __version__
             dist, version = "thawkit", __version__
@@ -212,7 +213,7 @@ def recipe_json_schema(pm: ThawkitPluginManager | None = None) -> dict[str, Any]
 
 
 @hookimpl
-def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+def thawkit_register_commands(subparsers: Commands) -> None:
     sub = subparsers
     p = sub.add_parser("strategies", help="list freezing strategies and their parameters")
     p.set_defaults(func=cmd_strategies)

@@ -460,3 +460,22 @@ def test_the_pm_keyword_of_a_function_given_a_recipe_is_deprecated(tmp_path, pm,
         else:
             probe(recipe, [], pm=pm)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_of_such_a_recipe_resumes_with_its_own_manager(tmp_path, clean_env):
+    """A run directory is enough: resume reads the run's recipe once, and the manager that
+    recipe gets (with its plugin file) builds the rest; the shared manager stays as it was."""
+    import thawkit
+    from thawkit.plugins.train import resume, train
+    from thawkit.plugins.train.schedules import schedule_registry
+
+    data = make_data(tmp_path)
+    (tmp_path / "my_plugin.py").write_text(RECIPE_PLUGIN)
+    d = recipe_dict(data, tmp_path / "run", schedule={"name": "halved", "warmup_epochs": 0})
+    d["plugins"] = [str(tmp_path / "my_plugin.py")]
+    recipe = thawkit.load_recipe(write_recipe(tmp_path / "recipe.yaml", d))
+    assert train(recipe, stop_after=1, log=lambda s: None).status == "stopped"
+    assert resume(tmp_path / "run", log=lambda s: None).status == "finished"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(lr == pytest.approx(0.005) for r in rows for lr in r["lrs"].values())
+    assert "halved" not in schedule_registry(thawkit.default_plugin_manager())

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from thawkit import hookimpl
+
+if TYPE_CHECKING:
+    from thawkit.plugins.cli import Commands
 
 
 def cmd_check_plugin(args: argparse.Namespace) -> int:
@@ -13,7 +17,7 @@ def cmd_check_plugin(args: argparse.Namespace) -> int:
 
 
 @hookimpl
-def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+def thawkit_register_commands(subparsers: Commands) -> None:
     p = subparsers.add_parser(
         "check-plugin", help="run the conformance kit on an installed or local plugin",
         description="Load a plugin (an installed entry point or distribution name, a module, or a "

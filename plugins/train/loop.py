@@ -34,9 +34,9 @@ from .checkpoint import (
     set_rng_state,
     write_json,
 )
+from . import extras  # (extras.available is looked up at each call: tests stand in for it)
 from .data import DataError
 from .ddp import DDPPipeline, restore_message
-from .extras import INSTALL, available
 from .pipeline import Pipeline
 from .plot import plot_run
 from .rundir import RunDir, RunDirError, describe_os_error
@@ -420,7 +420,7 @@ class Trainer:
                 f"{r['seconds']:.1f}s")
 
     def _bar(self, total: int, initial: int):
-        if not self.progress_bar or not available("tqdm"):
+        if not self.progress_bar or not extras.available("tqdm"):
             return None
         from tqdm import tqdm
 
@@ -456,11 +456,11 @@ class Trainer:
         if not self.world.is_main:
             return
 
-        if available("matplotlib"):
+        if extras.available("matplotlib"):
             plot_run(self.s.run_dir)
         elif not self._plot_skipped:
             self._plot_skipped = True
-            self.log(f"no {self.s.files.plot}: matplotlib is not installed ({INSTALL})")
+            self.log(f"no {self.s.files.plot}: matplotlib is not installed ({extras.INSTALL})")
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 loggers, the number of classes of a recipe read from its training folder, and the split of its demo model."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +9,7 @@ from thawkit import ConfigError, hookimpl
 
 if TYPE_CHECKING:
     from thawkit import Layout, Recipe, Split, ThawkitPluginManager
+    from thawkit.plugins.cli import Commands
     from torch import nn
 
 # The hooks import what they need when called: every thawkit process registers this plugin, and
@@ -22,8 +22,8 @@ def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
     from .schedules import read_schedule
 
     pm.add_hookspecs(hookspecs)
-    pm.collectors["thawkit_register_schedules"] = ("schedule", read_schedule)
-    pm.collectors["thawkit_register_loggers"] = ("logger", lambda name, factory: (name, factory))
+    pm.add_collector("thawkit_register_schedules", "schedule", read_schedule)
+    pm.add_collector("thawkit_register_loggers", "logger", lambda name, factory: (name, factory))
 
 
 @hookimpl
@@ -34,7 +34,7 @@ def thawkit_register_loggers(register: Any) -> None:
 
 
 @hookimpl
-def thawkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+def thawkit_register_commands(subparsers: Commands) -> None:
     from .commands import add_commands
 
     add_commands(subparsers)

@@ -1,6 +1,6 @@
 """The trained model of a run directory (:func:`load_run_model`), shared by ``predict``, ``export``,
-the adapter export and WiSE-FT. Like the rest of the training plugin, it imports torch only
-inside the functions that need it, so that importing it stays cheap."""
+the adapter export and WiSE-FT. torch is imported where it is used (:func:`plain_head`), so that
+importing this module stays cheap."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunModel:
+    """A run's trained model (eval mode) with its classes, preprocessing, recipe, layout and the
+    weights file it was loaded from."""
+
     model: nn.Module
     classes: list[str]
     prep: Preprocess
@@ -71,7 +74,7 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
 def plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[str, Any]:
     """Rename ``<path>.1.*`` keys of a ``Sequential(Dropout, classifier)`` head to ``<path>.*``:
     dropout is the identity at inference, and the builder's own head has no Sequential."""
-    from torch import nn  # torch: imported when used (see the module docstring)
+    from torch import nn
 
     for path in layout.classifiers:
         parent, _, leaf = path.rpartition(".")
