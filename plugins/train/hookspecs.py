@@ -140,7 +140,8 @@ def thawkit_run_end(run: Run, status: str) -> None:
             ``interrupted`` (a first Ctrl-C; the checkpoint is saved).
 
     Returns: nothing (all implementations are called). A run continued later calls
-    ``thawkit_run_start`` again.
+    ``thawkit_run_start`` again. An implementation that raises: the error reaches the caller
+    naming the plugin, while ``run.json`` keeps the status the run ended with.
     """
 
 
