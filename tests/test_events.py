@@ -388,3 +388,19 @@ def test_an_epoch_trained_again_after_a_failure(data, tmp_path, pm):
     client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("thawkit").experiment_id])
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [1, 2, 2, 3]
+
+
+def test_a_plugin_failing_at_run_end_names_itself_and_the_run_stays_finished(data, tmp_path, pm):
+    class Uploader:
+        @thawkit.hookimpl
+        def thawkit_run_end(self, run, status):
+            raise ConnectionError("no route to the results server")
+
+    out = tmp_path / "run"
+    recipe = load(recipe_dict(data, out, train={"epochs": 1}, schedule={"warmup_epochs": 0}), pm)
+    with pytest.raises(thawkit.PluginError, match=r"plugin 'callbacks\[0\] Uploader' failed in "
+                                                  "thawkit_run_end: ConnectionError"):
+        train(recipe, log=quiet, callbacks=[Uploader()])
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert (out / "model.safetensors").is_file()
+    assert [n for n, _ in pm.list_name_plugin() if n.startswith("callbacks[")] == []
