@@ -20,7 +20,8 @@ Two kinds of hook, and one ordering rule for each:
 
 ``thawkit_adapted`` calls every plugin (newest first). Plugins may add hooks of their own
 through :func:`thawkit_add_hookspecs`: the command-line plugin adds
-``thawkit_register_commands`` that way, the training plugin ``thawkit_register_schedules``.
+``thawkit_register_commands`` that way, the training plugin ``thawkit_register_schedules``,
+``thawkit_register_loggers`` and the events of a run (``thawkit_run_start``, ``thawkit_epoch_end``...).
 
 Failures are contained: an exception other than a :class:`thawkit.ThawkitError`
 in any implementation reaches the caller as a :class:`thawkit.PluginError` naming

@@ -363,3 +363,44 @@ def test_tiny_zoo_hears_the_events_and_logs_with_its_logger(data, tmp_path):
     with pytest.raises(thawkit.ConfigError, match=r"train\.loggers\.0: logger 'zoo-log' does not "
                                                   r"take these options \(.*'evry'.*\); its options: every"):
         load({**d, "train": {**d["train"], "loggers": [{"name": "zoo-log", "evry": 2}]}}, pm)
+
+
+def test_an_epoch_trained_again_after_a_failure(data, tmp_path, pm):
+    """Exploding fails epoch 2 after the loggers logged it, before its checkpoint; the resumed
+    run trains epoch 2 again. metrics.jsonl and TensorBoard keep the new epoch 2 only;
+    MLflow's history keeps both values at step 2 (as docs/training.md says)."""
+    pytest.importorskip("tensorboard", reason="needs the tensorboard extra")
+    pytest.importorskip("mlflow", reason="needs the mlflow extra")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    recipe = load(recipe_dict(data, out, train={"epochs": 3, "loggers": ["tensorboard", "mlflow"]}), pm)
+    with pytest.raises(thawkit.PluginError, match="Exploding"):
+        train(recipe, log=quiet, callbacks=[Exploding()])  # callbacks hear events after loggers
+    assert resume(out, pm=pm, log=quiet).status == "finished"
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("val_loss")] == \
+        [(r["epoch"] + 1, pytest.approx(r["val_loss"])) for r in rows]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("thawkit").experiment_id])
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [1, 2, 2, 3]
+
+
+def test_a_plugin_failing_at_run_end_names_itself_and_the_run_stays_finished(data, tmp_path, pm):
+    class Uploader:
+        @thawkit.hookimpl
+        def thawkit_run_end(self, run, status):
+            raise ConnectionError("no route to the results server")
+
+    out = tmp_path / "run"
+    recipe = load(recipe_dict(data, out, train={"epochs": 1}, schedule={"warmup_epochs": 0}), pm)
+    with pytest.raises(thawkit.PluginError, match=r"plugin 'callbacks\[0\] Uploader' failed in "
+                                                  "thawkit_run_end: ConnectionError"):
+        train(recipe, log=quiet, callbacks=[Uploader()])
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert (out / "model.safetensors").is_file()
+    assert [n for n, _ in pm.list_name_plugin() if n.startswith("callbacks[")] == []

@@ -30,12 +30,12 @@ class Run:
     True in one process) and ``stop_reason``. Two actions: :meth:`request_stop` and
     :meth:`log`.
 
-    An early-stopping plugin, for instance::
+    A plugin that gives up on a run going nowhere, for instance::
 
         @thawkit.hookimpl
         def thawkit_epoch_end(run, epoch, metrics):
-            if metrics["val_loss"] > best + 0.1:
-                run.request_stop(f"val_loss rose to {metrics['val_loss']:.3f}")
+            if epoch >= 3 and metrics["val_top1"] < 0.2:
+                run.request_stop(f"val top-1 {metrics['val_top1']:.0%} after {epoch} epochs")
     """
 
     def __init__(self, trainer: Trainer) -> None:

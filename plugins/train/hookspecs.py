@@ -58,9 +58,9 @@ def thawkit_register_loggers(register: Callable[..., None]) -> None:
             the run starts, on rank 0 only, registered for that run and unregistered when it
             ends. ``options`` are the recipe's (``train.loggers: [{name: mlflow, experiment:
             x}]``), checked when the recipe is read: by ``factory.Params`` (a pydantic model),
-            or else against the factory's keyword arguments. An optional ``factory.requires``, ``{module: what to
-            install}``, names packages that must be importable (a missing one is a recipe
-            error before anything is written).
+            or else against the factory's keyword arguments. An optional
+            ``factory.requires``, ``{module: what to install}``, names packages that must be
+            importable (a missing one is a recipe error before anything is written).
 
     Returns: nothing (all implementations are called).
     """
@@ -140,7 +140,8 @@ def thawkit_run_end(run: Run, status: str) -> None:
             ``interrupted`` (a first Ctrl-C; the checkpoint is saved).
 
     Returns: nothing (all implementations are called). A run continued later calls
-    ``thawkit_run_start`` again.
+    ``thawkit_run_start`` again. An implementation that raises: the error reaches the caller
+    naming the plugin, while ``run.json`` keeps the status the run ended with.
     """
 
 
