@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .deprecation import resolve, warn_moved
 from .errors import ConfigError, PluginError
 from .norm import has_running_stats, norm_modules, set_inference
 from .param_groups import GroupSpec, OptimizerSettings, build_groups, torch_param_groups
@@ -183,6 +184,11 @@ class Adapted:
             optimizer: torch.optim.Optimizer = factory(groups, lr=config.lr,
                                                        weight_decay=config.weight_decay, **config.kwargs)
         return optimizer
+
+    def frozen_prefix(self, phase: int | None = None) -> Any:
+        """Deprecated: ``thawkit.plugins.split.frozen_prefix(adapted, phase)`` (it moved there)."""
+        warn_moved("thawkit.Adapted.frozen_prefix", "thawkit.plugins.split:frozen_prefix")
+        return resolve("thawkit.plugins.split:frozen_prefix")(self, phase)
 
     # -------------------------------------------------------------- plan
     @property

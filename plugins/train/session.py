@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import thawkit
 from thawkit import ConfigError
 
 from .checkpoint import CHECKPOINT, write_json, write_text
@@ -344,10 +345,8 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
         from .rundir import make_run_dir
 
         make_run_dir(run_dir)  # thawkit train made it already; thawkit probe and API callers not
-        from ..weights import arch_options
-
         recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
-                                 arch=arch_options(adapted.model))
+                                 arch=thawkit.arch_options(adapted.model))
         write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"),
                                                          sort_keys=False))
         write_json(run_dir / "plan.json", {**adapted.plan.to_dict(),
