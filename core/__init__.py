@@ -8,13 +8,16 @@ Everything public is importable from here; names load lazily so that
     adapted = thawkit.adapt(model, "last-block", num_classes=10, blocks=1)
     optimizer = adapted.optimizer("adamw", lr=1e-3, weight_decay=0.05)
 
-Plugins, built-in ones included, import only names listed in ``__all__``.
+Plugins, built-in ones included, import only names listed in ``__all__``. A public name that
+moves keeps working from its old place with a DeprecationWarning naming the new one
+(``_MOVED`` and ``_MOVED_MODULES`` below, :mod:`thawkit.deprecation`; CHANGELOG.md lists moves).
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .deprecation import MovedModules, resolve, warn_moved
 from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
@@ -26,7 +29,13 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
                       list_optimizers as list_optimizers, list_sources as list_sources,
                       list_strategies as list_strategies, replace_head as replace_head)
     from .backbone import (WEIGHT_SUFFIXES as WEIGHT_SUFFIXES, BackboneSpec as BackboneSpec,
-                           DataConfig as DataConfig, load_backbone as load_backbone, spec_of as spec_of)
+                           DataConfig as DataConfig, arch_options as arch_options,
+                           load_backbone as load_backbone, spec_of as spec_of)
+    from .building import (ForwardStep as ForwardStep, generic_layout as generic_layout,
+                           last_linear as last_linear, layout_from_prefixes as layout_from_prefixes,
+                           new_classifier as new_classifier, set_submodule as set_submodule,
+                           split_sequential as split_sequential, stochastic as stochastic)
+    from .deprecation import moved_names as moved_names
     from .errors import (ConfigError as ConfigError, LayoutError as LayoutError, PluginError as PluginError,
                          ThawkitError as ThawkitError, UnknownNameError as UnknownNameError,
                          WeightsError as WeightsError, closest as closest,
@@ -51,8 +60,11 @@ _LAZY = {
     "Adapted": "adapted",
     **dict.fromkeys(["adapt", "data_config", "describe_layout", "list_optimizers", "list_sources",
                      "list_strategies", "replace_head"], "api"),
-    **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "load_backbone", "spec_of"],
-                    "backbone"),
+    **dict.fromkeys(["WEIGHT_SUFFIXES", "BackboneSpec", "DataConfig", "arch_options", "load_backbone",
+                     "spec_of"], "backbone"),
+    **dict.fromkeys(["ForwardStep", "generic_layout", "last_linear", "layout_from_prefixes",
+                     "new_classifier", "set_submodule", "split_sequential", "stochastic"], "building"),
+    "moved_names": "deprecation",
     **dict.fromkeys(["ConfigError", "LayoutError", "PluginError", "ThawkitError", "UnknownNameError",
                      "WeightsError", "closest", "format_validation_error", "quote", "shorten"], "errors"),
     **dict.fromkeys(["Block", "Layout", "Split"], "layout"),
@@ -68,11 +80,34 @@ _LAZY = {
 
 __all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]
 
+#: Public names that moved out of ``thawkit`` (old name -> "module:attribute"): each use warns.
+_MOVED = {
+    "DistributedAdapted": "thawkit.plugins.distributed:DistributedAdapted",
+    "FrozenPrefix": "thawkit.plugins.split:FrozenPrefix",
+    "WeightsReport": "thawkit.plugins.weights:WeightsReport",
+    "apply_weights": "thawkit.plugins.weights:apply_weights",
+    "read_weights": "thawkit.plugins.weights:read_weights",
+    "recipe_json_schema": "thawkit.plugins.inspection:recipe_json_schema",
+}
+
+#: Modules that moved (old -> new): ``import thawkit.cli`` still works, and warns.
+_MOVED_MODULES = {
+    "thawkit.cli": "thawkit.plugins.cli",
+    "thawkit.distributed": "thawkit.plugins.distributed",
+    "thawkit.fallbacks": "thawkit.plugins.fallbacks",
+    "thawkit.heads": "thawkit.building",
+    "thawkit.split": "thawkit.plugins.split",
+}
+MovedModules(_MOVED_MODULES).install()
+
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'thawkit' has no attribute {name!r}")
+        if name not in _MOVED:
+            raise AttributeError(f"module 'thawkit' has no attribute {name!r}")
+        warn_moved(f"thawkit.{name}", _MOVED[name])
+        return resolve(_MOVED[name])
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

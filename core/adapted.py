@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .deprecation import resolve, warn_moved
 from .errors import ConfigError, PluginError
 from .norm import has_running_stats, norm_modules, set_inference
 from .param_groups import GroupSpec, OptimizerSettings, build_groups, torch_param_groups
@@ -31,7 +32,7 @@ class Adapted:
         self.strategy = strategy
         self.pm = pm
         self.norm: str = strategy.params.norm
-        entry = pm.strategies.entries.get(strategy.name)
+        entry = pm.strategies.entry(strategy.name) if strategy.name in pm.strategies else None
         self._owner = entry.plugin if entry is not None and entry.obj is type(strategy) else None
         with pm.guard(self._owner, f"strategy {strategy.name!r}: phases()"):
             phases = strategy.phases(layout, model)
@@ -175,10 +176,15 @@ class Adapted:
         factory = self.pm.optimizers.get(config.name, where="optimizer.name")
         config.check_against(factory)
         groups = self.param_groups(config)
-        with self.pm.guard(self.pm.optimizers.entries[config.name].plugin, f"optimizer {config.name!r}"):
+        with self.pm.guard(self.pm.optimizers.entry(config.name).plugin, f"optimizer {config.name!r}"):
             optimizer: torch.optim.Optimizer = factory(groups, lr=config.lr,
                                                        weight_decay=config.weight_decay, **config.kwargs)
         return optimizer
+
+    def frozen_prefix(self, phase: int | None = None) -> Any:
+        """Deprecated: ``thawkit.plugins.split.frozen_prefix(adapted, phase)`` (it moved there)."""
+        warn_moved("thawkit.Adapted.frozen_prefix", "thawkit.plugins.split:frozen_prefix")
+        return resolve("thawkit.plugins.split:frozen_prefix")(self, phase)
 
     # -------------------------------------------------------------- plan
     @property

@@ -104,7 +104,7 @@ def adapt(model: nn.Module, strategy: str | Strategy, *, num_classes: int | None
         model, layout = replace_head(model, num_classes, dropout=dropout, keep_aux=keep_aux, pm=pm)
     else:
         layout = describe_layout(model, pm=pm)
-    entry = pm.strategies.entries.get(chosen.name)
+    entry = pm.strategies.entry(chosen.name) if chosen.name in pm.strategies else None
     with pm.guard(entry.plugin if entry else None, f"strategy {chosen.name!r}: prepare()"):
         prepared = chosen.prepare(model, layout)
     if prepared is not None:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
@@ -19,11 +20,16 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Where a backbone comes from: ``source:name`` plus loader options."""
+    """Where a backbone comes from: ``source:name`` plus loader options.
+
+    ``arch_options`` are the builder options that rebuild the architecture without the
+    weights it was loaded with (see :func:`arch_options`); the source says which.
+    """
 
     source: str
     name: str
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    arch_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
     def parse(cls, spec: str, options: dict[str, Any] | None = None) -> BackboneSpec:
@@ -75,6 +81,24 @@ def spec_of(model: nn.Module) -> BackboneSpec | None:
     return getattr(model, "_thawkit_spec", None)
 
 
+def arch_options(model: nn.Module) -> dict[str, Any]:
+    """Builder options that rebuild ``model``'s architecture without its published weights.
+
+    Published weights can change an architecture (torchvision's googlenet/inception
+    ``transform_input`` and auxiliary heads, a ViT's ``image_size``). A model built again
+    with ``weights=None, **arch_options(model)`` takes the trained model's own weights (the
+    training plugin saves these options in a run's recipe). They travel in the model's
+    :class:`BackboneSpec`: a source that has them defines
+    ``arch_options(name, options) -> dict``, and :func:`load_backbone` records its answer.
+    Empty for a model that :func:`load_backbone` did not load. Example::
+
+        model = thawkit.load_backbone("torchvision:googlenet", weights="DEFAULT")
+        thawkit.arch_options(model)   # {'transform_input': True, 'aux_logits': True}
+    """
+    spec = spec_of(model)
+    return dict(spec.arch_options) if spec is not None else {}
+
+
 def load_backbone(spec: str, *, pm: ThawkitPluginManager | None = None, **options: Any) -> nn.Module:
     """Load a backbone by spec: ``"torchvision:resnet18"``, ``"timm:convnext_atto"``, ...
 
@@ -90,11 +114,29 @@ def load_backbone(spec: str, *, pm: ThawkitPluginManager | None = None, **option
 
     pm = pm or default_plugin_manager()
     parsed = BackboneSpec.parse(spec, options)
-    source = pm.sources.get(parsed.source, where=f"backbone {spec!r}")
-    plugin = pm.sources.entries[parsed.source].plugin
-    with pm.guard(plugin, f"source {parsed.source!r}: load({parsed.name!r})"):
+    entry = pm.sources.entry(parsed.source, where=f"backbone {spec!r}")
+    source = entry.obj
+    with pm.guard(entry.plugin, f"source {parsed.source!r}: load({parsed.name!r})"):
         model: nn.Module = source.load(parsed.name, dict(options))
         if not callable(getattr(model, "named_parameters", None)):
             raise TypeError(f"load() returned {type(model).__name__}, not an nn.Module")
-    model._thawkit_spec = parsed
+    with pm.guard(entry.plugin, f"source {parsed.source!r}: arch_options({parsed.name!r})"):
+        arch = _arch_options(source, parsed, model, entry.plugin)
+    model._thawkit_spec = replace(parsed, arch_options=arch)
     return model
+
+
+def _arch_options(source: Any, spec: BackboneSpec, model: nn.Module, plugin: str) -> dict[str, Any]:
+    """The source's ``arch_options(name, options)``, or what an older source left on the model."""
+    if callable(getattr(source, "arch_options", None)):
+        arch = source.arch_options(spec.name, dict(spec.options))
+        if not isinstance(arch, dict):
+            raise TypeError(f"arch_options() returned {type(arch).__name__}, not a dict")
+        return dict(arch)
+    legacy = vars(model).get("_thawkit_arch_options")  # how sources passed them before
+    if legacy:
+        warnings.warn(f"plugin {plugin!r}: source {spec.source!r} sets model._thawkit_arch_options, "
+                      "which is deprecated: define arch_options(name, options) on the source instead "
+                      "(see thawkit.arch_options)", DeprecationWarning, stacklevel=3)
+        return dict(legacy)
+    return {}

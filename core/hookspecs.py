@@ -126,7 +126,9 @@ def thawkit_register_sources(register: Callable[..., None]) -> None:
         register: call ``register(name, source, replace=False)``. ``source`` is an
             object with ``load(name: str, options: dict) -> nn.Module`` and
             ``list_models(pattern: str | None = None) -> list[str]``; it may also
-            define ``description: str``.
+            define ``description: str``, and ``arch_options(name, options) -> dict``: the
+            builder options that rebuild what ``load`` built without its weights
+            (recorded in the model's spec, read by :func:`thawkit.arch_options`).
 
     Returns: nothing (all implementations are called).
 

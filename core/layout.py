@@ -2,7 +2,7 @@
 
 The layout is the vocabulary every strategy speaks. Plugins describe models
 they know (``thawkit_describe_layout``), most easily with
-:func:`thawkit.plugins.fallbacks.layout_from_prefixes`; the generic fallback describes any
+:func:`thawkit.layout_from_prefixes`; the generic fallback describes any
 ``nn.Module`` from its top-level children. Every parameter belongs to exactly
 one block, which :meth:`Layout.validate` checks.
 """

@@ -95,6 +95,7 @@ class Registry:
 
     @property
     def entries(self) -> dict[str, Entry]:
+        """Every name, deferred ones included (which runs the deferred contributions)."""
         self._resolve_deferred()
         return self._entries
 
@@ -125,14 +126,18 @@ class Registry:
                 self.on_error(plugin, f"plugin {plugin!r} failed: its deferred {self.kind} names raised "
                                       f"{type(exc).__name__}: {exc}")
 
-    def get(self, name: str, *, where: str | None = None) -> Any:
+    def entry(self, name: str, *, where: str | None = None) -> Entry:
+        """The entry for ``name``; deferred names are resolved only when no plugin gave it eagerly."""
         found = self._entries.get(name)
         if found is not None:
-            return found.obj
+            return found
         try:
-            return self.entries[name].obj
+            return self.entries[name]
         except KeyError:
             raise UnknownNameError(self.kind, name, self.entries, where=where) from None
+
+    def get(self, name: str, *, where: str | None = None) -> Any:
+        return self.entry(name, where=where).obj
 
     def names(self) -> list[str]:
         return sorted(self.entries)

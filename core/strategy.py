@@ -147,7 +147,7 @@ def strategy_instance(name: str, params: dict[str, Any], *, pm: ThawkitPluginMan
     Errors name the field as ``strategy.<field>`` and, for an unknown name, the closest names.
     """
     cls = pm.strategies.get(name, where=f"{where}: strategy.name")
-    with pm.guard(pm.strategies.entries[name].plugin, f"strategy {name!r} (its Params or __init__)"):
+    with pm.guard(pm.strategies.entry(name).plugin, f"strategy {name!r} (its Params or __init__)"):
         try:
             validated = cls.Params.model_validate(params)
         except ValidationError as exc:

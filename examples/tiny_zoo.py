@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import thawkit
-from thawkit.plugins.fallbacks import layout_from_prefixes
-from thawkit.plugins.split import ForwardStep, frozen_prefix, split_sequential
+from thawkit import ForwardStep, layout_from_prefixes, split_sequential
+from thawkit.plugins.split import frozen_prefix
 from thawkit.plugins.train.schedules import schedule_registry
 
 

@@ -20,7 +20,7 @@ class PythonSource:
         import torch
 
         from ._builders import builder_errors
-        from .fallbacks import last_linear
+        from thawkit import last_linear
         from .weights import apply_weights, read_weights
 
         module_name, sep, attr = name.rpartition(":")

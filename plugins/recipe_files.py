@@ -7,12 +7,19 @@ YAML aliases expanded (a small file cannot expand into a huge one) and digits of
 each is a :class:`thawkit.ConfigError` naming the file, line and column. A ``--set`` value is
 YAML read within the same limits; one that does not parse as YAML is kept as a string.
 
+Booleans follow YAML 1.2's core schema: only ``true`` and ``false`` (any case of the first
+letter, or all capitals). YAML 1.1's ``yes``, ``no``, ``on``, ``off``, ``y`` and ``n`` are
+strings, so ``train.cache: off``, ``--set train.cache=off`` and a run folder named ``off`` mean
+what they say.
+
 Core knows no file format: a plugin reading another one (TOML, a config system's files)
 answers the hook for its files first, since built-ins are asked last.
 """
 from __future__ import annotations
 
+import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +103,26 @@ def parse_text(text: str, where: str, *, json_: bool = False) -> Any:
         raise ConfigError(f"{where}: YAML value does not parse: {shorten(str(exc))}") from None
 
 
-def _yaml(text: str, where: str) -> Any:
-    """Safe YAML within the limits (a ConfigError past one; yaml.YAMLError on bad syntax)."""
+@functools.cache
+def _core_schema_loader() -> type:
+    """PyYAML's safe loader with YAML 1.2 core-schema booleans (true/false only)."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    bool_tag = "tag:yaml.org,2002:bool"
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {
+            first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return Loader
+
+
+def _yaml(text: str, where: str) -> Any:
+    """Safe YAML within the limits (a ConfigError past one; yaml.YAMLError on bad syntax)."""
+    loader = _core_schema_loader()(text)
     try:
         node = loader.get_single_node()
         if node is not None:

@@ -1,9 +1,9 @@
 """Splitting a model at a block boundary, so that what stays frozen is computed once.
 
 Core defines the hook ``thawkit_split_model`` and its answer, :class:`thawkit.Split`
-(``rest(prefix(x)) == model(x)``). This module holds what builds on it:
-:func:`split_sequential` and :class:`ForwardStep`, with which a plugin answers the hook
-from the steps of a forward pass, and :func:`frozen_prefix`, which asks for the split
+(``rest(prefix(x)) == model(x)``), and the helpers with which a plugin answers the hook from the
+steps of a forward pass (``thawkit.split_sequential``, ``thawkit.ForwardStep``; their old names
+here are deprecated aliases). This module holds :func:`frozen_prefix`, which asks for the split
 below the lowest block that trains in a phase and decides whether its output is a pure
 function of the input, the condition for caching it (``thawkit train``'s feature cache,
 ``thawkit probe`` and :class:`~thawkit.plugins.train.features.FeatureCache` use it)::
@@ -32,14 +32,15 @@ Exactness rules (any one failing means no cache, with the reason):
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import nn
 
-from thawkit import Adapted, Layout, Split, has_running_stats, is_norm, norm_modules
+import thawkit
+from thawkit import Adapted, Split, has_running_stats, is_norm, norm_modules
+
+__getattr__ = thawkit.moved_names(__name__, {
+    name: f"thawkit:{name}" for name in ("ForwardStep", "split_sequential", "stochastic")})
 
 
 @dataclass
@@ -60,96 +61,7 @@ class FrozenPrefix:
         return self.split is not None
 
 
-class ForwardStep(nn.Module):
-    """One step of a forward pass that is not a plain submodule call: ``fn(x)``.
-
-    ``uses`` are the modules and parameters ``fn`` runs; they are registered here so
-    that a prefix made of steps shows thawkit everything it computes with. Example,
-    for a forward that starts with ``x = self.stem(x) + self.pos_embed``::
-
-        ForwardStep(lambda x: model.stem(x) + model.pos_embed, model.stem, model.pos_embed)
-    """
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *uses: Any):
-        super().__init__()
-        self.fn = fn
-        self.modules_used = nn.ModuleList([u for u in uses if isinstance(u, nn.Module)])
-        self.params_used = nn.ParameterList([u for u in uses if isinstance(u, nn.Parameter)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        return getattr(self.fn, "__name__", "")
-
-
-def split_sequential(model: nn.Module, layout: Layout, block: str,
-                     steps: Sequence[nn.Module]) -> Split | None:
-    """Split a model whose forward pass is ``for step in steps: x = step(x)`` below ``block``.
-
-    ``steps`` are, in forward order, the model's own submodules or
-    :class:`ForwardStep` wrappers. The prefix is every step before the first one that
-    holds a parameter of ``block`` or of a later block (``layout.all_blocks`` order);
-    parameter-free dropout steps just before that step join the rest, so that
-    dropout in front of a classifier does not stop a cache. Returns ``None`` (no
-    split) when the steps do not hold every parameter of the model exactly once, when
-    the boundary falls inside a step, or when nothing lies below it.
-
-    Example::
-
-        steps = [model.stem, *model.stages, model.pool, nn.Flatten(1), model.fc]
-        split = split_sequential(model, layout, "head", steps)
-    """
-    order = {b.name: i for i, b in enumerate(layout.all_blocks)}
-    if block not in order:
-        return None
-    target = order[block]
-    block_of = layout.block_of()
-    name_of = {id(p): n for n, p in model.named_parameters()}
-    seen: set[int] = set()
-    spans: list[tuple[int, int] | None] = []
-    for step in steps:
-        ids = {id(p) for p in step.parameters()}
-        if ids & seen or not ids <= name_of.keys():
-            return None
-        seen |= ids
-        where = [order[block_of[name_of[i]]] for i in ids]
-        spans.append((min(where), max(where)) if where else None)
-    if seen != set(name_of):
-        return None
-    cut = next((i for i, s in enumerate(spans) if s is not None and s[1] >= target), len(steps))
-    if any(s is not None and s[0] < target for s in spans[cut:]):
-        return None  # the boundary falls inside a step
-    while cut > 0 and spans[cut - 1] is None and stochastic(steps[cut - 1]) is not None:
-        cut -= 1
-    if cut == 0:
-        return None
-    return Split(nn.Sequential(*steps[:cut]), nn.Sequential(*steps[cut:]), block)
-
-
 # ------------------------------------------------------------------ exactness
-_RATE_ATTRS = ("p", "prob", "drop_prob", "drop_rate", "drop_path_rate", "dropout", "attention_dropout")
-
-
-def stochastic(module: nn.Module) -> str | None:
-    """What makes ``module`` random in train mode (``"Dropout p=0.5"``), or ``None``.
-
-    Dropout of every kind, drop-path and stochastic depth layers (classes named
-    ``*Drop*`` or ``*StochasticDepth*`` with a rate above zero), and any module with a
-    ``drop*`` rate attribute above zero (``nn.MultiheadAttention(dropout=...)``,
-    torchvision DenseNet layers' ``drop_rate``).
-    """
-    name = type(module).__name__
-    dropout_like = "drop" in name.lower() or "stochasticdepth" in name.lower()
-    for attr in _RATE_ATTRS:
-        if not (dropout_like or "drop" in attr):
-            continue
-        value = getattr(module, attr, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return f"{name} {attr}={value:g}"
-    return None
-
-
 def frozen_prefix(adapted: Adapted, phase: int | None = None) -> FrozenPrefix:
     """The frozen part below the lowest block that trains in ``phase`` (default: the current
     one), as a :class:`~thawkit.Split` whose prefix output can be cached, or the reason why
@@ -214,7 +126,7 @@ def _check(adapted: Adapted, index: int, split: Split, boundary: str) -> str | N
                 and adapted.norm_mode(path, index) == "train":
             return (f"norm: train updates the running statistics of {path} at every step: the "
                     "frozen part's output changes; use norm: frozen to cache")
-        what = stochastic(module)
+        what = thawkit.stochastic(module)
         if what is not None:
             return (f"{path} ({what}) in the frozen part is active in training, so its output "
                     "differs at every step; build the backbone with that rate at 0 (dropout, "

@@ -1,10 +1,12 @@
-"""Weight files for sources: read a state dict safely, load it into a model strictly, and
-the builder options that published weights imply.
+"""Weight files for sources: read a state dict safely and load it into a model strictly.
 
 Used by the built-in sources (torchvision, timm, ``python:``) and the training
 plugin; a third-party source can use it the same way::
 
-    from thawkit.plugins.weights import apply_weights, arch_options, read_weights
+    from thawkit.plugins.weights import apply_weights, read_weights
+
+The builder options that published weights imply are public in ``thawkit``
+(``thawkit.arch_options``); the old name here is a deprecated alias.
 """
 from __future__ import annotations
 
@@ -17,22 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import thawkit
 from thawkit import WeightsError, quote, shorten
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-
-def arch_options(model: nn.Module) -> dict[str, Any]:
-    """Builder options that rebuild ``model``'s architecture without its published weights.
-
-    A source sets ``model._thawkit_arch_options`` when weights change the architecture
-    (torchvision's googlenet/inception ``transform_input``, a vit's ``image_size``), so a
-    trained model can be rebuilt with ``weights=None`` and its own weights loaded (the
-    training plugin saves them in a run's ``run.json``).
-    """
-    return dict(getattr(model, "_thawkit_arch_options", None) or {})
+__getattr__ = thawkit.moved_names(__name__, {"arch_options": "thawkit:arch_options"})
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

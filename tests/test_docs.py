@@ -92,10 +92,10 @@ def test_api_reference_renders_the_public_api():
                  "ConfigError", "UnknownNameError", "PluginError", "WeightsError", "LayoutError",
                  "adapt", "replace_head", "describe_layout", "data_config",
                  "load_backbone", "load_recipe", "validate_recipe", "adapt_recipe",
-                 "get_plugin_manager", "register"):
+                 "get_plugin_manager", "register", "layout_from_prefixes", "generic_layout",
+                 "new_classifier", "split_sequential", "arch_options"):
         assert f'id="thawkit.{name}"' in page, f"the API reference lacks thawkit.{name}"
-    for name in ("plugins.distributed.DistributedAdapted", "plugins.fallbacks.generic_layout",
-                 "plugins.fallbacks.new_classifier"):
+    for name in ("plugins.distributed.DistributedAdapted", "plugins.split.frozen_prefix"):
         assert f'id="thawkit.{name}"' in page, f"the API reference lacks thawkit.{name}"
 
 

@@ -18,12 +18,11 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import thawkit
-from thawkit import hookspecs
+from thawkit import ForwardStep, hookspecs, layout_from_prefixes, split_sequential
 from thawkit.backbone import BackboneSpec, DataConfig
 from thawkit.plugins.cli import hookspecs as cli_hookspecs
 from thawkit.plugins.inspection import recipe_json_schema
-from thawkit.plugins.fallbacks import layout_from_prefixes
-from thawkit.plugins.split import ForwardStep, frozen_prefix, split_sequential
+from thawkit.plugins.split import frozen_prefix
 from thawkit.plugins.train import hookspecs as train_hookspecs
 from thawkit.plugins.train.schedules import schedule_registry
 from thawkit.recipe import validate_recipe

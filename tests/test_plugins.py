@@ -15,7 +15,7 @@ import thawkit
 from thawkit.plugins.cli import main
 from thawkit.plugin_manager import DEFAULT_PLUGINS, PluginLoadWarning
 from thawkit.plugins.inspection import plugin_info
-from thawkit.plugins.fallbacks import layout_from_prefixes
+from thawkit import layout_from_prefixes
 
 STRATEGY_PLUGIN = '''
 import thawkit

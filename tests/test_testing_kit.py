@@ -285,7 +285,7 @@ def test_broken_sources_fail_their_checks(pm):
 class LosesABlock:
     @thawkit.hookimpl
     def thawkit_describe_layout(self, model, spec):
-        return fallbacks.layout_from_prefixes(model, stem=["stem"], blocks=[("b1", ["layer1"])],
+        return thawkit.layout_from_prefixes(model, stem=["stem"], blocks=[("b1", ["layer1"])],
                                             head=["fc"], classifiers=["classifier"])
 
 
@@ -307,7 +307,7 @@ class UpsideDownScales:
 
     @thawkit.hookimpl
     def thawkit_describe_layout(self, model, spec):
-        return fallbacks.generic_layout(model)
+        return thawkit.generic_layout(model)
 
     @thawkit.hookimpl
     def thawkit_layer_scales(self, model, layout, layer_decay, min_scale):

@@ -21,7 +21,7 @@ import thawkit
 from thawkit.api import describe_layout, replace_head
 from thawkit.errors import ConfigError, UnknownNameError, WeightsError
 from thawkit.plugins.torchvision import layouts as tvl
-from thawkit.plugins.fallbacks import layout_from_prefixes
+from thawkit import layout_from_prefixes
 
 ALL_MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
 N = 7
@@ -519,7 +519,7 @@ def test_architecture_options_of_published_weights_rebuild_the_same_network(mpm,
     (predict/export load a run's own weights into weights=None) must repeat it."""
     import torchvision
 
-    from thawkit.plugins.weights import arch_options
+    from thawkit import arch_options
 
     w = torchvision.models.GoogLeNet_Weights.DEFAULT
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 timm models compute ``forward_head(forward_features(x))``; for the
 architectures below, both are written out as their steps, in order, and
-:func:`thawkit.plugins.split.split_sequential` cuts them below a block. ``forward_head``'s
+:func:`thawkit.split_sequential` cuts them below a block. ``forward_head``'s
 dropout before the classifier (``drop_rate``, ``head_drop``) stays in the rest, so
 the pre-logits features of a head-only run are cached even with head dropout.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from thawkit.plugins.split import ForwardStep, split_sequential
+from thawkit import ForwardStep, split_sequential
 from torch import nn
 
 if TYPE_CHECKING:

@@ -261,10 +261,7 @@ class TorchvisionSource:
             return model.to(device) if device is not None else model
 
         # published weights
-        categories = weights.meta.get("categories")
-        new_classes = None
-        if categories is not None and opts.get("num_classes", len(categories)) != len(categories):
-            new_classes = opts.pop("num_classes")
+        new_classes = _pop_new_classes(weights, opts)
         kwargs, drop_aux = _weights_arch_kwargs(name, weights, opts)
         if on_meta:
             model = build(name, device, **kwargs)
@@ -274,14 +271,31 @@ class TorchvisionSource:
             model = build(name, None, weights=weights, **opts)
         if new_classes is not None:
             tvl.replace_head(model, int(new_classes), 0.0, keep_aux=True)
-        # what rebuilds this architecture without the published weights (a run's own
-        # weights loaded into a model built with weights=None): googlenet/inception's
-        # input transform and aux heads, vit/maxvit's input size
+        return model.to(device) if device is not None and not on_meta else model
+
+    def arch_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """What rebuilds ``name`` loaded with ``options`` without its published weights (a run's
+        own weights loaded into a model built with weights=None): googlenet/inception's input
+        transform and aux heads, vit/maxvit's input size (``thawkit.arch_options`` reads it)."""
+        opts = dict(options)
+        opts.pop("device", None)
+        kind, weights = resolve_weights(name, opts.pop("weights", None))
+        if kind != "enum":
+            return {}
+        _pop_new_classes(weights, opts)
+        kwargs, drop_aux = _weights_arch_kwargs(name, weights, opts)
         arch = {k: kwargs[k] for k in ARCH_OPTIONS if k in kwargs}
         if name in ("googlenet", "inception_v3"):
             arch["aux_logits"] = not drop_aux
-        model._thawkit_arch_options = arch
-        return model.to(device) if device is not None and not on_meta else model
+        return arch
+
+
+def _pop_new_classes(weights: Any, opts: dict[str, Any]) -> Any:
+    """``num_classes`` taken out of ``opts`` when it differs from the published weights' classes."""
+    categories = weights.meta.get("categories")
+    if categories is not None and opts.get("num_classes", len(categories)) != len(categories):
+        return opts.pop("num_classes")
+    return None
 
 
 # --------------------------------------------------------------------- hooks

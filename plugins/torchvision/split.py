@@ -1,8 +1,8 @@
 """Splits of torchvision classifiers at block boundaries, for caching frozen features.
 
 Each family's forward pass is written out as its steps, in order (the family's
-own submodules, and :class:`thawkit.plugins.split.ForwardStep` for what the forward does
-inline: flatten, pooling, class token); :func:`thawkit.plugins.split.split_sequential` then
+own submodules, and :class:`thawkit.ForwardStep` for what the forward does
+inline: flatten, pooling, class token); :func:`thawkit.split_sequential` then
 cuts the steps below a block. Only torchvision's own classes are split: a
 subclass may override ``forward``.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from thawkit.plugins.split import ForwardStep, split_sequential
+from thawkit import ForwardStep, split_sequential
 
 from . import layouts as tvl
 

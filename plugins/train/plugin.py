@@ -74,7 +74,7 @@ def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split |
     """The demo's small CNN: stem, three blocks, pooling (with its dropout) and the classifier."""
     if type(model).__name__ != "SmallCNN" or type(model).__module__ != f"{__package__}.demo_model":
         return None
-    from thawkit.plugins.split import split_sequential
+    from thawkit import split_sequential
 
     steps = [model.stem, model.block1, model.block2, model.block3, *model.pool, model.fc]
     return split_sequential(model, layout, block, steps)

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import yaml
-from thawkit import ConfigError, adapt_recipe, validate_recipe
+from thawkit import ConfigError, adapt_recipe, arch_options, validate_recipe
 
-from ..weights import arch_options
 from .cache import CacheDecision, decide
 from .checkpoint import write_json, write_text
 from .data import Loaders, Preprocess, build_loaders
@@ -119,8 +118,18 @@ def torch_flags_restored() -> Iterator[None]:
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        set_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def set_deterministic_algorithms(mode: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms``, called only when it changes something: each call
+    imports torch's inductor (about 1.7 s of a cold start), which a run that keeps torch's
+    default (``train.deterministic: false``) does not need."""
+    if torch.are_deterministic_algorithms_enabled() == mode and (
+            not mode or torch.is_deterministic_algorithms_warn_only_enabled() == warn_only):
+        return
+    torch.use_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -129,7 +138,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # an op without a deterministic kernel (some CUDA backward passes) warns, naming itself,
     # rather than ending the run; on CPU the ops thawkit's loop uses are deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    set_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False
     random.seed(seed)

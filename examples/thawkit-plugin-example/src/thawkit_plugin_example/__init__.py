@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import thawkit
-from thawkit.plugins.fallbacks import layout_from_prefixes
+from thawkit import layout_from_prefixes
 from torch import nn
 
 from .strategy import Budget
