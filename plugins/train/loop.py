@@ -128,6 +128,7 @@ class Trainer:
         self.state = Progress()
         self.wise: list[dict[str, Any]] = []  # the WiSE-FT sweep (train.wise_alphas), when done
         self._saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written
+        self._changes: bool | None = None  # files hold only what changed (see _changed_only)
         # a buffer that holds inf by design (a mask) is no sign of divergence
         self._nonfinite_from_start = set(self._nonfinite())
         self.interrupt_requested = False
@@ -141,10 +142,43 @@ class Trainer:
         s = self.s
         return {"epoch": self.state.epoch, "step": self.state.step,
                 "progress": {k: v for k, v in vars(self.state).items() if k not in ("epoch", "step")},
-                "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                **self._model_state(), "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
                 "strategy": s.adapted.state_dict(), "rng": rng_state(),
                 "recipe": s.recipe.model_dump(mode="json"), **self._world_state()}
+
+    def _changed_only(self) -> bool:
+        """Whether this run's files hold only what training changed: yes, unless the run
+        directory comes from a thawkit that wrote full checkpoints (its start record says)."""
+        if self._changes is None:
+            from .start import changed_only, read_start
+
+            try:
+                self._changes = changed_only(read_start(self.s.run_dir))
+            except ThawkitError:
+                self._changes = False
+        return self._changes
+
+    def _model_state(self) -> dict[str, Any]:
+        """The checkpoint's model: the tensors changed by the end of the current phase."""
+        state = self.s.model.state_dict()
+        if not self._changed_only():
+            return {"model": state}
+        from .start import changing_keys
+
+        keep = changing_keys(self.s.adapted, self.s.adapted.phase)
+        return {"model": {k: v for k, v in state.items() if k in keep}, "model_changed_only": True}
+
+    def _best_state(self) -> tuple[dict[str, Any], dict[str, str] | None]:
+        """``best.safetensors``: the tensors the run can ever change (so the final weights
+        complete it, as well as the rebuilt start), marked as such in its metadata."""
+        state = self.s.model.state_dict()
+        if not self._changed_only():
+            return state, None
+        from .start import CHANGED_ONLY, changing_keys
+
+        keep = changing_keys(self.s.adapted, self.s.adapted.phase_at(self.s.epochs - 1))
+        return {k: v for k, v in state.items() if k in keep}, {CHANGED_ONLY: "1"}
 
     def _world_state(self) -> dict[str, Any]:
         """Under DDP: the number of processes and every process's RNG state (a collective call)."""
@@ -159,7 +193,7 @@ class Trainer:
         s = self.s
         ckpt = load_checkpoint(s.run_dir)
         try:
-            s.model.load_state_dict(ckpt["model"])
+            self._load_model(ckpt)
             s.optimizer.load_state_dict(ckpt["optimizer"])
             s.scheduler.load_state_dict(ckpt["scheduler"])
             s.scaler.load_state_dict(ckpt["scaler"])
@@ -185,6 +219,21 @@ class Trainer:
         changed = restore_message(saved, self.world)
         if changed:
             self.log(changed)
+
+    def _load_model(self, ckpt: dict[str, Any]) -> None:
+        """The checkpoint's tensors into the model; with only the changed ones, the others (as
+        prepare built them) must be the run's start, digest for digest (a changed weights file
+        is an error here, before any training)."""
+        from .checkpoint import CHECKPOINT
+        from .start import complete_state
+
+        s = self.s
+        state = ckpt["model"]
+        if ckpt.get("model_changed_only"):
+            state = complete_state(s.run_dir, state, list(s.model.state_dict()),
+                                   file=s.run_dir / CHECKPOINT, have=s.model.state_dict(),
+                                   rebuild=False, pm=s.recipe.plugin_manager, what="--resume")
+        s.model.load_state_dict(state)
 
     def save(self) -> None:
         self._check_finite()
@@ -406,7 +455,7 @@ class Trainer:
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
             if self.world.is_main:
-                save_weights(s.run_dir / "best.safetensors", s.model.state_dict())
+                save_weights(s.run_dir / "best.safetensors", *self._best_state())
         st.epoch += 1
         st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
         self.save()

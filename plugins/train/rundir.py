@@ -26,7 +26,8 @@ from thawkit import ConfigError, ThawkitError
 LOCK_FILE = "run.lock"
 #: Every file a run writes into its directory (export refuses to overwrite them).
 RUN_FILES = ("recipe.yaml", "plan.json", "data.json", "metrics.jsonl", "curves.png",
-             "model.safetensors", "best.safetensors", "checkpoint.pt", "run.json", LOCK_FILE)
+             "model.safetensors", "best.safetensors", "checkpoint.pt", "run.json", "start.json",
+             "start.safetensors", LOCK_FILE)
 #: ``python:`` factories that ship with thawkit and may be rebuilt from any run directory.
 TRUSTED_FACTORIES = ("thawkit.plugins.train.demo_model:small_cnn",)
 

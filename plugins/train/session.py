@@ -7,8 +7,10 @@ A run directory holds:
 * ``plan.json``: the plan (every parameter's block, phase, group, lr, weight decay) and, under
   ``cache``, whether each phase trains on cached features and why (``cache.py``);
 * ``data.json``: class names and the resolved preprocessing;
+* ``start.json`` (and sometimes ``start.safetensors``): what the run started from (``start.py``);
 * ``metrics.jsonl``, ``curves.png``, ``model.safetensors``, ``best.safetensors``,
-  ``checkpoint.pt`` and ``run.json`` (status) written as the run goes.
+  ``checkpoint.pt`` and ``run.json`` (status) written as the run goes; the checkpoint and the
+  best weights hold only the tensors training changed (``start.py``).
 """
 from __future__ import annotations
 
@@ -131,7 +133,6 @@ def torch_flags_restored() -> Iterator[None]:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    import numpy as np
     import torch
 
     if deterministic:
@@ -142,6 +143,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False
+    seed_rngs(seed)
+
+
+def seed_rngs(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (also right before the model is built, so
+    that its initialisation can be drawn again: :func:`.start.rebuild_start`)."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -299,6 +309,7 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     device = process_device(world, pick_device(t.device))
     if t.sync_bn:
         check_sync_bn(world, device)
+    seed_rngs(t.seed)  # the start is drawn from the seed alone, so it can be rebuilt
     adapted = adapt_recipe(recipe, num_classes=n)
     if t.sync_bn and world.distributed:
         convert_sync_bn(adapted.model)
@@ -344,7 +355,7 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
             "classes": train.classes, "preprocess": prep.to_dict(),
             "train": {"dir": str(train.root), "images": len(train)},
             "val": {"dir": str(val.root), "images": len(val)}})
-        from .wise import record_start
+        from .start import record_start
 
         record_start(run_dir, recipe, adapted)
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,

@@ -1,94 +1,56 @@
-"""WiSE-FT for runs: what a run started from, the interpolated model, and the end-of-run sweep.
+"""WiSE-FT for runs: the starting weights, the interpolated model, and the end-of-run sweep.
 
-A new run writes ``start.json``: the SHA-256 of its starting weights outside the new head, and
-where they came from. When the recipe names them (``backbone.weights``: a file, recorded with
-its absolute path, or published weights; or ``backbone.pretrained``), they are rebuilt from
-there when needed and checked against the digest; when it names none (the builder's own
-initialisation, random or not), the run saves them as ``start.safetensors``, since nothing
-else could give them back. Interpolation itself is :func:`thawkit.plugins.wise.interpolate`.
+What a run started from is in its ``start.json`` (:mod:`.start`): a digest per tensor and
+where the weights came from. WiSE-FT needs the starting values of the tensors the run changed
+only: those outside the head come from ``start.safetensors`` (a run whose recipe names no
+weights) or from the start rebuilt from the recipe, each checked against its digest; the
+tensors the run left alone are the fine-tuned model's own. Interpolation itself is
+:func:`thawkit.plugins.wise.interpolate`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError, WeightsError
 
 from ..wise import check_alpha, head_keys, interpolate, state_digest
-from .checkpoint import save_weights, write_json
+from .start import START_FILE, changed_only, read_start, rebuild_start, start_tensors
 
 if TYPE_CHECKING:
     import torch
-    from thawkit import Adapted, Recipe, ThawkitPluginManager
+    from thawkit import ThawkitPluginManager
 
     from .inference import RunModel
     from .loop import Trainer
-
-START_FILE = "start.json"
-START_WEIGHTS = "start.safetensors"
-START_FORMAT = "thawkit-start/1"
-
-
-def _named(recipe: Recipe) -> bool:
-    return recipe.backbone.weights is not None or recipe.backbone.pretrained
-
-
-def record_start(run_dir: Path, recipe: Recipe, adapted: Adapted) -> None:
-    """Write ``start.json`` (and, for weights no recipe field names, ``start.safetensors``)."""
-    state = adapted.model.state_dict()
-    keys = sorted(set(state) - head_keys(state, adapted.layout))
-    weights = recipe.backbone.weights
-    file = Path(weights).resolve() if weights and Path(weights).is_file() else None
-    record = {"format": START_FORMAT, "spec": recipe.backbone.spec, "weights": weights,
-              "pretrained": recipe.backbone.pretrained, "file": str(file) if file else None,
-              "saved": None if _named(recipe) else START_WEIGHTS, "tensors": len(keys),
-              "sha256": state_digest(state, keys)}
-    if record["saved"]:
-        save_weights(run_dir / START_WEIGHTS, {k: state[k] for k in keys})
-    write_json(run_dir / START_FILE, record)
 
 
 def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
                 ) -> dict[str, torch.Tensor]:
     """The weights run ``run_dir`` started from (outside the new head), checked against its
     ``start.json``; a :class:`~thawkit.WeightsError` saying what is missing when they cannot be had."""
-    from thawkit import adapt, default_plugin_manager, load_backbone
+    from thawkit import default_plugin_manager
 
+    return _start(Path(run_dir), pm or default_plugin_manager(), None)
+
+
+def _start(run_dir: Path, pm: ThawkitPluginManager,
+           tuned: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The starting weights outside the head; ``tuned``: the fine-tuned ones, which give the
+    tensors the run left alone without rebuilding anything."""
     from ..weights import read_weights
-    from .session import read_data_info, read_run_recipe
 
-    pm = pm or default_plugin_manager()
-    run_dir = Path(run_dir)
-    path = run_dir / START_FILE
-    if not path.is_file():
-        raise WeightsError(f"WiSE-FT: {str(run_dir)!r} has no {START_FILE}, so its starting weights "
-                           "are unknown (a run from a thawkit that did not record them cannot be "
-                           "interpolated)")
-    try:
-        record = json.loads(path.read_text())
-        record["sha256"]
-    except (ValueError, TypeError, KeyError):
-        raise WeightsError(f"WiSE-FT: {path} is not a {START_FORMAT} record (it does not parse or "
-                           "has no sha256); the run's starting weights are unknown") from None
+    record = read_start(run_dir)
+    if changed_only(record):
+        return start_tensors(run_dir, list(record["tensors"]), have=tuned, pm=pm)
+    # thawkit-start/1: one digest over everything, the whole start saved when no field names it
     if record.get("saved"):
         state = read_weights(run_dir / record["saved"])
         origin = str(run_dir / record["saved"])
     else:
-        recipe = read_run_recipe(run_dir, pm=pm)
-        options = recipe.backbone.load_options()
-        if record.get("file"):
-            if not Path(record["file"]).is_file():
-                raise WeightsError(f"WiSE-FT: the run started from {record['file']}, which no longer "
-                                   "exists; put the file back there to interpolate")
-            options["weights"] = record["file"]
-        origin = record.get("file") or f"{record['spec']} weights={record.get('weights')!r}" + (
-            " pretrained" if record.get("pretrained") else "")
-        model = load_backbone(recipe.backbone.spec, pm=pm, **options)
-        n = len(read_data_info(run_dir)["classes"])
-        adapted = adapt(model, recipe.strategy.instance, num_classes=n, dropout=recipe.head.dropout,
-                        keep_aux=recipe.head.keep_aux, pm=pm)
+        adapted = rebuild_start(run_dir, record, pm=pm)
         full = adapted.model.state_dict()
+        origin = record.get("file") or f"{record['spec']} weights={record.get('weights')!r}"
         state = {k: full[k] for k in sorted(set(full) - head_keys(full, adapted.layout))}
     if state_digest(state, state) != record["sha256"]:
         raise WeightsError(f"WiSE-FT: the starting weights from {origin} are not the ones run "
@@ -115,8 +77,11 @@ def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float, *,
         raise ConfigError(f"WiSE-FT: run {str(run_dir)!r} trains adapters "
                           f"({run.recipe.strategy.name}): its base weights never moved, so there "
                           "is nothing to interpolate")
-    start = start_state(run_dir, pm=pm)
-    run.model.load_state_dict(interpolate(start, run.model.state_dict(), alpha, head=run.layout))
+    from thawkit import default_plugin_manager
+
+    tuned = run.model.state_dict()
+    start = _start(Path(run_dir), pm or default_plugin_manager(), tuned)
+    run.model.load_state_dict(interpolate(start, tuned, alpha, head=run.layout))
     return run
 
 
@@ -125,7 +90,7 @@ def sweep(trainer: Trainer, alphas: list[float]) -> list[dict[str, Any]]:
     fine-tuned weights back afterwards."""
     s = trainer.s
     tuned = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
-    start = start_state(s.run_dir, pm=s.recipe.plugin_manager)
+    start = _start(s.run_dir, s.recipe.plugin_manager, tuned)
     rows = []
     try:
         for alpha in alphas:
