@@ -183,6 +183,11 @@ def test_changed_weights_file_is_a_clear_error_on_resume_and_predict(tmp_path, d
     assert main(["predict", str(run), str(image), "--best"]) == 2
     err = capsys.readouterr().err
     assert "best.safetensors: the starting weights from" in err and "SHA-256 differs" in err
+    (run / "start.json").rename(tmp_path / "start.json")
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "has no start.json" in err and "Traceback" not in err
+    (tmp_path / "start.json").rename(run / "start.json")
     _pretrained(weights, 0)  # the original back: the run goes on
     assert main(["train", "--resume", str(run)]) == 0
 

@@ -89,9 +89,11 @@ def read_start(run_dir: str | Path, what: str = "WiSE-FT") -> dict[str, Any]:
     run_dir = Path(run_dir)
     path = run_dir / START_FILE
     if not path.is_file():
+        why = ("a run from a thawkit that did not record them cannot be interpolated"
+               if what == "WiSE-FT" else "they complete the run's files, which hold only what "
+               "training changed; the final model.safetensors, where there is one, is complete")
         raise WeightsError(f"{what}: {str(run_dir)!r} has no {START_FILE}, so its starting weights "
-                           "are unknown (a run from a thawkit that did not record them cannot be "
-                           "interpolated)")
+                           f"are unknown ({why})")
     try:
         record = json.loads(path.read_text())
         ok = isinstance(record["sha256"] if record.get("format") != START_FORMAT
