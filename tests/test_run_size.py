@@ -262,3 +262,13 @@ def test_run_directories_written_before_stay_readable(tmp_path, data, pm):
     start = _weights(old / "start.safetensors")
     zero = wise_model(old, 0.0, pm=pm).model.state_dict()
     assert all(torch.equal(zero[k], v) for k, v in start.items())
+
+
+def test_names_moved_to_start_keep_working_with_a_warning():
+    from thawkit.plugins.train import start, wise
+
+    for name in ("record_start", "START_WEIGHTS", "START_FORMAT"):
+        with pytest.warns(DeprecationWarning, match=f"moved to thawkit.plugins.train.start.{name}"):
+            assert getattr(wise, name) is getattr(start, name)
+    with pytest.raises(AttributeError):
+        wise.no_such_name  # noqa: B018

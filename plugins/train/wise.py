@@ -25,6 +25,23 @@ if TYPE_CHECKING:
     from .loop import Trainer
 
 
+_MOVED = ("record_start", "START_WEIGHTS", "START_FORMAT")
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved to :mod:`.start` (what a run started from is no longer WiSE-FT's
+    alone: resume and predict need it too) keep working, with a warning."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    from . import start
+
+    warnings.warn(f"{__name__}.{name} moved to thawkit.plugins.train.start.{name}",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(start, name)
+
+
 def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
                 ) -> dict[str, torch.Tensor]:
     """The weights run ``run_dir`` started from (outside the new head), checked against its
