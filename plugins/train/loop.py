@@ -140,9 +140,11 @@ class Trainer:
     # ------------------------------------------------------------ state
     def checkpoint_state(self) -> dict[str, Any]:
         s = self.s
+        model, changed_only = self._changed_state(s.adapted.phase)  # grows as blocks thaw
         return {"epoch": self.state.epoch, "step": self.state.step,
                 "progress": {k: v for k, v in vars(self.state).items() if k not in ("epoch", "step")},
-                **self._model_state(), "optimizer": s.optimizer.state_dict(),
+                "model": model, "model_changed_only": changed_only,
+                "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
                 "strategy": s.adapted.state_dict(), "rng": rng_state(),
                 "recipe": s.recipe.model_dump(mode="json"), **self._world_state()}
@@ -159,26 +161,16 @@ class Trainer:
                 self._changes = False
         return self._changes
 
-    def _model_state(self) -> dict[str, Any]:
-        """The checkpoint's model: the tensors changed by the end of the current phase."""
+    def _changed_state(self, upto: int) -> tuple[dict[str, Any], bool]:
+        """The model's tensors that training can have changed by the end of phase ``upto``, and
+        True; or all of them and False, in a run directory that keeps full files (from before)."""
         state = self.s.model.state_dict()
         if not self._changed_only():
-            return {"model": state}
+            return state, False
         from .start import changing_keys
 
-        keep = changing_keys(self.s.adapted, self.s.adapted.phase)
-        return {"model": {k: v for k, v in state.items() if k in keep}, "model_changed_only": True}
-
-    def _best_state(self) -> tuple[dict[str, Any], dict[str, str] | None]:
-        """``best.safetensors``: the tensors the run can ever change (so the final weights
-        complete it, as well as the rebuilt start), marked as such in its metadata."""
-        state = self.s.model.state_dict()
-        if not self._changed_only():
-            return state, None
-        from .start import CHANGED_ONLY, changing_keys
-
-        keep = changing_keys(self.s.adapted, self.s.adapted.phase_at(self.s.epochs - 1))
-        return {k: v for k, v in state.items() if k in keep}, {CHANGED_ONLY: "1"}
+        keep = changing_keys(self.s.adapted, upto)
+        return {k: v for k, v in state.items() if k in keep}, True
 
     def _world_state(self) -> dict[str, Any]:
         """Under DDP: the number of processes and every process's RNG state (a collective call)."""
@@ -455,7 +447,12 @@ class Trainer:
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
             if self.world.is_main:
-                save_weights(s.run_dir / "best.safetensors", *self._best_state())
+                from .start import CHANGED_ONLY
+
+                # what the whole run can change, so that the final weights complete it too
+                best, changed_only = self._changed_state(s.adapted.phase_at(s.epochs - 1))
+                save_weights(s.run_dir / "best.safetensors", best,
+                             {CHANGED_ONLY: "1"} if changed_only else None)
         st.epoch += 1
         st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
         self.save()
