@@ -241,7 +241,11 @@ class Trainer:
         if val is not None and not math.isfinite(val["val_loss"]):
             what = f"the validation loss is {val['val_loss']} after epoch {st.epoch + 1}"
         else:
-            bad = [k for k in self._nonfinite() if k not in self._nonfinite_from_start]
+            from .start import changing_keys
+
+            # a tensor training cannot change is bit-identical to the start: no need to scan it
+            keys = changing_keys(self.s.adapted, self.s.adapted.phase)
+            bad = [k for k in self._nonfinite(keys) if k not in self._nonfinite_from_start]
             if not bad:
                 return
             what = (f"{len(bad)} tensor{'s' if len(bad) > 1 else ''} of the model "
@@ -480,11 +484,12 @@ class Trainer:
         return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True,
                     desc=f"epoch {self.state.epoch + 1}/{self.s.epochs}")
 
-    def _nonfinite(self) -> list[str]:
+    def _nonfinite(self, keys: frozenset[str] | None = None) -> list[str]:
         import torch
 
         return [k for k, v in self.s.model.state_dict().items()
-                if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+                if (keys is None or k in keys) and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())]
 
     def _kept(self) -> str:
         """Which checkpoint a run that stops now keeps: the last one it wrote (or read)."""
