@@ -57,7 +57,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.cli": "thawkit.plugins.cli",
     "thawkit.train": "thawkit.plugins.train.plugin",
     "thawkit.schedules": "thawkit.plugins.train.schedules",
-    "thawkit.commands": "thawkit.plugins.commands",
+    "thawkit.commands": "thawkit.plugins.inspection",
     "thawkit.coverage": "thawkit.plugins.coverage",
     "thawkit.check_plugin": "thawkit.plugins.testing.command",
     "thawkit.fallbacks": "thawkit.plugins.fallbacks",
@@ -155,6 +155,7 @@ class ThawkitPluginManager(pluggy.PluginManager):
         super().__init__("thawkit")
         self._registries: dict[str, Registry] = {}
         #: collector hook -> (kind, reader of ``register``'s arguments); plugins add their own
+        #: with :meth:`add_collector`
         self.collectors: dict[str, tuple[str, Callable[..., tuple[str, Any]]]] = {
             "thawkit_register_strategies": ("strategy", lambda cls: (getattr(cls, "name", ""), cls)),
             "thawkit_register_sources": ("source", _pair),
@@ -224,6 +225,19 @@ class ThawkitPluginManager(pluggy.PluginManager):
         dist, version = self._dist_of[plugin]
         return f"plugin {plugin!r} (entry point '{plugin} = {self._entry_point[plugin]}' of " \
                f"distribution {dist} {version})"
+
+    def add_collector(self, hook: str, kind: str,
+                      unpack: Callable[..., tuple[str, Any]] = _pair) -> None:
+        """Make ``hook`` (a hook a plugin added in ``thawkit_add_hookspecs``) a collector hook:
+        :meth:`registry` builds its names of ``kind`` (for messages: "unknown KIND"), reading each
+        ``register(...)`` call's arguments with ``unpack`` into ``(name, obj)``."""
+        self.collectors[hook] = (kind, unpack)
+        self._registries.pop(hook, None)
+
+    def distribution(self, plugin: str) -> tuple[str | None, str | None]:
+        """The distribution and version that installed ``plugin`` through an entry point, or
+        ``(None, None)`` (a built-in, a runtime registration, a ``--plugin`` module)."""
+        return self._dist_of.get(plugin, (None, None))
 
     def registry(self, hook: str, kind: str | None = None,
                  unpack: Callable[..., tuple[str, Any]] | None = None) -> Registry:

@@ -38,7 +38,6 @@ from thawkit import ConfigError
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-    import torch
     from thawkit import Adapted, OptimizerSettings, ThawkitPluginManager
 
 __all__ = ["ThawkitFinetuning", "configure_optimizers"]
@@ -286,12 +285,14 @@ def configure_optimizers(pl_module: pl.LightningModule, optimizer: str | dict[st
         else callback.schedule
     if section is None:
         return {"optimizer": built}
-    scheduler, interval = _scheduler(section, built, pl_module.trainer, pm, steps_per_epoch)
+    from .train.schedules import build_scheduler, watches_metric
+
+    epochs, steps_per_epoch = _run_length(section, pl_module.trainer, steps_per_epoch)
+    scheduler, interval = build_scheduler(section, built, pm=pm, epochs=epochs,
+                                          steps_per_epoch=steps_per_epoch, where="configure_optimizers")
     lr_scheduler: dict[str, Any] = {"scheduler": scheduler, "interval": interval, "frequency": 1,
                                     "name": f"thawkit-{section.name}"}
-    from torch.optim.lr_scheduler import ReduceLROnPlateau
-
-    if isinstance(scheduler, ReduceLROnPlateau):
+    if watches_metric(scheduler):
         lr_scheduler["monitor"] = monitor
     return {"optimizer": built, "lr_scheduler": lr_scheduler}
 
@@ -354,10 +355,8 @@ def _schedule_section(schedule: str | dict[str, Any], pm: ThawkitPluginManager, 
     return section
 
 
-def _scheduler(section: Any, optimizer: torch.optim.Optimizer, trainer: pl.Trainer,
-               pm: ThawkitPluginManager, steps_per_epoch: int | None) -> tuple[Any, str]:
-    from .train.schedules import schedule_registry
-
+def _run_length(section: Any, trainer: pl.Trainer, steps_per_epoch: int | None) -> tuple[int, int]:
+    """The epochs and optimizer steps per epoch a schedule runs over, from the Trainer."""
     epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
     if steps_per_epoch is None:
         total = trainer.estimated_stepping_batches
@@ -365,9 +364,4 @@ def _scheduler(section: Any, optimizer: torch.optim.Optimizer, trainer: pl.Train
             raise ConfigError(f"configure_optimizers: schedule {section.name!r} needs a finite run; set "
                               "Trainer(max_epochs=...) or max_steps, or give steps_per_epoch")
         steps_per_epoch = max(1, math.ceil(int(total) / epochs))
-    registry = schedule_registry(pm)
-    factory = registry.get(section.name, where="configure_optimizers: schedule.name")
-    with pm.guard(registry.entries[section.name].plugin, f"schedule {section.name!r}"):
-        scheduler = factory(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            warmup_epochs=section.warmup_epochs, **section.params)
-    return scheduler, getattr(factory, "interval", "step")
+    return epochs, steps_per_epoch

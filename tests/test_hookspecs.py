@@ -21,7 +21,7 @@ import thawkit
 from thawkit import hookspecs
 from thawkit.backbone import BackboneSpec, DataConfig
 from thawkit.plugins.cli import hookspecs as cli_hookspecs
-from thawkit.plugins.commands import recipe_json_schema
+from thawkit.plugins.inspection import recipe_json_schema
 from thawkit.plugins.fallbacks import layout_from_prefixes
 from thawkit.plugins.split import ForwardStep, frozen_prefix, split_sequential
 from thawkit.plugins.train import hookspecs as train_hookspecs

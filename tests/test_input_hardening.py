@@ -316,7 +316,7 @@ def test_a_decompression_bomb_is_named_before_anything_is_written(tmp_path, pm):
     bomb = data / "train" / "a" / "huge.png"
     bomb.write_bytes(_png_header(20000, 20000))
     with pytest.raises(DataError, match="huge.png.*too large to decode safely"):
-        train(_recipe(data, tmp_path / "run", pm), pm=pm, log=lambda s: None)
+        train(_recipe(data, tmp_path / "run", pm), log=lambda s: None)
     assert not (tmp_path / "run").exists()
 
 
@@ -334,7 +334,7 @@ def test_one_training_image_with_training_batchnorm_is_named_before_training(tmp
           "strategy": {"name": "full"}}
     recipe = _recipe(data, tmp_path / "run", pm, **bn)
     with pytest.raises(ConfigError, match="data.train has one image.*BatchNorm.*batch_size >= 2"):
-        train(recipe, pm=pm, log=lambda s: None)
+        train(recipe, log=lambda s: None)
     assert not (tmp_path / "run").exists()
 
 

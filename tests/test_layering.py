@@ -1,5 +1,7 @@
-"""The layering holds: core never imports a plugin, torchvision, timm, yaml or argparse, and plugins
-import only the public API of the ``thawkit`` package (import-linter contracts in pyproject.toml).
+"""The layering holds: core never imports a plugin, torchvision, timm, yaml or argparse, plugins
+import only the public API of the ``thawkit`` package, the training plugin's modules form layers,
+and no built-in plugin's modules import each other in a cycle (import-linter contracts in
+pyproject.toml).
 
 import-linter reads packages from disk; the repository keeps ``thawkit`` in core/ and
 ``thawkit.plugins`` in plugins/, so the tests lay them out as installed (a copy in a temp folder).
@@ -36,7 +38,7 @@ def lint_imports(site: Path) -> subprocess.CompletedProcess:
 def test_contracts_are_kept(tmp_path):
     result = lint_imports(installed_layout(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "4 kept, 0 broken" in result.stdout
 
 
 def test_contracts_list_every_core_module():
@@ -81,3 +83,28 @@ def test_a_broken_layer_fails(tmp_path, where, line, broken):
     assert result.returncode != 0
     assert f"{broken}" in result.stdout and "BROKEN" in result.stdout, result.stdout
     assert target.stem in result.stdout
+
+
+LAYERS = "the training plugin is layered, front ends over runs over the loop over the run"
+CYCLES = "no import cycles between the modules of the built-in plugins"
+
+
+@pytest.mark.parametrize("module, line, broken", [
+    # a cycle hidden in a function: rundir -> session while session -> rundir
+    ("rundir", "\n\ndef _back():\n    from .session import prepare\n    return prepare\n", [LAYERS, CYCLES]),
+    # the loop's base class imported back from the loop: pipeline -> loop -> pipeline
+    ("pipeline", "\nfrom .loop import Trainer\n", [LAYERS, CYCLES]),
+    # no cycle, but upward: the schedules (a bottom layer) importing the plots
+    ("schedules", "\nfrom .plot import plot_run\n", [LAYERS]),
+])
+def test_an_import_cycle_or_an_upward_import_in_the_training_plugin_fails(tmp_path, module, line, broken):
+    site = installed_layout(tmp_path)
+    target = site / "thawkit" / "plugins" / "train" / f"{module}.py"
+    target.write_text(target.read_text() + line)
+    result = lint_imports(site)
+    assert result.returncode != 0
+    for name in broken:
+        assert f"{name}" in result.stdout, result.stdout
+    assert f"{len(broken)} broken" in result.stdout, result.stdout
+    assert f".{module} ->" in result.stdout or f"thawkit.plugins.train.{module} ->" in result.stdout, \
+        result.stdout

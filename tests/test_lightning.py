@@ -528,3 +528,26 @@ def test_ddp_strategy_with_lora_adapters(tmp_path):
     base = plain_names(a)
     assert [k for k in before if not k.startswith("fc.") and not torch.equal(before[k], base[k])] == []
     assert "stem.1.running_var" in before and "block1.1.running_mean" in before
+
+
+def test_configure_optimizers_checks_a_schedule_interval_as_train_does(tmp_path):
+    """One scheduler builder for train, probe and Lightning: a schedule whose ``interval`` is
+    neither ``step`` nor ``epoch`` is refused here too, naming the schedule."""
+    class Weekly:
+        @thawkit.hookimpl
+        def thawkit_register_schedules(self, register):
+            def weekly(optimizer, *, epochs, steps_per_epoch, warmup_epochs):
+                return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+            weekly.interval = "weekly"
+            register("weekly", weekly)
+
+    class Plain(Classifier):
+        def configure_optimizers(self):
+            return configure_optimizers(self)
+
+    pm = thawkit.get_plugin_manager(entrypoints=False)
+    pm.register(Weekly())
+    callback = ThawkitFinetuning("gradual", num_classes=3, every=1, schedule="weekly", pm=pm)
+    with pytest.raises(thawkit.ConfigError, match="schedule 'weekly': interval must be 'step' or 'epoch'"):
+        trainer(tmp_path, callback, max_epochs=1).fit(Plain(), train_dataloaders=Batches())

@@ -96,7 +96,7 @@ def test_metrics_show_the_switch_and_the_backbone_lr(tmp_path, data, pm):
                                                       "backbone_lr_scale": 0.25},
                     schedule={"name": "constant", "warmup_epochs": 0}, train={"epochs": 2})
     lines: list[str] = []
-    assert train(load(d, pm), pm=pm, log=lines.append).status == "finished"
+    assert train(load(d, pm), log=lines.append).status == "finished"
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["phase_label"]) for r in rows] == [(0, "probe: head"),
                                                              (1, "fine-tune: all")]

@@ -99,5 +99,5 @@ def test_thawkit_train_refuses_lr_scale(tmp_path):
     pm = thawkit.get_plugin_manager(entrypoints=False)
     d = recipe_dict(make_data(tmp_path), tmp_path / "run", optimizer={"lr_scale": True})
     with pytest.raises(thawkit.ConfigError, match="optimizer.lr_scale"):
-        train(load(d, pm), pm=pm, log=lambda s: None)
+        train(load(d, pm), log=lambda s: None)
     assert not (tmp_path / "run").exists()

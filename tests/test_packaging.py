@@ -51,7 +51,8 @@ def wheel(source, tmp_path_factory) -> zipfile.ZipFile:
 def test_wheel_contains_every_package(wheel):
     names = wheel.namelist()
     for package in ("thawkit", "thawkit/plugins", "thawkit/plugins/cli", "thawkit/plugins/strategies",
-                    "thawkit/plugins/testing", "thawkit/plugins/train"):
+                    "thawkit/plugins/testing", "thawkit/plugins/timm", "thawkit/plugins/torchvision",
+                    "thawkit/plugins/train"):
         assert f"{package}/__init__.py" in names, package
     for module in ("hookspecs", "plugin_manager", "recipe", "adapted", "api", "__main__"):
         assert f"thawkit/{module}.py" in names

@@ -254,8 +254,8 @@ def test_train_resume_predict_and_both_exports(tmp_path, data, capsys):
     save_file(small_cnn(width=4).state_dict(), str(base_file))
     sections = {**LORA, "backbone": {"weights": str(base_file)}}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert train(load(recipe_dict(data, straight, **sections), pm), pm=pm, log=print).status == "finished"
-    assert train(load(recipe_dict(data, stopped, **sections), pm), pm=pm, log=print,
+    assert train(load(recipe_dict(data, straight, **sections), pm), log=print).status == "finished"
+    assert train(load(recipe_dict(data, stopped, **sections), pm), log=print,
                  stop_after=1).status == "stopped"
     assert resume(stopped, pm=pm, log=print).status == "finished"
     assert_same_run(straight, stopped)
@@ -299,7 +299,7 @@ def test_train_resume_predict_and_both_exports(tmp_path, data, capsys):
     assert "trains adapters (lora): its base weights never moved" in capsys.readouterr().err
     assert not (tmp_path / "wise").exists()
     head_only = tmp_path / "head-only"
-    train(load(recipe_dict(data, head_only), pm), pm=pm, log=print)
+    train(load(recipe_dict(data, head_only), pm), log=print)
     with pytest.raises(thawkit.ConfigError, match="adds no adapters; export it without --merge"):
         export_run(head_only, tmp_path / "y.safetensors", merge=True, pm=pm)
 

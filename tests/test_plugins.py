@@ -14,7 +14,7 @@ from torch import nn
 import thawkit
 from thawkit.plugins.cli import main
 from thawkit.plugin_manager import DEFAULT_PLUGINS, PluginLoadWarning
-from thawkit.plugins.commands import plugin_info
+from thawkit.plugins.inspection import plugin_info
 from thawkit.plugins.fallbacks import layout_from_prefixes
 
 STRATEGY_PLUGIN = '''

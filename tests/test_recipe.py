@@ -11,7 +11,7 @@ from torch import nn
 import thawkit
 from thawkit.plugins.train.schedules import schedule_registry
 from thawkit.errors import ConfigError, UnknownNameError
-from thawkit.plugins.commands import recipe_json_schema
+from thawkit.plugins.inspection import recipe_json_schema
 from thawkit.plugins.recipe_files import apply_override
 from thawkit.recipe import load_recipe, validate_recipe
 

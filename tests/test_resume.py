@@ -37,9 +37,9 @@ def straight_and_resumed(tmp_path, data, pm, /, stop_after=None, on_step=None, *
     from thawkit.plugins.train import resume, train
 
     d = recipe_dict(data, tmp_path / "straight", **sections)
-    assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+    assert train(load(d, pm), log=quiet).status == "finished"
     d = recipe_dict(data, tmp_path / "resumed", **sections)
-    first = train(load(d, pm), pm=pm, log=quiet, stop_after=stop_after, on_step=on_step)
+    first = train(load(d, pm), log=quiet, stop_after=stop_after, on_step=on_step)
     assert first.status in ("stopped", "interrupted")
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     again = resume(tmp_path / "resumed", pm=pm, log=quiet)
@@ -95,7 +95,7 @@ def test_ctrl_c_exit_code_and_checkpoint(tmp_path, data, pm):
             signal.raise_signal(signal.SIGINT)
 
     d = recipe_dict(data, tmp_path / "run")
-    outcome = train(load(d, pm), pm=pm, log=quiet, on_step=ctrl_c)
+    outcome = train(load(d, pm), log=quiet, on_step=ctrl_c)
     assert outcome.status == "interrupted" and EXIT_INTERRUPTED == 130
     ckpt = load_checkpoint(tmp_path / "run")
     assert (ckpt["epoch"], ckpt["step"]) == (0, 1)
@@ -108,7 +108,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, data, pm
     from thawkit.plugins.train.checkpoint import load_checkpoint, save_checkpoint
 
     d = recipe_dict(data, tmp_path / "run")
-    assert train(load(d, pm), pm=pm, log=quiet, stop_after=1).status == "stopped"
+    assert train(load(d, pm), log=quiet, stop_after=1).status == "stopped"
     run = tmp_path / "run"
     before = (run / "checkpoint.pt").read_bytes()
     real_save = torch.save
@@ -132,7 +132,7 @@ def test_torn_checkpoint_is_a_clear_error(tmp_path, data, pm):
     from thawkit.plugins.train import train
 
     d = recipe_dict(data, tmp_path / "run")
-    assert train(load(d, pm), pm=pm, log=quiet, stop_after=1).status == "stopped"
+    assert train(load(d, pm), log=quiet, stop_after=1).status == "stopped"
     ckpt = tmp_path / "run" / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     assert main(["train", "--resume", str(tmp_path / "run")]) == 2
@@ -146,7 +146,7 @@ def test_resume_errors(tmp_path, data, pm, capsys):
     assert "does not exist" in capsys.readouterr().err
     d = recipe_dict(data, tmp_path / "run")
     recipe = write_recipe(tmp_path / "r.yaml", d)
-    assert train(load(d, pm), pm=pm, log=quiet, stop_after=1).status == "stopped"
+    assert train(load(d, pm), log=quiet, stop_after=1).status == "stopped"
     assert main(["train", "--resume", str(tmp_path / "run"), "--set", "optimizer.lr=1"]) == 2
     assert "own recipe" in capsys.readouterr().err
     other = write_recipe(tmp_path / "o.yaml", recipe_dict(data, tmp_path / "run",

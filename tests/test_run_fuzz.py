@@ -28,7 +28,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
     data = make_data(tmp)
     pm = thawkit.get_plugin_manager(entrypoints=False)
-    assert train(load(recipe_dict(data, tmp / "run"), pm), pm=pm,
+    assert train(load(recipe_dict(data, tmp / "run"), pm),
                  log=lambda s: None).status == "finished"
     return tmp / "run", str(data / "val" / "dog" / "0.png")
 

@@ -35,7 +35,7 @@ def finished(tmp_path_factory, data):
 
     run = tmp_path_factory.mktemp("finished") / "run"
     pm = thawkit.get_plugin_manager(entrypoints=False)
-    assert train(load(recipe_dict(data, run), pm), pm=pm, log=quiet).status == "finished"
+    assert train(load(recipe_dict(data, run), pm), log=quiet).status == "finished"
     return run
 
 
@@ -118,7 +118,7 @@ def test_disk_full_mid_run_fails_cleanly_keeps_the_checkpoint_and_resumes(tmp_pa
     run = tmp_path / "run"
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(RunDirError) as info:
-        train(load(recipe_dict(data, run), pm), pm=pm, log=quiet)
+        train(load(recipe_dict(data, run), pm), log=quiet)
     monkeypatch.undo()
     msg = str(info.value)
     assert msg.startswith(f"cannot write {str(run / 'checkpoint.pt')!r}: the disk is full; ")
@@ -210,7 +210,7 @@ def test_nan_validation_loss_stops_before_saving_the_epoch(tmp_path, data, pm):
             best["bytes"] = (run / "best.safetensors").read_bytes()
         poison_norm(trainer)
     with pytest.raises(DivergedError) as info:
-        train(load(d, pm), pm=pm, log=quiet, on_step=keep_best)
+        train(load(d, pm), log=quiet, on_step=keep_best)
     msg = str(info.value)
     assert "validation loss is nan after epoch 2" in msg and "nothing of this epoch" in msg
     assert load_checkpoint(run)["epoch"] == 1
@@ -466,7 +466,7 @@ def test_a_buffer_that_is_infinite_by_design_is_no_divergence(tmp_path, data, pm
 
     d = recipe_dict(data, tmp_path / "run", backbone={"name": "test_run_guards:masked_cnn"},
                     train={"epochs": 1}, schedule={"warmup_epochs": 0})
-    assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+    assert train(load(d, pm), log=quiet).status == "finished"
     assert load_file(tmp_path / "run" / "model.safetensors")["mask"].isinf().all()
     image = str(data / "val" / "eel" / "0.png")
     assert len(predict(tmp_path / "run", [image], pm=pm, trust=True)[0][1]) == 3
@@ -482,7 +482,7 @@ def test_an_abort_mid_epoch_marks_the_run_interrupted(tmp_path, data, pm):
             raise KeyboardInterrupt
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(load(recipe_dict(data, run), pm), pm=pm, log=quiet, on_step=abort)
+        train(load(recipe_dict(data, run), pm), log=quiet, on_step=abort)
     assert status(run)["status"] == "interrupted"
     assert f"keeps its last good checkpoint ({run / 'checkpoint.pt'}, after epoch 1)" in \
         status(run)["message"]

@@ -126,7 +126,7 @@ def setup(tmp_path_factory):
                     "data": {"augment": True}}
         pm = thawkit.get_plugin_manager(entrypoints=False)
         straight = tmp / "straight"
-        assert train(load(recipe_dict(data, straight, **sections), pm), pm=pm,
+        assert train(load(recipe_dict(data, straight, **sections), pm),
                      log=lambda s: None).status == "finished"
         recipe = write_recipe(tmp / "r.yaml", recipe_dict(data, tmp / "unused", **sections))
         yield recipe, helper, straight

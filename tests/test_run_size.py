@@ -218,7 +218,7 @@ def _as_written_before(run, pm):
     weights, a thawkit-start/1 record with the whole start in start.safetensors."""
     from thawkit.plugins.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
     from thawkit.plugins.train.start import read_start, rebuild_start
-    from thawkit.plugins.wise import head_keys, state_digest
+    from thawkit.plugins.interpolation import head_keys, state_digest
 
     record = read_start(run)
     adapted = rebuild_start(run, record, pm=pm)
@@ -267,7 +267,7 @@ def test_run_directories_written_before_stay_readable(tmp_path, data, pm):
 def test_names_moved_to_start_keep_working_with_a_warning():
     from thawkit.plugins.train import start, wise
 
-    for name in ("record_start", "START_WEIGHTS", "START_FORMAT"):
+    for name in ("record_start", "START_FORMAT"):
         with pytest.warns(DeprecationWarning, match=f"moved to thawkit.plugins.train.start.{name}"):
             assert getattr(wise, name) is getattr(start, name)
     with pytest.raises(AttributeError):

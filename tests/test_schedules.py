@@ -195,3 +195,22 @@ def test_module_does_not_import_torch():
     code = ("import sys, thawkit.plugins.train.schedules as s; "
             "assert 'torch' not in sys.modules; assert s.thawkit_register_schedules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name, interval", [("cosine", "step"), ("plateau", "epoch")])
+def test_build_scheduler_and_end_epoch_step_as_the_schedule_says(name, interval):
+    """The one builder (train, probe, Lightning) gives the interval; ``end_epoch`` steps an
+    epoch-interval schedule once per epoch, a plateau one on the validation loss."""
+    from thawkit.plugins.train.schedules import build_scheduler, end_epoch, watches_metric
+    from thawkit.plugins.train.sections import ScheduleSection
+
+    pm = thawkit.get_plugin_manager(entrypoints=False)
+    opt = optimizer()
+    section = ScheduleSection(name=name, patience=0) if name == "plateau" else ScheduleSection(name=name)
+    sched, got = build_scheduler(section, opt, pm=pm, epochs=EPOCHS, steps_per_epoch=STEPS)
+    assert got == interval and watches_metric(sched) == (name == "plateau")
+    before = [g["lr"] for g in opt.param_groups]
+    for loss in (1.0, 1.0, 1.0):  # no improvement: plateau lowers the lr; cosine does not step here
+        end_epoch(sched, got, loss)
+    after = [g["lr"] for g in opt.param_groups]
+    assert (after < before) if name == "plateau" else after == before

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from thawkit.api import data_config, describe_layout, replace_head
 from thawkit.errors import ConfigError, LayoutError, UnknownNameError, WeightsError
 from thawkit.plugins import timm as timm_plugin
-from thawkit.plugins._timm_layout import final_classifiers
+from thawkit.plugins.timm.layout import final_classifiers
 from torch import nn
 
 N = 5

@@ -26,7 +26,7 @@ import timm
 from thawkit.api import describe_layout, replace_head
 from thawkit.errors import LayoutError
 from thawkit.param_groups import OptimizerSettings, build_groups
-from thawkit.plugins._timm_layout import final_classifiers, out_features
+from thawkit.plugins.timm.layout import final_classifiers, out_features
 from timm.optim import param_groups_layer_decay
 
 pytestmark = pytest.mark.slow

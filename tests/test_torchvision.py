@@ -20,7 +20,7 @@ from torch import nn
 import thawkit
 from thawkit.api import describe_layout, replace_head
 from thawkit.errors import ConfigError, UnknownNameError, WeightsError
-from thawkit.plugins import _torchvision_layouts as tvl
+from thawkit.plugins.torchvision import layouts as tvl
 from thawkit.plugins.fallbacks import layout_from_prefixes
 
 ALL_MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
@@ -77,8 +77,8 @@ def test_builder_kwargs_are_passed_and_bad_ones_are_config_errors(mpm):
 
 
 def test_plugin_module_does_not_import_torch():
-    code = ("import sys, thawkit.plugins.torchvision, thawkit.plugins._torchvision_layouts, "
-            "thawkit.plugins._torchvision_data; print('torch' in sys.modules, 'torchvision' in sys.modules)")
+    code = ("import sys, thawkit.plugins.torchvision, thawkit.plugins.torchvision.layouts, "
+            "thawkit.plugins.torchvision.data; print('torch' in sys.modules, 'torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -73,7 +73,7 @@ def finished_run(tmp_path_factory):
     d = recipe_dict(data, tmp / "run", strategy={"name": "gradual", "every": 1},
                     head={"dropout": 0.2})
     pm = thawkit.get_plugin_manager(entrypoints=False)
-    outcome = train(load(d, pm), pm=pm, log=lambda s: None)
+    outcome = train(load(d, pm), log=lambda s: None)
     assert outcome.status == "finished"
     return tmp / "run", data
 
@@ -108,6 +108,21 @@ def test_two_epoch_run_writes_the_run_directory(finished_run):
     # block3 included); the rest is the start, which model.safetensors completes
     assert {"fc.1.weight", "block3.0.weight", "block3.1.running_mean"} <= set(best) < set(final)
     assert not any(k.startswith(("stem.", "block1.", "block2.")) for k in best)
+
+
+def test_every_file_of_a_run_directory_is_named_by_rundir(finished_run):
+    """RunDir owns the run directory's layout: each file a run writes is one of its names, and
+    its paths are the files the run wrote."""
+    from thawkit.plugins.train.rundir import RunDir
+
+    run, _ = finished_run
+    names = {v for k, v in vars(RunDir).items() if k.isupper() and isinstance(v, str)}
+    written = {p.name for p in run.iterdir()}
+    assert written <= names, written - names
+    files = RunDir(run)
+    assert set(RunDir.FILES) - {RunDir.LOCK} <= written
+    assert files.checkpoint == run / "checkpoint.pt" and files.weights(best=True) == run / "best.safetensors"
+    assert files.recipe.is_file() and files.metrics.is_file() and files.status.is_file()
 
 
 def test_gradual_lrs_follow_one_schedule_across_phases(finished_run):
@@ -148,7 +163,7 @@ def _bad(tmp_path, pm, mutate, **sections):
     mutate(data)
     d = recipe_dict(data, tmp_path / "run", **sections)
     with pytest.raises(Exception) as info:
-        train(load(d, pm), pm=pm, log=lambda s: None)
+        train(load(d, pm), log=lambda s: None)
     assert not (tmp_path / "run").exists(), "nothing is written before the data checks pass"
     return info
 
@@ -226,7 +241,7 @@ def test_truncated_image_stops_the_run_naming_it(tmp_path, pm):
     file.write_bytes(file.read_bytes()[:60])
     d = recipe_dict(data, tmp_path / "run")
     with pytest.raises(DataError) as info:
-        train(load(d, pm), pm=pm, log=lambda s: None)
+        train(load(d, pm), log=lambda s: None)
     assert str(file) in str(info.value)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
     # the advice leads somewhere though no checkpoint was written yet: fix the file, --resume
@@ -263,7 +278,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(tmp_path, pm)
             with torch.no_grad():
                 trainer.s.model.fc.weight.fill_(float("nan"))
     with pytest.raises(DivergedError) as info:
-        train(load(d, pm), pm=pm, log=lambda s: None, on_step=poison)
+        train(load(d, pm), log=lambda s: None, on_step=poison)
     msg = str(info.value)
     assert "epoch 2, step 3" in msg and "nan" in msg and "checkpoint" in msg
     ckpt = load_checkpoint(tmp_path / "run")
@@ -354,3 +369,62 @@ def test_resolved_recipe_keeps_the_architecture_options_of_published_weights(tmp
                           arch={"transform_input": True, "aux_logits": False})
     assert out.backbone.kwargs == {"transform_input": True, "aux_logits": True, "width": 16}
     assert out.head.num_classes == 3
+
+
+# ------------------------------------------- one plugin manager per recipe (issue 21)
+RECIPE_PLUGIN = '''
+import torch
+from thawkit import DataConfig, hookimpl
+
+
+def halved(optimizer, *, epochs, steps_per_epoch, warmup_epochs):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+
+
+@hookimpl
+def thawkit_register_schedules(register):
+    register("halved", halved)
+
+
+@hookimpl
+def thawkit_data_config(model, spec):
+    return DataConfig(input_size=(3, 16, 16), mean=(0.25, 0.25, 0.25), std=(0.5, 0.5, 0.5))
+'''
+
+
+def test_a_recipe_with_a_plugin_file_trains_with_its_schedule_and_data_config(tmp_path):
+    """A recipe naming ``plugins: [file.py]``, loaded without ``pm=``, carries its own manager;
+    training it through the library uses that manager for the schedule and the data config."""
+    import thawkit
+    from thawkit.plugins.train import train
+
+    data = make_data(tmp_path)
+    (tmp_path / "my_plugin.py").write_text(RECIPE_PLUGIN)
+    d = recipe_dict(data, tmp_path / "run", schedule={"name": "halved", "warmup_epochs": 0})
+    d["plugins"] = [str(tmp_path / "my_plugin.py")]  # (a relative path is issue 22's)
+    recipe = thawkit.load_recipe(write_recipe(tmp_path / "recipe.yaml", d))
+    assert recipe.plugin_manager is not thawkit.default_plugin_manager()
+    outcome = train(recipe, log=lambda s: None)
+    assert outcome.status == "finished"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(lr == pytest.approx(0.005) for r in rows for lr in r["lrs"].values())
+    info = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert info["preprocess"]["mean"] == [0.25] * 3 and info["preprocess"]["std"] == [0.5] * 3
+
+
+@pytest.mark.parametrize("call", ["train", "probe"])
+def test_the_pm_keyword_of_a_function_given_a_recipe_is_deprecated(tmp_path, pm, call):
+    """``pm=`` beside a recipe still works for a release, and warns: the recipe's own manager
+    (``recipe.plugin_manager``) is the one used."""
+    from thawkit import ConfigError
+    from thawkit.plugins.train import train
+    from thawkit.plugins.train.probe import probe
+
+    recipe = load(recipe_dict(make_data(tmp_path), tmp_path / "run"), pm)
+    with pytest.warns(DeprecationWarning, match=rf"{call}\(pm=...\) is deprecated.*recipe.plugin_manager"), \
+            pytest.raises(ConfigError):
+        if call == "train":
+            train(recipe, pm=pm, stop_after=0)
+        else:
+            probe(recipe, [], pm=pm)
+    assert not (tmp_path / "run").exists()

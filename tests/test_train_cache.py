@@ -26,7 +26,7 @@ def run(tmp_path, data, pm, name, /, **sections):
 
     sections["data"] = {"augment": False, **sections.get("data", {})}
     lines: list[str] = []
-    outcome = train(load(recipe_dict(data, tmp_path / name, **sections), pm), pm=pm, log=lines.append)
+    outcome = train(load(recipe_dict(data, tmp_path / name, **sections), pm), log=lines.append)
     assert outcome.status == "finished", outcome.message
     return tmp_path / name, lines
 
@@ -90,7 +90,7 @@ def test_memory_mapped_beyond_the_budget(tmp_path, data, pm):
     d = recipe_dict(data, tmp_path / "mapped", data={"augment": False},
                     train={"epochs": 2, "cache_memory": "100B"})
     lines: list[str] = []
-    assert train(load(d, pm), pm=pm, log=lines.append, on_step=watch).status == "finished"
+    assert train(load(d, pm), log=lines.append, on_step=watch).status == "finished"
     assert "in a memory-mapped file" in lines[0]
     assert seen and all(s == ["train", "val"] for s in seen)
     assert not (tmp_path / "mapped" / "cache").exists()  # deleted when the run ends
@@ -119,7 +119,7 @@ def test_resumed_cached_run_is_bit_identical(tmp_path, data, pm, stop_after):
     straight, lines = run(tmp_path, data, pm, "straight", **sections)
     assert "cache on" in lines[0]
     d = recipe_dict(data, tmp_path / "resumed", **sections)
-    assert train(load(d, pm), pm=pm, log=lambda _: None, stop_after=stop_after).status == "stopped"
+    assert train(load(d, pm), log=lambda _: None, stop_after=stop_after).status == "stopped"
     resumed_lines: list[str] = []
     assert resume(tmp_path / "resumed", pm=pm, log=resumed_lines.append).status == "finished"
     assert f"; cache on for epochs {1 if stop_after < 2 else 3}-" in resumed_lines[0]
@@ -150,7 +150,7 @@ def test_cache_off_with_the_reason(tmp_path, data, pm, sections, reason):
     sections = {"data": {"augment": False}, "train": {"epochs": 2}, **sections}
     d = recipe_dict(data, tmp_path / "run", **sections)
     with torch_flags_restored():  # prepare() sets the run's determinism flags
-        session = prepare(load(d, pm), pm=pm, run_dir=tmp_path / "run")
+        session = prepare(load(d, pm), run_dir=tmp_path / "run")
     first = session.cache[0]
     if reason is None:  # dropout above the boundary does not matter
         assert first.on, first.reason
@@ -197,7 +197,7 @@ def test_probe_sweeps_heads_equal_to_single_runs(tmp_path, data, pm):
     lrs = [0.003, 0.03, 0.3]
     sections = {"data": {"augment": False}, "train": {"epochs": 2}}
     lines: list[str] = []
-    results = probe(load(recipe_dict(data, tmp_path / "probe", **sections), pm), lrs, pm=pm,
+    results = probe(load(recipe_dict(data, tmp_path / "probe", **sections), pm), lrs,
                     log=lines.append)
     assert [r.lr for r in results] == lrs and "probing 3 learning rates" in lines[0]
     assert "<- best" in lines[-1]
@@ -230,11 +230,11 @@ def test_probe_refuses_what_it_cannot_cache(tmp_path, data, pm, sections, messag
     out.mkdir()
     (out / "notes.txt").write_text("mine")  # a folder that exists and is not empty stays
     with pytest.raises(thawkit.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        probe(load(recipe_dict(data, out, **sections), pm), [0.01], pm=pm)
+        probe(load(recipe_dict(data, out, **sections), pm), [0.01])
     # refused before any run file was written (the lock is let go and left, as train leaves it)
     assert sorted(p.name for p in out.iterdir()) in (["notes.txt"], ["notes.txt", "run.lock"])
     with pytest.raises(thawkit.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        probe(load(recipe_dict(data, tmp_path / "new", **sections), pm), [0.01], pm=pm)
+        probe(load(recipe_dict(data, tmp_path / "new", **sections), pm), [0.01])
     assert not (tmp_path / "new").exists()  # a folder the probe made is taken back
 
 
@@ -246,7 +246,7 @@ def test_probe_takes_the_run_lock(tmp_path, data, pm):
     out.mkdir()
     recipe = load(recipe_dict(data, out, data={"augment": False}), pm)
     with run_lock(out), pytest.raises(RunDirError, match="in use by another thawkit process"):
-        probe(recipe, [0.01], pm=pm, run_dir=out)
+        probe(recipe, [0.01], run_dir=out)
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing written
 
 

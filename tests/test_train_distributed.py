@@ -236,7 +236,7 @@ def test_equals_one_process_with_the_same_global_batch(ddp_run, pm):
 
     tmp, data, _ = ddp_run
     one = tmp / "one"
-    assert train(load(recipe(data, one), pm), pm=pm, log=lambda s: None).status == "finished"
+    assert train(load(recipe(data, one), pm), log=lambda s: None).status == "finished"
     a, b = weights(tmp / "ddp" / "model.safetensors"), weights(one / "model.safetensors")
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert 0 <= diff < ATOL

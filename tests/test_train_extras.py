@@ -32,7 +32,7 @@ def test_training_without_matplotlib_and_tqdm_skips_plot_and_bar(tmp_path, monke
     lines: list[str] = []
     run_dir = tmp_path / "run"
     recipe = load(recipe_dict(make_data(tmp_path / "data"), run_dir), pm)
-    outcome = train(recipe, pm=pm, log=lines.append, progress_bar=True)
+    outcome = train(recipe, log=lines.append, progress_bar=True)
     assert outcome.status == "finished"
     assert (run_dir / "model.safetensors").is_file() and not (run_dir / "curves.png").exists()
     notes = [line for line in lines if "matplotlib is not installed" in line]
@@ -46,7 +46,7 @@ def test_training_with_matplotlib_writes_the_plot(tmp_path, pm):
     from thawkit.plugins.train import train
 
     run_dir = tmp_path / "run"
-    train(load(recipe_dict(make_data(tmp_path / "data"), run_dir), pm), pm=pm, log=lambda _: None)
+    train(load(recipe_dict(make_data(tmp_path / "data"), run_dir), pm), log=lambda _: None)
     assert (run_dir / "curves.png").is_file()
 
 
@@ -63,7 +63,7 @@ def test_a_run_puts_torch_determinism_flags_back(tmp_path, pm):
         assert recipe.train.deterministic and not torch.are_deterministic_algorithms_enabled()
         seen = []
         probe = lambda trainer: seen.append(torch.are_deterministic_algorithms_enabled())  # noqa: E731
-        train(recipe, pm=pm, log=lambda _: None, stop_after=1, on_step=probe)
+        train(recipe, log=lambda _: None, stop_after=1, on_step=probe)
         assert seen and all(seen), "the run itself is deterministic"
         assert not torch.are_deterministic_algorithms_enabled()
         assert torch.backends.cudnn.benchmark

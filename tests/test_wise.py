@@ -43,7 +43,7 @@ def pair(pm):
 
 def test_endpoints_are_exact_and_half_is_the_mean(pair):
     import torch
-    from thawkit.plugins.wise import interpolate
+    from thawkit.plugins.interpolation import interpolate
 
     start, tuned, layout = pair
     head = set(layout.head.params)
@@ -72,7 +72,7 @@ def test_endpoints_are_exact_and_half_is_the_mean(pair):
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "half", True])
 def test_alpha_outside_0_1_is_refused(pair, alpha):
     import thawkit
-    from thawkit.plugins.wise import interpolate
+    from thawkit.plugins.interpolation import interpolate
 
     start, tuned, layout = pair
     with pytest.raises(thawkit.ConfigError, match="from 0 .* to 1"):
@@ -82,7 +82,7 @@ def test_alpha_outside_0_1_is_refused(pair, alpha):
 def test_start_that_does_not_fit_is_refused(pair):
     import thawkit
     import torch
-    from thawkit.plugins.wise import interpolate
+    from thawkit.plugins.interpolation import interpolate
 
     start, tuned, layout = pair
     with pytest.raises(thawkit.WeightsError, match="lack 1 tensors.*block2.0.weight"):
@@ -110,10 +110,10 @@ def runs(tmp_path_factory):
                     backbone={"weights": str(weights), "kwargs": {"width": 4, "num_classes": 5}},
                     train={"epochs": 2, "wise_alphas": [0.0, 0.5, 1.0]})
     lines: list[str] = []
-    assert train(load(d, pm), pm=pm, log=lines.append).status == "finished"
+    assert train(load(d, pm), log=lines.append).status == "finished"
     d = recipe_dict(data, tmp / "scratch", strategy={"name": "full"}, train={"epochs": 1},
                     schedule={"name": "constant", "warmup_epochs": 0})
-    assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+    assert train(load(d, pm), log=quiet).status == "finished"
     return tmp, weights, lines
 
 
@@ -233,7 +233,7 @@ def test_sweep_on_cached_features_equals_the_uncached_sweep(runs, tmp_path, pm):
                         backbone={"weights": str(weights), "kwargs": {"width": 4, "num_classes": 5}},
                         data={"augment": False},
                         train={"epochs": 2, "cache": cache, "wise_alphas": [0.3, 0.7]})
-        assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+        assert train(load(d, pm), log=quiet).status == "finished"
         plan = json.loads((tmp_path / cache / "plan.json").read_text())
         assert plan["cache"][0]["on"] == (cache == "auto")
         found.append(json.loads((tmp_path / cache / "run.json").read_text())["wise"])

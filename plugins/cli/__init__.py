@@ -3,7 +3,7 @@ library, like the Lightning callback and the torchrun launcher.
 
 It adds the hook ``thawkit_register_commands`` (:mod:`thawkit.plugins.cli.hookspecs`), and
 every command comes from a plugin through it: the built-in ones too
-(``thawkit.plugins.commands``, the training plugin, the coverage plugin). Imports nothing
+(``thawkit.plugins.inspection``, the training plugin, the coverage plugin). Imports nothing
 heavy until a command runs (``thawkit --help`` stays fast). Each invocation builds its own
 plugin manager, with the ``--plugin`` modules, and hands it to the command as ``args.pm``.
 ``thawkit`` and ``python -m thawkit`` run :func:`main`.
@@ -46,30 +46,63 @@ def build_parser(pm: ThawkitPluginManager | None = None) -> argparse.ArgumentPar
                         help="load an extra plugin (module name or .py file); repeatable")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, also print the traceback (with a plugin's original exception)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_command_parser)
     if pm is None:
         from thawkit import get_plugin_manager
 
         pm = get_plugin_manager()
-    # each command remembers its plugin; a plugin that fails leaves none of its commands behind
-    adding = [""]  # the plugin whose commands are being added
+    commands = Commands(sub, prog=parser.prog)
+    pm.call_each("thawkit_register_commands", checkpoint=commands.checkpoint, subparsers=commands)
+    commands.checkpoint("")  # adds the last plugin's commands
+    return parser
 
-    def checkpoint(plugin: str) -> Callable[[], None]:
-        for command in sub.choices.values():
-            if command.get_default("thawkit_plugin") is None:
-                command.set_defaults(thawkit_plugin=adding[0])
-        adding[0] = plugin
-        before, actions = dict(sub.choices), list(sub._choices_actions)
+
+def _command_parser(*, staged: argparse.ArgumentParser, **_: object) -> argparse.ArgumentParser:
+    """The subparsers' ``parser_class``: a command's parser is the one its plugin built."""
+    return staged
+
+
+class Commands:
+    """What ``thawkit_register_commands`` gets as ``subparsers``: ``add_parser(name, help=...,
+    aliases=..., **parser_options)`` as on argparse's subparsers. A plugin's commands join the
+    ``thawkit`` parser once its hook has returned, each remembering its plugin
+    (``thawkit_plugin``); a plugin that fails leaves none of them behind. A name already taken
+    is argparse's ``conflicting subparser`` error."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction, prog: str) -> None:
+        self._subparsers, self._prog = subparsers, prog
+        self._plugin, self._staged = "", []  # the plugin being asked, and what it added so far
+
+    @property
+    def choices(self) -> dict[str, argparse.ArgumentParser]:
+        """The commands so far, by name (those of the plugin being asked included)."""
+        staged = {n: parser for names, _, parser in self._staged for n in names}
+        return {**self._subparsers.choices, **staged}
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        aliases = list(kwargs.pop("aliases", ()))  # type: ignore[call-overload]
+        options = {k: kwargs.pop(k) for k in ("help",) if k in kwargs}
+        for taken in (name, *aliases):
+            if taken in self.choices:
+                kind = "subparser" if taken == name else "subparser alias"
+                raise argparse.ArgumentError(None, f"conflicting {kind}: {taken}")
+        kwargs.setdefault("prog", f"{self._prog} {name}")
+        parser = argparse.ArgumentParser(**kwargs)  # type: ignore[arg-type]
+        self._staged.append(([name, *aliases], options, parser))
+        return parser
+
+    def checkpoint(self, plugin: str) -> Callable[[], None]:
+        """Add the commands of the plugin asked before (its hook returned), then collect
+        ``plugin``'s; the undo drops what ``plugin`` added."""
+        for (name, *aliases), options, parser in self._staged:
+            if parser.get_default("thawkit_plugin") is None:
+                parser.set_defaults(thawkit_plugin=self._plugin)
+            self._subparsers.add_parser(name, aliases=aliases, staged=parser, **options)
+        self._plugin, self._staged = plugin, []
 
         def undo() -> None:
-            sub.choices.clear()
-            sub.choices.update(before)
-            sub._choices_actions[:] = actions
+            self._staged = []
         return undo
-
-    pm.call_each("thawkit_register_commands", checkpoint=checkpoint, subparsers=sub)
-    checkpoint("")  # marks the last plugin's commands
-    return parser
 
 
 def _early(argv: list[str] | None) -> tuple[list[str], str, bool]:

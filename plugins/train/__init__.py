@@ -9,7 +9,9 @@ Imported lazily (no torch until a function is used)::
 
 Modules: ``data`` (ImageFolder checks, transforms, seeded order), ``session``
 (recipe -> model, optimizer, schedule, run directory), ``loop`` (the epoch
-loop), ``checkpoint`` (atomic files), ``plot``, ``inference`` (predict, export),
+loop), ``pipeline`` (batches in, logits out), ``rundir`` (the run directory's layout,
+:class:`~.rundir.RunDir`, its lock and readers), ``checkpoint`` (atomic files), ``plot``,
+``run_model`` (a run's trained model), ``inference`` (predict, export),
 ``demo`` and ``commands`` (the CLI subcommands), ``features`` (:class:`FeatureCache`, the
 frozen prefix's outputs computed once, for your own loop), ``cache`` (when ``thawkit train``
 caches them), ``probe`` (``thawkit probe``: a learning-rate sweep of linear probes) and ``wise``
@@ -22,9 +24,9 @@ from typing import Any
 
 _LAZY = {
     "train": "runs", "resume": "runs", "summary": "runs",
-    "Trainer": "loop", "Pipeline": "loop", "Outcome": "loop", "DivergedError": "loop",
+    "Trainer": "loop", "Pipeline": "pipeline", "Outcome": "loop", "DivergedError": "loop",
     "DataError": "data", "CheckpointError": "checkpoint",
-    "load_run_model": "inference", "predict": "inference", "export_run": "inference",
+    "load_run_model": "run_model", "predict": "inference", "export_run": "inference",
     "load_exported": "inference", "ExportError": "inference",
     "run_demo": "demo", "plot_run": "plot", "FeatureCache": "features",
     "wise_model": "wise", "start_state": "wise",

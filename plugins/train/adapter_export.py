@@ -20,14 +20,20 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import thawkit
 from thawkit import ConfigError
 
-from ..adapters import adapter_layers, merge_adapters, save_adapters
+from ..adapters import ADAPTER, adapter_layers, merge_adapters, save_adapters
+from ..weights import read_weights
 from .checkpoint import save_weights, write_json
+from .run_model import plain_head
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
     from torch import nn
+
+# peft (the `peft` extra) is imported where adapters are loaded, so that a run without adapters
+# never needs it.
 
 ADAPTER_EXPORT_FORMAT = "thawkit-adapters/1"
 FILES = ("adapter_model.safetensors", "adapter_config.json", "head.safetensors", "config.json")
@@ -50,8 +56,6 @@ def merge_run(run: Any) -> nn.Module:
 def export_adapters(run: Any, out: str | Path, config: dict[str, Any], *,
                     force: bool = False) -> tuple[Path, Path]:
     """Write the adapters (PEFT's format), the head and the config into the directory ``out``."""
-    from .inference import _plain_head
-
     out = Path(out)
     if out.suffix == ".safetensors":
         raise ConfigError(f"export: this run trained adapters ({run.recipe.strategy.name}); they "
@@ -65,7 +69,7 @@ def export_adapters(run: Any, out: str | Path, config: dict[str, Any], *,
     weights, _ = save_adapters(run.model, out, base_model=recipe.backbone.spec)
     head = set(run.layout.head.params)
     state = {k: v for k, v in run.model.state_dict().items() if k in head}
-    save_weights(out / "head.safetensors", _plain_head(run.model, run.layout, state))
+    save_weights(out / "head.safetensors", plain_head(run.model, run.layout, state))
     config = {**config, "format": ADAPTER_EXPORT_FORMAT,
               "base_load_options": recipe.backbone.load_options(),
               "strategy": {"name": recipe.strategy.name, **recipe.strategy.params}}
@@ -78,11 +82,7 @@ def load_adapter_export(directory: str | Path, *,
     """The model of an adapter export, in eval mode, and its config: the base loaded with
     ``config["base_load_options"]`` (its pretrained weights), the new head from
     ``head.safetensors``, and the adapters injected and loaded through PEFT."""
-    import thawkit
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
-
-    from ..adapters import ADAPTER
-    from ..weights import read_weights
 
     directory = Path(directory)
     missing = [f for f in FILES if not (directory / f).is_file()]

@@ -40,16 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from thawkit import data_config
 from thawkit.plugins.split import frozen_prefix
 
+from .data import FolderDataset, Preprocess, scan_folder
 from .features import FeatureCache, format_bytes
-from .loop import Pipeline
+from .pipeline import Pipeline
 
 if TYPE_CHECKING:
-    import torch
     from thawkit import Adapted, Recipe, Split
 
-    from .data import Preprocess
     from .session import Session
 
 #: the least share of the forward FLOPs the frozen part must do for a cache to pay
@@ -153,9 +156,6 @@ def _free_disk(path: Path) -> int:
 def flops_share(split: Split, model: torch.nn.Module, input_shape: tuple[int, ...],
                 device: Any) -> tuple[float, tuple[int, ...]]:
     """The prefix's share of the forward FLOPs on one sample, and its output shape (meta works)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -270,15 +270,10 @@ class CachedPipeline(Pipeline):
 
     def build(self, d: CacheDecision) -> None:
         """Compute the train and validation features of ``d.split``'s prefix (``d`` must be on)."""
-        import torch
-        from torch.utils.data import DataLoader
-
-        from .data import FolderDataset
-
         s = self.session
         t, data = s.recipe.train, s.recipe.data
         budget = memory_budget(t.cache_memory)
-        directory = s.run_dir / "cache"
+        directory = s.files.cache
 
         def autocast():
             return torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32,
@@ -321,17 +316,13 @@ class CachedPipeline(Pipeline):
             if cache is not None:
                 cache.close()
         self.train_cache = self.val_cache = self.current = None
-        directory = self.session.run_dir / "cache"
+        directory = self.session.files.cache
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
 
 
 def plan_decisions(recipe: Recipe, adapted: Adapted) -> list[CacheDecision]:
     """``thawkit plan``'s view of the cache: one decision per phase, sizes when the data exists."""
-    from thawkit import data_config
-
-    from .data import Preprocess, scan_folder
-
     prep = Preprocess.resolve(data_config(adapted.model, pm=recipe.plugin_manager), recipe.data)
     counts = []
     for folder, name in ((recipe.data.train, "data.train"), (recipe.data.val, "data.val")):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +21,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from thawkit import ThawkitError
 
-from .rundir import RunDirError, disk_errors, os_cause
+from .rundir import RunDir, RunDirError, disk_errors, os_cause
 
 if TYPE_CHECKING:
     import torch
 
-CHECKPOINT = "checkpoint.pt"
+# torch, numpy and safetensors are imported inside the functions that use them: this module is
+# imported torch-free by the run-directory readers (plot, run_model, inference).
+
 CHECKPOINT_FORMAT = 1
 
 
@@ -184,7 +188,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     """Write ``run_dir/checkpoint.pt`` atomically; ``state`` holds only tensors and plain data."""
     import torch
 
-    path = Path(run_dir) / CHECKPOINT
+    path = RunDir(run_dir).checkpoint
     state = {"format": CHECKPOINT_FORMAT, **state}
     write_atomic(path, lambda fh: torch.save(state, fh))
     return path
@@ -192,20 +196,17 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint of a run directory, or a :class:`CheckpointError` saying what is wrong."""
-    import pickle
-    import zipfile
-
     import torch
 
     run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT
+    path = RunDir(run_dir).checkpoint
     if not run_dir.is_dir():
         raise CheckpointError(f"--resume: run directory {str(run_dir)!r} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {CHECKPOINT} (and no recipe.yaml to "
-                              "start again from): it is not a thawkit run directory, or its run "
-                              "stopped before writing anything; start it with: thawkit train RECIPE "
-                              f"--output {run_dir}")
+        raise CheckpointError(f"--resume: {str(run_dir)!r} has no {RunDir.CHECKPOINT} (and no "
+                              f"{RunDir.RECIPE} to start again from): it is not a thawkit run "
+                              "directory, or its run stopped before writing anything; start it "
+                              f"with: thawkit train RECIPE --output {run_dir}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:

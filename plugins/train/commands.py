@@ -3,9 +3,15 @@ when one runs)."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from thawkit import ConfigError
+
+from .rundir import RunDir
+
+# Each command imports its machinery when it runs (torch among it): `thawkit --help` builds these
+# parsers and must stay fast.
 
 EXIT_INTERRUPTED = 130
 
@@ -36,9 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, overrides=overrides, pm=pm)
         if args.nproc is not None:  # the recipe is checked here once, before any process starts
             return launch(args, recipe.data.batch_size)
-        outcome = train(recipe, pm=pm, stop_after=args.stop_after)
-    import os
-
+        outcome = train(recipe, stop_after=args.stop_after)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone speaks
         print(outcome.message)
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else 0
@@ -59,7 +63,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.output:
         overrides.append(f"train.output={args.output}")
     recipe = load_recipe(args.recipe, overrides=overrides, pm=args.pm)
-    probe(recipe, args.lr, pm=args.pm)
+    probe(recipe, args.lr)
     return 0
 
 
@@ -155,7 +159,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (5)")
-    p.add_argument("--best", action="store_true", help="use best.safetensors (best val top-1 epoch)")
+    p.add_argument("--best", action="store_true", help=f"use {RunDir.BEST} (best val top-1 epoch)")
     _trust_run_option(p)
     p.set_defaults(func=cmd_predict)
 
@@ -165,7 +169,7 @@ def add_commands(subparsers: Any) -> None:
                     "model.safetensors and config.json) that thawkit.load_backbone rebuilds.")
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("out", help="OUT.safetensors or a directory")
-    p.add_argument("--best", action="store_true", help="export best.safetensors instead of the final")
+    p.add_argument("--best", action="store_true", help=f"export {RunDir.BEST} instead of the final")
     p.add_argument("--force", action="store_true",
                    help="overwrite existing files (never the files of a run directory)")
     p.add_argument("--wise", type=float, metavar="ALPHA",
@@ -179,5 +183,5 @@ def add_commands(subparsers: Any) -> None:
 
 def _trust_run_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-run", action="store_true",
-                   help="let the run's recipe.yaml load the plugins and python: factories it names "
+                   help=f"let the run's {RunDir.RECIPE} load the plugins and python: factories it names "
                         "(their code runs); without it they are refused unless loaded with -p")

@@ -16,6 +16,7 @@ the data and batch composition behind the user's back.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     import torch
     from thawkit import DataConfig
     from .sections import DataSection
+
+# torch, torchvision and PIL are imported inside the functions that use them, so that the
+# checks and `Preprocess` import torch-free (run_model, inference).
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -313,8 +317,6 @@ class Loaders:
 
 
 def _worker_init(worker_id: int) -> None:
-    import signal
-
     # Ctrl-C is the main process's business: it finishes the step and saves a checkpoint
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

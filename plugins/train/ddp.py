@@ -22,18 +22,23 @@ from __future__ import annotations
 
 import atexit
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
 from thawkit import ConfigError
+from thawkit.plugins.distributed import DistributedAdapted
 
 from .cache import CachedPipeline
 from .data import EpochBatches, Loaders
 
 if TYPE_CHECKING:
-    import torch
-
     from .session import Session
 
 
@@ -55,8 +60,6 @@ class World:
         return self.size > 1
 
     def _device(self):
-        import torch
-
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" \
             else torch.device("cpu")
 
@@ -64,8 +67,6 @@ class World:
         """Sums over the processes (float64), the same on every process."""
         if not self.distributed:
             return values
-        import torch
-        import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=self._device())
         dist.all_reduce(t)
@@ -78,7 +79,6 @@ class World:
         """``obj`` of every process, in rank order (on every process)."""
         if not self.distributed:
             return [obj]
-        import torch.distributed as dist
 
         out: list[Any] = [None] * self.size
         dist.all_gather_object(out, obj)
@@ -86,8 +86,6 @@ class World:
 
     def barrier(self) -> None:
         if self.distributed:
-            import torch.distributed as dist
-
             dist.barrier()
 
 
@@ -102,9 +100,6 @@ def join(device_setting: str) -> World:
     The backend follows ``train.device``: nccl for CUDA (each process takes ``cuda:LOCAL_RANK``,
     so the device must be ``auto`` or ``cuda``), gloo for CPU.
     """
-    import torch
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():  # a caller's own group
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
                      dist.get_backend())
@@ -136,8 +131,6 @@ def join(device_setting: str) -> World:
 
 def process_device(world: World, device: torch.device) -> torch.device:
     """The device of this process: ``cuda:LOCAL_RANK`` for a CUDA run under torchrun."""
-    import torch
-
     if world.distributed and device.type == "cuda":
         return torch.device("cuda", world.local_rank)
     return device
@@ -151,7 +144,6 @@ class ShardedBatches(EpochBatches):
     interleaving of ``DistributedSampler``. A final batch smaller than ``size`` is dropped
     (a process would get no sample).
     """
-
     def __init__(self, n: int, batch_size: int, seed: int, rank: int, size: int):
         super().__init__(n, batch_size, seed)
         self.rank, self.size = rank, size
@@ -176,8 +168,6 @@ def check_batch(batch_size: int, processes: int) -> None:
 
 def shard(loaders: Loaders, world: World, *, batch_size: int, seed: int) -> Loaders:
     """Loaders that give this process its part of every training batch and of the validation set."""
-    from torch.utils.data import DataLoader
-
     check_batch(batch_size, world.size)
     train, val = loaders.train, loaders.val
     common = {"num_workers": train.num_workers, "pin_memory": train.pin_memory,
@@ -199,8 +189,6 @@ def convert_sync_bn(model: torch.nn.Module) -> int:
     frozen block is in inference mode, where ``SyncBatchNorm`` uses its running statistics and
     never communicates; it synchronises once its block thaws (or with ``norm: train``).
     """
-    from torch import nn
-
     count = 0
     for module in model.modules():
         if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
@@ -235,8 +223,6 @@ class DDPPipeline(CachedPipeline):
     decisions are all off here (see :func:`~.cache.decide`); they are only announced."""
 
     def __init__(self, session: Session, log: Callable[[str], None] = print):
-        from thawkit.plugins.distributed import DistributedAdapted
-
         super().__init__(session, log)
         kwargs = {"device_ids": [session.device.index]} if session.device.type == "cuda" else {}
         self.ddp = DistributedAdapted(session.adapted, **kwargs)
@@ -252,9 +238,6 @@ class DDPPipeline(CachedPipeline):
 def launch(args: Any, batch_size: int | None = None) -> int:
     """``thawkit train --nproc N ...``: the same command under ``torchrun --standalone``; its exit
     code. The processes inherit the environment (``THAWKIT_PLUGINS`` included)."""
-    import subprocess
-    import sys
-
     if launched():
         raise ConfigError("--nproc: this process is already one of several (started by torchrun); "
                           "leave --nproc out under torchrun")

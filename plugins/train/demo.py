@@ -19,8 +19,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import thawkit
+import numpy as np
+import torch
+from thawkit import ConfigError, default_plugin_manager, validate_recipe
+
+from .checkpoint import read_jsonl
+from .extras import require
+from .inference import export_run
+from .plot import plot_comparison
+from .rundir import RunDir
+from .runs import train
+
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
+
+# scikit-learn (the `train` extra) is imported by the demo when it runs.
 
 SPEC = "python:thawkit.plugins.train.demo_model:small_cnn"
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
@@ -68,7 +82,6 @@ class DemoRow:
 
 def write_digits(root: Path, *, seed: int = 0) -> dict[str, Any]:
     """ImageFolders of the digits: pretrain (0-4, 80/20 split) and target (5-9, 10 per class)."""
-    import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -99,8 +112,6 @@ def write_digits(root: Path, *, seed: int = 0) -> dict[str, Any]:
 def _recipe(name: str, *, strategy: dict[str, Any], data: Path, out: Path, epochs: int,
             lr: float, weights: str | None, batch_size: int, width: int, pm,
             layer_decay: float | None = None) -> Any:
-    from thawkit import validate_recipe
-
     # num_classes matches the pretrained head so its weights load; adapt() then replaces it
     backbone: dict[str, Any] = {"source": "python", "name": SPEC.split(":", 1)[1],
                                 "kwargs": {"width": width, "num_classes": len(PRETRAIN_CLASSES)}}
@@ -132,18 +143,14 @@ def pretrained_variants(cfg: DemoSettings, weights: str) -> list[tuple[str, dict
                        "backbone_lr_scale": cfg.lr / cfg.head_lr}, weights, cfg.head_lr)]
 
 
-def _timed_run(recipe, run_dir: Path, pm) -> float:
-    from .runs import train
-
+def _timed_run(recipe, run_dir: Path) -> float:
     started = time.perf_counter()
-    train(recipe, pm=pm, run_dir=run_dir, log=lambda line: None, progress_bar=False)
+    train(recipe, run_dir=run_dir, log=lambda line: None, progress_bar=False)
     return time.perf_counter() - started
 
 
 def row_from_run(name: str, strategy: str, run_dir: Path, wall_seconds: float) -> DemoRow:
-    from .checkpoint import read_jsonl
-
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(RunDir(run_dir).metrics)
     return DemoRow(name, strategy, rows[0]["trainable_params"], rows[-1]["trainable_params"],
                    len(rows), round(wall_seconds, 1), rows[0]["val_top1"], rows[-1]["val_top1"],
                    max(r["val_top1"] for r in rows), str(run_dir))
@@ -167,11 +174,6 @@ def run_demo(output: str | Path = "thawkit-demo", *, quick: bool = False,
              pm: ThawkitPluginManager | None = None, log: Callable[[str], None] = print,
              settings: DemoSettings | None = None) -> list[DemoRow]:
     """Run the demo into ``output`` and return its table rows (see the module docstring)."""
-    import torch
-    from thawkit import ConfigError, default_plugin_manager
-
-    from .extras import require
-
     require("sklearn", "thawkit demo (its digits come from scikit-learn)")
     require("matplotlib", "thawkit demo (its comparison plot)")
     pm = pm or default_plugin_manager()
@@ -190,11 +192,6 @@ def run_demo(output: str | Path = "thawkit-demo", *, quick: bool = False,
 
 def _demo(out: Path, cfg: DemoSettings, *, pm, log: Callable[[str], None],
           started: float) -> list[DemoRow]:
-    import thawkit
-
-    from .inference import export_run
-    from .plot import plot_comparison
-
     pre_epochs, epochs = cfg.pretrain_epochs, cfg.epochs
     counts = write_digits(out / "data")
     log(f"digits from scikit-learn written to {out / 'data'}: pretrain 0-4: "
@@ -206,7 +203,7 @@ def _demo(out: Path, cfg: DemoSettings, *, pm, log: Callable[[str], None],
                   out=out / "runs", epochs=pre_epochs, lr=cfg.lr, weights=None, batch_size=64,
                   width=cfg.width, pm=pm)
     pre_dir = out / "runs" / "pretrain-digits-0-4"
-    seconds = _timed_run(pre, pre_dir, pm)
+    seconds = _timed_run(pre, pre_dir)
     pre_row = row_from_run("pretrain 0-4", "full", pre_dir, seconds)
     weights, _ = export_run(pre_dir, out / "pretrained-digits-0-4.safetensors", pm=pm)
     log(f"   val top-1 on digits 0-4: {100 * pre_row.final_top1:.1f}% in {seconds:.1f}s; "
@@ -228,7 +225,7 @@ def _demo(out: Path, cfg: DemoSettings, *, pm, log: Callable[[str], None],
                          out=out / "runs", epochs=epochs, lr=lr, weights=w, batch_size=16,
                          width=cfg.width, pm=pm, layer_decay=cfg.layer_decay if w else None)
         run_dir = out / "runs" / run_name
-        seconds = _timed_run(recipe, run_dir, pm)
+        seconds = _timed_run(recipe, run_dir)
         row = row_from_run(name, strategy["name"], run_dir, seconds)
         rows.append(row)
         log(f"   {name}: val top-1 {100 * row.final_top1:.1f}% ({seconds:.1f}s) -> {run_dir}")

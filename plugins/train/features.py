@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+# torch and numpy are imported inside the functions that use them: importing FeatureCache is cheap.
+
 #: storage dtypes by name (a memory-mapped file needs one numpy knows)
 DTYPES = ("float32", "float16")
 

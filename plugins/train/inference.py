@@ -14,104 +14,31 @@ trained model's logits.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from thawkit import ConfigError, ThawkitError
+from thawkit import ConfigError, ThawkitError, load_backbone
 
+from ..interpolation import check_alpha
+from .adapter_export import export_adapters, has_adapters, merge_run
 from .checkpoint import read_jsonl, save_weights, write_json
-from .data import Preprocess, preprocess_images
-from .rundir import RUN_FILES, disk_errors, run_status
-from .session import read_data_info, read_run_recipe
+from .data import preprocess_images
+from .rundir import RunDir, disk_errors
+from .run_model import load_run_model, plain_head
+from .wise import interpolate_run
 
 if TYPE_CHECKING:
-    from thawkit import Recipe, ThawkitPluginManager
+    from thawkit import ThawkitPluginManager
     from torch import nn
+
+# torch and safetensors are imported inside the functions that use them: `thawkit predict` and
+# `export` import this module before they check their arguments.
 
 EXPORT_FORMAT = "thawkit-export/1"
 
 
 class ExportError(ThawkitError):
     """The exported weights would not rebuild the trained model."""
-
-
-@dataclass
-class RunModel:
-    model: nn.Module
-    classes: list[str]
-    prep: Preprocess
-    recipe: Recipe
-    layout: Any
-    weights: Path
-
-
-def _pm(pm):
-    from thawkit import default_plugin_manager
-
-    return pm or default_plugin_manager()
-
-
-def load_run_model(run_dir: str | Path, *, best: bool = False,
-                   pm: ThawkitPluginManager | None = None, trust: bool = False,
-                   command: str = "load_run_model") -> RunModel:
-    """The trained model of a run (final weights, or ``best=True`` for the best epoch), in eval mode.
-
-    ``trust=False``: a run recipe that names plugins or ``python:`` factories (other than
-    thawkit's own) is refused unless those plugins are loaded in ``pm`` already; pass
-    ``trust=True`` only for run directories whose code you trust.
-    """
-    from thawkit import WeightsError, adapt_recipe
-
-    from ..weights import read_weights
-
-    pm = _pm(pm)
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
-    recipe = read_run_recipe(run_dir, pm=pm, trust=trust, command=command)
-    info = read_data_info(run_dir)
-    file = run_dir / ("best.safetensors" if best else "model.safetensors")
-    if not file.is_file():
-        hint = "" if best else "; use --best for the best epoch so far, or finish it with " \
-                               f"thawkit train --resume {run_dir}"
-        raise ConfigError(f"{str(run_dir)!r} has no {file.name} (run status: {run_status(run_dir)})"
-                          f"{hint}")
-    adapted = adapt_recipe(recipe, num_classes=len(info["classes"]), load_weights=False)
-    model = adapted.model
-    state = read_weights(file)
-    built = model.state_dict()  # a tensor that is non-finite as built (a mask) is by design
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())
-           and (k not in built or bool(built[k].isfinite().all()))]
-    if bad:
-        raise WeightsError(f"{file} holds NaN or infinite values ({len(bad)} tensors, e.g. "
-                           f"{bad[0]}): the run diverged; retrain with a lower optimizer.lr")
-    if best:
-        state = _completed_best(run_dir, file, state, built, pm)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise WeightsError(f"{file} does not fit the model its recipe builds: "
-                           f"{str(exc).splitlines()[0]}") from None
-    model.eval()
-    return RunModel(model, list(info["classes"]), Preprocess.from_dict(info["preprocess"]), recipe,
-                    adapted.layout, file)
-
-
-def _completed_best(run_dir: Path, file: Path, state: dict[str, Any], built: dict[str, Any],
-                    pm: ThawkitPluginManager) -> dict[str, Any]:
-    """``best.safetensors`` holds only the tensors the run can change (:mod:`.start`): the
-    others are the start's, found in the complete final weights or in the rebuilt start."""
-    from ..weights import read_weights
-    from .start import complete_state, is_changed_only
-
-    if not is_changed_only(file):
-        return state  # a run from before, with complete best weights
-    final = run_dir / "model.safetensors"
-    have = read_weights(final) if final.is_file() else None
-    return complete_state(run_dir, state, list(built), file=file, have=have, rebuild=True, pm=pm,
-                          what=f"{file.name}")
-
 
 def predict(run_dir: str | Path, images: list[str], *, top_k: int = 5, best: bool = False,
             pm: ThawkitPluginManager | None = None,
@@ -144,22 +71,6 @@ def _export_paths(out: str | Path) -> tuple[Path, Path]:
     return out / "model.safetensors", out / "config.json"
 
 
-def _plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """Rename ``<path>.1.*`` keys of a ``Sequential(Dropout, classifier)`` head to ``<path>.*``:
-    dropout is the identity at inference, and the builder's own head has no Sequential."""
-    from torch import nn
-
-    for path in layout.classifiers:
-        parent, _, leaf = path.rpartition(".")
-        if leaf != "1" or not parent:
-            continue
-        holder = model.get_submodule(parent)
-        if isinstance(holder, nn.Sequential) and len(holder) == 2 and isinstance(holder[0], nn.Dropout):
-            state = {(parent + k[len(path):] if k == path or k.startswith(path + ".") else k): v
-                     for k, v in state.items()}
-    return state
-
-
 def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, force: bool = False,
                merge: bool = False, pm: ThawkitPluginManager | None = None,
                wise: float | None = None, trust: bool = False) -> tuple[Path, Path]:
@@ -174,13 +85,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     merged into the base layers as plain weights, checked against the adapter model's logits.
     """
     import torch
-    from thawkit import load_backbone
 
     if wise is not None:
-        from ..wise import check_alpha
-
         wise = check_alpha(wise, "export --wise")
-    pm = _pm(pm)
     weights_path, config_path = _export_paths(out)
     _check_not_run_file(Path(run_dir), weights_path, config_path)
     for parent in (weights_path.parent, *weights_path.parent.parents):
@@ -193,31 +100,28 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     if existing and not force:
         raise ConfigError(f"export: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''};"
                           " choose another OUT or pass --force to overwrite")
-    from .adapter_export import export_adapters, has_adapters, merge_run
 
     run = load_run_model(run_dir, best=best, pm=pm, trust=trust, command="export")
     if wise is not None:
-        from .wise import interpolate_run
-
-        interpolate_run(run, run_dir, wise, pm=pm)
+        interpolate_run(run, run_dir, wise)
     recipe = run.recipe
     options = {**recipe.backbone.kwargs, "num_classes": len(run.classes)}
     config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,
               "classes": run.classes, "preprocess": run.prep.to_dict(),
               "source_run": str(Path(run_dir)), "source_weights": run.weights.name,
-              "epochs": len(read_jsonl(Path(run_dir) / "metrics.jsonl")),
+              "epochs": len(read_jsonl(RunDir(run_dir).metrics)),
               **({"wise_alpha": float(wise)} if wise is not None else {})}
     if has_adapters(run.model) and not merge:
         return export_adapters(run, out, config, force=force)
     reference = merge_run(run) if merge else run.model   # merge: a copy of the unmerged model
-    state = _plain_head(run.model, run.layout, run.model.state_dict())
+    state = plain_head(run.model, run.layout, run.model.state_dict())
     with disk_errors("create the export directory", weights_path.parent):
         weights_path.parent.mkdir(parents=True, exist_ok=True)
     trial = weights_path.with_name(f".{weights_path.stem}.check.safetensors")
     save_weights(trial, state, metadata={"thawkit_export": json.dumps(config)})
     try:
         try:
-            rebuilt = load_backbone(config["spec"], pm=pm, weights=str(trial), **options)
+            rebuilt = load_backbone(config["spec"], pm=recipe.plugin_manager, weights=str(trial), **options)
         except ThawkitError as exc:
             raise ExportError(f"export: thawkit.load_backbone({config['spec']!r}, weights=..., "
                               f"{', '.join(f'{k}={v!r}' for k, v in options.items())}) cannot rebuild "
@@ -244,10 +148,10 @@ def _check_not_run_file(run_dir: Path, *targets: Path) -> None:
         parent = target.parent
         try:
             same_dir = parent.is_dir() and (parent.resolve() == run_dir.resolve()
-                                            or (parent / "checkpoint.pt").is_file())
+                                            or RunDir(parent).checkpoint.is_file())
         except OSError:
             continue
-        if same_dir and target.name in RUN_FILES:
+        if same_dir and target.name in RunDir.FILES:
             raise ConfigError(f"export: {str(target)!r} is a file of the run directory "
                               f"{str(parent)!r}; export to a path outside it (--force never "
                               "overwrites a run's own files)")
@@ -256,7 +160,6 @@ def _check_not_run_file(run_dir: Path, *targets: Path) -> None:
 def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, dict]:
     """Rebuild an exported model from its ``.safetensors`` file (config from the file's metadata)."""
     from safetensors import safe_open
-    from thawkit import load_backbone
 
     path = Path(path)
     if not path.is_file():
@@ -266,5 +169,5 @@ def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -
     if "thawkit_export" not in meta:
         raise ConfigError(f"{str(path)!r} is not a thawkit export (no thawkit_export metadata)")
     config = json.loads(meta["thawkit_export"])
-    model = load_backbone(config["spec"], pm=_pm(pm), weights=str(path), **config["load_options"])
+    model = load_backbone(config["spec"], pm=pm, weights=str(path), **config["load_options"])
     return model.eval(), config

@@ -14,14 +14,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
 from thawkit import ThawkitError
 
+from .cache import CachedPipeline
 from .checkpoint import (
+    CheckpointError,
     append_jsonl,
     load_checkpoint,
     read_jsonl,
@@ -32,51 +36,24 @@ from .checkpoint import (
     truncate_metrics,
     write_json,
 )
+from . import extras  # (extras.available is looked up at each call: tests stand in for it)
 from .data import DataError
+from .ddp import DDPPipeline, restore_message
+from .pipeline import Pipeline
+from .plot import plot_run
+from .rundir import RunDir, RunDirError, describe_os_error
+from .schedules import end_epoch
+from .start import CHANGED_ONLY, changed_only, changing_keys, complete_state, read_start
+from .wise import sweep, sweep_line
 
 if TYPE_CHECKING:
     from .session import Session
 
-METRICS = "metrics.jsonl"
+# tqdm (the `train` extra) is imported when a progress bar is shown.
 
 
 class DivergedError(ThawkitError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class Pipeline:
-    """Batches in, logits out: plain images through the whole model."""
-
-    def __init__(self, session: Session):
-        self.model = session.model
-        self.loaders = session.loaders
-        self.device = session.device
-
-    def _to_device(self, batches: Iterable) -> Iterator:
-        nb = self.device.type == "cuda"
-        for x, y in batches:
-            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
-
-    def train_batches(self, epoch: int, skip: int) -> Iterator:
-        self.loaders.batches.set_epoch(epoch, skip)
-        return self._to_device(self.loaders.train)
-
-    def val_batches(self) -> Iterator:
-        return self._to_device(self.loaders.val)
-
-    def forward(self, x):
-        return self.model(x)
-
-    def phase_changed(self, adapted: Any) -> None:
-        """Called when the trainable set changes (and on start); nothing is cached here."""
-
-    def status(self, phase: int) -> str | None:
-        """A line for the log about how phase ``phase`` gets its batches (None: nothing to say)."""
-        return None
-
-    def close(self) -> None:
-        """Called when the run ends, however it ends: release what the pipeline holds."""
-
 
 @dataclass
 class Progress:
@@ -110,8 +87,6 @@ class Trainer:
     def __init__(self, session: Session, *, stop_after: int | None = None,
                  log: Callable[[str], None] = print, progress_bar: bool | None = None,
                  on_step: Callable[[Trainer], None] | None = None, pipeline: Pipeline | None = None):
-        import torch
-
         self.s = session
         self.stop_after = stop_after
         self.log = log
@@ -120,9 +95,6 @@ class Trainer:
         self.on_step = on_step
         self.world = session.world
         if pipeline is None:
-            from .cache import CachedPipeline
-            from .ddp import DDPPipeline
-
             pipeline = (DDPPipeline if self.world.distributed else CachedPipeline)(session, log=log)
         self.pipeline = pipeline
         self.state = Progress()
@@ -140,10 +112,10 @@ class Trainer:
     # ------------------------------------------------------------ state
     def checkpoint_state(self) -> dict[str, Any]:
         s = self.s
-        model, changed_only = self._changed_state(s.adapted.phase)  # grows as blocks thaw
+        model, partial = self._changed_state(s.adapted.phase)  # grows as blocks thaw
         return {"epoch": self.state.epoch, "step": self.state.step,
                 "progress": {k: v for k, v in vars(self.state).items() if k not in ("epoch", "step")},
-                "model": model, "model_changed_only": changed_only,
+                "model": model, "model_changed_only": partial,
                 "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
                 "strategy": s.adapted.state_dict(), "rng": rng_state(),
@@ -153,8 +125,6 @@ class Trainer:
         """Whether this run's files hold only what training changed: yes, unless the run
         directory comes from a thawkit that wrote full checkpoints (its start record says)."""
         if self._changes is None:
-            from .start import changed_only, read_start
-
             try:
                 self._changes = changed_only(read_start(self.s.run_dir))
             except ThawkitError:
@@ -167,8 +137,6 @@ class Trainer:
         state = self.s.model.state_dict()
         if not self._changed_only():
             return state, False
-        from .start import changing_keys
-
         keep = changing_keys(self.s.adapted, upto)
         return {k: v for k, v in state.items() if k in keep}, True
 
@@ -180,8 +148,6 @@ class Trainer:
 
     def restore(self) -> None:
         """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
-        from .checkpoint import CHECKPOINT, CheckpointError
-
         s = self.s
         ckpt = load_checkpoint(s.run_dir)
         try:
@@ -201,12 +167,11 @@ class Trainer:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise CheckpointError(f"checkpoint {str(s.run_dir / CHECKPOINT)!r} does not fit the run "
-                                  f"its recipe.yaml describes ({type(exc).__name__}: {first}); it was "
+            raise CheckpointError(f"checkpoint {str(s.files.checkpoint)!r} does not fit the run "
+                                  f"its {RunDir.RECIPE} describes ({type(exc).__name__}: {first}); it was "
                                   "changed, or the recipe was") from None
         if self.world.is_main:
-            truncate_metrics(s.run_dir / METRICS, self.state.epoch)
-        from .ddp import restore_message
+            truncate_metrics(s.files.metrics, self.state.epoch)
 
         changed = restore_message(saved, self.world)
         if changed:
@@ -216,14 +181,11 @@ class Trainer:
         """The checkpoint's tensors into the model; with only the changed ones, the others (as
         prepare built them) must be the run's start, digest for digest (a changed weights file
         is an error here, before any training)."""
-        from .checkpoint import CHECKPOINT
-        from .start import complete_state
-
         s = self.s
         state = ckpt["model"]
         if ckpt.get("model_changed_only"):
             state = complete_state(s.run_dir, state, list(s.model.state_dict()),
-                                   file=s.run_dir / CHECKPOINT, have=s.model.state_dict(),
+                                   file=s.files.checkpoint, have=s.model.state_dict(),
                                    rebuild=False, pm=s.recipe.plugin_manager, what="--resume")
         s.model.load_state_dict(state)
 
@@ -241,8 +203,6 @@ class Trainer:
         if val is not None and not math.isfinite(val["val_loss"]):
             what = f"the validation loss is {val['val_loss']} after epoch {st.epoch + 1}"
         else:
-            from .start import changing_keys
-
             # a tensor training cannot change is bit-identical to the start: no need to scan it
             keys = changing_keys(self.s.adapted, self.s.adapted.phase)
             bad = [k for k in self._nonfinite(keys) if k not in self._nonfinite_from_start]
@@ -267,7 +227,6 @@ class Trainer:
             self._ended("failed", msg)
             raise DataError(msg) from None
         except OSError as exc:  # a full or read-only disk (RunDirError), or an OSError elsewhere
-            from .rundir import RunDirError, describe_os_error
 
             cause = str(exc) if isinstance(exc, RunDirError) else describe_os_error(exc)
             msg = (f"{cause}; the run stopped and {self._kept()}; once the disk takes writes "
@@ -315,19 +274,17 @@ class Trainer:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
         self._check_finite()
         if self.world.is_main:
-            save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
+            save_weights(s.files.model, s.model.state_dict())
         if s.recipe.train.wise_alphas:
-            from .wise import sweep, sweep_line
-
             try:
                 self.wise = sweep(self, s.recipe.train.wise_alphas)
-                self.log(sweep_line(self.wise, read_jsonl(s.run_dir / METRICS)[-1]["val_top1"]))
+                self.log(sweep_line(self.wise, read_jsonl(s.files.metrics)[-1]["val_top1"]))
             except ThawkitError as exc:  # the run itself is done and saved: say why, and end
                 self.log(f"no WiSE-FT sweep: {exc}")
         best = f"; best val top-1 {100 * st.best_top1:.2f}% at epoch {st.best_epoch + 1}" \
             if st.best_epoch >= 0 else ""
         return Outcome("finished", st.epoch, f"finished {s.epochs} epochs{best}; weights in "
-                       f"{s.run_dir / 'model.safetensors'}")
+                       f"{s.files.model}")
 
     def _interrupted_message(self) -> str:
         st = self.state
@@ -337,8 +294,6 @@ class Trainer:
 
     def _train_epoch(self) -> bool:
         """One epoch (or its rest); False when Ctrl-C stopped it (checkpoint already saved)."""
-        import torch
-
         s, st = self.s, self.state
         model, opt = s.model, s.optimizer
         model.train()
@@ -405,9 +360,6 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (plain cross-entropy), top-1 and, with 5 or more classes, top-5."""
-        import torch
-        import torch.nn.functional as F
-
         s = self.s
         s.model.eval()
         loss_sum, top1, top5, n = 0.0, 0, 0, 0
@@ -432,13 +384,7 @@ class Trainer:
         started = time.perf_counter()
         val = self.evaluate()
         self._check_finite(val)
-        if s.interval == "epoch":
-            from torch.optim.lr_scheduler import ReduceLROnPlateau
-
-            if isinstance(s.scheduler, ReduceLROnPlateau):
-                s.scheduler.step(val["val_loss"])
-            else:
-                s.scheduler.step()
+        end_epoch(s.scheduler, s.interval, val["val_loss"])
         adapted = s.adapted
         record = {"epoch": st.epoch, "phase": adapted.phase,
                   "phase_label": adapted.phases[adapted.phase].label,
@@ -447,16 +393,13 @@ class Trainer:
                   "train_top1": st.correct / max(st.seen, 1), **val,
                   "seconds": round(st.seconds + time.perf_counter() - started, 3)}
         if self.world.is_main:
-            append_jsonl(s.run_dir / METRICS, record)
+            append_jsonl(s.files.metrics, record)
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
             if self.world.is_main:
-                from .start import CHANGED_ONLY
-
                 # what the whole run can change, so that the final weights complete it too
-                best, changed_only = self._changed_state(s.adapted.phase_at(s.epochs - 1))
-                save_weights(s.run_dir / "best.safetensors", best,
-                             {CHANGED_ONLY: "1"} if changed_only else None)
+                best, partial = self._changed_state(s.adapted.phase_at(s.epochs - 1))
+                save_weights(s.files.best, best, {CHANGED_ONLY: "1"} if partial else None)
         st.epoch += 1
         st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
         self.save()
@@ -475,9 +418,7 @@ class Trainer:
                 f"{r['seconds']:.1f}s")
 
     def _bar(self, total: int, initial: int):
-        from .extras import available
-
-        if not self.progress_bar or not available("tqdm"):
+        if not self.progress_bar or not extras.available("tqdm"):
             return None
         from tqdm import tqdm
 
@@ -485,15 +426,13 @@ class Trainer:
                     desc=f"epoch {self.state.epoch + 1}/{self.s.epochs}")
 
     def _nonfinite(self, keys: frozenset[str] | None = None) -> list[str]:
-        import torch
-
         return [k for k, v in self.s.model.state_dict().items()
                 if (keys is None or k in keys) and v.is_floating_point()
                 and not bool(torch.isfinite(v).all())]
 
     def _kept(self) -> str:
         """Which checkpoint a run that stops now keeps: the last one it wrote (or read)."""
-        path = self.s.run_dir / "checkpoint.pt"
+        path = self.s.files.checkpoint
         if self._saved is None:
             return f"keeps {path}" if path.exists() else "had not written a checkpoint yet"
         epoch, step = self._saved
@@ -504,7 +443,7 @@ class Trainer:
         if not self.world.is_main:
             return
         st = self.state
-        write_json(self.s.run_dir / "run.json", {
+        write_json(self.s.files.status, {
             "status": status, "message": message, "epochs": self.s.epochs,
             "epochs_done": st.epoch, "best_top1": st.best_top1 if st.best_epoch >= 0 else None,
             "best_epoch": st.best_epoch if st.best_epoch >= 0 else None,
@@ -513,17 +452,14 @@ class Trainer:
             **({"wise": self.wise} if self.wise else {})})
 
     def _plot(self) -> None:
-        from .extras import INSTALL, available
-
         if not self.world.is_main:
             return
-        from .plot import plot_run
 
-        if available("matplotlib"):
+        if extras.available("matplotlib"):
             plot_run(self.s.run_dir)
         elif not self._plot_skipped:
             self._plot_skipped = True
-            self.log(f"no {self.s.run_dir / 'curves.png'}: matplotlib is not installed ({INSTALL})")
+            self.log(f"no {self.s.files.plot}: matplotlib is not installed ({extras.INSTALL})")
 
 
 @contextmanager

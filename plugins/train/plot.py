@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_jsonl, write_atomic
+from .rundir import RunDir
 
-PLOT = "curves.png"
+# matplotlib (the `train` extra) is imported when a plot is drawn.
+
 
 
 def phase_starts(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:
@@ -28,10 +30,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(RunDir(run_dir).metrics)
     if not rows:
         return None
-    out = Path(out) if out is not None else run_dir / PLOT
+    out = Path(out) if out is not None else RunDir(run_dir).plot
     epochs = [r["epoch"] + 1 for r in rows]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.8))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", ms=3, label="train loss")
@@ -77,7 +79,7 @@ def plot_comparison(runs: dict[str, str | Path], out: str | Path, title: str = "
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for name, run_dir in runs.items():
-        rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
+        rows = read_jsonl(RunDir(run_dir).metrics)
         epochs = [r["epoch"] + 1 for r in rows]
         line, = ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "-", label=name)
         ax_loss.plot(epochs, [r["val_loss"] for r in rows], "-", color=line.get_color(), label=name)

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from thawkit import Layout, Recipe, Split, ThawkitPluginManager
     from torch import nn
 
+# The hooks import what they need when called: every thawkit process registers this plugin, and
+# `thawkit --help` must stay fast.
+
 
 @hookimpl
 def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
@@ -19,7 +22,7 @@ def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
     from .schedules import read_schedule
 
     pm.add_hookspecs(hookspecs)
-    pm.collectors["thawkit_register_schedules"] = ("schedule", read_schedule)
+    pm.add_collector("thawkit_register_schedules", "schedule", read_schedule)
 
 
 @hookimpl

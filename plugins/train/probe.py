@@ -24,8 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 from thawkit import ConfigError
 from thawkit.plugins.split import frozen_prefix
+
+from .._deprecation import recipe_manager
+from .cache import CacheDecision, CachedPipeline
+from .checkpoint import save_weights, write_json
+from .rundir import RunDir, make_run_dir, remove_if_unused, run_lock
+from .schedules import end_epoch
+from .session import check_new_run_dir, make_scheduler, prepare, torch_flags_restored
 
 if TYPE_CHECKING:
     from thawkit import Adapted, Recipe, ThawkitPluginManager
@@ -33,7 +43,6 @@ if TYPE_CHECKING:
     from .data import Preprocess
     from .session import Session
 
-PROBE_FILE = "probe.json"
 
 
 @dataclass
@@ -56,9 +65,7 @@ class ProbeResult:
 class Head:
     """A copy of the head's trainable parameters with its own optimizer and schedule."""
 
-    def __init__(self, lr: float, session: Session, rest: Any, pm: ThawkitPluginManager):
-        from .session import make_scheduler
-
+    def __init__(self, lr: float, session: Session, rest: Any):
         self.lr = lr
         trainable = {id(p): n for n, p in rest.named_parameters() if p.requires_grad}
         self.params = {n: p.detach().clone().requires_grad_(True) for n, p in rest.named_parameters()
@@ -73,11 +80,11 @@ class Head:
             own = [by_id[id(p)] for p in group["params"] if id(p) in by_id]
             if own:
                 groups.append({**group, "params": own})
-        factory = pm.optimizers.get(settings.name, where="optimizer.name")
+        factory = session.recipe.plugin_manager.optimizers.get(settings.name, where="optimizer.name")
         self.optimizer = factory(groups, lr=settings.lr, weight_decay=settings.weight_decay,
                                  **settings.kwargs)
         self.scheduler, self.interval = make_scheduler(recipe, self.optimizer,
-                                                       session.loaders.steps_per_epoch, pm=pm)
+                                                       session.loaders.steps_per_epoch)
         self.result = ProbeResult(lr)
 
 
@@ -109,17 +116,14 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
         recipe = thawkit.load_recipe("probe.yaml")  # strategy: head-only, data.augment: false
         results = probe(recipe, [1e-3, 1e-2, 1e-1], run_dir="runs/probe")
         best = max(results, key=lambda r: r.final_top1)
+
+    The recipe's plugin manager builds everything; ``pm=`` is deprecated.
     """
-    from thawkit import default_plugin_manager
-
-    from .rundir import make_run_dir, remove_if_unused, run_lock
-    from .session import check_new_run_dir, prepare, torch_flags_restored
-
+    recipe_manager(recipe, pm, "probe")
     if not lrs:
         raise ConfigError("probe: give at least one learning rate (--lr)")
     if any(not lr > 0 for lr in lrs):
         raise ConfigError(f"probe: learning rates must be > 0, got {list(lrs)}")
-    pm = pm or default_plugin_manager()
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
     created = make_run_dir(run_dir, "probe --output")
     try:
@@ -127,28 +131,22 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
             check_new_run_dir(run_dir)
             with torch_flags_restored():
                 splits: list[Any] = []  # checked before prepare() writes the run's files
-                session = prepare(recipe, pm=pm, run_dir=run_dir,
+                session = prepare(recipe, run_dir=run_dir,
                                   check=lambda adapted, prep: splits.append(check_probe(adapted, prep)))
                 split = splits[0]
                 log(f"{session.describe()}; probing {len(lrs)} learning rates on features below "
                     "the head, computed once")
-                return _sweep(session, split, list(lrs), pm, log)
+                return _sweep(session, split, list(lrs), log)
     except BaseException:
         if created:
             remove_if_unused(run_dir)
         raise
 
 
-def _sweep(session: Session, split: Any, lrs: list[float], pm: ThawkitPluginManager,
+def _sweep(session: Session, split: Any, lrs: list[float],
            log: Callable[[str], None]) -> list[ProbeResult]:
-    import torch
-    from torch.func import functional_call
-
-    from .cache import CacheDecision, CachedPipeline
-    from .checkpoint import save_weights, write_json
-
     pipeline = CachedPipeline(session, log=lambda line: None)
-    heads = [Head(lr, session, split.rest, pm) for lr in lrs]
+    heads = [Head(lr, session, split.rest) for lr in lrs]
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=session.recipe.train.label_smoothing)
     model, rest = session.model, split.rest
     try:
@@ -174,13 +172,7 @@ def _sweep(session: Session, split: Any, lrs: list[float], pm: ThawkitPluginMana
             model.eval()
             for k, head in enumerate(heads):
                 val = _evaluate(pipeline, rest, head.params)
-                if head.interval == "epoch":
-                    from torch.optim.lr_scheduler import ReduceLROnPlateau
-
-                    if isinstance(head.scheduler, ReduceLROnPlateau):
-                        head.scheduler.step(val["val_loss"])
-                    else:
-                        head.scheduler.step()
+                end_epoch(head.scheduler, head.interval, val["val_loss"])
                 head.result.epochs.append({"epoch": epoch, "train_loss": sums[k] / max(seen, 1), **val})
             log(f"epoch {epoch + 1}/{session.epochs} top1 "
                 + "  ".join(f"lr {h.lr:g}: {100 * h.result.final_top1:.2f}%" for h in heads)
@@ -188,20 +180,16 @@ def _sweep(session: Session, split: Any, lrs: list[float], pm: ThawkitPluginMana
     finally:
         pipeline.close()
     results = [h.result for h in heads]
-    write_json(session.run_dir / PROBE_FILE, {"lrs": lrs, "results": [
+    write_json(session.files.probe, {"lrs": lrs, "results": [
         {"lr": r.lr, "final_top1": r.final_top1, "best_top1": r.best["val_top1"],
          "best_epoch": r.best["epoch"], "epochs": r.epochs} for r in results]})
-    save_weights(session.run_dir / "heads.safetensors",
+    save_weights(session.files.probe_heads,
                  {f"lr={h.lr:g}/{h.model_names[name]}": p for h in heads for name, p in h.params.items()})
     log(format_results(results))
     return results
 
 
 def _evaluate(pipeline: Any, rest: Any, params: dict[str, Any]) -> dict[str, float]:
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call
-
     loss_sum, top1, n = 0.0, 0, 0
     with torch.no_grad():
         for x, y in pipeline.val_batches():
@@ -224,4 +212,4 @@ def format_results(results: list[ProbeResult]) -> str:
 
 def read_probe(run_dir: str | Path) -> dict[str, Any]:
     """``probe.json`` of a probe's run directory."""
-    return json.loads((Path(run_dir) / PROBE_FILE).read_text())
+    return json.loads(RunDir(run_dir).probe.read_text())

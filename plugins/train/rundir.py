@@ -1,4 +1,5 @@
-"""Guards of a run directory: one process at a time, clear errors for disk trouble and tampered
+"""A run directory: its layout (:class:`RunDir`, the one owner of its file names), and its guards:
+one process at a time, clear errors for disk trouble and tampered
 files, leftovers cleaned, and no code run from a directory that is not trusted.
 
 * :func:`run_lock`: an OS file lock (``flock``) on ``run.lock`` held while ``thawkit train``
@@ -15,19 +16,21 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, ThawkitError
+from thawkit import ConfigError, ThawkitError, default_plugin_manager
 
-LOCK_FILE = "run.lock"
-#: Every file a run writes into its directory (export refuses to overwrite them).
-RUN_FILES = ("recipe.yaml", "plan.json", "data.json", "metrics.jsonl", "curves.png",
-             "model.safetensors", "best.safetensors", "checkpoint.pt", "run.json", "start.json",
-             "start.safetensors", LOCK_FILE)
+if TYPE_CHECKING:
+    from thawkit import Recipe, ThawkitPluginManager
+
+# yaml, thawkit's recipe models and fcntl are imported where used: `thawkit --help` imports this
+# module for the file names, and fcntl does not exist on Windows.
+
 #: ``python:`` factories that ship with thawkit and may be rebuilt from any run directory.
 TRUSTED_FACTORIES = ("thawkit.plugins.train.demo_model:small_cnn",)
 
@@ -91,6 +94,82 @@ def make_run_dir(run_dir: Path, field: str = "train.output") -> bool:
     return True
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"The run's ``{name}``.")
+
+
+class RunDir:
+    """The layout of a run directory, its one owner: the name of every file a run writes there
+    (``RunDir.CHECKPOINT``), their paths (``RunDir(path).checkpoint``) and the lock.
+
+    * ``recipe.yaml``: the resolved recipe (``head.num_classes`` filled in), the single source of
+      truth for ``--resume``, ``predict`` and ``export``;
+    * ``plan.json``: the plan (every parameter's block, phase, group, lr, weight decay) and, under
+      ``cache``, whether each phase trains on cached features and why;
+    * ``data.json``: class names and the resolved preprocessing;
+    * ``metrics.jsonl``, ``curves.png``, ``model.safetensors``, ``best.safetensors``,
+      ``checkpoint.pt`` and ``run.json`` (status), written as the run goes; the checkpoint and
+      the best weights hold only the tensors training can change (:mod:`.start`);
+    * ``start.json`` (and ``start.safetensors`` when the starting weights have no name to be
+      loaded again by): what the run started from, for resume, predict and WiSE-FT;
+    * ``run.lock``: held while a process writes the directory (:meth:`lock`);
+    * ``cache/``: cached features; ``probe.json`` and ``heads.safetensors``: ``thawkit probe``'s.
+    """
+
+    RECIPE = "recipe.yaml"
+    PLAN = "plan.json"
+    DATA = "data.json"
+    METRICS = "metrics.jsonl"
+    PLOT = "curves.png"
+    MODEL = "model.safetensors"
+    BEST = "best.safetensors"
+    CHECKPOINT = "checkpoint.pt"
+    STATUS = "run.json"
+    LOCK = "run.lock"
+    START = "start.json"
+    START_WEIGHTS = "start.safetensors"
+    CACHE = "cache"
+    PROBE = "probe.json"
+    PROBE_HEADS = "heads.safetensors"
+    #: Every file a run writes into its directory (export refuses to overwrite them).
+    FILES = (RECIPE, PLAN, DATA, METRICS, PLOT, MODEL, BEST, CHECKPOINT, STATUS, LOCK, START,
+             START_WEIGHTS)
+    #: Any of these means the directory holds a run already (a new run refuses it).
+    TAKEN = (CHECKPOINT, METRICS, RECIPE, MODEL)
+    #: Files of a run that stopped before its first checkpoint; a restart writes them afresh.
+    STALE_WITHOUT_CHECKPOINT = (METRICS, BEST, STATUS, PLOT)
+
+    recipe = _file(RECIPE)
+    plan = _file(PLAN)
+    data = _file(DATA)
+    metrics = _file(METRICS)
+    plot = _file(PLOT)
+    model = _file(MODEL)
+    best = _file(BEST)
+    checkpoint = _file(CHECKPOINT)
+    status = _file(STATUS)
+    lock_file = _file(LOCK)
+    start = _file(START)
+    start_weights = _file(START_WEIGHTS)
+    cache = _file(CACHE)
+    probe = _file(PROBE)
+    probe_heads = _file(PROBE_HEADS)
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def weights(self, best: bool = False) -> Path:
+        """The final weights, or ``best=True`` those of the best epoch."""
+        return self.best if best else self.model
+
+    def lock(self) -> AbstractContextManager[None]:
+        """:func:`run_lock` on this directory."""
+        return run_lock(self.path)
+
+
 # -------------------------------------------------------------------- lock
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
@@ -105,7 +184,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     if os.environ.get("RANK", "0") != "0":
         yield
         return
-    path = run_dir / LOCK_FILE
+    path = RunDir(run_dir).lock_file
     with disk_errors("write", path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -144,8 +223,8 @@ def _read_holder(fd: int) -> str:
 def remove_if_unused(run_dir: Path) -> None:
     """Take back a run directory a command created when the run wrote nothing into it."""
     try:
-        if [p.name for p in run_dir.iterdir()] in ([], [LOCK_FILE]):
-            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        if [p.name for p in run_dir.iterdir()] in ([], [RunDir.LOCK]):
+            RunDir(run_dir).lock_file.unlink(missing_ok=True)
             run_dir.rmdir()
     except OSError:
         pass
@@ -155,7 +234,7 @@ def remove_leftovers(run_dir: Path) -> list[str]:
     """Delete the temporary files of writes a crash interrupted (``.NAME.*.tmp``); the names."""
     gone = []
     for p in run_dir.glob(".*.tmp"):
-        if p.is_file() and any(p.name.startswith(f".{name}.") for name in RUN_FILES):
+        if p.is_file() and any(p.name.startswith(f".{name}.") for name in RunDir.FILES):
             try:
                 p.unlink()
             except OSError:
@@ -192,7 +271,7 @@ def damaged(path: Path, what: str) -> ConfigError:
 def run_status(run_dir: Path) -> str:
     """The status in ``run.json`` ("unknown" when it is missing or damaged)."""
     try:
-        status = read_json(run_dir / "run.json").get("status")
+        status = read_json(RunDir(run_dir).status).get("status")
     except ConfigError:
         return "unknown"
     return status if isinstance(status, str) else "unknown"
@@ -255,6 +334,64 @@ def check_trusted(run_dir: Path, data: dict[str, Any], *, loaded: list[str], com
     found = untrusted_code(data, base=run_dir, loaded=loaded)
     if found:
         raise ConfigError(
-            f"{command}: {str(run_dir / 'recipe.yaml')!r} names {' and '.join(found)}, whose code "
+            f"{command}: {str(RunDir(run_dir).recipe)!r} names {' and '.join(found)}, whose code "
             f"{command} would import and run; pass --trust-run if you trust this run directory "
             "(or load the plugin yourself with -p MODULE)")
+
+
+# ------------------------------------------------------ reading a run
+def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager | None = None, trust: bool = True,
+                    command: str = "predict") -> Recipe:
+    """The run's own recipe, read with ``pm`` (default: the shared manager; a recipe that names
+    ``plugins:`` then gets a manager of its own, ``recipe.plugin_manager``, which the run uses).
+    ``trust=False`` (predict, export): refuse one that names plugins or ``python:`` factories the
+    user did not load (:func:`check_trusted`)."""
+    from thawkit import load_recipe
+
+    path = RunDir(run_dir).recipe
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {path.name}")
+    data = read_recipe_mapping(path)
+    if not trust:
+        plugins = (pm or default_plugin_manager()).list_name_plugin()
+        loaded = [name for name, plugin in plugins]
+        loaded += [getattr(plugin, "__name__", "") for _, plugin in plugins]
+        check_trusted(Path(run_dir), data, loaded=loaded, command=command)
+    try:
+        return load_recipe(path, pm=pm)
+    except ThawkitError:
+        raise
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+        raise damaged(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def read_data_info(run_dir: Path) -> dict[str, Any]:
+    """``data.json``: class names and preprocessing, checked (a damaged file is an error naming it)."""
+    path = RunDir(run_dir).data
+    info = read_json(path)
+    classes = info.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise damaged(path, "'classes' must be a non-empty list of class names")
+    prep = info.get("preprocess")
+    problem = _preprocess_problem(prep) if isinstance(prep, dict) else "it must be a JSON object"
+    if problem:
+        raise damaged(path, f"'preprocess': {problem}")
+    return info
+
+
+def _preprocess_problem(prep: dict[str, Any]) -> str | None:
+    for key in ("image_size", "resize"):
+        v = prep.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+            return f"{key} must be an integer from 1 to 4096, got {str(v)[:40]}"
+    for key in ("mean", "std"):
+        v = prep.get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                and (key == "mean" or x != 0) for x in v):
+            return f"{key} must be 3 finite numbers{' (not 0)' if key == 'std' else ''}"
+    if not isinstance(prep.get("interpolation"), str):
+        return "interpolation must be a string"
+    if not isinstance(prep.get("augment"), bool):
+        return "augment must be true or false"
+    return None

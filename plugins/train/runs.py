@@ -5,22 +5,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+
 from thawkit import ConfigError
 
-from .checkpoint import CHECKPOINT
-from .rundir import make_run_dir, remove_if_unused, remove_leftovers, run_lock, run_status
-from .session import RECIPE_FILE, check_new_run_dir, prepare, read_run_recipe, torch_flags_restored
+from .._deprecation import recipe_manager
+from .checkpoint import load_checkpoint, read_jsonl
+from .ddp import join
+from .loop import Outcome, Trainer
+from .rundir import (
+    RunDir,
+    make_run_dir,
+    read_run_recipe,
+    remove_if_unused,
+    remove_leftovers,
+    run_lock,
+    run_status,
+)
+from .session import check_new_run_dir, prepare, torch_flags_restored
 
 if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
 
-    from .loop import Outcome, Trainer
-
-
-def _pm(pm: ThawkitPluginManager | None) -> ThawkitPluginManager:
-    from thawkit import default_plugin_manager
-
-    return pm or default_plugin_manager()
 
 
 def _check_stop_after(stop_after: int | None) -> None:
@@ -39,13 +44,11 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
         recipe = thawkit.load_recipe("recipe.yaml", overrides=["train.epochs=5"])
         outcome = thawkit.plugins.train.train(recipe, run_dir="runs/try1")
 
-    Under ``torchrun`` (several processes) it trains with DDP; see :mod:`~.ddp`.
+    Under ``torchrun`` (several processes) it trains with DDP; see :mod:`~.ddp`. The recipe's
+    plugin manager (``recipe.plugin_manager``) builds everything; ``pm=`` is deprecated.
     """
-    from .ddp import join
-    from .loop import Trainer
-
+    recipe_manager(recipe, pm, "train")
     _check_stop_after(stop_after)
-    pm = _pm(pm)
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
     world = join(recipe.train.device)
     if not world.is_main:
@@ -58,7 +61,7 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
                 remove_leftovers(run_dir)
             world.barrier()  # every process has checked before rank 0 writes
             with torch_flags_restored():
-                session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
+                session = prepare(recipe, run_dir=run_dir, world=world)
                 trainer = Trainer(session, stop_after=stop_after, log=log,
                                   progress_bar=progress_bar, on_step=on_step)
                 log(_with_status(session.describe(), trainer))
@@ -77,20 +80,17 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
 
     A run that stopped before its first checkpoint starts again from its recipe; one whose
     last epoch is done but whose final files are missing (killed at the very end) gets them.
-    ``expect``: a recipe the caller named too; it must describe the same run.
+    ``expect``: a recipe the caller named too; it must describe the same run. ``pm``: the manager
+    the run's recipe is read with (default: the shared one; a recipe naming ``plugins:`` gets its
+    own); the run then uses that recipe's manager.
     """
-    from .checkpoint import load_checkpoint
-    from .ddp import join
-    from .loop import Trainer
-
     _check_stop_after(stop_after)
-    pm = _pm(pm)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         load_checkpoint(run_dir)  # the error for a missing run directory
-    with run_lock(run_dir):  # in a distributed job, rank 0 alone takes it
-        fresh = not (run_dir / CHECKPOINT).exists() and (run_dir / RECIPE_FILE).is_file() \
-            and not (run_dir / "model.safetensors").exists()
+    files = RunDir(run_dir)
+    with files.lock():  # in a distributed job, rank 0 alone takes it
+        fresh = not files.checkpoint.exists() and files.recipe.is_file() and not files.model.exists()
         if not fresh:
             load_checkpoint(run_dir)  # a missing or unreadable checkpoint fails before any building
         recipe = read_run_recipe(run_dir, pm=pm)
@@ -104,22 +104,22 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
         with torch_flags_restored():
             if fresh:
                 if world.is_main:
-                    for name in STALE_WITHOUT_CHECKPOINT:
+                    for name in RunDir.STALE_WITHOUT_CHECKPOINT:
                         (run_dir / name).unlink(missing_ok=True)
                 world.barrier()  # every process has looked before rank 0 writes
-                session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
+                session = prepare(recipe, run_dir=run_dir, world=world)
                 trainer = Trainer(session, stop_after=stop_after, log=log,
                                   progress_bar=progress_bar, on_step=on_step)
                 log(_with_status(f"{run_dir} has no checkpoint yet: starting its run again from "
                                  f"epoch 1; {session.describe()}", trainer))
                 return trainer.fit()
-            session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True, world=world)
+            session = prepare(recipe, run_dir=run_dir, resume=True, world=world)
             trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
                               on_step=on_step)
             trainer.restore()
             world.barrier()  # every process has read the checkpoint before rank 0 writes
             if trainer.state.epoch >= recipe.train.epochs:
-                if (run_dir / "model.safetensors").is_file() and run_status(run_dir) == "finished":
+                if files.model.is_file() and run_status(run_dir) == "finished":
                     return _already_done(trainer)
                 log(f"{run_dir}: all {recipe.train.epochs} epochs are done but the run's final "
                     "files are missing; writing them")
@@ -128,10 +128,6 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
                                  + (f", step {trainer.state.step}" if trainer.state.step else "")
                                  + f" of {recipe.train.epochs}", trainer))
             return trainer.fit()
-
-
-#: Files of a run that stopped before its first checkpoint; a restart writes them afresh.
-STALE_WITHOUT_CHECKPOINT = ("metrics.jsonl", "best.safetensors", "run.json", "curves.png")
 
 
 def _quiet(_line: str) -> None:
@@ -148,8 +144,6 @@ def _with_status(line: str, trainer: Trainer) -> str:
 
 
 def _already_done(trainer: Trainer) -> Outcome:
-    from .loop import Outcome
-
     return Outcome("finished", trainer.state.epoch,
                    f"{trainer.s.run_dir} already finished all {trainer.s.epochs} epochs")
 
@@ -167,16 +161,14 @@ def _check_same(given: Recipe, saved: Recipe, run_dir: Path) -> None:
     if diffs:
         raise ConfigError(f"--resume {run_dir}: the recipe given differs from the run's own recipe "
                           f"in {', '.join(diffs)}; a run continues with the recipe it started with "
-                          f"({run_dir / 'recipe.yaml'}); start a new run to change it")
+                          f"({RunDir(run_dir).recipe}); start a new run to change it")
 
 
 def summary(run_dir: str | Path) -> dict[str, Any]:
     """Status, last metrics and best accuracy of a run directory (for tables and tests)."""
-    from .checkpoint import read_jsonl
-
-    run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    status = run_status(run_dir) if (run_dir / "run.json").exists() else None
+    files = RunDir(run_dir)
+    rows = read_jsonl(files.metrics)
+    status = run_status(files.path) if files.status.exists() else None
     return {"status": status, "epochs": len(rows),
             "seconds": round(sum(r["seconds"] for r in rows), 3),
             "final_top1": rows[-1]["val_top1"] if rows else None,

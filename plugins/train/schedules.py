@@ -23,11 +23,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from thawkit import ConfigError, hookimpl
+from thawkit import ConfigError, PluginError, format_validation_error, hookimpl
 
 if TYPE_CHECKING:
     import torch
     from thawkit import Registry, ThawkitPluginManager
+
+# torch is imported when a schedule is built: recipes are validated against this module torch-free.
 
 
 class _Params(BaseModel):
@@ -75,8 +77,6 @@ Factory = Callable[..., Any]
 
 
 def _validated(name: str, params_model: type[_Params], params: dict[str, Any]) -> Any:
-    from thawkit import format_validation_error
-
     try:
         return params_model.model_validate(params)
     except ValidationError as exc:
@@ -240,8 +240,6 @@ def _plateau(optimizer, p, *, warmup_epochs, **_):
 
 def read_schedule(name: str, factory: Any) -> tuple[str, Any]:
     """``register(name, factory)``'s arguments, checked when the plugin registers them."""
-    from thawkit import PluginError
-
     if not callable(factory):
         raise PluginError(f"schedule {name!r} is {factory!r}, which is not callable")
     return name, factory
@@ -250,6 +248,39 @@ def read_schedule(name: str, factory: Any) -> tuple[str, Any]:
 def schedule_registry(pm: ThawkitPluginManager) -> Registry:
     """Schedule factories by name, from every plugin's ``thawkit_register_schedules``."""
     return pm.registry("thawkit_register_schedules", "schedule", read_schedule)
+
+
+def build_scheduler(section: Any, optimizer: torch.optim.Optimizer, *, pm: ThawkitPluginManager,
+                    epochs: int, steps_per_epoch: int, where: str = "") -> tuple[Any, str]:
+    """The scheduler a schedule section (``recipe.schedule``) names, built over ``optimizer``, and
+    its interval (``"step"`` or ``"epoch"``). One builder for ``thawkit train``, ``thawkit probe``
+    and the Lightning helper; a plugin's error while building names the plugin."""
+    registry = schedule_registry(pm)
+    factory = registry.get(section.name, where=f"{where}: schedule.name" if where else "schedule.name")
+    with pm.guard(registry.entries[section.name].plugin, f"schedule {section.name!r}"):
+        scheduler = factory(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                            warmup_epochs=section.warmup_epochs, **section.params)
+    interval = getattr(factory, "interval", "step")
+    if interval not in ("step", "epoch"):
+        raise ConfigError(f"schedule {section.name!r}: interval must be 'step' or 'epoch', not {interval!r}")
+    return scheduler, interval
+
+
+def watches_metric(scheduler: Any) -> bool:
+    """A ``ReduceLROnPlateau`` (the ``plateau`` schedule): it steps on a metric, the validation loss."""
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    return isinstance(scheduler, ReduceLROnPlateau)
+
+
+def end_epoch(scheduler: Any, interval: str, val_loss: float) -> None:
+    """An epoch-interval scheduler's step at the end of an epoch (given the validation loss when it
+    watches one); a step-interval scheduler has stepped after each optimizer step already."""
+    if interval == "epoch":
+        if watches_metric(scheduler):
+            scheduler.step(val_loss)
+        else:
+            scheduler.step()
 
 
 @hookimpl

@@ -7,8 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from thawkit import ConfigError, format_validation_error, quote
 
+from .schedules import schedule_registry
+
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
+
+# torch is imported where a value needs it: recipes are validated against these sections torch-free.
 
 
 class _Section(BaseModel):
@@ -35,8 +39,6 @@ class ScheduleSection(BaseModel):
 
     def resolve(self, pm: ThawkitPluginManager, where: str) -> None:
         """Check the name against the registered schedules and the parameters against its model."""
-        from .schedules import schedule_registry
-
         factory = schedule_registry(pm).get(self.name, where=f"{where}: schedule.name")
         params_model = getattr(factory, "Params", None)
         if params_model is None:

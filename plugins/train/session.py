@@ -1,41 +1,30 @@
-"""From a recipe (or a run directory) to everything the loop needs, and the run directory's files.
-
-A run directory holds:
-
-* ``recipe.yaml``: the resolved recipe (``head.num_classes`` filled in), the
-  single source of truth for ``--resume``, ``predict`` and ``export``;
-* ``plan.json``: the plan (every parameter's block, phase, group, lr, weight decay) and, under
-  ``cache``, whether each phase trains on cached features and why (``cache.py``);
-* ``data.json``: class names and the resolved preprocessing;
-* ``start.json`` (and sometimes ``start.safetensors``): what the run started from (``start.py``);
-* ``metrics.jsonl``, ``curves.png``, ``model.safetensors``, ``best.safetensors``,
-  ``checkpoint.pt`` and ``run.json`` (status) written as the run goes; the checkpoint and the
-  best weights hold only the tensors training changed (``start.py``).
-"""
+"""From a recipe (or a run directory) to everything the loop needs, and the run directory's first
+files (its recipe, plan and data description; the layout is :class:`~.rundir.RunDir`'s)."""
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError
+import torch
+import yaml
+from thawkit import ConfigError, adapt_recipe, data_config, validate_recipe
 
-from .checkpoint import CHECKPOINT, write_json, write_text
+from ..weights import arch_options
+from .cache import CacheDecision, decide
+from .checkpoint import write_json, write_text
 from .data import Loaders, Preprocess, build_loaders, check_classes, data_warnings, scan_folder
-from .ddp import World
+from .ddp import World, check_sync_bn, convert_sync_bn, process_device, shard
+from .rundir import RunDir, make_run_dir, read_data_info
+from .schedules import build_scheduler
+from .start import record_start, seed_rngs
 
 if TYPE_CHECKING:
-    import torch
-    from thawkit import Adapted, Recipe, ThawkitPluginManager
+    from thawkit import Adapted, Recipe
 
-    from .cache import CacheDecision
-
-RECIPE_FILE = "recipe.yaml"
-DATA_FILE = "data.json"
 
 
 @dataclass
@@ -62,6 +51,11 @@ class Session:
         return self.adapted.model
 
     @property
+    def files(self) -> RunDir:
+        """The run directory's files."""
+        return RunDir(self.run_dir)
+
+    @property
     def epochs(self) -> int:
         return self.recipe.train.epochs
 
@@ -80,8 +74,6 @@ class Session:
 
 # ------------------------------------------------------------------ device
 def pick_device(name: str):
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -101,8 +93,6 @@ def pick_device(name: str):
 
 def amp_dtype_for(device, amp: bool | None):
     """bfloat16 where the GPU supports it, else float16; None on CPU unless asked for."""
-    import torch
-
     if amp is None:
         amp = device.type == "cuda"
     if not amp:
@@ -120,8 +110,6 @@ def torch_flags_restored() -> Iterator[None]:
     process (a notebook, a test) gets its settings back. The global seeds stay as the run
     left them, as after any seeded run.
     """
-    import torch
-
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -133,8 +121,6 @@ def torch_flags_restored() -> Iterator[None]:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    import torch
-
     if deterministic:
         # must be set before cuBLAS initialises; harmless on CPU
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -146,25 +132,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     seed_rngs(seed)
 
 
-def seed_rngs(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators (also right before the model is built, so
-    that its initialisation can be drawn again: :func:`.start.rebuild_start`)."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # -------------------------------------------------------------- run dirs
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run never overwrites another run's files."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"train.output: {str(run_dir)!r} exists and is not a directory")
     if run_dir.is_dir():
-        taken = [n for n in (CHECKPOINT, "metrics.jsonl", RECIPE_FILE, "model.safetensors")
-                 if (run_dir / n).exists()]
+        taken = [n for n in RunDir.TAKEN if (run_dir / n).exists()]
         if taken:
             raise ConfigError(f"train.output: {str(run_dir)!r} already holds a run ({', '.join(taken)});"
                               f" continue it with --resume {run_dir}, or choose another --output")
@@ -172,99 +146,25 @@ def check_new_run_dir(run_dir: Path) -> None:
 
 def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
                     arch: dict[str, Any] | None = None) -> Recipe:
-    from thawkit import validate_recipe
-
     data = recipe.model_dump(mode="json")
     data["head"]["num_classes"] = num_classes
     # options that the published weights implied, so predict/export rebuild the same network
     data["backbone"]["kwargs"] = {**(arch or {}), **data["backbone"]["kwargs"]}
     data["train"]["output"] = str(run_dir)
-    return validate_recipe(data, where=str(run_dir / RECIPE_FILE), pm=recipe.plugin_manager)
-
-
-def read_run_recipe(run_dir: Path, *, pm: ThawkitPluginManager, trust: bool = True,
-                    command: str = "predict") -> Recipe:
-    """The run's own recipe. ``trust=False`` (predict, export): refuse one that names plugins
-    or ``python:`` factories the user did not load (:func:`~.rundir.check_trusted`)."""
-    from thawkit import ThawkitError, load_recipe
-
-    from .rundir import check_trusted, damaged, read_recipe_mapping
-
-    path = Path(run_dir) / RECIPE_FILE
-    if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a thawkit run directory: it has no {RECIPE_FILE}")
-    data = read_recipe_mapping(path)
-    if not trust:
-        loaded = [name for name, plugin in pm.list_name_plugin()]
-        loaded += [getattr(plugin, "__name__", "") for _, plugin in pm.list_name_plugin()]
-        check_trusted(Path(run_dir), data, loaded=loaded, command=command)
-    try:
-        return load_recipe(path, pm=pm)
-    except ThawkitError:
-        raise
-    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
-        raise damaged(path, f"{type(exc).__name__}: {str(exc)[:200]}") from None
-
-
-def read_data_info(run_dir: Path) -> dict[str, Any]:
-    """``data.json``: class names and preprocessing, checked (a damaged file is an error naming it)."""
-    from .rundir import damaged, read_json
-
-    path = Path(run_dir) / DATA_FILE
-    info = read_json(path)
-    classes = info.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise damaged(path, "'classes' must be a non-empty list of class names")
-    prep = info.get("preprocess")
-    problem = _preprocess_problem(prep) if isinstance(prep, dict) else "it must be a JSON object"
-    if problem:
-        raise damaged(path, f"'preprocess': {problem}")
-    return info
-
-
-def _preprocess_problem(prep: dict[str, Any]) -> str | None:
-    import math
-
-    for key in ("image_size", "resize"):
-        v = prep.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
-            return f"{key} must be an integer from 1 to 4096, got {str(v)[:40]}"
-    for key in ("mean", "std"):
-        v = prep.get(key)
-        if not isinstance(v, list) or len(v) != 3 or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                and (key == "mean" or x != 0) for x in v):
-            return f"{key} must be 3 finite numbers{' (not 0)' if key == 'std' else ''}"
-    if not isinstance(prep.get("interpolation"), str):
-        return "interpolation must be a string"
-    if not isinstance(prep.get("augment"), bool):
-        return "augment must be true or false"
-    return None
+    return validate_recipe(data, where=str(RunDir(run_dir).recipe), pm=recipe.plugin_manager)
 
 
 # ----------------------------------------------------------------- build
-def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int, *, pm: ThawkitPluginManager):
-    from .schedules import schedule_registry
-
-    s = recipe.schedule
-    registry = schedule_registry(pm)
-    factory = registry.get(s.name, where="schedule.name")
-    with pm.guard(registry.entries[s.name].plugin, f"schedule {s.name!r}"):
-        scheduler = factory(optimizer, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch,
-                            warmup_epochs=s.warmup_epochs, **s.params)
-    interval = getattr(factory, "interval", "step")
-    if interval not in ("step", "epoch"):
-        raise ConfigError(f"schedule {s.name!r}: interval must be 'step' or 'epoch', not {interval!r}")
-    return scheduler, interval
+def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
+    """The recipe's schedule over ``optimizer`` for ``train.epochs`` epochs, and its interval."""
+    return build_scheduler(recipe.schedule, optimizer, pm=recipe.plugin_manager,
+                           epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch)
 
 
 def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_train: int) -> None:
     """A training batch of one image fails in BatchNorm layers that use batch statistics
     ("Expected more than 1 value per channel"): find out before training, with one forward
     pass per phase of a meta-device twin (no memory, no arithmetic, nothing of the run changed)."""
-    import torch
-    from thawkit import adapt_recipe
-
     twin = adapt_recipe(recipe, meta=True, num_classes=num_classes)
     for phase in twin.phases:
         twin.on_epoch_start(phase.epoch)
@@ -284,18 +184,13 @@ def check_single_batches(recipe: Recipe, num_classes: int, image_size: int, n_tr
             return
 
 
-def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: bool = False,
+def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
             world: World | None = None,
             check: Callable[[Adapted, Preprocess], None] | None = None) -> Session:
     """Check the data, build model, optimizer and schedule, and (for a new run) write the run's
     recipe, plan and data description. Nothing is written before every check has passed (a
     caller's own ``check(adapted, preprocess)`` included); of several processes (``world``),
-    rank 0 alone writes."""
-    import torch
-    from thawkit import adapt_recipe
-
-    from .ddp import check_sync_bn, convert_sync_bn, process_device, shard
-
+    rank 0 alone writes. Plugins come from ``recipe.plugin_manager``."""
     t = recipe.train
     if recipe.optimizer.lr_scale:
         raise ConfigError("optimizer.lr_scale: true is timm's form, for your own loop that sets "
@@ -316,9 +211,7 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
     if resume:
         prep = Preprocess.from_dict(read_data_info(run_dir)["preprocess"])
     else:
-        from thawkit import data_config
-
-        prep = Preprocess.resolve(data_config(adapted.model, pm=pm), recipe.data)
+        prep = Preprocess.resolve(data_config(adapted.model, pm=recipe.plugin_manager), recipe.data)
     if len(train) == 1 or recipe.data.batch_size == 1:
         check_single_batches(recipe, n, prep.image_size, len(train))
     adapted.model.to(device)
@@ -328,34 +221,28 @@ def prepare(recipe: Recipe, *, pm: ThawkitPluginManager, run_dir: Path, resume: 
                             pin_memory=device.type == "cuda")
     if world.distributed:
         loaders = shard(loaders, world, batch_size=recipe.data.batch_size, seed=t.seed)
-    scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch, pm=pm)
+    scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch)
     amp_dtype = amp_dtype_for(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    from .cache import decide
 
     cache = decide(adapted, recipe, prep, n_train=len(train), n_val=len(val), run_dir=run_dir,
                    device=device, processes=world.size)
     if check is not None:
         check(adapted, prep)
     if not resume and world.is_main:
-        import yaml
-
-        from .rundir import make_run_dir
-
         make_run_dir(run_dir)  # thawkit train made it already; thawkit probe and API callers not
-        from ..weights import arch_options
 
         recipe = resolved_recipe(recipe, num_classes=n, run_dir=run_dir,
                                  arch=arch_options(adapted.model))
-        write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"),
+        files = RunDir(run_dir)
+        write_text(files.recipe, yaml.safe_dump(recipe.model_dump(mode="json"),
                                                          sort_keys=False))
-        write_json(run_dir / "plan.json", {**adapted.plan.to_dict(),
+        write_json(files.plan, {**adapted.plan.to_dict(),
                                             "cache": [d.to_dict() for d in cache]})
-        write_json(run_dir / DATA_FILE, {
+        write_json(files.data, {
             "classes": train.classes, "preprocess": prep.to_dict(),
             "train": {"dir": str(train.root), "images": len(train)},
             "val": {"dir": str(val.root), "images": len(val)}})
-        from .start import record_start
 
         record_start(run_dir, recipe, adapted)
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,

@@ -27,18 +27,28 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import WeightsError
 
-from ..wise import head_keys, state_digest
+from ..interpolation import head_keys, state_digest
 from .checkpoint import save_weights, write_json
+from .rundir import RunDir, read_data_info, read_run_recipe
 
 if TYPE_CHECKING:
     import torch
     from thawkit import Adapted, Recipe, ThawkitPluginManager
 
-START_FILE = "start.json"
-START_WEIGHTS = "start.safetensors"
 START_FORMAT = "thawkit-start/2"
 #: safetensors metadata of a weights file that holds only the tensors a run changed
 CHANGED_ONLY = "thawkit_changed_only"
+
+
+def seed_rngs(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (a run does so right before it builds its
+    model, so that :func:`rebuild_start` draws the same initialisation again)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def changing_keys(adapted: Adapted, upto: int) -> frozenset[str]:
@@ -78,21 +88,21 @@ def record_start(run_dir: Path, recipe: Recipe, adapted: Adapted) -> None:
     keep = sorted(keys & changing_keys(adapted, last)) if not named else []
     record = {"format": START_FORMAT, "spec": recipe.backbone.spec, "weights": weights,
               "pretrained": recipe.backbone.pretrained, "file": str(file) if file else None,
-              "saved": START_WEIGHTS if keep else None, "tensors": _digests(state, keys)}
+              "saved": RunDir.START_WEIGHTS if keep else None, "tensors": _digests(state, keys)}
     if keep:
-        save_weights(run_dir / START_WEIGHTS, {k: state[k] for k in keep})
-    write_json(run_dir / START_FILE, record)
+        save_weights(RunDir(run_dir).start_weights, {k: state[k] for k in keep})
+    write_json(RunDir(run_dir).start, record)
 
 
 def read_start(run_dir: str | Path, what: str = "WiSE-FT") -> dict[str, Any]:
     """``start.json`` of a run (either format), or a :class:`~thawkit.WeightsError` saying why not."""
     run_dir = Path(run_dir)
-    path = run_dir / START_FILE
+    path = RunDir(run_dir).start
     if not path.is_file():
         why = ("a run from a thawkit that did not record them cannot be interpolated"
                if what == "WiSE-FT" else "they complete the run's files, which hold only what "
                "training changed; the final model.safetensors, where there is one, is complete")
-        raise WeightsError(f"{what}: {str(run_dir)!r} has no {START_FILE}, so its starting weights "
+        raise WeightsError(f"{what}: {str(run_dir)!r} has no {RunDir.START}, so its starting weights "
                            f"are unknown ({why})")
     try:
         record = json.loads(path.read_text())
@@ -135,15 +145,14 @@ def _origin(record: dict[str, Any]) -> str:
     return f"{record['spec']} initialised from train.seed"
 
 
-def rebuild_start(run_dir: str | Path, record: dict[str, Any], *, pm: ThawkitPluginManager,
-                  what: str = "WiSE-FT") -> Adapted:
+def rebuild_start(run_dir: str | Path, record: dict[str, Any], *,
+                  pm: ThawkitPluginManager | None = None, what: str = "WiSE-FT") -> Adapted:
     """The model run ``run_dir`` started from, built again as the run built it (seeded with
     its ``train.seed``; a weights file from the path ``start.json`` records)."""
     from thawkit import adapt, load_backbone
 
-    from .session import read_data_info, read_run_recipe, seed_rngs
-
     recipe = read_run_recipe(Path(run_dir), pm=pm)
+    pm = recipe.plugin_manager
     options = recipe.backbone.load_options()
     if record.get("file"):
         if not Path(record["file"]).is_file():
@@ -160,7 +169,7 @@ def rebuild_start(run_dir: str | Path, record: dict[str, Any], *, pm: ThawkitPlu
 
 def start_tensors(run_dir: str | Path, keys: Collection[str], *,
                   have: Mapping[str, torch.Tensor] | None = None, rebuild: bool = True,
-                  pm: ThawkitPluginManager, what: str = "WiSE-FT") -> dict[str, torch.Tensor]:
+                  pm: ThawkitPluginManager | None = None, what: str = "WiSE-FT") -> dict[str, torch.Tensor]:
     """The starting values of ``keys`` (tensors outside the head) of a ``thawkit-start/2`` run.
 
     Each comes from the first source whose tensor has the digest ``start.json`` recorded:
@@ -175,7 +184,7 @@ def start_tensors(run_dir: str | Path, keys: Collection[str], *,
     digests = record["tensors"]
     unknown = sorted(set(keys) - set(digests))
     if unknown:
-        raise WeightsError(f"{what}: {run_dir / START_FILE} has no digest for {len(unknown)} tensors "
+        raise WeightsError(f"{what}: {RunDir(run_dir).start} has no digest for {len(unknown)} tensors "
                            f"({', '.join(unknown[:3])}); it does not describe this run's model")
     pools = [read_weights(run_dir / record["saved"])] if record.get("saved") else []
     pools.append(have or {})
@@ -197,7 +206,7 @@ def start_tensors(run_dir: str | Path, keys: Collection[str], *,
                  "model's library?)" if seeded else "the weights changed since the run started")
         raise WeightsError(
             f"{what}: the starting weights from {_origin(record)} are not the ones run {str(run_dir)!r} "
-            f"started from (SHA-256 differs from its {START_FILE} for {len(rest)} tensors, e.g. "
+            f"started from (SHA-256 differs from its {RunDir.START} for {len(rest)} tensors, e.g. "
             f"{', '.join(rest[:3])}): {cause}, so the start cannot be rebuilt exactly, and the "
             "run's checkpoint and best weights hold only what training changed; put back the "
             "weights it started from (model.safetensors, complete, still loads)")
@@ -217,7 +226,7 @@ def is_changed_only(path: str | Path) -> bool:
 
 def complete_state(run_dir: str | Path, changed: Mapping[str, torch.Tensor],
                    keys: Collection[str], *, file: Path, have: Mapping[str, torch.Tensor] | None,
-                   rebuild: bool, pm: ThawkitPluginManager, what: str) -> dict[str, torch.Tensor]:
+                   rebuild: bool, pm: ThawkitPluginManager | None, what: str) -> dict[str, torch.Tensor]:
     """``changed`` (tensors read from ``file``) completed to the model's ``keys`` with the
     starting values of the others; a key of ``changed`` that the model lacks is an error."""
     extra = sorted(set(changed) - set(keys))

@@ -5,7 +5,7 @@ where the weights came from. WiSE-FT needs the starting values of the tensors th
 only: those outside the head come from ``start.safetensors`` (a run whose recipe names no
 weights) or from the start rebuilt from the recipe, each checked against its digest; the
 tensors the run left alone are the fine-tuned model's own. Interpolation itself is
-:func:`thawkit.plugins.wise.interpolate`.
+:func:`thawkit.plugins.interpolation.interpolate`.
 """
 from __future__ import annotations
 
@@ -14,18 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError, WeightsError
 
-from ..wise import check_alpha, head_keys, interpolate, state_digest
-from .start import START_FILE, changed_only, read_start, rebuild_start, start_tensors
+from ..interpolation import check_alpha, head_keys, interpolate, state_digest
+from ..weights import read_weights
+from .adapter_export import has_adapters
+from .run_model import RunModel, load_run_model
+from .rundir import RunDir
+from .start import changed_only, read_start, rebuild_start, start_tensors
 
 if TYPE_CHECKING:
     import torch
     from thawkit import ThawkitPluginManager
 
-    from .inference import RunModel
     from .loop import Trainer
 
-
-_MOVED = ("record_start", "START_WEIGHTS", "START_FORMAT")
+_MOVED = ("record_start", "START_FORMAT")
 
 
 def __getattr__(name: str) -> Any:
@@ -46,17 +48,13 @@ def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
                 ) -> dict[str, torch.Tensor]:
     """The weights run ``run_dir`` started from (outside the new head), checked against its
     ``start.json``; a :class:`~thawkit.WeightsError` saying what is missing when they cannot be had."""
-    from thawkit import default_plugin_manager
-
-    return _start(Path(run_dir), pm or default_plugin_manager(), None)
+    return _start(Path(run_dir), pm, None)
 
 
-def _start(run_dir: Path, pm: ThawkitPluginManager,
+def _start(run_dir: Path, pm: ThawkitPluginManager | None,
            tuned: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """The starting weights outside the head; ``tuned``: the fine-tuned ones, which give the
     tensors the run left alone without rebuilding anything."""
-    from ..weights import read_weights
-
     record = read_start(run_dir)
     if changed_only(record):
         return start_tensors(run_dir, list(record["tensors"]), have=tuned, pm=pm)
@@ -71,7 +69,8 @@ def _start(run_dir: Path, pm: ThawkitPluginManager,
         state = {k: full[k] for k in sorted(set(full) - head_keys(full, adapted.layout))}
     if state_digest(state, state) != record["sha256"]:
         raise WeightsError(f"WiSE-FT: the starting weights from {origin} are not the ones run "
-                           f"{str(run_dir)!r} started from (SHA-256 differs from its {START_FILE})")
+                           f"{str(run_dir)!r} started from (SHA-256 differs from its "
+                           f"{RunDir.START})")
     return state
 
 
@@ -79,25 +78,18 @@ def wise_model(run_dir: str | Path, alpha: float, *, best: bool = False,
                pm: ThawkitPluginManager | None = None) -> RunModel:
     """The run's model (final weights, or ``best=True``) with its backbone interpolated:
     ``(1 - alpha) * start + alpha * fine_tuned``, the head the fine-tuned one."""
-    from .inference import load_run_model
-
     alpha = check_alpha(alpha, "WiSE-FT")
-    return interpolate_run(load_run_model(run_dir, best=best, pm=pm), run_dir, alpha, pm=pm)
+    return interpolate_run(load_run_model(run_dir, best=best, pm=pm), run_dir, alpha)
 
 
-def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float, *,
-                    pm: ThawkitPluginManager | None = None) -> RunModel:
+def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float) -> RunModel:
     """``run`` (the loaded model of ``run_dir``) with its backbone interpolated in place."""
-    from .adapter_export import has_adapters
-
     if has_adapters(run.model):
         raise ConfigError(f"WiSE-FT: run {str(run_dir)!r} trains adapters "
                           f"({run.recipe.strategy.name}): its base weights never moved, so there "
                           "is nothing to interpolate")
-    from thawkit import default_plugin_manager
-
     tuned = run.model.state_dict()
-    start = _start(Path(run_dir), pm or default_plugin_manager(), tuned)
+    start = _start(Path(run_dir), run.recipe.plugin_manager, tuned)
     run.model.load_state_dict(interpolate(start, tuned, alpha, head=run.layout))
     return run
 

@@ -248,7 +248,7 @@ def _children_layout(model: nn.Module, head: list[str]) -> Layout:
 
 def describe(model: nn.Module) -> Layout:
     """The layout of a timm model (see :func:`thawkit.plugins.timm.thawkit_describe_layout`)."""
-    from .fallbacks import last_linear
+    from ..fallbacks import last_linear
 
     name = type(model).__name__
     head = final_classifiers(model)
@@ -321,7 +321,7 @@ def reset_head(model: nn.Module, layout: Layout, num_classes: int, dropout: floa
     probability of timm's pre-classifier dropout, or wraps the classifier in
     ``Sequential(Dropout, classifier)`` where the model has none.
     """
-    from .fallbacks import new_classifier, set_submodule
+    from ..fallbacks import new_classifier, set_submodule
     from torch import nn
 
     name = type(model).__name__

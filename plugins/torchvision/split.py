@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from thawkit.plugins.split import ForwardStep, split_sequential
 
-from . import _torchvision_layouts as tvl
+from . import layouts as tvl
 
 if TYPE_CHECKING:
     from torch import nn

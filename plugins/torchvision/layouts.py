@@ -353,7 +353,7 @@ def family_layout(model: nn.Module, family: str) -> FamilyLayout | None:
 
 def describe(model: nn.Module) -> Layout | None:
     """The layout of a torchvision classification model, or ``None`` if it is not one."""
-    from .fallbacks import layout_from_prefixes
+    from ..fallbacks import layout_from_prefixes
 
     fam = family_of(model)
     if fam is None:
@@ -394,7 +394,7 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float = 0.0,
     Dropout when ``dropout > 0``. Aux classifiers are replaced without extra dropout
     (they apply their own). Returns ``None`` for models that are not torchvision's.
     """
-    from .fallbacks import new_classifier, set_submodule
+    from ..fallbacks import new_classifier, set_submodule
 
     fam = family_of(model)
     if fam is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from . import _torchvision_layouts as tvl
+from . import layouts as tvl
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,7 +72,7 @@ def _fit_image_size(model: nn.Module, name: str | None, w: Any, tf: dict[str, An
 def _signature_of(name: str) -> frozenset:
     import warnings
 
-    from .torchvision import build
+    from . import build
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -90,7 +90,7 @@ def _signature(model: nn.Module) -> frozenset:
 def _candidates(family: str) -> list[str]:
     import fnmatch
 
-    from .torchvision import classification_models
+    from . import classification_models
 
     return [n for n in classification_models()
             if any(fnmatch.fnmatchcase(n, pat) for pat in tvl.FAMILY_MODELS[family])]
@@ -109,7 +109,7 @@ def infer_name(model: nn.Module) -> str | None:
 def data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig | None:
     import torchvision.models as tvm
 
-    from .torchvision import classification_models, resolve_weights
+    from . import classification_models, resolve_weights
 
     fam = tvl.family_of(model)
     if fam is None:

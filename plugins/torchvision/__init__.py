@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import WEIGHT_SUFFIXES, ConfigError, UnknownNameError, hookimpl, quote
 
-from . import _torchvision_layouts as tvl
+from . import layouts as tvl
 
 if TYPE_CHECKING:
     from torch import nn
@@ -185,7 +185,7 @@ def _regnet_widths_on_cpu():
 def _call_builder(name: str, kwargs: dict) -> nn.Module:
     import torchvision.models as tvm
 
-    from ._builders import builder_errors
+    from .._builders import builder_errors
 
     shown = {k: v for k, v in kwargs.items() if k not in ("weights", "init_weights")}
     with builder_errors(f"torchvision:{name}", shown):
@@ -233,7 +233,7 @@ class TorchvisionSource:
 
         from thawkit import WeightsError
 
-        from .weights import apply_weights, not_a_file, read_weights
+        from ..weights import apply_weights, not_a_file, read_weights
 
         names = classification_models()
         if name not in names:
@@ -323,7 +323,7 @@ def thawkit_no_weight_decay(model: nn.Module) -> list[str] | None:
 def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConfig | None:
     if not _is_torchvision(model):
         return None
-    from ._torchvision_data import data_config
+    from .data import data_config
 
     return data_config(model, spec)
 
@@ -333,6 +333,6 @@ def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split |
     """Every family whose forward pass is a sequence of steps (all but googlenet and inception)."""
     if not _is_torchvision(model) or layout.source != "torchvision":
         return None
-    from ._torchvision_split import split
+    from .split import split
 
     return split(model, layout, block)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError, UnknownNameError, WeightsError, hookimpl
 
-from ._timm_layout import describe, final_classifiers, is_timm, reset_head
+from .layout import describe, final_classifiers, is_timm, reset_head
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ class TimmSource:
     def load(self, name: str, options: dict[str, Any]) -> nn.Module:
         import timm
 
-        from ._builders import builder_errors
+        from .._builders import builder_errors
 
         opts = dict(options)
         pretrained = opts.pop("pretrained", False)
@@ -161,7 +161,7 @@ def _fits(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], head: li
 
 def load_weights(model: nn.Module, path: Any, name: str) -> None:
     """Load a local weights file into a timm model (see the module docstring)."""
-    from .weights import apply_weights, read_weights
+    from ..weights import apply_weights, read_weights
 
     state = read_weights(path)
     file = str(path)
@@ -225,7 +225,7 @@ def thawkit_register_sources(register: Callable[..., None]) -> None:
 @hookimpl
 def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layout | None:
     """timm models, and models written to timm's conventions (``group_matcher``,
-    ``get_classifier``, ``reset_classifier``; see ``_timm_layout.is_timm``):
+    ``get_classifier``, ``reset_classifier``; see ``layout.is_timm``):
     ``group_matcher(coarse=True)`` groups -> stem and blocks.
 
     Group 0 is the stem when the matcher names it so; parameters no pattern
@@ -294,10 +294,10 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
 
 @hookimpl
 def thawkit_split_model(model: nn.Module, layout: Layout, block: str) -> Split | None:
-    """ViT, ResNet, ConvNeXt, EfficientNet, MobileNetV3, RegNet and Swin (``_timm_split``)."""
+    """ViT, ResNet, ConvNeXt, EfficientNet, MobileNetV3, RegNet and Swin (``thawkit.plugins.timm.split``)."""
     if not is_timm(model):
         return None
-    from ._timm_split import split
+    from .split import split
 
     return split(model, layout, block)
 
@@ -320,7 +320,7 @@ def _optimizer_factory(name: str) -> Callable[..., torch.optim.Optimizer]:
     def factory(param_groups: list[dict], **kwargs: Any) -> torch.optim.Optimizer:
         from timm.optim import create_optimizer_v2
 
-        from ._builders import optimizer_errors
+        from .._builders import optimizer_errors
 
         with optimizer_errors(name, {k: v for k, v in kwargs.items() if k not in ("lr", "weight_decay")}):
             return create_optimizer_v2(param_groups, opt=name, **kwargs)
