@@ -205,7 +205,7 @@ def test_export_wise_errors_are_clean(runs, tmp_path, capsys):
     assert "SHA-256 differs" in capsys.readouterr().err
     (run / "start.json").write_text("{not json")
     assert main(["export", str(run), str(out), "--wise", "0.5"]) == 2
-    assert "start.json is not a thawkit-start/1 record" in capsys.readouterr().err
+    assert "start.json is not a thawkit-start record" in capsys.readouterr().err
     (run / "start.json").unlink()
     assert main(["export", str(run), str(out), "--wise", "0.5"]) == 2
     assert "has no start.json" in capsys.readouterr().err

@@ -41,6 +41,7 @@ from .pipeline import Pipeline
 from .plot import plot_run
 from .rundir import RunDir, RunDirError, describe_os_error
 from .schedules import end_epoch
+from .start import CHANGED_ONLY, changed_only, changing_keys, complete_state, read_start
 from .wise import sweep, sweep_line
 from .events import Run, run_failed, run_plugins
 
@@ -104,6 +105,7 @@ class Trainer:
         self.state = Progress()
         self.wise: list[dict[str, Any]] = []  # the WiSE-FT sweep (train.wise_alphas), when done
         self._saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written
+        self._changes: bool | None = None  # files hold only what changed (see _changed_only)
         # a buffer that holds inf by design (a mask) is no sign of divergence
         self._nonfinite_from_start = set(self._nonfinite())
         self.interrupt_requested = False
@@ -115,12 +117,33 @@ class Trainer:
     # ------------------------------------------------------------ state
     def checkpoint_state(self) -> dict[str, Any]:
         s = self.s
+        model, partial = self._changed_state(s.adapted.phase)  # grows as blocks thaw
         return {"epoch": self.state.epoch, "step": self.state.step,
                 "progress": {k: v for k, v in vars(self.state).items() if k not in ("epoch", "step")},
-                "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                "model": model, "model_changed_only": partial,
+                "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
                 "strategy": s.adapted.state_dict(), "rng": rng_state(),
                 "recipe": s.recipe.model_dump(mode="json"), **self._world_state()}
+
+    def _changed_only(self) -> bool:
+        """Whether this run's files hold only what training changed: yes, unless the run
+        directory comes from a thawkit that wrote full checkpoints (its start record says)."""
+        if self._changes is None:
+            try:
+                self._changes = changed_only(read_start(self.s.run_dir))
+            except ThawkitError:
+                self._changes = False
+        return self._changes
+
+    def _changed_state(self, upto: int) -> tuple[dict[str, Any], bool]:
+        """The model's tensors that training can have changed by the end of phase ``upto``, and
+        True; or all of them and False, in a run directory that keeps full files (from before)."""
+        state = self.s.model.state_dict()
+        if not self._changed_only():
+            return state, False
+        keep = changing_keys(self.s.adapted, upto)
+        return {k: v for k, v in state.items() if k in keep}, True
 
     def _world_state(self) -> dict[str, Any]:
         """Under DDP: the number of processes and every process's RNG state (a collective call)."""
@@ -133,7 +156,7 @@ class Trainer:
         s = self.s
         ckpt = load_checkpoint(s.run_dir)
         try:
-            s.model.load_state_dict(ckpt["model"])
+            self._load_model(ckpt)
             s.optimizer.load_state_dict(ckpt["optimizer"])
             s.scheduler.load_state_dict(ckpt["scheduler"])
             s.scaler.load_state_dict(ckpt["scaler"])
@@ -158,6 +181,18 @@ class Trainer:
         if changed:
             self.log(changed)
 
+    def _load_model(self, ckpt: dict[str, Any]) -> None:
+        """The checkpoint's tensors into the model; with only the changed ones, the others (as
+        prepare built them) must be the run's start, digest for digest (a changed weights file
+        is an error here, before any training)."""
+        s = self.s
+        state = ckpt["model"]
+        if ckpt.get("model_changed_only"):
+            state = complete_state(s.run_dir, state, list(s.model.state_dict()),
+                                   file=s.files.checkpoint, have=s.model.state_dict(),
+                                   rebuild=False, pm=s.recipe.plugin_manager, what="--resume")
+        s.model.load_state_dict(state)
+
     def save(self) -> None:
         self._check_finite()
         state = self.checkpoint_state()  # on every process: it gathers their RNG states
@@ -174,7 +209,9 @@ class Trainer:
         if val is not None and not math.isfinite(val["val_loss"]):
             what = f"the validation loss is {val['val_loss']} after epoch {st.epoch + 1}"
         else:
-            bad = [k for k in self._nonfinite() if k not in self._nonfinite_from_start]
+            # a tensor training cannot change is bit-identical to the start: no need to scan it
+            keys = changing_keys(self.s.adapted, self.s.adapted.phase)
+            bad = [k for k in self._nonfinite(keys) if k not in self._nonfinite_from_start]
             if not bad:
                 return
             what = (f"{len(bad)} tensor{'s' if len(bad) > 1 else ''} of the model "
@@ -398,7 +435,9 @@ class Trainer:
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
             if self.world.is_main:
-                save_weights(s.files.best, s.model.state_dict())
+                # what the whole run can change, so that the final weights complete it too
+                best, partial = self._changed_state(s.adapted.phase_at(s.epochs - 1))
+                save_weights(s.files.best, best, {CHANGED_ONLY: "1"} if partial else None)
         st.epoch += 1
         st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
         self.save()
@@ -427,9 +466,10 @@ class Trainer:
         return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True,
                     desc=f"epoch {self.state.epoch + 1}/{self.s.epochs}")
 
-    def _nonfinite(self) -> list[str]:
+    def _nonfinite(self, keys: frozenset[str] | None = None) -> list[str]:
         return [k for k, v in self.s.model.state_dict().items()
-                if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+                if (keys is None or k in keys) and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())]
 
     def _kept(self) -> str:
         """Which checkpoint a run that stops now keeps: the last one it wrote (or read)."""

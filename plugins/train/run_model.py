@@ -12,6 +12,7 @@ from thawkit import ConfigError, WeightsError, adapt_recipe
 from ..weights import read_weights
 from .data import Preprocess
 from .rundir import RunDir, read_data_info, read_run_recipe, run_status
+from .start import complete_state, is_changed_only
 
 if TYPE_CHECKING:
     from thawkit import Recipe, ThawkitPluginManager
@@ -61,6 +62,8 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
     if bad:
         raise WeightsError(f"{file} holds NaN or infinite values ({len(bad)} tensors, e.g. "
                            f"{bad[0]}): the run diverged; retrain with a lower optimizer.lr")
+    if best:
+        state = _completed_best(run_dir, file, state, built, recipe.plugin_manager)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -69,6 +72,18 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
     model.eval()
     return RunModel(model, list(info["classes"]), Preprocess.from_dict(info["preprocess"]), recipe,
                     adapted.layout, file)
+
+
+def _completed_best(run_dir: Path, file: Path, state: dict[str, Any], built: dict[str, Any],
+                    pm: ThawkitPluginManager) -> dict[str, Any]:
+    """``best.safetensors`` holds only the tensors the run can change (:mod:`.start`): the
+    others are the start's, found in the complete final weights or in the rebuilt start."""
+    if not is_changed_only(file):
+        return state  # a run from before, with complete best weights
+    final = RunDir(run_dir).model
+    have = read_weights(final) if final.is_file() else None
+    return complete_state(run_dir, state, list(built), file=file, have=have, rebuild=True, pm=pm,
+                          what=file.name)
 
 
 def plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[str, Any]:

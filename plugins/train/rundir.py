@@ -108,9 +108,10 @@ class RunDir:
       ``cache``, whether each phase trains on cached features and why;
     * ``data.json``: class names and the resolved preprocessing;
     * ``metrics.jsonl``, ``curves.png``, ``model.safetensors``, ``best.safetensors``,
-      ``checkpoint.pt`` and ``run.json`` (status), written as the run goes;
+      ``checkpoint.pt`` and ``run.json`` (status), written as the run goes; the checkpoint and
+      the best weights hold only the tensors training can change (:mod:`.start`);
     * ``start.json`` (and ``start.safetensors`` when the starting weights have no name to be
-      loaded again by): what the run started from, for WiSE-FT;
+      loaded again by): what the run started from, for resume, predict and WiSE-FT;
     * ``run.lock``: held while a process writes the directory (:meth:`lock`);
     * ``tensorboard/`` and ``mlflow/``: the TensorBoard and MLflow loggers' default stores;
     * ``cache/``: cached features; ``probe.json`` and ``heads.safetensors``: ``thawkit probe``'s.
@@ -134,7 +135,8 @@ class RunDir:
     TENSORBOARD = "tensorboard"
     MLFLOW = "mlflow"
     #: Every file a run writes into its directory (export refuses to overwrite them).
-    FILES = (RECIPE, PLAN, DATA, METRICS, PLOT, MODEL, BEST, CHECKPOINT, STATUS, LOCK)
+    FILES = (RECIPE, PLAN, DATA, METRICS, PLOT, MODEL, BEST, CHECKPOINT, STATUS, LOCK, START,
+             START_WEIGHTS)
     #: Any of these means the directory holds a run already (a new run refuses it).
     TAKEN = (CHECKPOINT, METRICS, RECIPE, MODEL)
     #: Files of a run that stopped before its first checkpoint; a restart writes them afresh.

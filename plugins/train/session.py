@@ -3,14 +3,12 @@ files (its recipe, plan and data description; the layout is :class:`~.rundir.Run
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import yaml
 from thawkit import ConfigError, adapt_recipe, arch_options, validate_recipe
@@ -22,7 +20,7 @@ from .ddp import World, check_sync_bn, convert_sync_bn, process_device, shard
 from .preflight import preflight
 from .rundir import RunDir, make_run_dir, read_data_info, read_json
 from .schedules import build_scheduler
-from .wise import record_start
+from .start import record_start, seed_rngs
 
 if TYPE_CHECKING:
     from thawkit import Adapted, Recipe
@@ -141,9 +139,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     set_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    seed_rngs(seed)
 
 
 # -------------------------------------------------------------- run dirs
@@ -235,6 +231,7 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
     device = process_device(world, pick_device(t.device))
     if t.sync_bn:
         check_sync_bn(world, device)
+    seed_rngs(t.seed)  # the start is drawn from the seed alone, so it can be rebuilt
     adapted = adapt_recipe(recipe, num_classes=n)
     if t.sync_bn and world.distributed:
         convert_sync_bn(adapted.model)

@@ -1,94 +1,76 @@
-"""WiSE-FT for runs: what a run started from, the interpolated model, and the end-of-run sweep.
+"""WiSE-FT for runs: the starting weights, the interpolated model, and the end-of-run sweep.
 
-A new run writes ``start.json``: the SHA-256 of its starting weights outside the new head, and
-where they came from. When the recipe names them (``backbone.weights``: a file, recorded with
-its absolute path, or published weights; or ``backbone.pretrained``), they are rebuilt from
-there when needed and checked against the digest; when it names none (the builder's own
-initialisation, random or not), the run saves them as ``start.safetensors``, since nothing
-else could give them back. Interpolation itself is :func:`thawkit.plugins.interpolation.interpolate`.
+What a run started from is in its ``start.json`` (:mod:`.start`): a digest per tensor and
+where the weights came from. WiSE-FT needs the starting values of the tensors the run changed
+only: those outside the head come from ``start.safetensors`` (a run whose recipe names no
+weights) or from the start rebuilt from the recipe, each checked against its digest; the
+tensors the run left alone are the fine-tuned model's own. Interpolation itself is
+:func:`thawkit.plugins.interpolation.interpolate`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, WeightsError, adapt, load_backbone
+from thawkit import ConfigError, WeightsError
 
 from ..interpolation import check_alpha, head_keys, interpolate, state_digest
 from ..weights import read_weights
 from .adapter_export import has_adapters
-from .checkpoint import save_weights, write_json
 from .run_model import RunModel, load_run_model
-from .rundir import RunDir, read_data_info, read_run_recipe
+from .rundir import RunDir
+from .start import changed_only, read_start, rebuild_start, start_tensors
 
 if TYPE_CHECKING:
     import torch
-    from thawkit import Adapted, Recipe, ThawkitPluginManager
+    from thawkit import ThawkitPluginManager
 
     from .loop import Trainer
 
-START_FORMAT = "thawkit-start/1"
+_MOVED = ("record_start", "START_FORMAT")
 
 
-def _named(recipe: Recipe) -> bool:
-    return recipe.backbone.weights is not None or recipe.backbone.pretrained
+def __getattr__(name: str) -> Any:
+    """Names that moved to :mod:`.start` (what a run started from is no longer WiSE-FT's
+    alone: resume and predict need it too) keep working, with a warning."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
 
+    from . import start
 
-def record_start(run_dir: Path, recipe: Recipe, adapted: Adapted) -> None:
-    """Write ``start.json`` (and, for weights no recipe field names, ``start.safetensors``)."""
-    state = adapted.model.state_dict()
-    keys = sorted(set(state) - head_keys(state, adapted.layout))
-    weights = recipe.backbone.weights
-    file = Path(weights).resolve() if weights and Path(weights).is_file() else None
-    record = {"format": START_FORMAT, "spec": recipe.backbone.spec, "weights": weights,
-              "pretrained": recipe.backbone.pretrained, "file": str(file) if file else None,
-              "saved": None if _named(recipe) else RunDir.START_WEIGHTS, "tensors": len(keys),
-              "sha256": state_digest(state, keys)}
-    if record["saved"]:
-        save_weights(RunDir(run_dir).start_weights, {k: state[k] for k in keys})
-    write_json(RunDir(run_dir).start, record)
+    warnings.warn(f"{__name__}.{name} moved to thawkit.plugins.train.start.{name}",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(start, name)
 
 
 def start_state(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None
                 ) -> dict[str, torch.Tensor]:
     """The weights run ``run_dir`` started from (outside the new head), checked against its
     ``start.json``; a :class:`~thawkit.WeightsError` saying what is missing when they cannot be had."""
-    run_dir = Path(run_dir)
-    path = RunDir(run_dir).start
-    if not path.is_file():
-        raise WeightsError(f"WiSE-FT: {str(run_dir)!r} has no {path.name}, so its starting weights "
-                           "are unknown (a run from a thawkit that did not record them cannot be "
-                           "interpolated)")
-    try:
-        record = json.loads(path.read_text())
-        record["sha256"]
-    except (ValueError, TypeError, KeyError):
-        raise WeightsError(f"WiSE-FT: {path} is not a {START_FORMAT} record (it does not parse or "
-                           "has no sha256); the run's starting weights are unknown") from None
+    return _start(Path(run_dir), pm, None)
+
+
+def _start(run_dir: Path, pm: ThawkitPluginManager | None,
+           tuned: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The starting weights outside the head; ``tuned``: the fine-tuned ones, which give the
+    tensors the run left alone without rebuilding anything."""
+    record = read_start(run_dir)
+    if changed_only(record):
+        return start_tensors(run_dir, list(record["tensors"]), have=tuned, pm=pm)
+    # thawkit-start/1: one digest over everything, the whole start saved when no field names it
     if record.get("saved"):
         state = read_weights(run_dir / record["saved"])
         origin = str(run_dir / record["saved"])
     else:
-        recipe = read_run_recipe(run_dir, pm=pm)
-        pm = recipe.plugin_manager
-        options = recipe.backbone.load_options()
-        if record.get("file"):
-            if not Path(record["file"]).is_file():
-                raise WeightsError(f"WiSE-FT: the run started from {record['file']}, which no longer "
-                                   "exists; put the file back there to interpolate")
-            options["weights"] = record["file"]
-        origin = record.get("file") or f"{record['spec']} weights={record.get('weights')!r}" + (
-            " pretrained" if record.get("pretrained") else "")
-        model = load_backbone(recipe.backbone.spec, pm=pm, **options)
-        n = len(read_data_info(run_dir)["classes"])
-        adapted = adapt(model, recipe.strategy.instance, num_classes=n, dropout=recipe.head.dropout,
-                        keep_aux=recipe.head.keep_aux, pm=pm)
+        adapted = rebuild_start(run_dir, record, pm=pm)
         full = adapted.model.state_dict()
+        origin = record.get("file") or f"{record['spec']} weights={record.get('weights')!r}"
         state = {k: full[k] for k in sorted(set(full) - head_keys(full, adapted.layout))}
     if state_digest(state, state) != record["sha256"]:
         raise WeightsError(f"WiSE-FT: the starting weights from {origin} are not the ones run "
-                           f"{str(run_dir)!r} started from (SHA-256 differs from its {path.name})")
+                           f"{str(run_dir)!r} started from (SHA-256 differs from its "
+                           f"{RunDir.START})")
     return state
 
 
@@ -106,8 +88,9 @@ def interpolate_run(run: RunModel, run_dir: str | Path, alpha: float) -> RunMode
         raise ConfigError(f"WiSE-FT: run {str(run_dir)!r} trains adapters "
                           f"({run.recipe.strategy.name}): its base weights never moved, so there "
                           "is nothing to interpolate")
-    start = start_state(run_dir, pm=run.recipe.plugin_manager)
-    run.model.load_state_dict(interpolate(start, run.model.state_dict(), alpha, head=run.layout))
+    tuned = run.model.state_dict()
+    start = _start(Path(run_dir), run.recipe.plugin_manager, tuned)
+    run.model.load_state_dict(interpolate(start, tuned, alpha, head=run.layout))
     return run
 
 
@@ -116,7 +99,7 @@ def sweep(trainer: Trainer, alphas: list[float]) -> list[dict[str, Any]]:
     fine-tuned weights back afterwards."""
     s = trainer.s
     tuned = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
-    start = start_state(s.run_dir, pm=s.recipe.plugin_manager)
+    start = _start(s.run_dir, s.recipe.plugin_manager, tuned)
     rows = []
     try:
         for alpha in alphas:
