@@ -380,11 +380,11 @@ def test_an_epoch_trained_again_after_a_failure(data, tmp_path, pm):
         train(recipe, log=quiet, callbacks=[Exploding()])  # callbacks hear events after loggers
     assert resume(out, pm=pm, log=quiet).status == "finished"
     rows = read_jsonl(out / "metrics.jsonl")
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [(s.step, s.value) for s in events.Scalars("val_loss")] == \
-        [(r["epoch"] + 1, pytest.approx(r["val_loss"])) for r in rows]
+        [(r["epoch"], pytest.approx(r["val_loss"])) for r in rows]
     client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("thawkit").experiment_id])
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [1, 2, 2, 3]
