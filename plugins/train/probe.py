@@ -100,8 +100,8 @@ def check_probe(adapted: Adapted, prep: Preprocess) -> Any:
 
 
 def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | None = None,
-          run_dir: str | Path | None = None,
-          log: Callable[[str], None] = print) -> list[ProbeResult]:
+          run_dir: str | Path | None = None, log: Callable[[str], None] = print,
+          pipeline: Callable[[Session], Any] | None = None) -> list[ProbeResult]:
     """Train one head-only linear probe per learning rate in ``lrs`` on features computed once.
 
     Example::
@@ -109,6 +109,10 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
         recipe = thawkit.load_recipe("probe.yaml")  # strategy: head-only, data.augment: false
         results = probe(recipe, [1e-3, 1e-2, 1e-1], run_dir="runs/probe")
         best = max(results, key=lambda r: r.final_top1)
+
+    ``pipeline(session)``: the pipeline that serves the features (default: a
+    :class:`~thawkit.plugins.train.cache.CachedPipeline` of the probe's own; ``thawkit search``
+    passes one that shares its features with the search's other trials).
     """
     from thawkit import default_plugin_manager
 
@@ -132,7 +136,7 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
                 split = splits[0]
                 log(f"{session.describe()}; probing {len(lrs)} learning rates on features below "
                     "the head, computed once")
-                return _sweep(session, split, list(lrs), pm, log)
+                return _sweep(session, split, list(lrs), pm, log, pipeline)
     except BaseException:
         if created:
             remove_if_unused(run_dir)
@@ -140,14 +144,15 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
 
 
 def _sweep(session: Session, split: Any, lrs: list[float], pm: ThawkitPluginManager,
-           log: Callable[[str], None]) -> list[ProbeResult]:
+           log: Callable[[str], None], pipeline_of: Callable[[Session], Any] | None = None
+           ) -> list[ProbeResult]:
     import torch
     from torch.func import functional_call
 
     from .cache import CacheDecision, CachedPipeline
     from .checkpoint import save_weights, write_json
 
-    pipeline = CachedPipeline(session, log=lambda line: None)
+    pipeline = pipeline_of(session) if pipeline_of else CachedPipeline(session, log=lambda line: None)
     heads = [Head(lr, session, split.rest, pm) for lr in lrs]
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=session.recipe.train.label_smoothing)
     model, rest = session.model, split.rest
