@@ -157,7 +157,7 @@ def test_read_only_mid_run_is_one_clean_error(tmp_path, data, capsys, monkeypatc
         real_append(path, record)
 
     monkeypatch.setattr(tempfile, "mkstemp", ro_after_first_epoch)
-    monkeypatch.setattr("thawkit.plugins.train.loop.append_jsonl", ro_append)
+    monkeypatch.setattr("thawkit.plugins.train.loggers.append_jsonl", ro_append)
     assert main(["train", str(recipe)]) == 2
     monkeypatch.undo()
     one_error(capsys, run / "metrics.jsonl", "read-only")

@@ -10,7 +10,9 @@ Imported lazily (no torch until a function is used)::
 Modules: ``data`` (ImageFolder checks, transforms, seeded order), ``session``
 (recipe -> model, optimizer, schedule, run directory), ``loop`` (the epoch
 loop), ``checkpoint`` (atomic files), ``plot``, ``inference`` (predict, export),
-``demo`` and ``commands`` (the CLI subcommands), ``features`` (:class:`FeatureCache`, the
+``events`` (:class:`Run`, what the event hooks see, and the plugins a run registers for
+itself), ``loggers`` (``metrics.jsonl``, TensorBoard, MLflow), ``demo`` and ``commands`` (the CLI
+subcommands), ``features`` (:class:`FeatureCache`, the
 frozen prefix's outputs computed once, for your own loop), ``cache`` (when ``thawkit train``
 caches them), ``probe`` (``thawkit probe``: a learning-rate sweep of linear probes) and ``wise``
 (WiSE-FT for runs: their recorded starting weights, ``wise_model``, the end-of-run sweep).
@@ -27,7 +29,7 @@ _LAZY = {
     "load_run_model": "inference", "predict": "inference", "export_run": "inference",
     "load_exported": "inference", "ExportError": "inference",
     "run_demo": "demo", "plot_run": "plot", "FeatureCache": "features",
-    "wise_model": "wise", "start_state": "wise",
+    "wise_model": "wise", "start_state": "wise", "Run": "events",
 }
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "FeatureCache",
     "Outcome",
     "Pipeline",
+    "Run",
     "Trainer",
     "export_run",
     "load_exported",

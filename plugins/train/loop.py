@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ThawkitError
 
 from .checkpoint import (
-    append_jsonl,
+    CHECKPOINT,
     load_checkpoint,
     read_jsonl,
     rng_state,
     save_checkpoint,
     save_weights,
     set_rng_state,
-    truncate_metrics,
     write_json,
 )
 from .data import DataError
+from .events import Run, run_failed, run_plugins
 
 if TYPE_CHECKING:
     from .session import Session
@@ -105,14 +105,20 @@ class Trainer:
 
     ``stop_after``: end (as if interrupted) once that many epochs of the run are done.
     ``on_step(trainer)``: called after every optimizer step (tests use it to interrupt).
+    ``callbacks``: plugin objects registered for this run only (:func:`~.events.run_plugins`).
+    Its events reach plugins as hooks (:mod:`~.hookspecs`), with :attr:`run` as ``run``.
     """
 
     def __init__(self, session: Session, *, stop_after: int | None = None,
                  log: Callable[[str], None] = print, progress_bar: bool | None = None,
-                 on_step: Callable[[Trainer], None] | None = None, pipeline: Pipeline | None = None):
+                 on_step: Callable[[Trainer], None] | None = None, pipeline: Pipeline | None = None,
+                 callbacks: Sequence[object] = ()):
         import torch
 
         self.s = session
+        self.run = Run(self)
+        self.callbacks = list(callbacks)
+        self.hook = session.recipe.plugin_manager.hook
         self.stop_after = stop_after
         self.log = log
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
@@ -154,7 +160,7 @@ class Trainer:
 
     def restore(self) -> None:
         """Load the run directory's checkpoint into model, optimizer, schedule, strategy and RNGs."""
-        from .checkpoint import CHECKPOINT, CheckpointError
+        from .checkpoint import CheckpointError
 
         s = self.s
         ckpt = load_checkpoint(s.run_dir)
@@ -178,8 +184,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {str(s.run_dir / CHECKPOINT)!r} does not fit the run "
                                   f"its recipe.yaml describes ({type(exc).__name__}: {first}); it was "
                                   "changed, or the recipe was") from None
-        if self.world.is_main:
-            truncate_metrics(s.run_dir / METRICS, self.state.epoch)
+        self.run.resumed = True
         from .ddp import restore_message
 
         changed = restore_message(saved, self.world)
@@ -192,6 +197,8 @@ class Trainer:
         if self.world.is_main:
             save_checkpoint(self.s.run_dir, state)
         self._saved = (self.state.epoch, self.state.step)
+        self.hook.thawkit_checkpoint_saved(run=self.run, path=self.s.run_dir / CHECKPOINT,
+                                           epoch=self.state.epoch)
 
     def _check_finite(self, val: dict[str, float] | None = None) -> None:
         """A :class:`DivergedError` when the validation loss or a weight is NaN or infinite:
@@ -211,8 +218,20 @@ class Trainer:
 
     # ------------------------------------------------------------- loop
     def fit(self) -> Outcome:
-        """Run (or finish) the run; ``run.json`` ends ``finished``, ``stopped``, ``interrupted``
-        or ``failed`` (with the reason) however it ends, as long as the directory is writable."""
+        """Run (or finish) the run, with its callbacks and loggers registered meanwhile; it ends
+        with ``thawkit_run_end``, or ``thawkit_run_failed`` and the error raised again."""
+        with run_plugins(self.run, self.callbacks):
+            try:
+                outcome = self._fit()
+            except BaseException as exc:
+                run_failed(self.run, exc)
+                raise
+            self.hook.thawkit_run_end(run=self.run, status=outcome.status)
+            return outcome
+
+    def _fit(self) -> Outcome:
+        """``run.json`` ends ``finished``, ``stopped``, ``interrupted`` or ``failed`` (with the
+        reason) however the run ends, as long as the directory is writable."""
         self._status("running")
         try:
             with _sigint_to_flag(self):
@@ -256,18 +275,23 @@ class Trainer:
     def _run(self) -> Outcome:
         s, st = self.s, self.state
         self.pipeline.phase_changed(s.adapted)
+        self.hook.thawkit_run_start(run=self.run)
         while st.epoch < s.epochs:
             if self.stop_after is not None and st.epoch >= self.stop_after:
                 return Outcome("stopped", st.epoch, f"stopped after {st.epoch} of {s.epochs} epochs "
                                f"as asked; continue with: thawkit train --resume {s.run_dir}")
             if s.adapted.on_epoch_start(st.epoch):
                 self.pipeline.phase_changed(s.adapted)
+                self.hook.thawkit_phase_change(run=self.run, phase=s.adapted.phase, epoch=st.epoch + 1)
             if not self._train_epoch():
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
-            record = self._end_epoch()
-            self.log(self._line(record))
+            self.log(self._line(self._end_epoch()))
             if self.world.any(self.interrupt_requested) and st.epoch < s.epochs:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
+            if self.world.any(self.run.stop_reason is not None) and st.epoch < s.epochs:
+                return Outcome("stopped", st.epoch, f"stopped after {st.epoch} of {s.epochs} epochs: "
+                               f"{self.run.stop_reason or 'another process asked'}; continue with: "
+                               f"thawkit train --resume {s.run_dir}")
         self._check_finite()
         if self.world.is_main:
             save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
@@ -382,7 +406,7 @@ class Trainer:
             out["val_top5"] = top5 / n
         return out
 
-    def _end_epoch(self) -> dict[str, Any]:
+    def _end_epoch(self) -> dict[str, float]:
         s, st = self.s, self.state
         started = time.perf_counter()
         val = self.evaluate()
@@ -394,15 +418,11 @@ class Trainer:
                 s.scheduler.step(val["val_loss"])
             else:
                 s.scheduler.step()
-        adapted = s.adapted
-        record = {"epoch": st.epoch, "phase": adapted.phase,
-                  "phase_label": adapted.phases[adapted.phase].label,
-                  "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
-                  "lrs": st.lrs, "train_loss": st.loss_sum / max(st.seen, 1),
-                  "train_top1": st.correct / max(st.seen, 1), **val,
-                  "seconds": round(st.seconds + time.perf_counter() - started, 3)}
-        if self.world.is_main:
-            append_jsonl(s.run_dir / METRICS, record)
+        metrics = {"train_loss": st.loss_sum / max(st.seen, 1), "train_top1": st.correct / max(st.seen, 1),
+                   **val, **{f"lr/{name}": lr for name, lr in st.lrs.items()}, "phase": s.adapted.phase,
+                   "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
+                   "seconds": round(st.seconds + time.perf_counter() - started, 3)}
+        self.hook.thawkit_epoch_end(run=self.run, epoch=st.epoch + 1, metrics=metrics)  # metrics.jsonl
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
             if self.world.is_main:
@@ -410,16 +430,19 @@ class Trainer:
         st.epoch += 1
         st.step, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
         self.save()
-        return record
+        return metrics
 
     # ---------------------------------------------------------- output
-    def _line(self, r: dict[str, Any]) -> str:
-        lr = max(r["lrs"].values()) if r["lrs"] else float("nan")
+    def _line(self, r: dict[str, float]) -> str:
+        """The log line of the epoch that just ended (``r``: its metrics)."""
+        epoch, phase = self.state.epoch, int(r["phase"])
+        lrs = [v for k, v in r.items() if k.startswith("lr/")]
+        lr = max(lrs) if lrs else float("nan")
         top5 = f" top5 {100 * r['val_top5']:.2f}%" if "val_top5" in r else ""
         phases = self.s.adapted.phases
-        label = f" ({r['phase_label']})" if len(phases) > 1 and r["phase_label"] and \
-            phases[r["phase"]].epoch == r["epoch"] else ""  # the first epoch of each phase
-        return (f"epoch {r['epoch'] + 1}/{self.s.epochs} phase {r['phase']}{label} "
+        label = f" ({phases[phase].label})" if len(phases) > 1 and phases[phase].label and \
+            phases[phase].epoch == epoch - 1 else ""  # the first epoch of each phase
+        return (f"epoch {epoch}/{self.s.epochs} phase {phase}{label} "
                 f"trainable {r['trainable_params']:,} lr {lr:.3g} train_loss {r['train_loss']:.4f} "
                 f"val_loss {r['val_loss']:.4f} top1 {100 * r['val_top1']:.2f}%{top5} "
                 f"{r['seconds']:.1f}s")

@@ -1,5 +1,5 @@
-"""The training plugin's hooks: its own hook specs, its commands, its recipe sections, the
-number of classes of a recipe read from its training folder, and the split of its demo model."""
+"""The training plugin's hooks: its own hook specs, its commands, its recipe sections, its
+loggers, the number of classes of a recipe read from its training folder, and the split of its demo model."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,14 @@ def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
 
     pm.add_hookspecs(hookspecs)
     pm.collectors["thawkit_register_schedules"] = ("schedule", read_schedule)
+    pm.collectors["thawkit_register_loggers"] = ("logger", lambda name, factory: (name, factory))
+
+
+@hookimpl
+def thawkit_register_loggers(register: Any) -> None:
+    from .loggers import register_builtin_loggers
+
+    register_builtin_loggers(register)
 
 
 @hookimpl

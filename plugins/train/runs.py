@@ -1,7 +1,7 @@
 """Start a run from a recipe, or continue one from its run directory."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,21 +30,28 @@ def _check_stop_after(stop_after: int | None) -> None:
 
 def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: str | Path | None = None,
           stop_after: int | None = None, log: Callable[[str], None] = print,
-          progress_bar: bool | None = None, on_step: Callable[[Trainer], None] | None = None) -> Outcome:
+          progress_bar: bool | None = None, on_step: Callable[[Trainer], None] | None = None,
+          callbacks: Sequence[object] = ()) -> Outcome:
     """Train a validated recipe into ``run_dir`` (default ``recipe.train.output``), which must not
     hold another run.
+
+    ``callbacks``: plugin objects (``@thawkit.hookimpl`` methods for the run's events, such as
+    ``thawkit_epoch_end``) registered with the recipe's plugin manager for this run only, on
+    every process; unregistered when it ends, however it ends.
 
     Example::
 
         recipe = thawkit.load_recipe("recipe.yaml", overrides=["train.epochs=5"])
-        outcome = thawkit.plugins.train.train(recipe, run_dir="runs/try1")
+        outcome = thawkit.plugins.train.train(recipe, run_dir="runs/try1", callbacks=[EarlyStop()])
 
     Under ``torchrun`` (several processes) it trains with DDP; see :mod:`~.ddp`.
     """
     from .ddp import join
+    from .events import check_callbacks
     from .loop import Trainer
 
     _check_stop_after(stop_after)
+    check_callbacks(recipe.plugin_manager, callbacks)
     pm = _pm(pm)
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
     world = join(recipe.train.device)
@@ -60,7 +67,7 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
             with torch_flags_restored():
                 session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
                 trainer = Trainer(session, stop_after=stop_after, log=log,
-                                  progress_bar=progress_bar, on_step=on_step)
+                                  progress_bar=progress_bar, on_step=on_step, callbacks=callbacks)
                 log(_with_status(session.describe(), trainer))
                 return trainer.fit()
     except BaseException:
@@ -72,8 +79,9 @@ def train(recipe: Recipe, *, pm: ThawkitPluginManager | None = None, run_dir: st
 def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
            stop_after: int | None = None, log: Callable[[str], None] = print,
            progress_bar: bool | None = None, on_step: Callable[[Trainer], None] | None = None,
-           expect: Recipe | None = None) -> Outcome:
-    """Continue the run in ``run_dir`` from its checkpoint, with its own recipe.
+           expect: Recipe | None = None, callbacks: Sequence[object] = ()) -> Outcome:
+    """Continue the run in ``run_dir`` from its checkpoint, with its own recipe (and ``callbacks``
+    for this start, as for :func:`train`).
 
     A run that stopped before its first checkpoint starts again from its recipe; one whose
     last epoch is done but whose final files are missing (killed at the very end) gets them.
@@ -81,6 +89,7 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
     """
     from .checkpoint import load_checkpoint
     from .ddp import join
+    from .events import check_callbacks
     from .loop import Trainer
 
     _check_stop_after(stop_after)
@@ -96,6 +105,7 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
         recipe = read_run_recipe(run_dir, pm=pm)
         if expect is not None:
             _check_same(expect, recipe, run_dir)
+        check_callbacks(recipe.plugin_manager, callbacks)
         world = join(recipe.train.device)
         if not world.is_main:
             log, progress_bar = _quiet, False
@@ -109,13 +119,13 @@ def resume(run_dir: str | Path, *, pm: ThawkitPluginManager | None = None,
                 world.barrier()  # every process has looked before rank 0 writes
                 session = prepare(recipe, pm=pm, run_dir=run_dir, world=world)
                 trainer = Trainer(session, stop_after=stop_after, log=log,
-                                  progress_bar=progress_bar, on_step=on_step)
+                                  progress_bar=progress_bar, on_step=on_step, callbacks=callbacks)
                 log(_with_status(f"{run_dir} has no checkpoint yet: starting its run again from "
                                  f"epoch 1; {session.describe()}", trainer))
                 return trainer.fit()
             session = prepare(recipe, pm=pm, run_dir=run_dir, resume=True, world=world)
             trainer = Trainer(session, stop_after=stop_after, log=log, progress_bar=progress_bar,
-                              on_step=on_step)
+                              on_step=on_step, callbacks=callbacks)
             trainer.restore()
             world.barrier()  # every process has read the checkpoint before rank 0 writes
             if trainer.state.epoch >= recipe.train.epochs:

@@ -63,6 +63,23 @@ class DataSection(_Section):
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes.")
 
 
+class LoggerChoice(BaseModel):
+    """One entry of ``train.loggers`` with options: ``{name: mlflow, experiment: digits}``."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    name: str = Field(description="A registered logger: jsonl, tensorboard, mlflow, or a plugin's.")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The logger's own options (everything beside ``name``)."""
+        return dict(self.model_extra or {})
+
+    @classmethod
+    def of(cls, item: str | LoggerChoice) -> LoggerChoice:
+        """An entry as written, a bare name or a mapping, as a :class:`LoggerChoice`."""
+        return cls(name=item) if isinstance(item, str) else item
+
+
 class TrainSection(_Section):
     """Epochs, seed, device, precision and the run directory."""
 
@@ -113,6 +130,17 @@ class TrainSection(_Section):
         default_factory=list, description="WiSE-FT: after the last epoch, report val accuracy of "
         "the backbone interpolated with its starting weights at each alpha (0: start, 1: "
         "fine-tuned); written to run.json. Empty: no sweep.")
+
+    loggers: list[str | LoggerChoice] = Field(
+        default_factory=list, description="Loggers of the run's metrics besides metrics.jsonl "
+        "(always written): tensorboard, mlflow, or a plugin's; a name, or a mapping with name and "
+        "the logger's options.")
+
+    def resolve(self, pm: ThawkitPluginManager, where: str) -> None:
+        """Check ``loggers`` against the registered ones, their options and their packages."""
+        from .loggers import check_loggers
+
+        check_loggers(self.loggers, pm, where)
 
     @field_validator("wise_alphas")
     @classmethod
