@@ -61,6 +61,9 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
         finally:
             for p in procs:
                 p.join()
+    except KeyboardInterrupt:
+        log(f"search interrupted; run the same command again to continue it ({out})")
+        raise
     finally:
         main.shared.close()
         _save_spent(out, spent_before + time.time() - started)

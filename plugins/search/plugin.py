@@ -18,8 +18,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, overrides=list(args.set or []), pm=args.pm)
     output = args.output or f"{recipe.train.output}-search"
-    search(recipe, output=output, budget=args.budget, trials=args.trials, strategies=args.strategies,
-           jobs=args.jobs, storage=args.storage, seed=args.seed, holdout=args.holdout, train=args.train)
+    try:
+        search(recipe, output=output, budget=args.budget, trials=args.trials,
+               strategies=args.strategies, jobs=args.jobs, storage=args.storage, seed=args.seed,
+               holdout=args.holdout, train=args.train)
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, ThawkitError
+from thawkit import ConfigError, ThawkitError, hookimpl
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
@@ -127,34 +126,71 @@ class TrialOutcome:
 
 
 class Reporter:
-    """Hands a trial's per-epoch hold-out top-1 to the search engine (Optuna's ``trial.report``)
-    and says whether the engine prunes it. As a plugin object for the training plugin's events
-    (``train(..., callbacks=[reporter])``) it stops a pruned run through ``run.request_stop``."""
+    """Hands a trial's per-epoch hold-out top-1 to the search engine and stops the run when the
+    engine prunes it: a plugin object for the training plugin's events, registered for one run
+    (``train(..., callbacks=[reporter])``). It also records what the trial keeps: the digests of
+    the starting weights, every epoch's metrics and, when the run ends however it ends, the
+    tensors that changed and the optimizer's state.
+
+    ``report(epoch, holdout_top1) -> bool``: True when the trial should stop (pruned).
+    """
 
     def __init__(self, report: Callable[[int, float], bool]):
         self.report = report
         self.pruned_at: int | None = None
+        self.start: dict[str, str] = {}
+        self.epochs: list[dict[str, Any]] = []
+        self.changed: dict[str, Any] = {}
+        self.optimizer_state: dict[str, Any] | None = None
+        self.trainable = 0
 
-    def epoch_end(self, epoch: int, metrics: dict[str, Any]) -> bool:
-        """Report epoch ``epoch`` (counted from 1); True when the trial should stop."""
+    @hookimpl
+    def thawkit_run_start(self, run: Any) -> None:
+        self.start = tensor_digests(run.model.state_dict())
+        self.trainable = sum(p.numel() for n, p in run.model.named_parameters()
+                             if n in run.adapted.ever_trainable)
+
+    @hookimpl
+    def thawkit_epoch_end(self, run: Any, epoch: int, metrics: dict[str, Any]) -> None:
+        self.epochs.append({"epoch": epoch, "holdout_top1": metrics["val_top1"],
+                            "holdout_loss": metrics["val_loss"], "train_loss": metrics["train_loss"]})
         if self.report(epoch, float(metrics["val_top1"])):
             self.pruned_at = epoch
-            return True
-        return False
+            run.request_stop("pruned by the search")
 
-    def thawkit_epoch_end(self, run: Any, epoch: int, metrics: dict[str, Any]) -> None:
-        if self.epoch_end(epoch, metrics):
-            run.request_stop("pruned")
+    @hookimpl
+    def thawkit_run_end(self, run: Any, status: str) -> None:
+        self._keep(run)
+
+    @hookimpl
+    def thawkit_run_failed(self, run: Any, error: BaseException) -> None:
+        self._keep(run)
+
+    def _keep(self, run: Any) -> None:
+        state = run.model.state_dict()
+        now = tensor_digests(state)
+        self.changed = {n: state[n].detach().cpu() for n in state if self.start.get(n) != now[n]}
+        self.optimizer_state = run.optimizer.state_dict()
+
+
+def cacheable(recipe: Any) -> bool:
+    """Whether some phase of the recipe's run freezes a prefix whose features can be shared."""
+    from thawkit import adapt_recipe
+    from thawkit.plugins.split import frozen_prefix
+
+    if recipe.data.augment or recipe.train.cache == "off":
+        return False
+    adapted = adapt_recipe(recipe, meta=True)
+    return any(frozen_prefix(adapted, i) for i in range(len(adapted.phases)))
 
 
 def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFeatures,
-              reporter: Reporter, pm: ThawkitPluginManager,
-              scratch: Path) -> TrialOutcome:
+              reporter: Reporter, pm: ThawkitPluginManager, scratch: Path) -> TrialOutcome:
     """Train ``recipe_data`` (its ``data.val`` is the search's hold-out) and keep in ``trial_dir``
-    what it trained. The run's own directory is a scratch folder, removed at the end."""
+    what it trained. The run's own directory is a scratch folder, removed at the end. A recipe
+    whose frozen prefix can be shared trains on the search's features; any other goes through
+    :func:`thawkit.plugins.train.train` as it is."""
     from thawkit import validate_recipe
-    from thawkit.plugins.train.loop import DivergedError, Trainer
-    from thawkit.plugins.train.session import prepare, torch_flags_restored
 
     started = time.perf_counter()
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -162,68 +198,48 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
     recipe = validate_recipe({**recipe_data, "train": {**recipe_data["train"], "output": str(run_dir)}},
                              where=str(trial_dir / TRIAL_FILE), pm=pm)
-    pipeline_class = _pipeline_class()
-    epochs: list[dict[str, Any]] = []
-
-    class TrialTrainer(Trainer):
-        def _train_epoch(self) -> bool:
-            s = self.s
-            if s.adapted.strategy.name == "auto-rgn" and self.state.step == 0:
-                _auto_rgn(self)
-            return super()._train_epoch()
-
-        def _end_epoch(self) -> dict[str, Any]:
-            record = super()._end_epoch()
-            epochs.append({"epoch": record["epoch"] + 1, "holdout_top1": record["val_top1"],
-                           "holdout_loss": record["val_loss"], "train_loss": record["train_loss"]})
-            if reporter.epoch_end(record["epoch"] + 1, record):
-                self.stop_after = self.state.epoch
-            return record
-
     try:
-        with torch_flags_restored():
-            session = prepare(recipe, pm=pm, run_dir=run_dir)
-            start = tensor_digests(session.model.state_dict())
-            trainer = TrialTrainer(session, log=lambda line: None, progress_bar=False,
-                                   pipeline=pipeline_class(session, shared))
-            try:
-                outcome = trainer.fit()
-                status = "pruned" if reporter.pruned_at is not None else \
-                    "complete" if outcome.status == "finished" else "failed"
-                reason = "" if status != "failed" else outcome.message
-            except (DivergedError, ThawkitError) as exc:
-                status, reason = "failed", str(exc)
-            trainable = sum(p.numel() for n, p in session.model.named_parameters()
-                            if n in session.adapted.ever_trainable)
-            state = session.model.state_dict()
-            now = tensor_digests(state)
-            changed = [n for n in state if start.get(n) != now[n]]
-            if status != "failed" or all(math.isfinite(float(state[n].float().sum())) for n in changed):
-                save_trained(trial_dir, {n: state[n] for n in changed},
-                             session.optimizer.state_dict())
-            seconds = time.perf_counter() - started
-            top1 = epochs[-1]["holdout_top1"] if epochs and status != "failed" else None
-            write_trial(trial_dir, recipe_data, status=status, reason=reason, epochs=epochs,
-                        seconds=seconds, trainable=trainable,
-                        fingerprint=fingerprint(start, [n for n in start if n not in changed]),
-                        unchanged=len(start) - len(changed))
-            return TrialOutcome(status, top1, seconds, trainable, epochs, reason)
+        try:
+            outcome = (_train_shared if cacheable(recipe) else _train)(recipe, run_dir, shared, reporter)
+            if outcome.status == "interrupted":  # Ctrl-C: the search stops, resumable
+                raise KeyboardInterrupt
+            status = "pruned" if reporter.pruned_at is not None else \
+                "complete" if outcome.status == "finished" else "failed"
+            reason = "" if status != "failed" else outcome.message
+        except ThawkitError as exc:  # a diverging run (DivergedError), a recipe it cannot run
+            status, reason = "failed", str(exc)
+        changed = reporter.changed
+        if changed and all(bool(t.float().isfinite().all()) for t in changed.values()):
+            save_trained(trial_dir, changed, reporter.optimizer_state)
+        seconds = time.perf_counter() - started
+        epochs = reporter.epochs
+        top1 = epochs[-1]["holdout_top1"] if epochs and status != "failed" else None
+        start = reporter.start
+        write_trial(trial_dir, recipe_data, status=status, reason=reason, epochs=epochs,
+                    seconds=seconds, trainable=reporter.trainable,
+                    fingerprint=fingerprint(start, [n for n in start if n not in changed]),
+                    unchanged=len(start) - len(changed))
+        return TrialOutcome(status, top1, seconds, reporter.trainable, epochs, reason)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _auto_rgn(trainer: Any) -> None:
-    """Auto-RGN's rates for the epoch that starts, from its strategy's first batches."""
-    import itertools
+def _train(recipe: Any, run_dir: Path, shared: SharedFeatures, reporter: Reporter) -> Any:
+    from thawkit.plugins.train import train
 
-    from thawkit.plugins.strategies.auto_rgn import relative_gradient_norms, update_rates
+    return train(recipe, pm=recipe.plugin_manager, run_dir=run_dir, log=lambda line: None,
+                 progress_bar=False, callbacks=[reporter])
 
-    s = trainer.s
-    s.model.eval()  # measuring must not move BatchNorm statistics
-    batches = itertools.islice(trainer.pipeline.train_batches(trainer.state.epoch, 0),
-                               s.adapted.strategy.params.batches)
-    norms = relative_gradient_norms(s.model, s.adapted.layout, batches, forward=trainer.pipeline.forward)
-    update_rates(s.adapted, s.optimizer, s.scheduler, norms)
+
+def _train_shared(recipe: Any, run_dir: Path, shared: SharedFeatures, reporter: Reporter) -> Any:
+    from thawkit.plugins.train.loop import Trainer
+    from thawkit.plugins.train.session import prepare, torch_flags_restored
+
+    with torch_flags_restored():
+        session = prepare(recipe, pm=recipe.plugin_manager, run_dir=run_dir)
+        trainer = Trainer(session, log=lambda line: None, progress_bar=False,
+                          pipeline=_pipeline_class()(session, shared), callbacks=[reporter])
+        return trainer.fit()
 
 
 def save_trained(trial_dir: Path, tensors: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:
@@ -266,15 +282,18 @@ def restore_trial(trial_dir: Path, pm: ThawkitPluginManager, num_classes: int) -
     return model
 
 
-def evaluate_folder(model: Any, recipe_data: dict[str, Any], folder: str, pm: ThawkitPluginManager,
-                    device: Any = "cpu") -> float:
+def evaluate_folder(model: Any, recipe_data: dict[str, Any], folder: str,
+                    pm: ThawkitPluginManager) -> float:
     """Top-1 of ``model`` on an ImageFolder with the recipe's evaluation preprocessing."""
     import torch
     from thawkit import data_config, validate_recipe
     from thawkit.plugins.train.data import FolderDataset, Preprocess, scan_folder
     from torch.utils.data import DataLoader
 
+    from thawkit.plugins.train.session import pick_device
+
     recipe = validate_recipe(recipe_data, where="search", pm=pm)
+    device = pick_device(recipe.train.device)
     prep = Preprocess.resolve(data_config(model, pm=pm), recipe.data)
     samples = scan_folder(folder, "data.val", check_headers=False).samples
     loader = DataLoader(FolderDataset(samples, prep.eval_transform()), batch_size=recipe.data.batch_size)

@@ -3,13 +3,15 @@
 Auto-RGN (Lee et al., ICLR 2023, "Surgical Fine-Tuning Improves Adaptation to Distribution
 Shifts"): a block's relative gradient norm is the norm of its loss gradient over the norm of its
 weights; normalised so that the largest is 1, it multiplies the block's learning rate. The norms
-are measured again at the start of every epoch from ``batches`` batches of the training data, so
-the rates follow what the blocks want as training goes.
+are measured again in every epoch from ``batches`` batches of the training data, so the rates
+follow what the blocks want as training goes.
 
-The loop measures them: :func:`update_rates` takes the optimizer and the schedule and rescales
-each group, keeping the factor in the group (``auto_rgn``) and in the schedule's base rates, so a
-checkpoint holds them and a resume goes on with the same rates. ``thawkit search`` calls it at
-every epoch start. Before the first measurement every block trains at the recipe's rates.
+In ``thawkit train`` (or any loop that emits the training plugin's events) gradient hooks
+measure the norms on the first ``batches`` steps of every epoch, from the training's own
+gradients; at the epoch's end :func:`update_rates` rescales each optimizer group for the next
+epoch, keeping the factor in the group (``auto_rgn``) and in the schedule's base rates, so a
+checkpoint holds them and a resume goes on with the same rates. The first epoch trains at the
+recipe's rates (nothing is measured yet).
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ FLOOR = 1e-3
 
 
 class AutoRGNParams(StrategyParams):
-    batches: int = Field(5, ge=1, description="Batches the relative gradient norms are measured on "
-                         "at the start of every epoch.")
+    batches: int = Field(5, ge=1, description="Batches of each epoch the relative gradient norms "
+                         "are measured on (its first ones).")
 
 
 class AutoRGN(Strategy):
@@ -38,20 +40,21 @@ class AutoRGN(Strategy):
         return [Phase(0, layout.params_of(layout.all_blocks), "all, rates by relative gradient norm")]
 
     def describe(self, model):
-        return ([f"per-block rates x relative gradient norm (largest 1), measured on "
-                 f"{self.params.batches} batches at each epoch start"], {})
+        return ([f"per-block rates x relative gradient norm (largest 1), measured on the first "
+                 f"{self.params.batches} batches of each epoch, applied from the next"], {})
 
 
 def relative_gradient_norms(model: Any, layout: Any, batches: Iterable[Any],
                             forward: Any = None) -> dict[str, float]:
-    """Per block, the norm of the loss gradient (summed over ``batches`` of ``(inputs, labels)``)
-    over the norm of its weights, normalised so that the largest is 1. Gradients are computed
-    for every parameter and cleared after; the weights do not change."""
+    """Per block, the root mean square over ``batches`` (of ``(inputs, labels)``) of the norm of
+    the loss gradient, over the norm of its weights, normalised so that the largest is 1.
+    Gradients are computed for every parameter and cleared after; the weights do not change."""
     import torch
 
     params = dict(model.named_parameters())
     saved = {n: p.requires_grad for n, p in params.items()}
-    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    squares = dict.fromkeys(params, 0.0)
+    count = 0
     forward = forward or model
     try:
         for p in params.values():
@@ -61,20 +64,60 @@ def relative_gradient_norms(model: Any, layout: Any, batches: Iterable[Any],
             torch.nn.functional.cross_entropy(forward(x).float(), y).backward()
             for n, p in params.items():
                 if p.grad is not None:
-                    grads[n] += p.grad.detach()
+                    squares[n] += float(p.grad.detach().float().pow(2).sum())
+            count += 1
     finally:
         model.zero_grad(set_to_none=True)
         for n, p in params.items():
             p.requires_grad_(saved[n])
+    return normalised(squares, count, params, layout)
+
+
+def normalised(squares: dict[str, float], count: int, params: dict[str, Any],
+               layout: Any) -> dict[str, float]:
+    """Relative gradient norms per block from each parameter's summed squared gradient norms
+    over ``count`` batches, divided by the largest."""
     out = {}
     for block in layout.all_blocks:
         if not block.params:
             continue
-        g = sum(float(grads[n].float().pow(2).sum()) for n in block.params) ** 0.5
+        g = (sum(squares.get(n, 0.0) for n in block.params) / max(count, 1)) ** 0.5
         w = sum(float(params[n].detach().float().pow(2).sum()) for n in block.params) ** 0.5
         out[block.name] = g / w if w > 0 else 0.0
     top = max(out.values(), default=0.0)
     return {k: (v / top if top > 0 else 0.0) for k, v in out.items()}
+
+
+class GradientMeter:
+    """Squared gradient norms of every parameter over the first ``batches`` backward passes of
+    an epoch, gathered by gradient hooks while the run trains (nothing extra is computed)."""
+
+    def __init__(self, model: Any, batches: int):
+        self.model, self.batches = model, batches
+        self.params = dict(model.named_parameters())
+        self.reset()
+        self.handles = [p.register_post_accumulate_grad_hook(self._hook(n))
+                        for n, p in self.params.items() if p.requires_grad]
+
+    def _hook(self, name: str) -> Any:
+        def hook(p: Any) -> None:
+            if self.seen[name] < self.batches and p.grad is not None:
+                self.squares[name] += float(p.grad.detach().float().pow(2).sum())
+                self.seen[name] += 1
+        return hook
+
+    def reset(self) -> None:
+        self.squares = dict.fromkeys(self.params, 0.0)
+        self.seen = dict.fromkeys(self.params, 0)
+
+    def norms(self, layout: Any) -> dict[str, float]:
+        count = max(self.seen.values(), default=0)
+        return normalised(self.squares, count, self.params, layout) if count else {}
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
 
 def update_rates(adapted: Any, optimizer: Any, scheduler: Any, norms: dict[str, float]) -> None:
@@ -94,6 +137,41 @@ def update_rates(adapted: Any, optimizer: Any, scheduler: Any, norms: dict[str, 
             group["initial_lr"] *= ratio
         if base_lrs is not None:
             base_lrs[i] *= ratio
+
+
+# The rates follow the run: measured on the first batches of every epoch (the training's own
+# gradients), applied from the next epoch on. The training plugin's events drive it.
+@hookimpl
+def thawkit_run_start(run):
+    if isinstance(run.adapted.strategy, AutoRGN):
+        run.adapted.strategy.meter = GradientMeter(run.model, run.adapted.strategy.params.batches)
+
+
+@hookimpl
+def thawkit_epoch_end(run, epoch, metrics):
+    meter = getattr(run.adapted.strategy, "meter", None)
+    if isinstance(run.adapted.strategy, AutoRGN) and meter is not None:
+        norms = meter.norms(run.adapted.layout)
+        meter.reset()
+        if norms:
+            update_rates(run.adapted, run.optimizer, run.scheduler, norms)
+
+
+@hookimpl
+def thawkit_run_end(run, status):
+    _close(run)
+
+
+@hookimpl
+def thawkit_run_failed(run, error):
+    _close(run)
+
+
+def _close(run) -> None:
+    meter = getattr(run.adapted.strategy, "meter", None)
+    if meter is not None:
+        meter.close()
+        run.adapted.strategy.meter = None
 
 
 @hookimpl
