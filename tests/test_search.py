@@ -242,6 +242,7 @@ def cli(*args, cwd=None, timeout=600):
     (["--trials", "3", "--storage", "nosuchdb://x/y"], "--storage: Optuna cannot open"),
     (["--trials", "3", "--set", "optimizer.lrs={stem: 0.1}"], "optimizer.lrs"),
     ([], "--budget DURATION or --trials N"),
+    (["--trials", "3", "--holdout", "1.5"], "--holdout: a fraction"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_written(tmp_path, data, args, message):
     recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path))
@@ -312,4 +313,19 @@ def test_jobs_run_worker_processes_on_one_study(tmp_path, data):
     pids = {t.user_attrs.get("pid") for t in trials if t.number >= 4}
     assert len(pids) == 2, pids
     assert sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED")) == 7
-    assert "[worker 1]" in result.stdout
+    assert "[worker 1]" in result.stdout and "[worker 2]" in result.stdout
+
+
+def test_the_docs_report_is_in_the_format_the_search_writes():
+    """docs/choosing.md shows docs/snippets/search_digits.txt (tests/test_examples.py ties them);
+    here the snippet's leaderboard must have the columns leaderboard.md has today."""
+    from thawkit.plugins.search.report import leaderboard
+
+    root = Path(__file__).resolve().parent.parent
+    snippet = (root / "docs" / "snippets" / "search_digits.txt").read_text()
+    result = {"budget": {"spent": 1.0, "seconds": None, "evidence": 0.0, "in_trials": 0.0,
+                         "not_started": []}, "caches": {"built": 0, "reused": 0}}
+    header = leaderboard([], {}, None, {}, result).splitlines()[0]
+    assert header in snippet.splitlines()
+    assert snippet.startswith("$ thawkit search ") and "\npick: trial " in snippet
+    assert "LogME below 'head'" in snippet and "Auto-RGN relative gradient norms" in snippet

@@ -45,9 +45,11 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
     base, n_holdout, num_classes = _prepare_data(recipe, settings)
     evidence = _evidence(recipe, settings, base, num_classes)
     deadline = None if settings.budget is None else started + settings.budget - spent_before
-    if skipped:
-        for name, reason in skipped.items():
-            log(f"skipped {name}: {reason}")
+    for name, reason in skipped.items():
+        log(f"skipped {name}: {reason}")
+    if recipe.data.augment or recipe.train.cache == "off":
+        log("no trial shares features: " + ("data.augment is true (set data.augment: false to "
+                                            "share them)" if recipe.data.augment else "train.cache is off"))
     main = Search(recipe, settings, cands, deadline=deadline)
     killed = fail_dead_trials(main.study)
     if killed:
@@ -57,7 +59,8 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
         _save_spent(out, spent_before + time.time() - started)
         procs = _start_workers(settings, cands, deadline)
         try:
-            main.run()
+            if not procs:
+                main.run()
         finally:
             for p in procs:
                 p.join()
@@ -136,6 +139,7 @@ def _evidence(recipe: Recipe, settings: Settings, base: dict[str, Any], num_clas
 
 
 def _start_workers(settings: Settings, cands: list[Any], deadline: float | None) -> list[Any]:
+    """``--jobs N`` (N > 1): N worker processes on the study; this process waits for them."""
     from .engine import worker_main
 
     if settings.jobs <= 1:
@@ -145,7 +149,7 @@ def _start_workers(settings: Settings, cands: list[Any], deadline: float | None)
     plain = Settings(settings.output, settings.budget, settings.trials, settings.strategies, 1,
                      settings.storage, settings.seed, settings.holdout, None)
     procs = [ctx.Process(target=worker_main, args=(recipe_path, plain, cands, w, deadline))
-             for w in range(1, settings.jobs)]
+             for w in range(1, settings.jobs + 1)]
     for p in procs:
         p.start()
     return procs

@@ -91,6 +91,8 @@ def check(recipe: Recipe, settings: Settings) -> tuple[list[Candidate], dict[str
         raise ConfigError(f"--trials: at least 1, got {settings.trials}")
     if settings.jobs < 1:
         raise ConfigError(f"--jobs: at least 1, got {settings.jobs}")
+    if not 0 < settings.holdout < 1:
+        raise ConfigError(f"--holdout: a fraction of data.train between 0 and 1, got {settings.holdout}")
     check_variable(recipe)
     if not recipe.data.train or not recipe.data.val:
         raise ConfigError("search: the recipe needs data.train (the search carves its hold-out "
@@ -126,7 +128,17 @@ class Search:
         self.study = optuna.create_study(study_name=STUDY_NAME, storage=open_storage(settings.storage_url),
                                          sampler=sampler, pruner=pruner, direction="maximize",
                                          load_if_exists=True)
+        self._check_same_candidates()
         self.shared = SharedFeatures()
+
+    def _check_same_candidates(self) -> None:
+        """A study continues with the candidates it started with (Optuna's choices are fixed)."""
+        for t in self.study.get_trials(deepcopy=False):
+            dist = t.distributions.get("strategy")
+            if dist is not None and list(dist.choices) != sorted(self.cands):
+                raise ConfigError(f"search: the study in {self.s.storage_url} searches "
+                                  f"{', '.join(dist.choices)}; continue it with those candidates "
+                                  f"(--strategies {','.join(dist.choices)}), or give another --output")
 
     # ------------------------------------------------------------- counting
     def finished(self) -> list[Any]:
