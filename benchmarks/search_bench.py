@@ -77,7 +77,7 @@ def task(name: str, root: Path, *, quick: bool) -> dict[str, Any]:
     from thawkit.plugins.search import search
 
     pm = thawkit.get_plugin_manager()
-    path = search_tasks.prepare(name, root / name, pretrain_epochs=1 if quick else 8,
+    path = search_tasks.prepare(name, root / name, pretrain_epochs=2 if quick else 8,
                                 epochs=2 if quick else 15)
     recipe = yaml.safe_load(path.read_text())
     default_seconds, default_top1 = _train(recipe, root / name / "default", pm)

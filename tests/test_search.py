@@ -205,16 +205,19 @@ def test_cached_trials_share_features_computed_once(tmp_path, data, pm):
     assert caches["built"] == 1 and caches["reused"] == len(lpft)
 
 
-def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, data, pm, monkeypatch):
+def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on_then_trains_the_pick(tmp_path, data, pm, monkeypatch):
     from thawkit.plugins.search import space
 
     monkeypatch.setitem(space.LR_RANGES, "full", (1e8, 1e9))
     result, lines = run_search(recipe_for(data, tmp_path), tmp_path / "s", pm, trials=6,
-                               strategies="head-only,full")
+                               strategies="head-only,full", train=True)
     failed = [t for t in result["trials"] if t["state"] == "failed"]
     assert failed and all("nan" in t["reason"].lower() or "inf" in t["reason"] for t in failed)
     assert len(result["trials"]) == 6 and result["best"]["strategy"] == "head-only"
     assert "failed" in (tmp_path / "s" / "leaderboard.md").read_text()
+    # train=True (--train) continued into the full run of the pick, as best.yaml says
+    assert result["train"]["status"] == "finished"
+    assert (tmp_path / "s" / "best" / "model.safetensors").is_file()
 
 
 def test_budget_stops_starting_trials_that_would_not_fit(tmp_path, data, pm):
