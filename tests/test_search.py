@@ -205,7 +205,8 @@ def test_cached_trials_share_features_computed_once(tmp_path, data, pm):
     assert caches["built"] == 1 and caches["reused"] == len(lpft)
 
 
-def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on_then_trains_the_pick(tmp_path, data, pm, monkeypatch):
+def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on_then_trains_the_pick(
+        tmp_path, data, pm, monkeypatch):
     from thawkit.plugins.search import space
 
     monkeypatch.setitem(space.LR_RANGES, "full", (1e8, 1e9))
