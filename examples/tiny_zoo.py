@@ -181,6 +181,82 @@ def thawkit_register_schedules(register):
 # [end]
 
 
+# [thawkit_register_loggers]
+class ZooLog:
+    """A logger: a line per epoch in the run directory's zoo.log (built on rank 0 only)."""
+
+    def __init__(self, run, every=1):
+        self.path, self.every = run.run_dir / "zoo.log", every
+
+    @thawkit.hookimpl
+    def thawkit_epoch_end(self, run, epoch, metrics):
+        if epoch % self.every == 0:
+            with open(self.path, "a", encoding="utf-8") as log:
+                log.write(f"epoch {epoch}: val top-1 {metrics['val_top1']:.3f}\n")
+
+
+@thawkit.hookimpl
+def thawkit_register_loggers(register):
+    register("zoo-log", ZooLog)  # a recipe chooses it: train.loggers: [{name: zoo-log, every: 2}]
+# [end]
+
+
+# [thawkit_run_start]
+def zoo_run(run):
+    """The events below speak only about runs of the zoo's own models."""
+    return run.recipe.backbone.source == "tinyzoo"
+
+
+@thawkit.hookimpl
+def thawkit_run_start(run):
+    if zoo_run(run):
+        start = "resuming" if run.resumed else "starting"
+        run.log(f"tinyzoo: {start} at epoch {run.epochs_done + 1} of {run.epochs}")
+# [end]
+
+
+# [thawkit_phase_change]
+@thawkit.hookimpl
+def thawkit_phase_change(run, phase, epoch):
+    if zoo_run(run):
+        run.log(f"tinyzoo: epoch {epoch} starts phase {phase}, "
+                f"{len(run.adapted.trainable)} trainable tensors")
+# [end]
+
+
+# [thawkit_epoch_end]
+@thawkit.hookimpl
+def thawkit_epoch_end(run, epoch, metrics):
+    # the metrics are the same on every process, so under torchrun all of them decide alike
+    if zoo_run(run) and metrics["train_loss"] < 1e-3:
+        run.request_stop(f"train loss {metrics['train_loss']:.1e}: nothing left to learn")
+# [end]
+
+
+# [thawkit_checkpoint_saved]
+@thawkit.hookimpl
+def thawkit_checkpoint_saved(run, path, epoch):
+    if zoo_run(run) and run.is_main:  # rank 0 wrote it; a copy would be made from there
+        run.log(f"tinyzoo: {path.name} holds {epoch} epoch(s)")
+# [end]
+
+
+# [thawkit_run_end]
+@thawkit.hookimpl
+def thawkit_run_end(run, status):
+    if zoo_run(run):
+        run.log(f"tinyzoo: run {status} after {run.epochs_done} epoch(s)")
+# [end]
+
+
+# [thawkit_run_failed]
+@thawkit.hookimpl
+def thawkit_run_failed(run, error):
+    if zoo_run(run):
+        run.log(f"tinyzoo: the run failed ({type(error).__name__})")
+# [end]
+
+
 # [thawkit_add_hookspecs]
 class TinyZooHooks:
     """A hook the tiny zoo offers other plugins: more widths for its models."""

@@ -4,6 +4,7 @@ they wrote."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -338,3 +339,27 @@ def test_mlflow_logger_records_params_metrics_and_artifacts(logged):
     assert "mlflow" not in artifacts and "run.lock" not in artifacts
     local = Path(client.download_artifacts(run.info.run_id, "run.json"))
     assert json.loads(local.read_text())["status"] == "finished"
+
+
+def test_tiny_zoo_hears_the_events_and_logs_with_its_logger(data, tmp_path):
+    """The hook reference's examples (examples/tiny_zoo.py) in a real run."""
+    pm = thawkit.get_plugin_manager(entrypoints=False)
+    pm.load_local(str(Path(__file__).parent.parent / "examples" / "tiny_zoo.py"))
+    out = tmp_path / "run"
+    d = recipe_dict(data, out, backbone={"source": "tinyzoo", "name": "tiny16", "kwargs": {}},
+                    strategy={"name": "gradual", "every": 1}, data={"image_size": 64},
+                    train={"loggers": [{"name": "zoo-log", "every": 1}]})
+    lines: list[str] = []
+    assert train(load(d, pm), log=lines.append).status == "finished"
+    said = [line for line in lines if line.startswith("tinyzoo: ")]
+    assert said[0] == "tinyzoo: starting at epoch 1 of 2"
+    assert said[1] == "tinyzoo: checkpoint.pt holds 1 epoch(s)"
+    assert re.fullmatch(r"tinyzoo: epoch 2 starts phase 1, \d+ trainable tensors", said[2]), said
+    assert said[3:] == ["tinyzoo: checkpoint.pt holds 2 epoch(s)", "tinyzoo: run finished after 2 epoch(s)"]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert (out / "zoo.log").read_text() == "".join(
+        f"epoch {r['epoch'] + 1}: val top-1 {r['val_top1']:.3f}\n" for r in rows)
+    # a logger without a Params model: its options are checked against its signature
+    with pytest.raises(thawkit.ConfigError, match=r"train\.loggers\.0: logger 'zoo-log' does not "
+                                                  r"take these options \(.*'evry'.*\); its options: every"):
+        load({**d, "train": {**d["train"], "loggers": [{"name": "zoo-log", "evry": 2}]}}, pm)

@@ -116,6 +116,27 @@ first = train(interrupted, on_step=ctrl_c)
 print(f"rank {rank}: {first.message}")
 statuses = [first.status]
 statuses.append(resume(out / "interrupted").status)
+# the run's events on both processes; rank 1 alone asks to stop after epoch 1 (quiet: the
+# counts of printed lines above stay those of the runs before)
+class Events:
+    def __init__(self):
+        self.seen = []
+
+    @thawkit.hookimpl
+    def thawkit_epoch_end(self, run, epoch, metrics):
+        self.seen.append([epoch, run.is_main, metrics["val_loss"]])
+        if rank == 1 and epoch == 1:
+            run.request_stop("rank 1 saw enough")
+
+    @thawkit.hookimpl
+    def thawkit_run_end(self, run, status):
+        self.seen.append([status, run.stop_reason])
+
+
+events = Events()
+early = thawkit.load_recipe(sys.argv[1], overrides=[f"train.output={out / 'early'}"])
+train(early, callbacks=[events], log=lambda line: None)
+(out / f"events{rank}.json").write_text(json.dumps(events.seen))
 # adapters (lora through PEFT) under DDP, when the fixture gives their recipe
 if len(sys.argv) > 4:
     train(thawkit.load_recipe(sys.argv[4]), on_step=lambda t: last.update(trainer=t))
@@ -270,6 +291,19 @@ def test_resume_same_world_is_bit_identical_other_world_says_so(ddp_run, pm):
     assert "written by 2 processes, this run has 1" in said and "not bit-identical" in said
     a, b = weights(tmp / "stopped_one" / "model.safetensors"), weights(tmp / "ddp" / "model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < ATOL
+
+
+def test_request_stop_in_one_process_stops_both_after_the_same_epoch(ddp_run):
+    """Callbacks hear the events on every process (``run.is_main`` on rank 0 only), with the
+    same metrics; rank 1's request_stop ends both after epoch 1, and rank 0 records why."""
+    tmp, _, _ = ddp_run
+    seen = [json.loads((tmp / f"events{r}.json").read_text()) for r in (0, 1)]
+    assert [s[0][:2] for s in seen] == [[1, True], [1, False]]
+    assert seen[0][0][2] == seen[1][0][2]  # val_loss summed over both processes' images
+    assert seen[0][1:] == seen[1][1:] == [["stopped", "rank 1 saw enough"]]
+    status = json.loads((tmp / "early" / "run.json").read_text())
+    assert status["status"] == "stopped" and "rank 1 saw enough" in status["message"]
+    assert [r["epoch"] for r in rows(tmp / "early")] == [0]
 
 
 def test_embedding_example_under_torchrun(ddp_run):

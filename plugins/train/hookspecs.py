@@ -57,8 +57,8 @@ def thawkit_register_loggers(register: Callable[..., None]) -> None:
             run's events (``thawkit_run_start``, ``thawkit_epoch_end``, ...). It is built when
             the run starts, on rank 0 only, registered for that run and unregistered when it
             ends. ``options`` are the recipe's (``train.loggers: [{name: mlflow, experiment:
-            x}]``). An optional attribute ``factory.Params`` (pydantic model) validates them
-            when the recipe is read; an optional ``factory.requires``, ``{module: what to
+            x}]``), checked when the recipe is read: by ``factory.Params`` (a pydantic model),
+            or else against the factory's keyword arguments. An optional ``factory.requires``, ``{module: what to
             install}``, names packages that must be importable (a missing one is a recipe
             error before anything is written).
 

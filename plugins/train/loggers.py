@@ -16,6 +16,7 @@ given the run's events as hooks. Third-party loggers work the same way.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -72,6 +73,14 @@ def check_loggers(items: Iterable[Any], pm: ThawkitPluginManager, where: str) ->
             except ValidationError as exc:
                 raise ConfigError(format_validation_error(
                     exc, where=where, prefix=("train", "loggers", index), model=params_model)) from None
+        else:  # no model: the factory's own keyword arguments are its options
+            signature = inspect.signature(factory)
+            try:
+                signature.bind(None, **choice.params)
+            except TypeError as exc:
+                options = ", ".join(list(signature.parameters)[1:]) or "none"
+                raise ConfigError(f"{where}: {field}: logger {choice.name!r} does not take these "
+                                  f"options ({exc}); its options: {options}") from None
         requires: dict[str, str] = getattr(factory, "requires", {})
         missing = [module for module in requires if not available(module)]
         if missing:

@@ -288,10 +288,11 @@ class Trainer:
             self.log(self._line(self._end_epoch()))
             if self.world.any(self.interrupt_requested) and st.epoch < s.epochs:
                 return Outcome("interrupted", st.epoch, self._interrupted_message())
-            if self.world.any(self.run.stop_reason is not None) and st.epoch < s.epochs:
+            asked = [r for r in self.world.gather(self.run.stop_reason) if r is not None]
+            if asked and st.epoch < s.epochs:  # a plugin's request_stop, in any process
+                self.run.stop_reason = asked[0]
                 return Outcome("stopped", st.epoch, f"stopped after {st.epoch} of {s.epochs} epochs: "
-                               f"{self.run.stop_reason or 'another process asked'}; continue with: "
-                               f"thawkit train --resume {s.run_dir}")
+                               f"{asked[0]}; continue with: thawkit train --resume {s.run_dir}")
         self._check_finite()
         if self.world.is_main:
             save_weights(s.run_dir / "model.safetensors", s.model.state_dict())
