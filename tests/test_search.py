@@ -273,7 +273,8 @@ def finished_trials(out: Path) -> list:
 
 
 @pytest.mark.slow
-def test_a_killed_search_resumes_with_the_same_command(tmp_path, data):
+@pytest.mark.parametrize("sig, why", [(signal.SIGKILL, "killed"), (signal.SIGINT, "interrupted")])
+def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, data, sig, why):
     recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path))
     out = tmp_path / "out"
     args = ["search", str(recipe), "--output", str(out), "--trials", "7",
@@ -289,17 +290,22 @@ def test_a_killed_search_resumes_with_the_same_command(tmp_path, data):
                 trials = finished_trials(out)
                 if any(t.state.name == "RUNNING" and t.number >= 4 for t in trials):
                     break
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, sig)
+        output, _ = proc.communicate(timeout=300)
     finally:
-        proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+    if sig == signal.SIGINT:  # stopped cleanly after its step: exit 130, says how to continue
+        assert proc.returncode == 130, output
+        assert "run the same command again" in output
     before = {t.number: t.value for t in finished_trials(out) if t.state.name == "COMPLETE"}
     assert len(before) >= 4 and not (out / "search.json").exists()
     result = cli(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     trials = finished_trials(out)
     assert {t.number: t.value for t in trials if t.number in before} == before
-    killed = [t for t in trials if "killed" in t.user_attrs.get("reason", "")]
-    assert len(killed) == 1 and killed[0].state.name == "FAIL"
+    stopped = [t for t in trials if why in t.user_attrs.get("reason", "")]
+    assert len(stopped) == 1 and stopped[0].state.name == "FAIL"
     counted = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") or t.user_attrs.get("counts")]
     assert len(counted) == 7
     saved = json.loads((out / "search.json").read_text())

@@ -238,7 +238,8 @@ class Search:
         cand = self.cands.get("head-only")
         if cand is None or self.recipe.data.augment or self.recipe.train.cache == "off":
             return
-        if any(t.params.get("strategy") == "head-only" for t in self.study.get_trials(deepcopy=False)):
+        if any(t.params.get("strategy") == "head-only" and (t.state.name in ("COMPLETE", "PRUNED")
+               or t.user_attrs.get("counts")) for t in self.study.get_trials(deepcopy=False)):
             return  # done by an earlier session of this search
         k = HEAD_BATCH if self.s.trials is None else min(HEAD_BATCH, self.s.trials)
         lrs = [float(v) for v in np.geomspace(*cand.lr_range, k)]
@@ -255,6 +256,8 @@ class Search:
             results, seconds = self._probe([c for _, c in trials], [t.number for t, _ in trials])
         except KeyboardInterrupt:
             for trial, _ in trials:
+                trial.set_user_attr("reason", "interrupted (Ctrl-C); the search continues with the "
+                                    "same command")
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         for (trial, changes), (result, trainable) in zip(trials, results):
