@@ -286,10 +286,12 @@ def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, 
     try:
         while time.time() < deadline:  # wait until the heads are done and a full trial runs
             time.sleep(0.5)
-            if (out / "study.db").exists():
-                trials = finished_trials(out)
-                if any(t.state.name == "RUNNING" and t.number >= 4 for t in trials):
-                    break
+            try:
+                trials = finished_trials(out) if (out / "study.db").exists() else []
+            except KeyError:  # the database exists, the study not yet
+                trials = []
+            if any(t.state.name == "RUNNING" and t.number >= 4 for t in trials):
+                break
         os.kill(proc.pid, sig)
         output, _ = proc.communicate(timeout=300)
     finally:

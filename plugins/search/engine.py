@@ -15,13 +15,13 @@ import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
 
-from .space import BUILTINS, Candidate, candidates, check_variable, parse_strategies, trial_recipe
+from .space import Candidate, candidates, check_variable, parse_strategies, trial_recipe
 
 if TYPE_CHECKING:
     from thawkit import Recipe
@@ -61,7 +61,6 @@ class Settings:
     seed: int = 0
     holdout: float = 0.2
     log: Any = print
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def storage_url(self) -> str:
@@ -103,11 +102,6 @@ def check(recipe: Recipe, settings: Settings) -> tuple[list[Candidate], dict[str
         raise ConfigError("search: no candidate strategy can run on this model: " + "; ".join(
             f"{k}: {v}" for k, v in skipped.items()))
     return cands, skipped
-
-
-def _state_name(state: Any) -> str:
-    return {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
-            "WAITING": "waiting"}[state.name]
 
 
 class Search:
@@ -385,4 +379,3 @@ def worker_main(recipe_path: str, settings: Settings, cands: list[Candidate], wo
         search.shared.close()
 
 
-__all__ = ["BUILTINS", "Search", "Settings", "check", "parse_budget"]
