@@ -21,15 +21,16 @@ from typing import Any
 import search_tasks
 
 
-def _train(recipe: dict[str, Any], out: Path, pm: Any) -> tuple[float, float]:
-    """Seconds and final val top-1 of one ``thawkit train`` run of ``recipe`` into ``out``."""
+def _train(recipe: dict[str, Any], out: Path, pm: Any, stop_after: int | None = None) -> tuple[float, float]:
+    """Seconds and final val top-1 of one ``thawkit train`` run of ``recipe`` into ``out``
+    (``stop_after``: its first epochs only, as a pruned trial ran)."""
     import thawkit
     from thawkit.plugins.train import summary, train
 
     recipe = {**recipe, "train": {**recipe["train"], "output": str(out)}}
     started = time.perf_counter()
     train(thawkit.validate_recipe(recipe, where="benchmark", pm=pm), pm=pm, log=lambda line: None,
-          progress_bar=False)
+          progress_bar=False, stop_after=stop_after)
     return time.perf_counter() - started, summary(out)["final_top1"]
 
 
@@ -63,10 +64,8 @@ def separate_runs(search_dir: Path, pm: Any) -> float:
             info = json.loads((folder / "trial.json").read_text())
             if info["status"] not in ("complete", "pruned"):
                 continue
-            recipe = info["recipe"]
-            recipe = {**recipe, "train": {**recipe["train"], "epochs": max(len(info["epochs"]), 1)}} \
-                if info["status"] == "pruned" else recipe
-            seconds, _ = _train(recipe, Path(tmp) / folder.name, pm)
+            stop = len(info["epochs"]) if info["status"] == "pruned" else None
+            seconds, _ = _train(info["recipe"], Path(tmp) / folder.name, pm, stop_after=stop)
             total += seconds
     return total
 

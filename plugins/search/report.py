@@ -111,6 +111,7 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
 
 def leaderboard(rows: list[dict[str, Any]], per_strategy: dict[str, dict[str, Any]],
                 best: dict[str, Any] | None, skipped: dict[str, str], result: dict[str, Any]) -> str:
+    rows = [r for r in rows if not r["reason"].startswith("not started")]  # said below
     lines = ["| strategy | trials | best lr | other params | hold-out top-1 | val top-1 | "
              "trainable params | seconds |", "|---|---|---|---|---|---|---|---|"]
     order = {name: i for i, name in enumerate(BUILTINS)}
@@ -134,11 +135,10 @@ def leaderboard(rows: list[dict[str, Any]], per_strategy: dict[str, dict[str, An
               + f": {b['evidence'] or 0:.1f}s of evidence, {b['in_trials']:.1f}s in trials "
               f"(summed over workers). Shared features: built {result['caches']['built']} time(s), "
               f"reused {result['caches']['reused']} time(s)."]
-    lines += [f"Not started: {r}" for r in b["not_started"]]
+    lines += [f"{r[0].upper()}{r[1:]}." for r in b["not_started"]]
     lines += [f"Skipped {k}: {v}" for k, v in skipped.items()]
     lines += [f"Trial {r['number']} ({r['strategy']}) failed: {r['reason'].splitlines()[0][:200]}"
-              for r in rows if r["state"] == "failed" and r["reason"]
-              and not r["reason"].startswith("not started")]
+              for r in rows if r["state"] == "failed" and r["reason"]]
     return "\n".join(lines) + "\n"
 
 
