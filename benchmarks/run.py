@@ -1,6 +1,6 @@
 """thawkit's benchmarks: ``python benchmarks/run.py`` (minutes on 2 CPU cores) or ``--quick`` (a smoke run).
 
-Six groups (issue 9), each measured in this one process (startup and memory in child
+Seven groups (issue 9; the seventh, issue 19), each measured in this one process (startup and memory in child
 processes), the two sides interleaved A B B A A B ..., the median of the repeats, on one CPU
 thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``):
 
@@ -14,7 +14,10 @@ thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``):
    6 epochs), what the file writes cost;
 5. startup: ``thawkit --help``, ``strategies``, ``plan`` wall time, and the largest imports;
 6. peak memory (peak RSS above the model and data, in a child process each): last-block
-   against full, and cached head-only against uncached.
+   against full, and cached head-only against uncached;
+7. search (``search_bench.py``): ``thawkit search`` with a budget of twice one default ``full``
+   run against an exhaustive grid (every candidate at 3 learning rates), on the transfer tasks
+   of ``search_tasks.py``: the pick's val top-1, wall time, the default recipe, cache savings.
 
 Synthetic tensors or the demo's digits throughout; nothing is downloaded. No figure
 here is a test: ``tests/test_benchmarks.py`` only runs ``--quick``.
@@ -47,6 +50,7 @@ torch.set_num_threads(1)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import loops  # noqa: E402
+import search_bench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -296,8 +300,12 @@ def peak_rss() -> int:
     return _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def search(s: Sizes) -> list[Row]:
+    return search_bench.rows(s is QUICK, Row)
+
+
 GROUPS = {"overhead": overhead, "probe": probe, "last-block": last_block, "gradual": gradual,
-          "startup": startup, "memory": memory}
+          "startup": startup, "memory": memory, "search": search}
 
 
 def table(rows: list[Row]) -> str:

@@ -50,6 +50,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.strategy.bitfit": "thawkit.plugins.strategies.bitfit",
     "thawkit.strategy.norm_only": "thawkit.plugins.strategies.norm_only",
     "thawkit.strategy.lp_ft": "thawkit.plugins.strategies.lp_ft",
+    "thawkit.strategy.auto_rgn": "thawkit.plugins.strategies.auto_rgn",
     "thawkit.adapters": "thawkit.plugins.adapters",
     "thawkit.cli": "thawkit.plugins.cli",
     "thawkit.train": "thawkit.plugins.train.plugin",
@@ -57,6 +58,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.commands": "thawkit.plugins.inspection",
     "thawkit.coverage": "thawkit.plugins.coverage",
     "thawkit.check_plugin": "thawkit.plugins.testing.command",
+    "thawkit.search": "thawkit.plugins.search.plugin",
     "thawkit.fallbacks": "thawkit.plugins.fallbacks",
 }
 

@@ -46,6 +46,7 @@ STRATEGY_CASES = {
     "pattern": {"params": [{"include": ["layer"]}, {"include": ["weight"], "exclude": [r"0\.weight"]}],
                 "bad_params": [{"include": ["("]}, {"include": ["no_such_parameter_anywhere"]}]},
     "norm-only": {},
+    "auto-rgn": {"params": [{}, {"batches": 2}], "bad_params": [{"batches": 0}]},
     "lp-ft": {"params": [{}, {"probe_epochs": 3, "blocks": 2, "backbone_lr_scale": 0.5},
                          {"norm": "affine"}],
               "bad_params": [{"probe_epochs": 0}, {"blocks": 99}, {"backbone_lr_scale": 0}]},

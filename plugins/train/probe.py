@@ -109,8 +109,8 @@ def check_probe(adapted: Adapted, prep: Preprocess) -> Any:
 
 
 def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | None = None,
-          run_dir: str | Path | None = None,
-          log: Callable[[str], None] = print) -> list[ProbeResult]:
+          run_dir: str | Path | None = None, log: Callable[[str], None] = print,
+          pipeline: Callable[[Session], Any] | None = None) -> list[ProbeResult]:
     """Train one head-only linear probe per learning rate in ``lrs`` on features computed once.
 
     Example::
@@ -120,6 +120,9 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
         best = max(results, key=lambda r: r.final_top1)
 
     The recipe's plugin manager builds everything; ``pm=`` is deprecated.
+    ``pipeline(session)``: the pipeline that serves the features (default: a
+    :class:`~thawkit.plugins.train.cache.CachedPipeline` of the probe's own; ``thawkit search``
+    passes one that shares its features with the search's other trials).
     """
     recipe_manager(recipe, pm, "probe")
     if not lrs:
@@ -140,7 +143,7 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
                 split = splits[0]
                 log(f"{session.describe()}; probing {len(lrs)} learning rates on features below "
                     "the head, computed once")
-                return _sweep(session, split, list(lrs), log)
+                return _sweep(session, split, list(lrs), log, pipeline)
     except DataError as exc:  # train's advice ends in --resume, which probe does not have
         if created:
             remove_if_unused(run_dir)
@@ -152,9 +155,9 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
         raise
 
 
-def _sweep(session: Session, split: Any, lrs: list[float],
-           log: Callable[[str], None]) -> list[ProbeResult]:
-    pipeline = CachedPipeline(session, log=lambda line: None)
+def _sweep(session: Session, split: Any, lrs: list[float], log: Callable[[str], None],
+           pipeline_of: Callable[[Session], Any] | None = None) -> list[ProbeResult]:
+    pipeline = pipeline_of(session) if pipeline_of else CachedPipeline(session, log=lambda line: None)
     heads = [Head(lr, session, split.rest) for lr in lrs]
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=session.recipe.train.label_smoothing)
     model, rest = session.model, split.rest

@@ -1,0 +1,167 @@
+"""What a search writes: ``search.json``, ``leaderboard.md``, ``search.png`` and ``best.yaml``,
+and the honest pick: the best hold-out top-1, ties within noise going to the cheaper trial."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .space import BUILTINS, trial_recipe
+
+if TYPE_CHECKING:
+    from thawkit import Recipe
+
+    from .engine import Search, Settings
+
+
+def trial_rows(search: Search) -> list[dict[str, Any]]:
+    """One row per trial of the study, in trial order."""
+    rows = []
+    for t in search.study.get_trials(deepcopy=False):
+        state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed",
+                 "RUNNING": "running", "WAITING": "waiting"}[t.state.name]
+        changes = t.user_attrs.get("changes")
+        rows.append({"number": t.number, "strategy": t.params.get("strategy"),
+                     "params": {k.split(".", 1)[1]: v for k, v in t.params.items() if "." in k},
+                     "state": state, "holdout_top1": t.value if state == "complete" else None,
+                     "seconds": t.user_attrs.get("seconds"),
+                     "trainable_params": t.user_attrs.get("trainable_params"),
+                     "reason": t.user_attrs.get("reason", ""), "changes": changes})
+    return rows
+
+
+def noise(top1: float, n: int) -> float:
+    """One standard error of a top-1 measured on ``n`` images."""
+    return math.sqrt(max(top1 * (1 - top1), 0.25 / max(n, 1)) / max(n, 1))
+
+
+def pick(rows: list[dict[str, Any]], n_holdout: int) -> dict[str, Any] | None:
+    """The best complete trial on the hold-out; within one standard error of it, the one with the
+    fewest trainable parameters (then the cheaper strategy, then the earlier trial)."""
+    done = [r for r in rows if r["state"] == "complete" and r["holdout_top1"] is not None]
+    if not done:
+        return None
+    best = max(r["holdout_top1"] for r in done)
+    close = [r for r in done if r["holdout_top1"] >= best - noise(best, n_holdout) - 1e-12]
+    order = {name: i for i, name in enumerate(BUILTINS)}
+    return min(close, key=lambda r: (r["trainable_params"] or 0, order.get(r["strategy"], len(order)),
+                                     -r["holdout_top1"], r["number"]))
+
+
+def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence: dict[str, Any],
+                 skipped: dict[str, str], n_holdout: int, num_classes: int,
+                 seconds: float) -> dict[str, Any]:
+    from .trial import evaluate_folder, restore_trial
+
+    out = settings.output
+    rows = trial_rows(search)
+    pm = recipe.plugin_manager
+    original = recipe.model_dump(mode="json")
+    per_strategy: dict[str, dict[str, Any]] = {}
+    for name in sorted({r["strategy"] for r in rows if r["strategy"]}):
+        chosen = pick([r for r in rows if r["strategy"] == name], n_holdout)
+        if chosen is not None:
+            per_strategy[name] = chosen
+    for row in per_strategy.values():  # scored on data.val after the choice, never for it
+        folder = search.trial_dir(row["number"])
+        model = restore_trial(folder, pm, num_classes)
+        row["val_top1"] = evaluate_folder(model, original, recipe.data.val, pm)
+    best = pick(rows, n_holdout)
+    result: dict[str, Any] = {
+        "recipe": original, "seed": settings.seed,
+        "budget": {"seconds": settings.budget, "trials": settings.trials, "spent": round(seconds, 3),
+                   "in_trials": round(sum(r["seconds"] or 0 for r in rows), 3),
+                   "evidence": evidence.get("seconds"),
+                   "not_started": [r["reason"] for r in rows if r["reason"].startswith("not started")]},
+        "holdout": {"fraction": settings.holdout, "images": n_holdout},
+        "evidence": evidence, "skipped": skipped,
+        "caches": {"built": search.shared.builds, "reused": search.shared.reuses},
+        "trials": [{k: v for k, v in r.items() if k != "changes"} for r in rows],
+        "best": None}
+    if best is not None:
+        best_recipe = trial_recipe(original, best["changes"])
+        best_recipe["train"] = {**best_recipe["train"], "output": str((out / "best").resolve())}
+        result["best"] = {"trial": best["number"], "strategy": best["strategy"], "params": best["params"],
+                          "holdout_top1": best["holdout_top1"],
+                          "val_top1": per_strategy[best["strategy"]]["val_top1"]
+                          if per_strategy[best["strategy"]]["number"] == best["number"] else None,
+                          "recipe": best_recipe}
+        if result["best"]["val_top1"] is None:
+            model = restore_trial(search.trial_dir(best["number"]), pm, num_classes)
+            result["best"]["val_top1"] = evaluate_folder(model, original, recipe.data.val, pm)
+        _write_yaml(out / "best.yaml", best_recipe)
+    (out / "search.json").write_text(json.dumps(result, indent=1))
+    (out / "leaderboard.md").write_text(leaderboard(rows, per_strategy, best, skipped, result))
+    _plot(rows, out / "search.png")
+    log = settings.log
+    log((out / "leaderboard.md").read_text().rstrip())
+    if best is not None:
+        log(f"pick: trial {best['number']}, {best['strategy']}; hold-out top-1 "
+            f"{100 * best['holdout_top1']:.2f}%, data.val top-1 {100 * result['best']['val_top1']:.2f}%; "
+            f"recipe in {out / 'best.yaml'}")
+    return result
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def leaderboard(rows: list[dict[str, Any]], per_strategy: dict[str, dict[str, Any]],
+                best: dict[str, Any] | None, skipped: dict[str, str], result: dict[str, Any]) -> str:
+    rows = [r for r in rows if not r["reason"].startswith("not started")]  # said below
+    lines = ["| strategy | trials | best lr | other params | hold-out top-1 | val top-1 | "
+             "trainable params | seconds |", "|---|---|---|---|---|---|---|---|"]
+    order = {name: i for i, name in enumerate(BUILTINS)}
+    for name, r in sorted(per_strategy.items(), key=lambda kv: order.get(kv[0], len(order))):
+        n = sum(1 for x in rows if x["strategy"] == name)
+        other = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in r["params"].items() if k != "lr") or "-"
+        mark = " (pick)" if best is not None and r["number"] == best["number"] else ""
+        lines.append(f"| {name}{mark} | {n} | {r['params']['lr']:.3g} | {other} | "
+                     f"{100 * r['holdout_top1']:.2f}% | {100 * r['val_top1']:.2f}% | "
+                     f"{r['trainable_params']:,} | {r['seconds']:.1f} |")
+    for name in sorted({x["strategy"] for x in rows if x["strategy"]} - set(per_strategy)):
+        states = sorted({x["state"] for x in rows if x["strategy"] == name})
+        lines.append(f"| {name} | {sum(1 for x in rows if x['strategy'] == name)} | - | - | "
+                     f"no complete trial ({', '.join(states)}) | - | - | - |")
+    b = result["budget"]
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("complete", "pruned", "failed")}
+    lines += ["", f"{len(rows)} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
+              f"{counts['failed']} failed. Wall time {b['spent']:.1f}s"
+              + (f" of a {b['seconds']:.0f}s budget" if b["seconds"] else "")
+              + f": {b['evidence'] or 0:.1f}s of evidence, {b['in_trials']:.1f}s in trials "
+              f"(summed over workers). Shared features: built {result['caches']['built']} time(s), "
+              f"reused {result['caches']['reused']} time(s)."]
+    lines += [f"{r[0].upper()}{r[1:]}." for r in b["not_started"]]
+    lines += [f"Skipped {k}: {v}" for k, v in skipped.items()]
+    lines += [f"Trial {r['number']} ({r['strategy']}) failed: {r['reason'].splitlines()[0][:200]}"
+              for r in rows if r["state"] == "failed" and r["reason"]]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    from thawkit.plugins.train.extras import available
+
+    if not available("matplotlib"):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name in sorted({r["strategy"] for r in rows if r["strategy"]}):
+        pts = [(r["seconds"], 100 * r["holdout_top1"]) for r in rows
+               if r["strategy"] == name and r["state"] == "complete" and r["seconds"] is not None]
+        if pts:
+            ax.scatter(*zip(*pts), label=name, s=22)
+    ax.set_xlabel("seconds per trial")
+    ax.set_ylabel("hold-out top-1 (%)")
+    ax.set_title("accuracy against cost, per strategy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

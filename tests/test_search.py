@@ -1,0 +1,353 @@
+"""thawkit search: LogME, Auto-RGN, the search engine on a tiny CNN, its files and its errors."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("optuna")
+
+from test_train import load, recipe_dict, write_folder, write_recipe  # noqa: E402
+
+
+# ------------------------------------------------------------------ LogME
+def direct_log_evidence(f, y, alpha, beta):
+    """log N(y; 0, beta^-1 I + alpha^-1 F F^T): the marginal likelihood written out, no SVD."""
+    n = f.shape[0]
+    c = np.eye(n) / beta + f @ f.T / alpha
+    return -n / 2 * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(c)[1] - 0.5 * y @ np.linalg.solve(c, y)
+
+
+def test_logme_evidence_equals_the_marginal_likelihood_by_hand():
+    from thawkit.plugins.search.logme import log_evidence
+
+    # a case small enough for pencil: n = 2, d = 1, F = [1, 1]^T, y = [1, 0], alpha = beta = 1:
+    # C = I + F F^T = [[2, 1], [1, 2]], |C| = 3, C^-1 = [[2, -1], [-1, 2]] / 3, y^T C^-1 y = 2/3
+    by_hand = -np.log(2 * np.pi) - 0.5 * np.log(3) - 0.5 * 2 / 3
+    assert log_evidence(np.array([[1.0], [1.0]]), np.array([1.0, 0.0]), 1.0, 1.0) == pytest.approx(by_hand)
+    rng = np.random.default_rng(0)
+    for n, d in ((6, 3), (3, 5)):  # more samples than features, and fewer
+        f, y = rng.normal(size=(n, d)), rng.integers(0, 2, n).astype(float)
+        assert log_evidence(f, y, 0.7, 2.5) == pytest.approx(direct_log_evidence(f, y, 0.7, 2.5))
+
+
+def test_logme_fixed_point_maximises_the_evidence_and_ranks_features():
+    from thawkit.plugins.search.logme import fit_evidence, log_evidence, logme
+
+    rng = np.random.default_rng(1)
+    f, y = rng.normal(size=(40, 4)), rng.integers(0, 2, 40).astype(float)
+    best, alpha, beta = fit_evidence(f, y)
+    for a in (0.8, 1.25):
+        for b in (0.8, 1.25):
+            assert log_evidence(f, y, alpha * a, beta * b) < best
+    labels = np.repeat([0, 1, 2], 30)
+    separable = np.eye(3)[labels] * 3 + rng.normal(scale=0.3, size=(90, 3))
+    noise = rng.normal(size=(90, 3))
+    assert logme(separable, labels) > logme(noise, labels) + 0.5
+    with pytest.raises(ValueError, match="n x d"):
+        logme(np.zeros(5), labels[:5])
+
+
+# ------------------------------------------------------------------ Auto-RGN
+def test_relative_gradient_norms_by_block_and_rates_that_follow_them(pm):
+    import torch
+    from thawkit import adapt
+    from thawkit.plugins.strategies.auto_rgn import FLOOR, relative_gradient_norms, update_rates
+
+    from thawkit.plugins.train.demo_model import small_cnn
+
+    torch.manual_seed(0)
+    adapted = adapt(small_cnn(width=4), "auto-rgn", num_classes=3, pm=pm)
+    model, layout = adapted.model.eval(), adapted.layout  # eval: BatchNorm statistics stay
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = relative_gradient_norms(model, layout, [(x, y)])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    by_hand = {}
+    for b in layout.all_blocks:
+        g = math.sqrt(sum(float(dict(model.named_parameters())[n].grad.pow(2).sum()) for n in b.params))
+        w = math.sqrt(sum(float(dict(model.named_parameters())[n].detach().pow(2).sum()) for n in b.params))
+        by_hand[b.name] = g / w
+    top = max(by_hand.values())
+    assert norms == pytest.approx({k: v / top for k, v in by_hand.items()})
+    assert max(norms.values()) == 1.0
+
+    optimizer = adapted.optimizer("adamw", lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    grouped = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(names.values())  # every parameter in exactly one group
+    update_rates(adapted, optimizer, scheduler, norms)
+    halved = {**norms, "head": 0.5}
+    update_rates(adapted, optimizer, scheduler, halved)  # replaces the factor, never compounds it
+    block_of = layout.block_of()
+    for i, g in enumerate(optimizer.param_groups):
+        factor = max(halved[block_of[names[id(g["params"][0])]]], FLOOR)
+        assert g["lr"] == pytest.approx(0.05 * factor)
+        assert scheduler.base_lrs[i] == pytest.approx(0.1 * factor)
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
+        [0.5 * b for b in scheduler.base_lrs])
+
+
+# ------------------------------------------------------------------ the search
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("searchdata")
+    write_folder(root / "train", per_class=10, seed=1)
+    write_folder(root / "val", per_class=4, seed=2)
+    return root
+
+
+def recipe_for(data: Path, tmp: Path, **sections) -> dict:
+    return recipe_dict(data, tmp / "run", data={"augment": False}, schedule={"name": "constant",
+                       "warmup_epochs": 0}, train={"epochs": 3}, **sections)
+
+
+def run_search(recipe: dict, out: Path, pm, **kwargs):
+    from thawkit.plugins.search import search
+
+    lines: list[str] = []
+    result = search(load(recipe, pm), output=out, log=lines.append, **kwargs)
+    return result, lines
+
+
+def trial_states(out: Path) -> list[dict]:
+    return json.loads((out / "search.json").read_text())["trials"]
+
+
+def test_search_writes_its_report_and_picks_the_same_twice(tmp_path, data, pm):
+    recipe = recipe_for(data, tmp_path)
+    strategies = "head-only,last-block,full"
+    first, lines = run_search(recipe, tmp_path / "a", pm, trials=6, strategies=strategies, seed=3)
+    second, _ = run_search(recipe, tmp_path / "b", pm, trials=6, strategies=strategies, seed=3)
+    strip = [{k: t[k] for k in ("strategy", "params", "state", "holdout_top1")} for t in first["trials"]]
+    assert strip == [{k: t[k] for k in ("strategy", "params", "state", "holdout_top1")}
+                     for t in second["trials"]]
+    assert first["best"]["trial"] == second["best"]["trial"]
+    assert len(first["trials"]) == 6
+    assert [t["strategy"] for t in first["trials"][:4]] == ["head-only"] * 4  # one batch of heads
+    out = tmp_path / "a"
+    for name in ("leaderboard.md", "search.json", "search.png", "best.yaml", "study.db"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "search.json").read_text())
+    assert saved["best"]["holdout_top1"] == max(t["holdout_top1"] for t in saved["trials"]
+                                                if t["state"] == "complete") or \
+        saved["best"]["holdout_top1"] >= max(t["holdout_top1"] for t in saved["trials"]
+                                             if t["state"] == "complete") - 0.25
+    assert 0 <= saved["best"]["val_top1"] <= 1
+    assert {r["strategy"] for r in saved["evidence"]["logme"]} >= {"head-only", "last-block blocks=1"}
+    assert set(saved["evidence"]["rgn"]) >= {"stem", "head"}
+    board = (out / "leaderboard.md").read_text()
+    assert "(pick)" in board and "head-only" in board
+    assert any(line.startswith("trial 5: ") and "to go" in line for line in lines)
+    # the hold-out is carved from data.train, stratified, and never data.val
+    holdout = sorted(p.name for p in (out / "data" / "holdout").iterdir())
+    assert holdout == ["cat", "dog", "eel"]
+    linked = {os.path.realpath(f) for f in (out / "data" / "holdout").rglob("*.png")}
+    assert linked and all(str(data / "train") in f for f in linked)
+    # best.yaml is a complete recipe that thawkit train runs as it is
+    from thawkit import load_recipe
+    from thawkit.plugins.train import train
+
+    best = load_recipe(out / "best.yaml", pm=pm, overrides=["train.epochs=1"])
+    assert best.strategy.name == saved["best"]["strategy"]
+    assert best.data.val == str(data / "val")
+    assert train(best, pm=pm, log=lambda line: None).status == "finished"
+
+
+def test_trial_files_hold_no_copy_of_the_frozen_backbone(tmp_path, data, pm):
+    from safetensors.torch import load_file
+    from thawkit.plugins.search.trial import restore_trial
+
+    result, _ = run_search(recipe_for(data, tmp_path), tmp_path / "s", pm, trials=5,
+                           strategies="head-only,last-block")
+    frozen_always = ("stem.", "block1.")  # last-block trains at most 3 blocks + head of small_cnn
+    for t in result["trials"]:
+        folder = tmp_path / "s" / "trials" / f"{t['number']:04d}"
+        trained = load_file(str(folder / "trained.safetensors"))
+        assert trained
+        if t["strategy"] == "head-only":
+            assert all(k.startswith("fc.") for k in trained), sorted(trained)
+        assert not any(k.startswith(frozen_always) for k in trained) or \
+            t["params"].get("blocks") == 3
+        info = json.loads((folder / "trial.json").read_text())
+        assert len(info["fingerprint"]) == 64 and info["unchanged"] > 0
+        model = restore_trial(folder, pm, 3)
+        for k, v in trained.items():
+            assert model.state_dict()[k].equal(v)
+    # a changed backbone no longer matches the fingerprint
+    folder = tmp_path / "s" / "trials" / "0000"
+    info = json.loads((folder / "trial.json").read_text())
+    info["recipe"]["train"]["seed"] = 99  # another random backbone for the python factory
+    (folder / "trial.json").write_text(json.dumps(info))
+    with pytest.raises(Exception, match="fingerprint"):
+        restore_trial(folder, pm, 3)
+
+
+def test_cached_trials_share_features_computed_once(tmp_path, data, pm):
+    result, _ = run_search(recipe_for(data, tmp_path), tmp_path / "s", pm, trials=6,
+                           strategies="head-only,lp-ft")
+    caches = result["caches"]
+    lpft = [t for t in result["trials"] if t["strategy"] == "lp-ft"]
+    assert lpft  # lp-ft's probe stage takes the head-only features of the batch of heads
+    assert caches["built"] == 1 and caches["reused"] == len(lpft)
+
+
+def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on_then_trains_the_pick(
+        tmp_path, data, pm, monkeypatch):
+    from thawkit.plugins.search import space
+
+    monkeypatch.setitem(space.LR_RANGES, "full", (1e8, 1e9))
+    result, lines = run_search(recipe_for(data, tmp_path), tmp_path / "s", pm, trials=6,
+                               strategies="head-only,full", train=True)
+    failed = [t for t in result["trials"] if t["state"] == "failed"]
+    assert failed and all("nan" in t["reason"].lower() or "inf" in t["reason"] for t in failed)
+    assert len(result["trials"]) == 6 and result["best"]["strategy"] == "head-only"
+    assert "failed" in (tmp_path / "s" / "leaderboard.md").read_text()
+    # train=True (--train) continued into the full run of the pick, as best.yaml says
+    assert result["train"]["status"] == "finished"
+    assert (tmp_path / "s" / "best" / "model.safetensors").is_file()
+
+
+def test_budget_stops_starting_trials_that_would_not_fit(tmp_path, data, pm):
+    budget = 8.0
+    result, lines = run_search(recipe_for(data, tmp_path), tmp_path / "s", pm, budget=f"{budget:g}s",
+                               strategies="head-only,full")
+    b = result["budget"]
+    longest = max(t["seconds"] or 0 for t in result["trials"])
+    # within the budget plus one trial (and the report's own evaluation after the last one)
+    assert b["spent"] - (b["evidence"] or 0) <= budget + longest + 5
+    assert any("budget left" in line for line in lines)
+
+
+# ------------------------------------------------------------------ the command
+def cli(*args, cwd=None, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THAWKIT_PLUGINS": ""}
+    return subprocess.run([sys.executable, "-m", "thawkit", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "0s"], "leaves no time"),
+    (["--budget", "soon"], "not a duration"),
+    (["--trials", "3", "--strategies", "ful,head-only"], "did you mean full"),
+    (["--trials", "3", "--storage", "nosuchdb://x/y"], "--storage: Optuna cannot open"),
+    (["--trials", "3", "--set", "optimizer.lrs={stem: 0.1}"], "optimizer.lrs"),
+    ([], "--budget DURATION or --trials N"),
+    (["--trials", "3", "--holdout", "1.5"], "--holdout: a fraction"),
+])
+def test_bad_input_is_one_clear_error_and_nothing_written(tmp_path, data, args, message):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path))
+    out = tmp_path / "out"
+    result = cli("search", str(recipe), "--output", str(out), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_help_does_not_import_torch_or_optuna():
+    code = ("import sys; from thawkit.plugins.cli import main\ntry: main(['search', '--help'])\n"
+            "except SystemExit: pass\nprint('torch' in sys.modules, 'optuna' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().endswith("False False"), out.stdout + out.stderr
+
+
+def running_numbers(out: Path) -> list[int]:
+    """Numbers of the running trials, read without creating anything (Optuna's loader would
+    create its tables and race the search that creates them)."""
+    import sqlite3
+
+    if not (out / "study.db").exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True) as db:
+            return [n for (n,) in db.execute("SELECT number FROM trials WHERE state = 'RUNNING'")]
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return []
+
+
+def finished_trials(out: Path) -> list:
+    import optuna
+
+    storage = f"sqlite:///{out / 'study.db'}"
+    study = optuna.load_study(study_name="thawkit-search", storage=storage)
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, why", [(signal.SIGKILL, "killed"), (signal.SIGINT, "interrupted")])
+def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, data, sig, why):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path))
+    out = tmp_path / "out"
+    args = ["search", str(recipe), "--output", str(out), "--trials", "7",
+            "--strategies", "head-only,full"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THAWKIT_PLUGINS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "thawkit", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait until the heads are done and a full trial runs
+            time.sleep(0.5)
+            if running_numbers(out) and max(running_numbers(out)) >= 4:
+                break
+        os.kill(proc.pid, sig)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if sig == signal.SIGINT:  # stopped cleanly after its step: exit 130, says how to continue
+        assert proc.returncode == 130, output
+        assert "run the same command again" in output
+    before = {t.number: t.value for t in finished_trials(out) if t.state.name == "COMPLETE"}
+    assert len(before) >= 4 and not (out / "search.json").exists()
+    result = cli(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = finished_trials(out)
+    assert {t.number: t.value for t in trials if t.number in before} == before
+    stopped = [t for t in trials if why in t.user_attrs.get("reason", "")]
+    assert len(stopped) == 1 and stopped[0].state.name == "FAIL"
+    counted = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") or t.user_attrs.get("counts")]
+    assert len(counted) == 7
+    saved = json.loads((out / "search.json").read_text())
+    assert saved["best"] is not None and len(saved["trials"]) == 8
+
+
+@pytest.mark.slow
+def test_jobs_run_worker_processes_on_one_study(tmp_path, data):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path))
+    out = tmp_path / "out"
+    result = cli("search", str(recipe), "--output", str(out), "--trials", "7", "--jobs", "2",
+                 "--strategies", "head-only,last-block,full")
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = finished_trials(out)
+    pids = {t.user_attrs.get("pid") for t in trials if t.number >= 4}
+    assert len(pids) == 2, pids
+    assert sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED")) == 7
+    assert "[worker 1]" in result.stdout and "[worker 2]" in result.stdout
+
+
+def test_the_docs_report_is_in_the_format_the_search_writes():
+    """docs/choosing.md shows docs/snippets/search_digits.txt (tests/test_examples.py ties them);
+    here the snippet's leaderboard must have the columns leaderboard.md has today."""
+    from thawkit.plugins.search.report import leaderboard
+
+    root = Path(__file__).resolve().parent.parent
+    snippet = (root / "docs" / "snippets" / "search_digits.txt").read_text()
+    result = {"budget": {"spent": 1.0, "seconds": None, "evidence": 0.0, "in_trials": 0.0,
+                         "not_started": []}, "caches": {"built": 0, "reused": 0}}
+    header = leaderboard([], {}, None, {}, result).splitlines()[0]
+    assert header in snippet.splitlines()
+    assert snippet.startswith("$ thawkit search ") and "\npick: trial " in snippet
+    assert "LogME below 'head'" in snippet and "Auto-RGN relative gradient norms" in snippet
