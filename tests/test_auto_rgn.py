@@ -15,7 +15,7 @@ def test_auto_rgn_rates_follow_the_norms_and_resume_exactly(tmp_path, pm):
     data = make_data(tmp_path)
     sections = {"strategy": {"name": "auto-rgn", "batches": 2}, "train": {"epochs": 3},
                 "schedule": {"name": "constant", "warmup_epochs": 0}}
-    out = train(load(recipe_dict(data, tmp_path / "a", **sections), pm), pm=pm, log=lambda s: None)
+    out = train(load(recipe_dict(data, tmp_path / "a", **sections), pm), log=lambda s: None)
     assert out.status == "finished"
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     first, second = rows[0]["lrs"], rows[1]["lrs"]
@@ -24,7 +24,7 @@ def test_auto_rgn_rates_follow_the_norms_and_resume_exactly(tmp_path, pm):
     assert len({round(v, 12) for v in second.values()}) > 2  # blocks got different rates
     assert all(v <= first["head"] + 1e-12 for v in second.values())
 
-    stopped = train(load(recipe_dict(data, tmp_path / "b", **sections), pm), pm=pm,
+    stopped = train(load(recipe_dict(data, tmp_path / "b", **sections), pm),
                     stop_after=2, log=lambda s: None)
     assert stopped.status == "stopped"
     assert resume(tmp_path / "b", pm=pm, log=lambda s: None).status == "finished"

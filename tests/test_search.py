@@ -164,7 +164,7 @@ def test_search_writes_its_report_and_picks_the_same_twice(tmp_path, data, pm):
     best = load_recipe(out / "best.yaml", pm=pm, overrides=["train.epochs=1"])
     assert best.strategy.name == saved["best"]["strategy"]
     assert best.data.val == str(data / "val")
-    assert train(best, pm=pm, log=lambda line: None).status == "finished"
+    assert train(best, log=lambda line: None).status == "finished"
 
 
 def test_trial_files_hold_no_copy_of_the_frozen_backbone(tmp_path, data, pm):
