@@ -201,7 +201,7 @@ def gradual(s: Sizes) -> list[Row]:
 
 def startup(s: Sizes) -> list[Row]:
     recipe = "examples/recipes/resnet18_gradual.yaml"
-    commands = {"--help": ["--help"], "strategies": ["strategies"], "plan": ["plan", recipe]}
+    commands = {"--help": ["--help"], "strategies": ["strategies"], "plan": ["plan", recipe, "--no-data"]}
     times: dict[str, list[float]] = {k: [] for k in commands}
     for _ in range(s.startup_repeats):
         for name, args in commands.items():

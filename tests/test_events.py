@@ -404,3 +404,41 @@ def test_a_plugin_failing_at_run_end_names_itself_and_the_run_stays_finished(dat
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     assert (out / "model.safetensors").is_file()
     assert [n for n, _ in pm.list_name_plugin() if n.startswith("callbacks[")] == []
+
+
+class CtrlCInLastEpoch:
+    """Sends this process a SIGINT at the end of the last epoch, and keeps what run_end saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    @thawkit.hookimpl
+    def thawkit_epoch_end(self, run, epoch, metrics):
+        import os
+        import signal
+
+        if epoch == run.epochs:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    @thawkit.hookimpl
+    def thawkit_run_end(self, run, status):
+        self.seen.append(run.interrupt_requested)
+
+
+def test_run_interrupt_requested_tells_a_plugin_of_a_ctrl_c_the_run_absorbed(data, tmp_path, pm):
+    """A Ctrl-C in the last epoch lets the run finish (its work is done), and run.interrupt_requested
+    tells a plugin that drives several runs (thawkit search) that the user asked to stop."""
+    probe, calm = CtrlCInLastEpoch(), Recorder()
+    recipe = load(recipe_dict(data, tmp_path / "run", train={"epochs": 2}), pm)
+    assert train(recipe, log=quiet, callbacks=[probe]).status == "finished"
+    assert probe.seen == [True]
+    seen: list[bool] = []
+
+    class Watch:
+        @thawkit.hookimpl
+        def thawkit_run_end(self, run, status):
+            seen.append(run.interrupt_requested)
+
+    recipe = load(recipe_dict(data, tmp_path / "calm", train={"epochs": 2}), pm)
+    assert train(recipe, log=quiet, callbacks=[calm, Watch()]).status == "finished"
+    assert seen == [False]

@@ -143,6 +143,7 @@ class Reporter:
         self.changed: dict[str, Any] = {}
         self.optimizer_state: dict[str, Any] | None = None
         self.trainable = 0
+        self.interrupted = False
 
     @hookimpl
     def thawkit_run_start(self, run: Any) -> None:
@@ -167,6 +168,7 @@ class Reporter:
         self._keep(run)
 
     def _keep(self, run: Any) -> None:
+        self.interrupted = run.interrupt_requested  # a Ctrl-C in a run's last step ends it "finished"
         state = run.model.state_dict()
         now = tensor_digests(state)
         self.changed = {n: state[n].detach().cpu() for n in state if self.start.get(n) != now[n]}
@@ -201,7 +203,7 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
     try:
         try:
             outcome = (_train_shared if cacheable(recipe) else _train)(recipe, run_dir, shared, reporter)
-            if outcome.status == "interrupted":  # Ctrl-C: the search stops, resumable
+            if outcome.status == "interrupted" or reporter.interrupted:  # Ctrl-C: the search stops
                 raise KeyboardInterrupt
             status = "pruned" if reporter.pruned_at is not None else \
                 "complete" if outcome.status == "finished" else "failed"

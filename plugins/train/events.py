@@ -87,6 +87,13 @@ class Run:
         """Whether this process writes the run directory (rank 0 of a torchrun job)."""
         return self._trainer.world.is_main
 
+    @property
+    def interrupt_requested(self) -> bool:
+        """Whether a Ctrl-C (SIGINT) reached the run. The run stops after the current step, or
+        ends normally if that was its last one; a plugin that drives several runs (a search)
+        reads this to stop too."""
+        return bool(self._trainer.interrupt_requested)
+
     def request_stop(self, reason: str) -> None:
         """End the run after the current epoch, with its checkpoint: ``run.json`` says
         ``stopped`` with ``reason`` (the first one given wins), and ``--resume`` can continue
