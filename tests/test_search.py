@@ -351,3 +351,21 @@ def test_the_docs_report_is_in_the_format_the_search_writes():
     assert header in snippet.splitlines()
     assert snippet.startswith("$ thawkit search ") and "\npick: trial " in snippet
     assert "LogME below 'head'" in snippet and "Auto-RGN relative gradient norms" in snippet
+
+
+def test_the_pick_breaks_ties_within_noise_by_cost_then_score_then_loss():
+    from thawkit.plugins.search.report import noise, pick
+
+    def row(number, strategy, top1, loss, params, state="complete"):
+        return {"number": number, "strategy": strategy, "holdout_top1": top1, "holdout_loss": loss,
+                "trainable_params": params, "state": state}
+
+    n = 100  # one standard error at 90% is 3 points
+    assert noise(0.9, n) == pytest.approx(0.03)
+    rows = [row(0, "full", 0.90, 0.3, 1000), row(1, "last-block", 0.88, 0.5, 400),
+            row(2, "head-only", 0.80, 0.2, 10), row(3, "gradual", 0.95, 0.1, 1000, "pruned")]
+    assert pick(rows, n)["number"] == 1          # within noise of the best and cheaper
+    assert pick(rows[:1] + rows[2:], n)["number"] == 0  # head-only is 10 points worse: not a tie
+    same_cost = [row(4, "gradual", 1.0, 0.12, 1000), row(5, "lp-ft", 1.0, 0.16, 1000)]
+    assert pick(same_cost, 10)["number"] == 4    # equal cost and top-1: the lower hold-out loss
+    assert pick([row(6, "full", None, None, 5, "failed")], n) is None

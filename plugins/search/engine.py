@@ -199,13 +199,17 @@ class Search:
                                 "command")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
+        loss = outcome.epochs[-1]["holdout_loss"] if outcome.epochs else None
         self.record(trial, strategy, changes, outcome.state, outcome.holdout_top1, outcome.seconds,
-                    outcome.trainable_params, outcome.reason)
+                    outcome.trainable_params, outcome.reason, loss)
 
     def record(self, trial: Any, strategy: str, changes: dict[str, Any], state: str,
-               holdout: float | None, seconds: float, trainable: int, reason: str) -> None:
+               holdout: float | None, seconds: float, trainable: int, reason: str,
+               loss: float | None = None) -> None:
         optuna = _optuna()
         trial.set_user_attr("seconds", round(seconds, 3))
+        if loss is not None and math.isfinite(loss):
+            trial.set_user_attr("holdout_loss", loss)
         trial.set_user_attr("trainable_params", trainable)
         trial.set_user_attr("changes", changes)
         trial.set_user_attr("counts", True)
@@ -261,7 +265,8 @@ class Search:
             state = "complete" if math.isfinite(result.epochs[-1]["val_loss"]) else "failed"
             self.record(trial, "head-only", changes, state, top1 if state == "complete" else None,
                         seconds / len(trials), trainable,
-                        "" if state == "complete" else "the hold-out loss is not finite")
+                        "" if state == "complete" else "the hold-out loss is not finite",
+                        result.epochs[-1]["val_loss"])
 
     def _probe(self, changes: list[dict[str, Any]], numbers: list[int]) -> tuple[list[Any], float]:
         import tempfile

@@ -25,6 +25,7 @@ def trial_rows(search: Search) -> list[dict[str, Any]]:
         rows.append({"number": t.number, "strategy": t.params.get("strategy"),
                      "params": {k.split(".", 1)[1]: v for k, v in t.params.items() if "." in k},
                      "state": state, "holdout_top1": t.value if state == "complete" else None,
+                     "holdout_loss": t.user_attrs.get("holdout_loss"),
                      "seconds": t.user_attrs.get("seconds"),
                      "trainable_params": t.user_attrs.get("trainable_params"),
                      "reason": t.user_attrs.get("reason", ""), "changes": changes})
@@ -38,15 +39,17 @@ def noise(top1: float, n: int) -> float:
 
 def pick(rows: list[dict[str, Any]], n_holdout: int) -> dict[str, Any] | None:
     """The best complete trial on the hold-out; within one standard error of it, the one with the
-    fewest trainable parameters (then the cheaper strategy, then the earlier trial)."""
+    fewest trainable parameters; among those, the higher hold-out top-1, then the lower hold-out
+    loss (finer than top-1 on a small hold-out), then the cheaper strategy, then the earlier trial."""
     done = [r for r in rows if r["state"] == "complete" and r["holdout_top1"] is not None]
     if not done:
         return None
     best = max(r["holdout_top1"] for r in done)
     close = [r for r in done if r["holdout_top1"] >= best - noise(best, n_holdout) - 1e-12]
     order = {name: i for i, name in enumerate(BUILTINS)}
-    return min(close, key=lambda r: (r["trainable_params"] or 0, order.get(r["strategy"], len(order)),
-                                     -r["holdout_top1"], r["number"]))
+    return min(close, key=lambda r: (r["trainable_params"] or 0, -r["holdout_top1"],
+                                     r.get("holdout_loss") if r.get("holdout_loss") is not None
+                                     else math.inf, order.get(r["strategy"], len(order)), r["number"]))
 
 
 def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence: dict[str, Any],
