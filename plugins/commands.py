@@ -114,6 +114,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     print(f"head: classifier {', '.join(layout.classifiers) or '(none: built with num_classes=0)'}"
           + (f"; auxiliary {', '.join(layout.aux)}" if layout.aux else "")
           + (f"; fed by {layout.feeds}" if layout.feeds else ""))
+    for note in layout.notes:
+        print(note)
     dc = data_config(model, pm=pm)
     print(f"data: input {tuple(dc.input_size)}, resize {dc.eval_resize} -> crop {dc.image_size}, "
           f"{dc.interpolation}, mean {tuple(round(x, 4) for x in dc.mean)}, "
