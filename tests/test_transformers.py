@@ -121,8 +121,10 @@ def test_num_classes_replaces_the_classifier_and_the_config(family):
     config = adapted.model.config
     assert config.num_labels == 5 and sorted(config.id2label) == [0, 1, 2, 3, 4]
     assert config.label2id == {v: k for k, v in config.id2label.items()}
-    with torch.no_grad():
-        assert adapted.model.eval()(**inputs(family)).logits.shape == (2, 5)
+    labels = torch.tensor([4, 0])
+    out = adapted.model.eval()(**inputs(family), labels=labels)  # the loss reshapes with num_labels
+    assert out.logits.shape == (2, 5)
+    assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits, labels).item())
 
 
 @pytest.mark.parametrize("family, kind", [("llama", "causal-lm"), ("wav2vec2-ctc", "ctc"),

@@ -31,7 +31,8 @@ def task_of(model: nn.Module) -> str | None:
 
 def replace_classifier(model: nn.Module, layout: Layout, num_classes: int, dropout: float) -> nn.Module:
     """Swap the classification head's final Linear for a fresh one with ``num_classes`` outputs and
-    set ``config.num_labels`` (which resets ``id2label`` and ``label2id``)."""
+    set ``config.num_labels`` (which resets ``id2label`` and ``label2id``) and the model's own
+    ``num_labels``, which its loss uses."""
     from thawkit.plugins.fallbacks import new_classifier, set_submodule
 
     task = task_of(model)
@@ -50,4 +51,6 @@ def replace_classifier(model: nn.Module, layout: Layout, num_classes: int, dropo
     path = layout.classifiers[0]
     set_submodule(model, path, new_classifier(model.get_submodule(path), num_classes, dropout))
     model.config.num_labels = num_classes
+    if isinstance(getattr(model, "num_labels", None), int):  # the copy the loss reshapes logits with
+        model.num_labels = num_classes
     return model

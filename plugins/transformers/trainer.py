@@ -101,11 +101,12 @@ class ThawkitCallback(TrainerCallback):
         if saved is not None:  # resuming: the checkpoint's phase, checked against this strategy
             self.adapted.load_state_dict(saved)
         epoch = self.epoch_of(state)
+        if saved is not None and self.adapted.epoch > epoch:
+            raise ConfigError(f"ThawkitCallback: the checkpoint's phase was set at epoch {self.adapted.epoch}, "
+                              f"after the Trainer's epoch {epoch} of that checkpoint; resume with the "
+                              "steps_per_epoch it was saved with")
+        # a checkpoint saved at the end of an epoch holds that epoch's phase: the next one starts now
         target = self.adapted.phase_at(epoch)
-        if saved is not None and target != self.adapted.phase:
-            raise ConfigError(f"ThawkitCallback: the checkpoint is in phase {self.adapted.phase} at epoch "
-                              f"{epoch}, where this schedule has phase {target}; resume with the same "
-                              "strategy and steps_per_epoch")
         state_now = {k: v for k, v in self.adapted.state_dict().items() if k != "trainable"}
         self.adapted.load_state_dict({**state_now, "epoch": epoch, "phase": target})  # re-applies it
         state.stateful_callbacks[STATE_KEY] = self.adapted.state_dict()
