@@ -303,6 +303,17 @@ def test_lora_targets_the_last_layers_and_trains_under_ten_percent(family, targe
         assert any(n.startswith(f"{expect}.{'hada' if kind == 'loha' else 'lokr'}_") for n in added)
 
 
+def test_lora_adapts_gpt2s_conv1d_projections_and_loha_says_it_cannot():
+    pytest.importorskip("peft")
+    adapted = thawkit.adapt(build("gpt2"), "lora", rank=2, targets="attention", blocks=1)
+    assert {n.rsplit(".lora_", 1)[0] for n in adapted.trainable if ".lora_" in n} == {
+        "transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj"}
+    assert adapted.model(**inputs("gpt2")).logits.shape == (2, 12, 99)
+    with pytest.raises(thawkit.ConfigError, match=r"PEFT's loha does not adapt transformers' Conv1D layers "
+                       r"\(transformer.h.1.attn.c_attn, .*use strategy 'lora'"):
+        thawkit.adapt(build("gpt2"), "loha", rank=2, targets="attention", blocks=1)
+
+
 # ------------------------------------------------------------------ command line and imports
 def _thawkit(capsys, *args):
     """The command line in this process: (exit code, stdout, stderr)."""

@@ -65,7 +65,7 @@ def test_the_documented_form_thaws_one_block_per_epoch_and_frozen_stays_bit_iden
                       optimizers=(adapted.optimizer("adamw", lr=2e-5, layer_decay=0.8), None),
                       callbacks=[ThawkitCallback(adapted), record])
     trainer.train()
-    assert [len(s) for s in record.sets] == [len(adapted.trainable_in(e // STEPS)) for e in range(EPOCHS * STEPS)]
+    assert record.sets == [adapted.trainable_in(step // STEPS) for step in range(EPOCHS * STEPS)]
     assert record.sets[0] == adapted.trainable_in(0) and record.sets[-1] == adapted.trainable_in(2)
     layout = adapted.layout
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -97,9 +97,10 @@ def test_an_optimizer_without_the_later_blocks_is_refused(tmp_path):
     adapted = adapted_bert()
     head = [p for n, p in adapted.model.named_parameters() if n in adapted.trainable_in(0)]
     trainer = Trainer(model=adapted.model, args=args(tmp_path), train_dataset=Texts(),
-                      optimizers=(torch.optim.AdamW(head, lr=1e-3), None), callbacks=[ThawkitCallback(adapted)])
-    with pytest.raises(thawkit.ConfigError, match=r"the Trainer's optimizer lacks \d+ parameters that train in "
-                       "a phase of strategy 'gradual'.*optimizers=\\(adapted.optimizer"):
+                      optimizers=(torch.optim.AdamW(head, lr=1e-3), None),
+                      callbacks=[ThawkitCallback(adapted)])
+    with pytest.raises(thawkit.ConfigError, match=r"the Trainer's optimizer lacks \d+ parameters that train "
+                       r"in a phase of strategy 'gradual'.*optimizers=\(adapted.optimizer"):
         trainer.train()
 
 
@@ -129,7 +130,8 @@ def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     adapted = adapted_bert()
     trainer = Trainer(model=adapted.model, args=args(out, save_strategy="steps", save_steps=2),
-                      train_dataset=Texts(), optimizers=(adapted.optimizer("adamw", lr=1e-3, layer_decay=0.8), None),
+                      train_dataset=Texts(),
+                      optimizers=(adapted.optimizer("adamw", lr=1e-3, layer_decay=0.8), None),
                       callbacks=[ThawkitCallback(adapted)])
     trainer.train()
     return {"dir": out, "after": _state(adapted.model)}

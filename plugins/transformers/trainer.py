@@ -102,9 +102,9 @@ class ThawkitCallback(TrainerCallback):
             self.adapted.load_state_dict(saved)
         epoch = self.epoch_of(state)
         if saved is not None and self.adapted.epoch > epoch:
-            raise ConfigError(f"ThawkitCallback: the checkpoint's phase was set at epoch {self.adapted.epoch}, "
-                              f"after the Trainer's epoch {epoch} of that checkpoint; resume with the "
-                              "steps_per_epoch it was saved with")
+            raise ConfigError(f"ThawkitCallback: the checkpoint's phase was set at epoch "
+                              f"{self.adapted.epoch}, after the Trainer's epoch {epoch} of that "
+                              "checkpoint; resume with the steps_per_epoch it was saved with")
         # a checkpoint saved at the end of an epoch holds that epoch's phase: the next one starts now
         target = self.adapted.phase_at(epoch)
         state_now = {k: v for k, v in self.adapted.state_dict().items() if k != "trainable"}
