@@ -102,6 +102,19 @@ def test_layout_notes_say_what_a_tied_head_is_and_name_both_stacks(models):
     assert thawkit.describe_layout(models["qwen2"]).notes == []
 
 
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "vit", "wav2vec2-stable", "qwen2", "mistral"])
+def test_layout_meets_the_plugin_contract(family):
+    """The conformance kit's layout checks (pure, deterministic, meta device, classifier paths).
+    Tied models are left out: the kit's meta copy (``.to("meta")``) unties their weights."""
+    from thawkit.plugins import transformers as plugin
+    from thawkit.plugins.testing import check_layout_plugin, check_source
+    from thawkit.plugins.transformers.source import TransformersSource
+
+    check_layout_plugin(plugin, lambda: build(family))
+    if family == "bert":
+        check_source(TransformersSource(), names=["bert", "gpt2"], name="transformers", max_cpu_params=0)
+
+
 def test_a_model_without_a_stack_of_layers_is_refused_naming_what_was_found():
     quiet()
     model = thawkit.load_backbone("transformers:mamba", task="causal-lm", hidden_size=16, num_hidden_layers=2,
@@ -144,7 +157,9 @@ def test_num_classes_on_a_vocabulary_head_is_refused_and_without_it_the_head_sta
 
 def test_a_bare_base_model_has_no_head_and_num_classes_says_which_task_to_load():
     model = thawkit.load_backbone("transformers:bert", task="base", **BY_ID["bert"][3])
-    assert thawkit.describe_layout(model, require_head=False).head.params == []
+    layout = thawkit.describe_layout(model, require_head=False)
+    assert layout.head.params == []
+    assert layout.notes[0].startswith("head: none: a base model without a task head")
     with pytest.raises(thawkit.ConfigError, match="built without a task head: load it with "
                        "task=sequence-classification"):
         thawkit.adapt(model, "head-only", num_classes=2)

@@ -109,14 +109,53 @@ def test_phases_at_step_boundaries_and_the_short_helper(tmp_path):
 
     adapted = adapted_bert()
     record = Record(adapted.model)
+    from thawkit.plugins.transformers.dropout import _inference
+
+    class Hooked(TrainerCallback):  # which layers run without dropout at each step
+        seen: list = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            layers = adapted.model.bert.encoder.layer
+            self.seen.append([_inference in layers[i]._forward_pre_hooks.values() for i in (0, 1)])
+
     trainer = thawkit_trainer(adapted, args(tmp_path, num_train_epochs=1, weight_decay=0.05),
-                              train_dataset=Texts(), steps_per_epoch=1, layer_decay=0.5, callbacks=[record])
+                              train_dataset=Texts(), steps_per_epoch=1, layer_decay=0.5,
+                              frozen_dropout="off", callbacks=[record, Hooked()])
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     assert groups["head"]["lr"] == 1e-3 and groups["stem"]["lr"] == pytest.approx(1e-3 * 0.5 ** 3)
     assert groups["head"]["weight_decay"] == 0.05 and groups["head.no_decay"]["weight_decay"] == 0.0
     trainer.train()
     # one phase per optimizer step: head+neck, +layer 1, +layer 0, +stem
     assert record.sets == [adapted.trainable_in(i) for i in range(4)]
+    assert Hooked.seen == [[True, True], [True, False], [False, False], [False, False]]
+
+
+def test_frozen_dropout_off_makes_frozen_layers_deterministic_until_they_thaw(tmp_path):
+    from thawkit.plugins.transformers import ThawkitCallback
+    from thawkit.plugins.transformers.dropout import apply_frozen_dropout
+
+    adapted = adapted_bert()
+    model = adapted.model.train()
+    layer0, layer1 = (model.bert.encoder.layer[i] for i in (0, 1))
+    hidden = torch.randn(2, 10, 32)
+
+    def out(layer):
+        found = layer(hidden)
+        return found[0] if isinstance(found, tuple) else found
+
+    def varies(layer):
+        return not torch.equal(out(layer), out(layer))
+
+    assert varies(layer0) and varies(layer1)  # dropout 0.1 in train mode
+    assert apply_frozen_dropout(adapted, off=True) == ["encoder.layer.0", "encoder.layer.1"]
+    model.train()  # the hooks outlive model.train()
+    assert not varies(layer0) and not varies(layer1)
+    adapted.on_epoch_start(1)  # layer 1 thaws
+    assert apply_frozen_dropout(adapted, off=True) == ["encoder.layer.0"]
+    assert not varies(layer0) and varies(layer1)
+    assert apply_frozen_dropout(adapted, off=False) == [] and varies(layer0)
+    with pytest.raises(thawkit.ConfigError, match="frozen_dropout must be 'keep' or 'off'"):
+        ThawkitCallback(adapted, frozen_dropout="no")
 
 
 def _state(model):

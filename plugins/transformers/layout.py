@@ -122,7 +122,8 @@ def describe(model: nn.Module) -> Layout:
     head_modules = [] if bare else children[holder + 1:]
     out_path, tied = _tied_head(model, params)
     head = [n for n in names if any(_under(n, m) for m in head_modules)]
-    notes = []
+    notes = ["head: none: a base model without a task head; load it with task=... (sequence-classification, "
+             "causal-lm, ctc, ...) for one"] if bare else []
     if tied is not None and head_modules:
         head.insert(0, tied)
         notes.append(f"head: {out_path} is tied to {tied.rsplit('.', 1)[0]}: that embedding is the head's "
@@ -190,8 +191,8 @@ def _classifiers(model: nn.Module, head_modules: list[str], tied_path: str | Non
     modules, else the last Linear there (an LM or CTC head)."""
     from torch import nn
 
-    if tied_path is not None:
-        return [tied_path]
+    if tied_path is not None:  # its weight is listed under the embedding's name: no classifier of its own
+        return []
     linears = [(p, m) for top in head_modules for p, m in model.get_submodule(top).named_modules(prefix=top)
                if isinstance(m, nn.Linear)]
     n = getattr(getattr(model, "config", None), "num_labels", None)

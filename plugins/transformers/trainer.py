@@ -50,14 +50,22 @@ class ThawkitCallback(TrainerCallback):
         adapted: what :func:`thawkit.adapt` returned; its model is the ``Trainer``'s model.
         steps_per_epoch: move phases at step boundaries instead: the strategy's epoch ``e`` starts
             after ``e * steps_per_epoch`` optimizer steps (``None``: at the Trainer's epochs).
+        frozen_dropout: ``"keep"`` (transformers' behaviour: dropout everywhere) or ``"off"``: the
+            layers that are frozen in the current phase run without dropout
+            (:mod:`thawkit.plugins.transformers.dropout`).
     """
 
-    def __init__(self, adapted: Adapted, *, steps_per_epoch: int | None = None) -> None:
+    def __init__(self, adapted: Adapted, *, steps_per_epoch: int | None = None,
+                 frozen_dropout: str = "keep") -> None:
         if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise ConfigError(f"ThawkitCallback: steps_per_epoch must be a positive integer or None, "
                               f"got {steps_per_epoch!r}")
+        if frozen_dropout not in ("keep", "off"):
+            raise ConfigError(f"ThawkitCallback: frozen_dropout must be 'keep' or 'off', "
+                              f"got {frozen_dropout!r}")
         self.adapted = adapted
         self.steps_per_epoch = steps_per_epoch
+        self.frozen_dropout = frozen_dropout
 
     # ------------------------------------------------------------ helpers
     def epoch_of(self, state: TrainerState) -> int:
@@ -70,6 +78,7 @@ class ThawkitCallback(TrainerCallback):
     def _move(self, state: TrainerState) -> None:
         if self.adapted.on_epoch_start(self.epoch_of(state)) or STATE_KEY not in state.stateful_callbacks:
             state.stateful_callbacks[STATE_KEY] = self.adapted.state_dict()
+            self._dropout()
         else:
             state.stateful_callbacks[STATE_KEY]["epoch"] = self.adapted.epoch
 
@@ -110,6 +119,13 @@ class ThawkitCallback(TrainerCallback):
         state_now = {k: v for k, v in self.adapted.state_dict().items() if k != "trainable"}
         self.adapted.load_state_dict({**state_now, "epoch": epoch, "phase": target})  # re-applies it
         state.stateful_callbacks[STATE_KEY] = self.adapted.state_dict()
+        self._dropout()
+
+    def _dropout(self) -> None:
+        if self.frozen_dropout == "off":
+            from .dropout import apply_frozen_dropout
+
+            apply_frozen_dropout(self.adapted, off=True)
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
@@ -123,14 +139,15 @@ class ThawkitCallback(TrainerCallback):
 
 
 def thawkit_trainer(adapted: Adapted, args: TrainingArguments, *, optimizer: str = "adamw",
-                    steps_per_epoch: int | None = None, trainer_class: type[Trainer] | None = None,
-                    **kwargs: Any) -> Trainer:
+                    steps_per_epoch: int | None = None, frozen_dropout: str = "keep",
+                    trainer_class: type[Trainer] | None = None, **kwargs: Any) -> Trainer:
     """A ``Trainer`` for ``adapted`` with thawkit's optimizer and callback, in one call.
 
     ``optimizer``: the optimizer name; its settings come from ``args`` (``learning_rate``,
     ``weight_decay``, ``adam_beta1/2``, ``adam_epsilon``), plus ``layer_decay``, ``head_lr_mult``
     and ``lrs`` when given here. The learning-rate schedule is the ``Trainer``'s own
-    (``args.lr_scheduler_type``, warmup). Other keyword arguments go to the ``Trainer``::
+    (``args.lr_scheduler_type``, warmup); ``steps_per_epoch`` and ``frozen_dropout`` go to
+    :class:`ThawkitCallback`. Other keyword arguments go to the ``Trainer``::
 
         trainer = thawkit_trainer(adapted, args, train_dataset=ds, layer_decay=0.8)
     """
@@ -141,6 +158,7 @@ def thawkit_trainer(adapted: Adapted, args: TrainingArguments, *, optimizer: str
         if optimizer.startswith("adam") else {}
     built = adapted.optimizer(optimizer, lr=args.learning_rate, weight_decay=args.weight_decay,
                               **extra, **settings)
-    callbacks = [*kwargs.pop("callbacks", []), ThawkitCallback(adapted, steps_per_epoch=steps_per_epoch)]
+    callbacks = [*kwargs.pop("callbacks", []),
+                 ThawkitCallback(adapted, steps_per_epoch=steps_per_epoch, frozen_dropout=frozen_dropout)]
     return (trainer_class or Trainer)(model=adapted.model, args=args, optimizers=(built, None),
                                       callbacks=callbacks, **kwargs)
