@@ -14,7 +14,10 @@ thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``):
    6 epochs), what the file writes cost;
 5. startup: ``thawkit --help``, ``strategies``, ``plan`` wall time, and the largest imports;
 6. peak memory (peak RSS above the model and data, in a child process each): last-block
-   against full, and cached head-only against uncached.
+   against full, and cached head-only against uncached;
+7. Hugging Face Trainer: a gradual job on a tiny random BERT with ``ThawkitCallback`` and
+   ``adapted.optimizer`` against a plain ``Trainer`` that flips the same ``requires_grad`` sets
+   by hand (``hf_trainer_job.py``; needs ``thawkit[transformers]``).
 
 Synthetic tensors or the demo's digits throughout; nothing is downloaded. No figure
 here is a test: ``tests/test_benchmarks.py`` only runs ``--quick``.
@@ -65,6 +68,8 @@ class Sizes:
     startup_repeats: int
     memory_size: int
     memory_repeats: int
+    hf_n: int = 64
+    hf_epochs: int = 3
 
 
 FULL = Sizes(repeats=6, overhead_steps=2, overhead_repeats=40, overhead_size=64, probe_n=512,
@@ -72,7 +77,7 @@ FULL = Sizes(repeats=6, overhead_steps=2, overhead_repeats=40, overhead_size=64,
              memory_size=112, memory_repeats=3)
 QUICK = Sizes(repeats=1, overhead_steps=1, overhead_repeats=1, overhead_size=32, probe_n=16,
               probe_size=32, probe_epochs=2, last_epochs=2, gradual_epochs=1, startup_repeats=1,
-              memory_size=32, memory_repeats=1)
+              memory_size=32, memory_repeats=1, hf_n=8, hf_epochs=2)
 
 
 @dataclass
@@ -296,8 +301,17 @@ def peak_rss() -> int:
     return _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def hf_trainer(s: Sizes) -> list[Row]:
+    import hf_trainer_job
+
+    th, tt = interleaved(lambda: hf_trainer_job.hand(s.hf_n, s.hf_epochs),
+                         lambda: hf_trainer_job.with_thawkit(s.hf_n, s.hf_epochs), s.repeats)
+    return [Row("7 HF Trainer", f"tiny BERT gradual {s.hf_epochs} ep, {s.hf_n} texts b8, s",
+                f"plain Trainer {th:.2f}", f"thawkit {tt:.2f}", f"{tt / th:.3f}x wall", "<= 1.02x")]
+
+
 GROUPS = {"overhead": overhead, "probe": probe, "last-block": last_block, "gradual": gradual,
-          "startup": startup, "memory": memory}
+          "startup": startup, "memory": memory, "hf-trainer": hf_trainer}
 
 
 def table(rows: list[Row]) -> str:
