@@ -33,7 +33,7 @@ def replace_classifier(model: nn.Module, layout: Layout, num_classes: int, dropo
     """Swap the classification head's final Linear for a fresh one with ``num_classes`` outputs and
     set ``config.num_labels`` (which resets ``id2label`` and ``label2id``) and the model's own
     ``num_labels``, which its loss uses."""
-    from thawkit.plugins.fallbacks import new_classifier, set_submodule
+    from thawkit import new_classifier, set_submodule
 
     task = task_of(model)
     name = type(model).__name__
