@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ConfigError, WeightsError, adapt_recipe
 
 from ..weights import read_weights
-from .data import Preprocess
+from .readers import Reader, reader_for
 from .rundir import RunDir, read_data_info, read_run_recipe, run_status
 
 if TYPE_CHECKING:
@@ -25,10 +25,11 @@ class RunModel:
 
     model: nn.Module
     classes: list[str]
-    prep: Preprocess
+    prep: Any  # the data reader's preprocessing (images: data.Preprocess)
     recipe: Recipe
     layout: Any
     weights: Path
+    reader: Reader  # the recipe's data.reader
 
 
 def load_run_model(run_dir: str | Path, *, best: bool = False,
@@ -67,8 +68,9 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
         raise WeightsError(f"{file} does not fit the model its recipe builds: "
                            f"{str(exc).splitlines()[0]}") from None
     model.eval()
-    return RunModel(model, list(info["classes"]), Preprocess.from_dict(info["preprocess"]), recipe,
-                    adapted.layout, file)
+    reader = reader_for(recipe)
+    return RunModel(model, list(info["classes"]), reader.preprocess_from_dict(recipe, info["preprocess"]),
+                    recipe, adapted.layout, file, reader)
 
 
 def plain_head(model: nn.Module, layout: Any, state: dict[str, Any]) -> dict[str, Any]:

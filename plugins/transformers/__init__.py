@@ -60,6 +60,15 @@ def thawkit_register_sources(register: Callable[..., None]) -> None:
 
 
 @hookimpl
+def thawkit_register_readers(register: Callable[..., None]) -> None:
+    """``data.reader: text`` (CSV or JSON Lines) and ``audio`` (a folder per class of WAV/FLAC)."""
+    from .readers import AudioReader, TextReader
+
+    register("text", TextReader())
+    register("audio", AudioReader())
+
+
+@hookimpl
 def thawkit_describe_layout(model: nn.Module, spec: BackboneSpec | None) -> Layout | None:
     """Stem (embeddings), the layers of each stack, neck (final norm) and the task head."""
     if not _known(model):
