@@ -124,6 +124,21 @@ def test_cli_text_run_resumes_exactly_and_predicts(tmp_path, capsys):
         {**m, "seconds": f["seconds"]} for m, f in zip(read_jsonl(RunDir(tmp_path / "split").metrics),
                                                        read_jsonl(RunDir(tmp_path / "full").metrics))]
 
+    # interrupted mid-epoch (as by Ctrl-C: the checkpoint holds the step), then continued
+    from thawkit import load_recipe
+    from thawkit.plugins.train import resume, train
+
+    def interrupt(trainer):
+        if trainer.state.epoch == 1 and trainer.state.step == 1:
+            trainer.interrupt_requested = True
+
+    first = train(load_recipe(str(recipe)), run_dir=tmp_path / "mid", log=lambda s: None,
+                  on_step=interrupt)
+    assert first.status == "interrupted" and "epoch 2, step 1" in first.message
+    assert resume(tmp_path / "mid", log=lambda s: None).status == "finished"
+    mid = weights(tmp_path / "mid")
+    assert all(torch.equal(full[k], mid[k]) for k in full)
+
     assert main(["predict", str(tmp_path / "full"), "a good film", "an awful plot", "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "a good film" and lines[3] == "an awful plot" and len(lines) == 6
@@ -199,6 +214,16 @@ def test_cli_unreadable_audio_is_exit_2(tmp_path, capsys):
     (tmp_path / "val" / "low" / "9.wav").write_bytes(b"RIFF not really a wav")
     _fails(["train", str(recipe), "--output", str(tmp_path / "run")], capsys,
            "data.val", "9.wav", "not a readable audio file", nothing_in=tmp_path / "run")
+
+
+def test_cli_text_longer_than_the_model_takes_names_max_length(tmp_path, capsys):
+    recipe = text_recipe(tmp_path)
+    assert main(["train", str(recipe), "--output", str(tmp_path / "run"),
+                 "--set", "backbone.kwargs.max_position_embeddings=4"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot run on a batch of shape (4, " in err
+    assert "data.max_length: 8" in err and "max_position_embeddings" in err
+    assert "image_size" not in err
 
 
 def test_cli_unknown_reader_names_the_field(tmp_path, capsys):

@@ -155,7 +155,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test, ~30 s)")
     p.set_defaults(func=cmd_demo)
 
-    p = subparsers.add_parser("predict", help="print the top classes of images (texts, audio files) with a trained run")
+    p = subparsers.add_parser("predict", help="print the top classes of images (texts, audio "
+                              "files) with a trained run")
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("images", nargs="+", metavar="INPUT",
                    help="image files; for a run with data.reader text, texts; audio, audio files")

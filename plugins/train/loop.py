@@ -288,7 +288,9 @@ class Trainer:
             st = self.state
             when = f" in validation after epoch {st.epoch + 1}" if validating else \
                 f" at epoch {st.epoch + 1}, step {st.step + 1}"
-            raise model_error(self.s.recipe, self.s.model, self.s.reader.shape(x), exc, when) from exc
+            shape = self.s.reader.shape(x)
+            raise model_error(self.s.recipe, self.s.model, shape, exc, when,
+                              hint=self.s.reader.error_hint(self.s.recipe, shape)) from exc
 
     def _interrupted_message(self) -> str:
         st = self.state

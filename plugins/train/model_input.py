@@ -48,10 +48,14 @@ def meta_limitation(exc: BaseException) -> bool:
 
 
 def model_error(recipe: Recipe, model: nn.Module, shape: tuple[int, ...], exc: BaseException,
-                when: str = "") -> ModelInputError:
+                when: str = "", *, hint: str | None = None) -> ModelInputError:
     """A :class:`ModelInputError` naming the model, the input shape, the model's own words and
-    the field most likely to fix it."""
+    the field most likely to fix it (``hint``: the data reader's words for that; by default
+    the image size's)."""
     first = (str(exc).strip().splitlines() or [""])[0][:300]
+    if hint is not None:
+        return ModelInputError(f"model {recipe.backbone.spec} cannot run on a batch of shape "
+                               f"{tuple(shape)}{when}: {type(exc).__name__}: {first}; {hint}")
     size = shape[-1]
     given = f"data.image_size: {size}" if recipe.data.image_size else \
         f"{size}, the model's own input size (data.image_size unset)"

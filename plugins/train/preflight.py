@@ -64,7 +64,9 @@ def preflight(recipe: Recipe, *, data: bool = True,
         reader.preprocess(recipe, twin.model)
     notes = list(splits.warnings) if splits is not None else []
     notes += random_backbone_warnings(recipe, twin)  # before the forward pass moves its phases on
-    reader.check_forward(recipe, twin, resolved, None if splits is None else len(splits.train))
+    if splits is not None or recipe.data.model_fields_set:
+        # a recipe without a data section (a model-only plan) states no input to check the model on
+        reader.check_forward(recipe, twin, resolved, None if splits is None else len(splits.train))
     if splits is None:
         return Preflight(None, None, n, resolved, reader, notes)
     return Preflight(splits.train, splits.val, n, resolved, reader, notes, splits.classes)

@@ -95,6 +95,11 @@ class Reader:
         """The shape of a batch's inputs, for messages."""
         return tuple(x.shape)
 
+    def error_hint(self, recipe: Recipe, shape: tuple[int, ...]) -> str | None:
+        """What to change when the model raises on a batch of inputs of ``shape`` (None: the
+        image size's fields, as for images)."""
+        return None
+
     def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
         """``thawkit predict``'s arguments as one batch of inputs."""
         raise NotImplementedError
@@ -192,7 +197,8 @@ def keyed_loaders(recipe: Recipe, train: Any, val: Any, classes: list[str], *, s
 
 def read_reader(name: str, reader: Any) -> tuple[str, Any]:
     """``register(name, reader)``: a :class:`Reader` (or an object with its methods)."""
-    missing = [m for m in ("scan", "preprocess", "loaders", "forward") if not callable(getattr(reader, m, None))]
+    missing = [m for m in ("scan", "preprocess", "loaders", "forward")
+               if not callable(getattr(reader, m, None))]
     if missing:
         raise TypeError(f"data reader {name!r} has no {', '.join(missing)} method "
                         "(subclass thawkit.plugins.train.readers.Reader)")

@@ -72,7 +72,8 @@ class Session:
         return (f"{r.backbone.spec} -> {len(self.loaders.classes)} classes, strategy {r.strategy.name} "
                 f"({len(a.phases)} phase{'s' if len(a.phases) > 1 else ''}), {r.optimizer.name} + "
                 f"{r.schedule.name}; {len(self.loaders.train.dataset)} train / "
-                f"{len(self.loaders.val.dataset)} val {self.recipe.data.reader}, {self.loaders.steps_per_epoch} steps "
+                f"{len(self.loaders.val.dataset)} val {self.recipe.data.reader}, "
+                f"{self.loaders.steps_per_epoch} steps "
                 f"per epoch, {self.epochs} epochs on {self.device}{amp}; run directory {self.run_dir}")
 
 

@@ -186,6 +186,11 @@ class TextReader(_MappingReader):
         return keyed_loaders(recipe, *data, splits.classes, seed=seed, pin_memory=pin_memory,
                              collate_fn=_Collate)
 
+    def error_hint(self, recipe: Recipe, shape: tuple[int, ...]) -> str | None:
+        return (f"a batch of {shape[0]} texts of {shape[-1]} tokens (data.max_length: "
+                f"{recipe.data.max_length}); check data.max_length against the model's "
+                "max_position_embeddings, and backbone.kwargs against the model's config")
+
     def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
         return dict(prep.load()(items, truncation=True, max_length=prep.max_length, padding=True,
                                 return_tensors="pt"))
@@ -247,6 +252,10 @@ class AudioReader(_MappingReader):
                 for s in (splits.train, splits.val)]
         return keyed_loaders(recipe, *data, splits.classes, seed=seed, pin_memory=pin_memory,
                              collate_fn=_Collate)
+
+    def error_hint(self, recipe: Recipe, shape: tuple[int, ...]) -> str | None:
+        return (f"a batch of {shape[0]} clips of {shape[-1]} values; check backbone.kwargs against "
+                "the model's config and the feature extractor saved beside it")
 
     def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
         import soundfile
