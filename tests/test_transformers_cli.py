@@ -175,6 +175,14 @@ def test_cli_audio_run_trains_and_predicts(tmp_path, capsys):
     clip = tmp_path / "train" / "high" / "0.flac"
     assert main(["predict", str(tmp_path / "run"), str(clip)]) == 0
     assert str(clip) in capsys.readouterr().out
+    # stopped after epoch 1 and continued: the uninterrupted run's weights
+    assert main(["train", str(recipe), "--output", str(tmp_path / "split"), "--stop-after", "1"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split")]) == 0
+    full, split = weights(tmp_path / "run"), weights(tmp_path / "split")
+    assert all(torch.equal(full[k], split[k]) for k in full)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "export")]) == 0
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["classes"] == ["high", "low"] and config["preprocess"]["reader"] == "audio"
 
 
 # ------------------------------------------------------------ bad input
