@@ -234,6 +234,12 @@ def test_cli_text_longer_than_the_model_takes_names_max_length(tmp_path, capsys)
     assert "image_size" not in err
 
 
+def test_cli_probe_refuses_text_saying_why(tmp_path, capsys):
+    recipe = text_recipe(tmp_path)
+    _fails(["probe", str(recipe), "--output", str(tmp_path / "run"), "--lr", "0.01"], capsys,
+           "probe: data.reader text", "one image tensor", nothing_in=tmp_path / "run")
+
+
 def test_cli_unknown_reader_names_the_field(tmp_path, capsys):
     recipe = text_recipe(tmp_path)
     _fails(["plan", str(recipe), "--set", "data.reader=txt"], capsys, "data.reader: unknown data "
