@@ -151,6 +151,22 @@ def test_cli_text_run_resumes_exactly_and_predicts(tmp_path, capsys):
     assert out.is_file()
 
 
+def test_cli_text_run_with_a_relative_model_directory_resumes_from_elsewhere(tmp_path, monkeypatch,
+                                                                              capsys):
+    recipe = text_recipe(tmp_path, max_length=6)
+    d = yaml.safe_load(recipe.read_text())
+    d["backbone"]["name"] = "./tiny-bert"
+    recipe.write_text(yaml.safe_dump(d))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "text.yaml", "--output", "run", "--stop-after", "1"]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert saved["backbone"]["name"] == str(tmp_path / "tiny-bert")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert "finished 3 epochs" in capsys.readouterr().out
+
+
 def test_cli_plan_checks_the_text_data(tmp_path, capsys):
     recipe = text_recipe(tmp_path, text_column="body")
     assert main(["plan", str(recipe)]) == 2

@@ -186,7 +186,7 @@ def check_new_run_dir(run_dir: Path, command: str = "train") -> str | None:
 
 def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
                     arch: dict[str, Any] | None = None) -> Recipe:
-    data = absolute_paths(recipe.model_dump(mode="json"))
+    data = absolute_paths(recipe.model_dump(mode="json"), recipe.plugin_manager)
     data["head"]["num_classes"] = num_classes
     # options that the published weights implied, so predict/export rebuild the same network
     data["backbone"]["kwargs"] = {**(arch or {}), **data["backbone"]["kwargs"]}
@@ -194,9 +194,11 @@ def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
     return validate_recipe(data, where=str(RunDir(run_dir).recipe), pm=recipe.plugin_manager)
 
 
-def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
+def absolute_paths(data: dict[str, Any], pm: Any = None) -> dict[str, Any]:
     """A recipe mapping whose ``.py`` plugin files, data folders and weights file are absolute,
-    so the run's ``recipe.yaml`` finds them from any working directory (``--resume``)."""
+    so the run's ``recipe.yaml`` finds them from any working directory (``--resume``); with the
+    recipe's manager ``pm``, the backbone's name too where it is a directory and the source says
+    names may be directories (its attribute ``local_names``, e.g. ``transformers:./my-bert``)."""
     from .preflight import is_file
 
     def absolute(path: Any, *, exists: bool = True) -> Any:
@@ -209,6 +211,10 @@ def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(data.get("data"), dict) and data["data"].get(key):
             data["data"][key] = absolute(data["data"][key], exists=False)
     data["backbone"]["weights"] = absolute(data["backbone"].get("weights"))
+    name = data["backbone"].get("name")
+    if pm is not None and isinstance(name, str) and Path(name).expanduser().is_dir() and \
+            getattr(pm.sources.get(data["backbone"]["source"]), "local_names", False):
+        data["backbone"]["name"] = os.path.abspath(Path(name).expanduser())
     return data
 
 

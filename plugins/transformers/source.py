@@ -111,6 +111,8 @@ class TransformersSource:
 
     description = ("Hugging Face transformers: a save_pretrained directory, a cached hub name or a "
                    "model type; task=..., pretrained=True, config overrides")
+    #: a name may be a directory: a run's recipe keeps it absolute, so --resume works from anywhere
+    local_names = True
 
     def list_models(self, pattern: str | None = None) -> list[str]:
         """Model types (build from a config), and hub names in the local cache."""
