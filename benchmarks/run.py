@@ -18,6 +18,9 @@ thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``):
 7. search (``search_bench.py``): ``thawkit search`` with a budget of twice one default ``full``
    run against an exhaustive grid (every candidate at 3 learning rates), on the transfer tasks
    of ``search_tasks.py``: the pick's val top-1, wall time, the default recipe, cache savings.
+8. Hugging Face Trainer: a gradual job on a tiny random BERT with ``ThawkitCallback`` and
+   ``adapted.optimizer`` against a plain ``Trainer`` that flips the same ``requires_grad`` sets
+   by hand (``hf_trainer_job.py``; needs ``thawkit[transformers]``).
 
 Synthetic tensors or the demo's digits throughout; nothing is downloaded. No figure
 here is a test: ``tests/test_benchmarks.py`` only runs ``--quick``.
@@ -69,6 +72,8 @@ class Sizes:
     startup_repeats: int
     memory_size: int
     memory_repeats: int
+    hf_n: int = 64
+    hf_epochs: int = 3
 
 
 FULL = Sizes(repeats=6, overhead_steps=2, overhead_repeats=40, overhead_size=64, probe_n=512,
@@ -76,7 +81,7 @@ FULL = Sizes(repeats=6, overhead_steps=2, overhead_repeats=40, overhead_size=64,
              memory_size=112, memory_repeats=3)
 QUICK = Sizes(repeats=1, overhead_steps=1, overhead_repeats=1, overhead_size=32, probe_n=16,
               probe_size=32, probe_epochs=2, last_epochs=2, gradual_epochs=1, startup_repeats=1,
-              memory_size=32, memory_repeats=1)
+              memory_size=32, memory_repeats=1, hf_n=8, hf_epochs=2)
 
 
 @dataclass
@@ -304,8 +309,17 @@ def search(s: Sizes) -> list[Row]:
     return search_bench.rows(s is QUICK, Row)
 
 
+def hf_trainer(s: Sizes) -> list[Row]:
+    import hf_trainer_job
+
+    th, tt = interleaved(lambda: hf_trainer_job.hand(s.hf_n, s.hf_epochs),
+                         lambda: hf_trainer_job.with_thawkit(s.hf_n, s.hf_epochs), s.repeats)
+    return [Row("8 HF Trainer", f"tiny BERT gradual {s.hf_epochs} ep, {s.hf_n} texts b8, s",
+                f"plain Trainer {th:.2f}", f"thawkit {tt:.2f}", f"{tt / th:.3f}x wall", "<= 1.02x")]
+
+
 GROUPS = {"overhead": overhead, "probe": probe, "last-block": last_block, "gradual": gradual,
-          "startup": startup, "memory": memory, "search": search}
+          "startup": startup, "memory": memory, "search": search, "hf-trainer": hf_trainer}
 
 
 def table(rows: list[Row]) -> str:

@@ -230,7 +230,7 @@ class Adapted:
             notes, details = self.strategy.describe(self.model)
         plan = Plan(strategy=self.strategy.name, params=self.strategy.params.model_dump(mode="json"),
                     norm=self.norm, optimizer=optimizer, phase=self.phase, phases=phases,
-                    blocks=blocks, rows=rows, notes=notes, details=details)
+                    blocks=blocks, rows=rows, notes=[*self.layout.notes, *notes], details=details)
         return plan.check([n for n, _ in self.model.named_parameters()])
 
     # ------------------------------------------------------------- state

@@ -128,7 +128,9 @@ def thawkit_register_sources(register: Callable[..., None]) -> None:
             ``list_models(pattern: str | None = None) -> list[str]``; it may also
             define ``description: str``, and ``arch_options(name, options) -> dict``: the
             builder options that rebuild what ``load`` built without its weights
-            (recorded in the model's spec, read by :func:`thawkit.arch_options`).
+            (recorded in the model's spec, read by :func:`thawkit.arch_options`), and
+            ``local_names = True`` when a name may be a local directory (``thawkit train``
+            then keeps it absolute in the run's recipe, so ``--resume`` works from anywhere).
 
     Returns: nothing (all implementations are called).
 

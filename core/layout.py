@@ -46,7 +46,8 @@ class Layout:
     ``stem`` what comes before the first block. ``classifiers`` are the module paths of
     the final classifier(s) that the head replacement swaps; ``aux`` the auxiliary
     classifiers (googlenet, inception); ``feeds`` the module that produces the
-    classifier input (pre-logits), when known; ``source`` who described it.
+    classifier input (pre-logits), when known; ``source`` who described it; ``notes`` lines the
+    plan shows about the layout (what the head is when it shares weights, several stacks).
     """
 
     stem: Block | None
@@ -57,6 +58,7 @@ class Layout:
     aux: list[str] = field(default_factory=list)
     feeds: str | None = None
     source: str = "generic"
+    notes: list[str] = field(default_factory=list)
 
     # ----------------------------------------------------------------- access
     @property
@@ -140,6 +142,7 @@ class Layout:
             "classifiers": self.classifiers,
             "aux": self.aux,
             "feeds": self.feeds,
+            "notes": self.notes,
         }
 
 

@@ -39,6 +39,7 @@ ENTRY_POINT_GROUP = "thawkit"
 DEFAULT_PLUGINS: dict[str, str] = {
     "thawkit.torchvision": "thawkit.plugins.torchvision",
     "thawkit.timm": "thawkit.plugins.timm",
+    "thawkit.transformers": "thawkit.plugins.transformers",
     "thawkit.python_source": "thawkit.plugins.python_source",
     "thawkit.optimizers": "thawkit.plugins.optimizers",
     "thawkit.recipe_files": "thawkit.plugins.recipe_files",

@@ -12,14 +12,17 @@ import fnmatch
 import math
 import sys
 import tomllib
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import thawkit
 from thawkit import ForwardStep, layout_from_prefixes, split_sequential
 from thawkit.plugins.split import frozen_prefix
+from thawkit.plugins.train.readers import Reader, Splits, keyed_loaders
 from thawkit.plugins.train.schedules import schedule_registry
 
 
@@ -198,6 +201,60 @@ class ZooLog:
 @thawkit.hookimpl
 def thawkit_register_loggers(register):
     register("zoo-log", ZooLog)  # a recipe chooses it: train.loggers: [{name: zoo-log, every: 2}]
+# [end]
+
+
+# [thawkit_register_readers]
+@dataclass
+class TensorPreprocess:
+    """What a run keeps in data.json about its inputs: their shape."""
+
+    shape: list[int]
+    reader: str = "tensors"
+
+    def to_dict(self):
+        return {"shape": self.shape, "reader": self.reader}
+
+
+class TensorFileReader(Reader):
+    """data.reader: tensors: data.train and data.val are torch.save() files of
+    {"x": N x 3 x H x W floats, "y": N class indices, "classes": names}."""
+
+    inputs = "tensor files (3 x H x W each)"
+    cache_off = "the zoo's tensors are already small; the cache is for image folders"
+
+    def read(self, recipe, split):
+        path = getattr(recipe.data, split)
+        try:
+            return torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, TypeError) as exc:
+            raise thawkit.ConfigError(f"data.{split}: {path!r} is no tensor file ({exc})") from None
+
+    def scan(self, recipe):
+        train, val = self.read(recipe, "train"), self.read(recipe, "val")
+        return Splits(TensorDataset(train["x"], train["y"]), TensorDataset(val["x"], val["y"]),
+                      list(train["classes"]))
+
+    def preprocess(self, recipe, model):
+        return TensorPreprocess(list(self.read(recipe, "train")["x"].shape[1:]))
+
+    def preprocess_from_dict(self, recipe, saved):
+        return TensorPreprocess(saved["shape"])
+
+    def loaders(self, recipe, splits, prep, *, seed, pin_memory):
+        return keyed_loaders(recipe, splits.train, splits.val, splits.classes, seed=seed,
+                             pin_memory=pin_memory)
+
+    def predict_inputs(self, items, prep, recipe):
+        return torch.stack([torch.load(item, weights_only=True) for item in items])
+
+    def example(self, prep, recipe):
+        return torch.randn(2, *prep.shape, generator=torch.Generator().manual_seed(0))
+
+
+@thawkit.hookimpl
+def thawkit_register_readers(register):
+    register("tensors", TensorFileReader())  # a recipe chooses it: data.reader: tensors
 # [end]
 
 

@@ -111,6 +111,12 @@ def _role(path: str) -> str:
     return "mlp"
 
 
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's projections): a linear layer with its weight transposed,
+    which PEFT adapts like a Linear."""
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers.")
+
+
 def candidate_layers(model: nn.Module, layout: Any, blocks: list[Any]) -> dict[str, list[str]]:
     """Module paths per target kind within ``blocks``: ``attention`` (linear layers under an
     attention module), ``mlp`` (the other linear layers) and ``conv`` (2-D convolutions without
@@ -125,7 +131,7 @@ def candidate_layers(model: nn.Module, layout: Any, blocks: list[Any]) -> dict[s
         own = [n for n, _ in module.named_parameters(recurse=False)]
         if not own or block_of.get(f"{path}.{own[0]}" if path else own[0]) not in names:
             continue
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) or _is_hf_conv1d(module):
             in_mha = any(path.startswith(p + ".") for p in mha)
             out["attention" if in_mha or _role(path) == "attention" else "mlp"].append(path)
         elif isinstance(module, nn.Conv2d) and module.groups == 1:
@@ -258,6 +264,11 @@ class AdapterStrategy(Strategy):
             raise ConfigError(f"strategy {self.name!r}: {model_name(model)} already has PEFT "
                               "adapters; adapt a model without them")
         targets = resolve_targets(model, layout, self.params)
+        conv1d = [t for t in targets if _is_hf_conv1d(model.get_submodule(t))]
+        if conv1d and self.name != "lora":
+            raise ConfigError(f"strategy {self.name!r}: PEFT's {self.name} does not adapt transformers' "
+                              f"Conv1D layers ({', '.join(conv1d[:3])}, GPT-2's projections); use "
+                              "strategy 'lora'")
         peft.inject_adapter_in_model(self.peft_config(targets), model, adapter_name=ADAPTER)
         setattr(model, _MARK, self._mark())
         return model

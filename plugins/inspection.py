@@ -112,9 +112,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
         mods = ", ".join(b.modules[:4]) + (f" (+{len(b.modules) - 4})" if len(b.modules) > 4 else "")
         rows.append([b.name, b.role, f"{n:,}", str(len(b.params)), mods])
     print(_table(rows, ["block", "role", "params", "tensors", "modules"]))
-    print(f"head: classifier {', '.join(layout.classifiers) or '(none: built with num_classes=0)'}"
+    none = "(none of its own: see below)" if layout.notes else "(none: built with num_classes=0)"
+    print(f"head: classifier {', '.join(layout.classifiers) or none}"
           + (f"; auxiliary {', '.join(layout.aux)}" if layout.aux else "")
           + (f"; fed by {layout.feeds}" if layout.feeds else ""))
+    for note in layout.notes:
+        print(note)
     dc = data_config(model, pm=pm)
     print(f"data: input {tuple(dc.input_size)}, resize {dc.eval_resize} -> crop {dc.image_size}, "
           f"{dc.interpolation}, mean {tuple(round(x, 4) for x in dc.mean)}, "

@@ -20,5 +20,5 @@ def test_quick_run_prints_every_group():
     table = result.stdout.rsplit("\n\n", 1)[-1]
     groups = {line.split("|")[0].strip() for line in table.splitlines()[2:]}
     assert groups == {"1 overhead", "2 linear probe", "3 last-block", "4 thawkit train", "5 startup",
-                      "6 peak memory", "7 search"}
+                      "6 peak memory", "7 search", "8 HF Trainer"}
     assert "x throughput" in table and "% of bound" in table and "x wall" in table

@@ -88,7 +88,9 @@ def in_root(monkeypatch, capsys):
 
 # ------------------------------------------------------------------ examples
 #: examples that need an optional extra: the module they import, and the extra
-NEEDS = {"lightning_finetune.py": ("lightning", "lightning")}
+NEEDS = {"lightning_finetune.py": ("lightning", "lightning"),
+         "hf_text_classifier.py": ("transformers", "transformers"),
+         "hf_wav2vec2_ctc.py": ("transformers", "transformers")}
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

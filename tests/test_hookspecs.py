@@ -488,6 +488,44 @@ def test_thawkit_register_schedules(pm, tmp_path):
     assert [g["lr"] for g in optimizer.param_groups] == [0.5] * len(optimizer.param_groups)
 
 
+def test_thawkit_register_readers(pm, tmp_path):
+    """The tiny zoo's reader of tensor files, chosen by data.reader: a run trains on its batches,
+    data.json keeps its preprocessing, predict reads its inputs; a wrong name lists the readers."""
+    import json
+
+    from thawkit.plugins.train import train
+    from thawkit.plugins.train.inference import predict
+    from thawkit.plugins.train.preflight import preflight
+    from thawkit.plugins.train.readers import reader_registry
+
+    pm.load_local(str(TESTS.parent / "examples" / "tiny_zoo.py"))
+    assert {"images", "tensors"} <= set(reader_registry(pm).names())
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 8), ("val", 4)):
+        y = torch.arange(n) % 2
+        x = torch.randn(n, 3, 64, 64, generator=g) + 2 * y[:, None, None, None]
+        torch.save({"x": x, "y": y, "classes": ["dim", "bright"]}, tmp_path / f"{split}.pt")
+    recipe = {"backbone": {"source": "tinyzoo", "name": "tiny16"}, "strategy": {"name": "full"},
+              "optimizer": {"name": "adamw", "lr": 0.01},
+              "data": {"reader": "tensors", "train": str(tmp_path / "train.pt"),
+                       "val": str(tmp_path / "val.pt"), "batch_size": 4},
+              "train": {"epochs": 2, "device": "cpu", "output": str(tmp_path / "run")}}
+    lines: list[str] = []
+    assert train(validate_recipe(recipe, pm=pm), log=lines.append).status == "finished"
+    info = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert info["classes"] == ["dim", "bright"] and info["train"] == {"items": 8}
+    assert info["preprocess"] == {"shape": [3, 64, 64], "reader": "tensors"}
+    assert any("data.reader tensors: the zoo's tensors are already small" in ln for ln in lines)
+    torch.save(torch.randn(3, 64, 64, generator=g), tmp_path / "one.pt")
+    [(name, top)] = predict(tmp_path / "run", [str(tmp_path / "one.pt")], top_k=2, pm=pm)
+    assert name == str(tmp_path / "one.pt") and {c for c, _ in top} == {"dim", "bright"}
+    assert abs(sum(p for _, p in top) - 1) < 1e-5
+    wrong = {**recipe, "data": {**recipe["data"], "reader": "tensor"}}
+    with pytest.raises(thawkit.UnknownNameError, match=r"data\.reader: unknown data reader 'tensor'"
+                                                       r"; did you mean 'tensors'"):
+        preflight(validate_recipe(wrong, pm=pm))
+
+
 def test_thawkit_adapted(pm):
     seen = []
 

@@ -47,6 +47,7 @@ from thawkit import data_config
 from thawkit.plugins.split import frozen_prefix
 
 from .data import FolderDataset, Preprocess, scan_folder
+from .readers import reader_for
 from .features import FeatureCache, format_bytes
 from .pipeline import Pipeline
 
@@ -179,12 +180,15 @@ def decide(adapted: Adapted, recipe: Recipe, prep: Preprocess, *, n_train: int |
     a run of several processes: each would compute and hold every image's features)."""
     epochs = recipe.train.epochs
     budget = memory_budget(recipe.train.cache_memory) if recipe.train.cache != "off" else 0
+    reader_off = reader_for(recipe).cache_off
     out = []
     for i, ph in enumerate(adapted.phases):
         end = min(adapted.phases[i + 1].epoch if i + 1 < len(adapted.phases) else epochs, epochs)
         if ph.epoch < end:
             d = CacheDecision(i, ph.epoch, end, False, "")
-            if processes > 1:
+            if reader_off is not None:
+                d.reason = f"data.reader {recipe.data.reader}: {reader_off}"
+            elif processes > 1:
                 d.reason = (f"{processes} processes (torchrun): each would compute and hold the "
                             "features of every image for its share of the batches")
             else:
@@ -313,7 +317,7 @@ class CachedPipeline(Pipeline):
 
     def forward(self, x):
         if self.current is None:
-            return self.model(x)
+            return super().forward(x)
         return self.current.split.rest(x)
 
     def close(self) -> None:
@@ -328,6 +332,9 @@ class CachedPipeline(Pipeline):
 
 def plan_decisions(recipe: Recipe, adapted: Adapted) -> list[CacheDecision]:
     """``thawkit plan``'s view of the cache: one decision per phase, sizes when the data exists."""
+    if reader_for(recipe).cache_off is not None:  # off whatever the data: nothing to measure
+        return decide(adapted, recipe, None, n_train=None, n_val=None,
+                      run_dir=Path(recipe.train.output), device=None)
     prep = Preprocess.resolve(data_config(adapted.model, pm=recipe.plugin_manager), recipe.data)
     counts = []
     for folder, name in ((recipe.data.train, "data.train"), (recipe.data.val, "data.val")):

@@ -155,9 +155,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test, ~30 s)")
     p.set_defaults(func=cmd_demo)
 
-    p = subparsers.add_parser("predict", help="print the top classes of images with a trained run")
+    p = subparsers.add_parser("predict", help="print the top classes of images (texts, audio "
+                              "files) with a trained run")
     p.add_argument("run_dir", help="a finished run directory")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="image files; for a run with data.reader text, texts; audio, audio files")
     p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (5)")
     p.add_argument("--best", action="store_true", help=f"use {RunDir.BEST} (best val top-1 epoch)")
     _trust_run_option(p)

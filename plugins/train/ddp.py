@@ -174,10 +174,10 @@ def shard(loaders: Loaders, world: World, *, batch_size: int, seed: int) -> Load
               "worker_init_fn": train.worker_init_fn, "persistent_workers": False}
     batches = ShardedBatches(loaders.batches.n, batch_size, seed, world.rank, world.size)
     sharded_train = DataLoader(train.dataset, batch_sampler=batches, generator=train.generator,
-                               **common)
+                               collate_fn=train.collate_fn, **common)
     indices = range(world.rank, len(val.dataset), world.size)  # every image once, no padding
     sharded_val = DataLoader(val.dataset, batch_size=val.batch_size, sampler=indices,
-                             generator=val.generator, **common)
+                             generator=val.generator, collate_fn=val.collate_fn, **common)
     return Loaders(sharded_train, sharded_val, batches, loaders.classes)
 
 
@@ -232,7 +232,7 @@ class DDPPipeline(CachedPipeline):
         self.ddp.refresh()
 
     def forward(self, x):
-        return self.ddp.module(x) if self.model.training else super().forward(x)
+        return self.reader.forward(self.ddp.module, x) if self.model.training else super().forward(x)
 
 
 def launch(args: Any, batch_size: int | None = None) -> int:

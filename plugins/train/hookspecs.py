@@ -1,6 +1,7 @@
 """Hooks the training plugin adds to thawkit (through ``thawkit_add_hookspecs``).
 
-Two kinds: collector hooks (``thawkit_register_schedules``, ``thawkit_register_loggers``),
+Two kinds: collector hooks (``thawkit_register_schedules``, ``thawkit_register_loggers``,
+``thawkit_register_readers``),
 called once to build a registry, and the run's events, in the order a run meets them:
 ``thawkit_run_start``, then per epoch ``thawkit_phase_change`` (when the trainable set
 changes), ``thawkit_epoch_end`` and ``thawkit_checkpoint_saved``, and last ``thawkit_run_end``
@@ -63,6 +64,26 @@ def thawkit_register_loggers(register: Callable[..., None]) -> None:
             importable (a missing one is a recipe error before anything is written).
 
     Returns: nothing (all implementations are called).
+    """
+
+
+@hookspec
+def thawkit_register_readers(register: Callable[..., None]) -> None:
+    """Register data readers that a recipe selects by name in ``data.reader``.
+
+    Parameters:
+        register: call ``register(name, reader)`` where ``reader`` is a
+            :class:`thawkit.plugins.train.readers.Reader`: it scans ``data.train`` and
+            ``data.val`` (the checks ``thawkit plan`` makes too), resolves the preprocessing
+            (kept in the run's ``data.json``), builds the loaders (batches of ``(inputs,
+            labels)``, ``inputs`` a tensor or a mapping of tensors), moves inputs to the
+            device, runs the model on them (``forward(model, inputs)`` returns the logits) and
+            prepares ``thawkit predict``'s inputs. ``reader.cache_off`` says why the feature
+            cache is not exact for its data (``None``: the cache decides per phase).
+
+    Returns: nothing (all implementations are called). The training plugin registers
+    ``images`` (ImageFolder directories, the default); the transformers plugin ``text`` (CSV
+    or JSON Lines) and ``audio`` (a folder per class of WAV/FLAC files).
     """
 
 

@@ -23,7 +23,7 @@ from thawkit import ConfigError, ThawkitError, load_backbone
 from ..interpolation import check_alpha
 from .adapter_export import export_adapters, has_adapters, merge_run
 from .checkpoint import read_jsonl, save_weights, write_json
-from .data import Preprocess, image_transform, preprocess_images
+from .data import Preprocess, image_transform
 from .rundir import RunDir, disk_errors
 from .run_model import load_run_model, plain_head
 from .wise import interpolate_run
@@ -45,18 +45,19 @@ class ExportError(ThawkitError):
 def predict(run_dir: str | Path, images: list[str], *, top_k: int = 5, best: bool = False,
             pm: ThawkitPluginManager | None = None,
             trust: bool = False) -> list[tuple[str, list[tuple[str, float]]]]:
-    """For each image, the ``top_k`` classes by name with their probabilities, best first
-    (``trust``: as in :func:`load_run_model`)."""
+    """For each input (image files; for other data readers, what their ``inputs`` say: texts, audio
+    files), the ``top_k`` classes by name with their probabilities, best first (``trust``: as in
+    :func:`load_run_model`)."""
     import torch
 
-    if not images:
-        raise ConfigError("predict: name at least one image file")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     run = load_run_model(run_dir, best=best, pm=pm, trust=trust, command="predict")
-    x = preprocess_images(images, run.prep)
+    if not images:
+        raise ConfigError(f"predict: name at least one of the run's inputs ({run.reader.inputs})")
+    x = run.reader.predict_inputs(list(images), run.prep, run.recipe)
     with torch.no_grad():
-        probs = run.model(x).float().softmax(dim=1)
+        probs = run.reader.forward(run.model, x).float().softmax(dim=1)
     if not bool(probs.isfinite().all()):
         raise ThawkitError(f"predict: {run.weights} gives NaN or infinite outputs for these images; "
                            "the run diverged (retrain with a lower optimizer.lr)")
@@ -129,10 +130,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
                               f"{', '.join(f'{k}={v!r}' for k, v in options.items())}) cannot rebuild "
                               f"this run's model: {exc}") from None
         rebuilt.eval()
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 3, run.prep.image_size, run.prep.image_size, generator=gen)
+        x = run.reader.example(run.prep, recipe)
         with torch.no_grad():
-            same = torch.allclose(rebuilt(x), reference(x), rtol=1e-5, atol=1e-5 if merge else 1e-6)
+            same = torch.allclose(run.reader.forward(rebuilt, x), run.reader.forward(reference, x),
+                                  rtol=1e-5, atol=1e-5 if merge else 1e-6)
         if not same:
             raise ExportError(f"export: the model that load_backbone({config['spec']!r}) rebuilds "
                               "from the exported weights gives other logits than the trained model")

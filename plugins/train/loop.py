@@ -312,7 +312,7 @@ class Trainer:
 
     def _forward(self, x, validating: bool = False):
         """The pipeline's forward pass; an exception the model raises becomes a message that names
-        the model, the input shape and the field to change (:func:`~.preflight.model_error`)."""
+        the model, the input shape and the field to change (:func:`~.model_input.model_error`)."""
         import torch
 
         try:
@@ -320,12 +320,14 @@ class Trainer:
         except (ThawkitError, torch.OutOfMemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own code: worded, not a plugin's bug
-            from .preflight import model_error
+            from .model_input import model_error
 
             st = self.state
             when = f" in validation after epoch {st.epoch + 1}" if validating else \
                 f" at epoch {st.epoch + 1}, step {st.step + 1}"
-            raise model_error(self.s.recipe, self.s.model, tuple(x.shape), exc, when) from exc
+            shape = self.s.reader.shape(x)
+            raise model_error(self.s.recipe, self.s.model, shape, exc, when,
+                              hint=self.s.reader.error_hint(self.s.recipe, shape)) from exc
 
     def _interrupted_message(self) -> str:
         st = self.state

@@ -10,17 +10,18 @@ if TYPE_CHECKING:
 
 
 class Pipeline:
-    """Batches in, logits out: plain images through the whole model."""
+    """Batches in, logits out: the data reader's inputs through the whole model."""
 
     def __init__(self, session: Session):
         self.model = session.model
         self.loaders = session.loaders
         self.device = session.device
+        self.reader = session.reader
 
     def _to_device(self, batches: Iterable) -> Iterator:
         nb = self.device.type == "cuda"
         for x, y in batches:
-            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+            yield self.reader.move(x, self.device), y.to(self.device, non_blocking=nb)
 
     def train_batches(self, epoch: int, skip: int) -> Iterator:
         self.loaders.batches.set_epoch(epoch, skip)
@@ -30,7 +31,8 @@ class Pipeline:
         return self._to_device(self.loaders.val)
 
     def forward(self, x):
-        return self.model(x)
+        """The logits of the inputs ``x``, as the data reader runs the model on them."""
+        return self.reader.forward(self.model, x)
 
     def phase_changed(self, adapted: Any) -> None:
         """Called when the trainable set changes (and on start); nothing is cached here."""

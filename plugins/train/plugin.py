@@ -19,11 +19,20 @@ if TYPE_CHECKING:
 @hookimpl
 def thawkit_add_hookspecs(pm: ThawkitPluginManager) -> None:
     from . import hookspecs
+    from .readers import read_reader
     from .schedules import read_schedule
 
     pm.add_hookspecs(hookspecs)
     pm.add_collector("thawkit_register_schedules", "schedule", read_schedule)
     pm.add_collector("thawkit_register_loggers", "logger", lambda name, factory: (name, factory))
+    pm.add_collector("thawkit_register_readers", "data reader", read_reader)
+
+
+@hookimpl
+def thawkit_register_readers(register: Any) -> None:
+    from .readers import ImageReader
+
+    register("images", ImageReader())
 
 
 @hookimpl
@@ -49,24 +58,14 @@ def thawkit_recipe_sections(register: Any) -> None:
     register("train", TrainSection)
 
 
-def count_classes(directory: str) -> int | None:
-    """Number of class folders in an ImageFolder directory, or None if it does not exist."""
-    path = Path(directory)
-    if not path.is_dir():
-        return None
-    return sum(1 for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 @hookimpl
 def thawkit_infer_num_classes(recipe: Recipe, where: str) -> int | None:
-    folder = recipe.section("data").train
-    if folder is None:
+    """The class count of ``data.train``, as the recipe's data reader reads it."""
+    if recipe.section("data").train is None:
         return None
-    n = count_classes(folder)
-    if n is None:
-        raise ConfigError(f"{where}: data.train: directory {folder!r} does not exist (needed to "
-                          "infer head.num_classes; or set head.num_classes)")
-    return n
+    from .readers import reader_for
+
+    return reader_for(recipe).count_classes(recipe, where)
 
 
 @hookimpl

@@ -3,64 +3,73 @@ plan`` runs too, so the plan is train's dry run: the same recipe fails both with
 
 :func:`preflight` scans the data folders (class count, empty folders, image headers), opens the
 weights file's header, builds the model on the meta device and runs one forward pass of the
-data's input shape through it (no memory, no arithmetic). :func:`model_error` words an exception
-the model raises on its input, here or in the middle of a run.
+data's input shape through it (no memory, no arithmetic); the data itself is the recipe's data
+reader's business (``data.reader``, :mod:`.readers`). :func:`~.model_input.model_error` words an
+exception the model raises on its input, here or in the middle of a run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, ThawkitError, WeightsError
+from thawkit import ConfigError, WeightsError
 
-from .data import ImageFolderData, Preprocess, check_classes, data_warnings, scan_folder
+from .model_input import ModelInputError, check_forward, meta_limitation, model_error
+from .readers import Reader, reader_for
+
+__all__ = ["ModelInputError", "Preflight", "check_forward", "check_weights", "meta_limitation",
+           "model_error", "preflight", "random_backbone_warnings"]
 
 if TYPE_CHECKING:
     from thawkit import Adapted, Recipe
     from torch import nn
 
 
-class ModelInputError(ThawkitError):
-    """The model cannot run on the input the recipe's data gives it."""
-
-
 @dataclass
 class Preflight:
-    """What the checks found: the data folders (None without data), the class count, the
-    preprocessing and the warnings to show when the run starts."""
+    """What the checks found: the training and validation data (None without data), the class
+    count, the preprocessing, the data reader (``data.reader``) and the warnings to show when
+    the run starts."""
 
-    train: ImageFolderData | None
-    val: ImageFolderData | None
+    train: Any
+    val: Any
     num_classes: int | None
-    prep: Preprocess
+    prep: Any
+    reader: Reader
     warnings: list[str] = field(default_factory=list)
+    classes: list[str] | None = None  # the class names of the data (None without data)
 
 
 def preflight(recipe: Recipe, *, data: bool = True,
-              prep: Preprocess | None = None) -> Preflight:
+              prep: dict[str, Any] | None = None) -> Preflight:
     """Run train's checks before its first step; a :class:`~thawkit.ThawkitError` for the first
-    that fails. ``data=False`` (``thawkit plan --no-data``) leaves out the data folders;
-    ``prep``: the preprocessing a resumed run keeps (else resolved from the model and recipe)."""
-    from thawkit import adapt_recipe, data_config
+    that fails. ``data=False`` (``thawkit plan --no-data``) leaves out the data (files, columns,
+    headers); ``prep``: the preprocessing a resumed run keeps, as its ``data.json`` holds it
+    (else resolved from the model and recipe). The recipe's ``data.reader`` reads the data."""
+    from thawkit import adapt_recipe
 
     if recipe.optimizer.lr_scale:
         raise ConfigError("optimizer.lr_scale: true is timm's form, for your own loop that sets "
                           "lr = base * lr_scale; thawkit train's schedules scale each group's lr "
                           "(the multipliers baked in), so leave optimizer.lr_scale false")
-    train = val = None
+    reader = reader_for(recipe)
     n = recipe.head.num_classes
-    if data:
-        train = scan_folder(recipe.data.train, "data.train")
-        val = scan_folder(recipe.data.val, "data.val")
-        n = check_classes(train, val, n)
+    splits = reader.scan(recipe) if data else None
+    if splits is not None:
+        n = len(splits.classes)
     check_weights(recipe)
     twin = adapt_recipe(recipe, meta=True, num_classes=n)
-    prep = prep or Preprocess.resolve(data_config(twin.model, pm=recipe.plugin_manager), recipe.data)
-    notes = data_warnings(train, val) if train is not None and val is not None else []
+    resolved = reader.preprocess_from_dict(recipe, prep) if prep is not None else \
+        reader.preprocess(recipe, twin.model)
+    notes = list(splits.warnings) if splits is not None else []
     notes += random_backbone_warnings(recipe, twin)  # before the forward pass moves its phases on
-    check_forward(recipe, twin, prep.image_size, n_train=None if train is None else len(train))
-    return Preflight(train, val, n, prep, notes)
+    if splits is not None or recipe.data.model_fields_set:
+        # a recipe without a data section (a model-only plan) states no input to check the model on
+        reader.check_forward(recipe, twin, resolved, None if splits is None else len(splits.train))
+    if splits is None:
+        return Preflight(None, None, n, resolved, reader, notes)
+    return Preflight(splits.train, splits.val, n, resolved, reader, notes, splits.classes)
 
 
 # ------------------------------------------------------------------ weights
@@ -93,65 +102,6 @@ def is_file(path: str) -> bool:
         return Path(path).expanduser().is_file()
     except (OSError, ValueError):
         return False
-
-
-# ------------------------------------------------------------------ forward
-def check_forward(recipe: Recipe, twin: Adapted, image_size: int, *, n_train: int | None) -> None:
-    """One training-mode forward pass of the data's input shape through a meta-device twin
-    (phase by phase when a batch can hold one image, which BatchNorm cannot train on)."""
-    import torch
-
-    single = n_train == 1 or recipe.data.batch_size == 1
-    for phase in twin.phases if single else twin.phases[:1]:
-        twin.on_epoch_start(phase.epoch)
-        twin.model.train()
-        x = torch.empty(1 if single else 2, 3, image_size, image_size, device="meta")
-        try:
-            twin.model(x)
-        except ValueError as exc:
-            if "more than 1 value per channel" not in str(exc):
-                raise model_error(recipe, twin.model, tuple(x.shape), exc) from None
-            cause = "data.train has one image" if n_train == 1 else "data.batch_size is 1"
-            raise ConfigError(
-                f"{cause}, so a training batch holds one image, and BatchNorm layers that train "
-                f"(from epoch {phase.epoch + 1}) cannot normalise one value per channel ({exc}); use "
-                "more training images and data.batch_size >= 2, or keep BatchNorm statistics "
-                "frozen (a strategy with norm: frozen or affine)") from None
-        except Exception as exc:  # noqa: BLE001 - the model's own words, worded below
-            if meta_limitation(exc):
-                return  # an operation the meta device cannot run: the run itself will tell
-            raise model_error(recipe, twin.model, tuple(x.shape), exc) from None
-
-
-def meta_limitation(exc: BaseException) -> bool:
-    """Whether the meta device, not the model, failed (no kernel, a value read from a tensor)."""
-    return isinstance(exc, NotImplementedError) or "meta" in str(exc).lower()
-
-
-def model_error(recipe: Recipe, model: nn.Module, shape: tuple[int, ...], exc: BaseException,
-                when: str = "") -> ModelInputError:
-    """A :class:`ModelInputError` naming the model, the input shape, the model's own words and
-    the field most likely to fix it."""
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    size = shape[-1]
-    given = f"data.image_size: {size}" if recipe.data.image_size else \
-        f"{size}, the model's own input size (data.image_size unset)"
-    return ModelInputError(
-        f"model {recipe.backbone.spec} cannot run on a batch of shape {tuple(shape)} ({given})"
-        f"{when}: {type(exc).__name__}: {first}; {_size_hint(model, size)}")
-
-
-def _size_hint(model: nn.Module, size: int) -> str:
-    """The builder argument that fixes a model's input size, when the model has one."""
-    for module in model.modules():
-        for attr, kwarg in (("img_size", "img_size"), ("image_size", "image_size")):
-            built = getattr(module, attr, None)
-            if isinstance(built, (tuple, list)) and built:
-                built = built[-1]
-            if isinstance(built, int) and not isinstance(built, bool) and built != size:
-                return (f"build the model for this size with backbone.kwargs: {{{kwarg}: {size}}}, "
-                        f"or set data.image_size: {built} (the size it was built for)")
-    return "check data.image_size and backbone.kwargs against the input the model expects"
 
 
 # ------------------------------------------------------------------ warnings

@@ -38,6 +38,7 @@ from .schedules import end_epoch
 from .session import check_new_run_dir, make_scheduler, prepare, torch_flags_restored
 from .data import RESUME_ADVICE, DataError
 from .loop import _worker_message
+from .readers import reader_for
 
 if TYPE_CHECKING:
     from thawkit import Adapted, Recipe, ThawkitPluginManager
@@ -129,6 +130,10 @@ def probe(recipe: Recipe, lrs: Sequence[float], *, pm: ThawkitPluginManager | No
         raise ConfigError("probe: give at least one learning rate (--lr)")
     if any(not lr > 0 for lr in lrs):
         raise ConfigError(f"probe: learning rates must be > 0, got {list(lrs)}")
+    off = reader_for(recipe).cache_off
+    if off is not None:  # the probe trains on cached features
+        raise ConfigError(f"probe: data.reader {recipe.data.reader}: {off}; a probe trains heads on "
+                          "cached features, so it reads images only")
     run_dir = Path(run_dir if run_dir is not None else recipe.train.output)
     created = make_run_dir(run_dir, "probe --output")
     try:

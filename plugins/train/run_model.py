@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ConfigError, WeightsError, adapt_recipe
 
 from ..weights import read_weights
-from .data import Preprocess
+from .readers import Reader, reader_for
 from .rundir import RunDir, read_data_info, read_run_recipe, run_status
 from .start import complete_state, is_changed_only
 
@@ -26,10 +26,11 @@ class RunModel:
 
     model: nn.Module
     classes: list[str]
-    prep: Preprocess
+    prep: Any  # the data reader's preprocessing (images: data.Preprocess)
     recipe: Recipe
     layout: Any
     weights: Path
+    reader: Reader  # the recipe's data.reader
 
 
 def load_run_model(run_dir: str | Path, *, best: bool = False,
@@ -70,8 +71,9 @@ def load_run_model(run_dir: str | Path, *, best: bool = False,
         raise WeightsError(f"{file} does not fit the model its recipe builds: "
                            f"{str(exc).splitlines()[0]}") from None
     model.eval()
-    return RunModel(model, list(info["classes"]), Preprocess.from_dict(info["preprocess"]), recipe,
-                    adapted.layout, file)
+    reader = reader_for(recipe)
+    return RunModel(model, list(info["classes"]), reader.preprocess_from_dict(recipe, info["preprocess"]),
+                    recipe, adapted.layout, file, reader)
 
 
 def _completed_best(run_dir: Path, file: Path, state: dict[str, Any], built: dict[str, Any],

@@ -386,6 +386,8 @@ def read_data_info(run_dir: Path) -> dict[str, Any]:
 
 
 def _preprocess_problem(prep: dict[str, Any]) -> str | None:
+    if prep.get("reader", "images") != "images":  # another data reader's: it reads its own
+        return None if isinstance(prep.get("reader"), str) else "reader must be a string"
     for key in ("image_size", "resize"):
         v = prep.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:

@@ -160,7 +160,7 @@ def _already_done(trainer: Trainer) -> Outcome:
 
 
 def _check_same(given: Recipe, saved: Recipe, run_dir: Path) -> None:
-    a, b = absolute_paths(given.model_dump(mode="json")), saved.model_dump(mode="json")
+    a, b = absolute_paths(given.model_dump(mode="json"), given.plugin_manager), saved.model_dump(mode="json")
     for d in (a, b):
         d["train"].pop("output", None)
     if a["head"].get("num_classes") is None:

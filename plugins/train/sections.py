@@ -56,10 +56,18 @@ class ScheduleSection(BaseModel):
 
 
 class DataSection(_Section):
-    """ImageFolder directories, preprocessing and batching."""
+    """The data reader, its files or directories, preprocessing and batching."""
 
-    train: str | None = Field(None, description="ImageFolder directory of training images.")
-    val: str | None = Field(None, description="ImageFolder directory of validation images.")
+    reader: str = Field("images", description="A registered data reader: images (ImageFolder "
+                        "directories), text (CSV or JSON Lines), audio (a folder per class), or a "
+                        "plugin's.")
+    train: str | None = Field(None, description="ImageFolder directory of training images (reader "
+                              "images), a CSV/JSONL file (text), a folder per class (audio).")
+    val: str | None = Field(None, description="Validation data, in the same form as data.train.")
+    text_column: str = Field("text", min_length=1, description="reader text: the column of texts.")
+    label_column: str = Field("label", min_length=1, description="reader text: the column of labels.")
+    max_length: int = Field(128, gt=0, description="reader text: tokens per text at most (truncated); "
+                            "batches are padded to their longest text.")
     image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE,
                                    description="Override the backbone's input size (pixels per side).")
     mean: tuple[Channel, Channel, Channel] | None = None

@@ -15,9 +15,10 @@ from thawkit import ConfigError, adapt_recipe, arch_options, validate_recipe
 
 from .cache import CacheDecision, decide
 from .checkpoint import write_json, write_text
-from .data import Loaders, Preprocess, build_loaders
+from .data import Loaders
 from .ddp import World, check_sync_bn, convert_sync_bn, process_device, shard
 from .preflight import preflight
+from .readers import ImageReader, Reader, Splits
 from .rundir import RunDir, make_run_dir, read_data_info, read_json
 from .schedules import build_scheduler
 from .start import record_start, seed_rngs
@@ -38,13 +39,14 @@ class Session:
     scheduler: Any
     interval: str
     loaders: Loaders
-    prep: Preprocess
+    prep: Any  # the data reader's preprocessing (images: data.Preprocess)
     device: torch.device
     amp_dtype: Any  # torch.dtype or None (no mixed precision)
     scaler: Any
     cache: list[CacheDecision] = field(default_factory=list)  # one per phase the run reaches
     warnings: list[str] = field(default_factory=list)  # about the data: logged when the run starts
     world: World = field(default_factory=World)  # this process among the run's (ddp.py)
+    reader: Reader = field(default_factory=ImageReader)  # data.reader's (readers.py)
 
     @property
     def model(self):
@@ -68,7 +70,8 @@ class Session:
         return (f"{r.backbone.spec} -> {len(self.loaders.classes)} classes, strategy {r.strategy.name} "
                 f"({len(a.phases)} phase{'s' if len(a.phases) > 1 else ''}), {r.optimizer.name} + "
                 f"{r.schedule.name}; {len(self.loaders.train.dataset)} train / "
-                f"{len(self.loaders.val.dataset)} val images, {self.loaders.steps_per_epoch} steps "
+                f"{len(self.loaders.val.dataset)} val {self.recipe.data.reader}, "
+                f"{self.loaders.steps_per_epoch} steps "
                 f"per epoch, {self.epochs} epochs on {self.device}{amp}; run directory {self.run_dir}")
 
 
@@ -179,7 +182,7 @@ def check_new_run_dir(run_dir: Path, command: str = "train") -> str | None:
 
 def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
                     arch: dict[str, Any] | None = None) -> Recipe:
-    data = absolute_paths(recipe.model_dump(mode="json"))
+    data = absolute_paths(recipe.model_dump(mode="json"), recipe.plugin_manager)
     data["head"]["num_classes"] = num_classes
     # options that the published weights implied, so predict/export rebuild the same network
     data["backbone"]["kwargs"] = {**(arch or {}), **data["backbone"]["kwargs"]}
@@ -187,9 +190,11 @@ def resolved_recipe(recipe: Recipe, *, num_classes: int, run_dir: Path,
     return validate_recipe(data, where=str(RunDir(run_dir).recipe), pm=recipe.plugin_manager)
 
 
-def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
+def absolute_paths(data: dict[str, Any], pm: Any = None) -> dict[str, Any]:
     """A recipe mapping whose ``.py`` plugin files, data folders and weights file are absolute,
-    so the run's ``recipe.yaml`` finds them from any working directory (``--resume``)."""
+    so the run's ``recipe.yaml`` finds them from any working directory (``--resume``); with the
+    recipe's manager ``pm``, the backbone's name too where it is a directory and the source says
+    names may be directories (its attribute ``local_names``, e.g. ``transformers:./my-bert``)."""
     from .preflight import is_file
 
     def absolute(path: Any, *, exists: bool = True) -> Any:
@@ -202,6 +207,10 @@ def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(data.get("data"), dict) and data["data"].get(key):
             data["data"][key] = absolute(data["data"][key], exists=False)
     data["backbone"]["weights"] = absolute(data["backbone"].get("weights"))
+    name = data["backbone"].get("name")
+    if pm is not None and isinstance(name, str) and Path(name).expanduser().is_dir() and \
+            getattr(pm.sources.get(data["backbone"]["source"]), "local_names", False):
+        data["backbone"]["name"] = os.path.abspath(Path(name).expanduser())
     return data
 
 
@@ -216,17 +225,18 @@ def make_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
 
 def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
             world: World | None = None,
-            check: Callable[[Adapted, Preprocess], None] | None = None) -> Session:
+            check: Callable[[Adapted, Any], None] | None = None) -> Session:
     """Check the data, build model, optimizer and schedule, and (for a new run) write the run's
     recipe, plan and data description. Nothing is written before every check has passed (a
     caller's own ``check(adapted, preprocess)`` included); of several processes (``world``),
     rank 0 alone writes. Plugins come from ``recipe.plugin_manager``."""
     t = recipe.train
     seed_everything(t.seed, t.deterministic)
-    kept = Preprocess.from_dict(read_data_info(run_dir)["preprocess"]) if resume else None
+    kept = read_data_info(run_dir)["preprocess"] if resume else None
     checked = preflight(recipe, prep=kept)  # what thawkit plan checks too
     train, val, n, prep = checked.train, checked.val, checked.num_classes, checked.prep
     assert train is not None and val is not None and n is not None  # preflight with data
+    reader = checked.reader
     world = world or World()
     device = process_device(world, pick_device(t.device))
     if t.sync_bn:
@@ -237,9 +247,8 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
         convert_sync_bn(adapted.model)
     adapted.model.to(device)
     optimizer = adapted.optimizer(recipe.optimizer)
-    loaders = build_loaders(train, val, prep, batch_size=recipe.data.batch_size,
-                            num_workers=recipe.data.num_workers, seed=t.seed,
-                            pin_memory=device.type == "cuda")
+    loaders = reader.loaders(recipe, Splits(train, val, checked.classes), prep, seed=t.seed,
+                             pin_memory=device.type == "cuda")
     if world.distributed:
         loaders = shard(loaders, world, batch_size=recipe.data.batch_size, seed=t.seed)
     scheduler, interval = make_scheduler(recipe, optimizer, loaders.steps_per_epoch)
@@ -261,10 +270,9 @@ def prepare(recipe: Recipe, *, run_dir: Path, resume: bool = False,
         write_json(files.plan, {**adapted.plan.to_dict(),
                                             "cache": [d.to_dict() for d in cache]})
         write_json(files.data, {
-            "classes": train.classes, "preprocess": prep.to_dict(),
-            "train": {"dir": str(train.root), "images": len(train)},
-            "val": {"dir": str(val.root), "images": len(val)}})
+            "classes": loaders.classes, "preprocess": prep.to_dict(),
+            "train": reader.describe(train), "val": reader.describe(val)})
 
         record_start(run_dir, recipe, adapted)
     return Session(recipe, run_dir, adapted, optimizer, scheduler, interval, loaders, prep, device,
-                   amp_dtype, scaler, cache, checked.warnings, world)
+                   amp_dtype, scaler, cache, checked.warnings, world, reader)

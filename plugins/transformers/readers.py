@@ -1,0 +1,288 @@
+"""The ``text`` and ``audio`` data readers of ``thawkit train`` (``data.reader``), over :mod:`.data`.
+
+* ``text``: ``data.train`` and ``data.val`` are CSV (header row) or JSON Lines files with the
+  columns ``data.text_column`` and ``data.label_column``; texts are tokenized with the tokenizer
+  saved in the backbone's directory (``transformers:DIR``), truncated to ``data.max_length``
+  tokens, each batch padded to its longest text.
+* ``audio``: ``data.train`` and ``data.val`` are folders with one sub-directory of WAV/FLAC files
+  per class, read with soundfile, resampled to the rate of the feature extractor saved in the
+  backbone's directory, each batch padded to its longest clip.
+
+The classes are the training data's labels (sorted names). Batches are ``(inputs, labels)`` with
+``inputs`` the model's keyword arguments; the model's ``.logits`` are the loop's logits. The
+feature cache stays off: it splits a model that takes one image tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thawkit import ConfigError
+from thawkit.plugins.train.readers import Reader, Splits, keyed_loaders
+
+if TYPE_CHECKING:
+    from thawkit import Recipe
+    from thawkit.plugins.train.data import Loaders
+    from torch import nn
+
+CACHE_OFF = ("the feature cache splits a model that takes one image tensor; this model takes a "
+             "mapping of inputs")
+
+
+@dataclass
+class Source:
+    """One split as a reader found it: its file or folder and how many examples it holds."""
+
+    path: str
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def model_dir(recipe: Recipe, what: str) -> Path:
+    """The backbone's ``save_pretrained`` directory, where the tokenizer or feature extractor is."""
+    b = recipe.backbone
+    path = Path(b.name).expanduser()
+    if b.source != "transformers" or not path.is_dir():
+        raise ConfigError(f"data.reader {recipe.data.reader}: the {what} comes from the backbone's "
+                          f"directory, but backbone {b.spec} is no transformers: directory; use "
+                          "backbone: transformers:DIR, a directory written by save_pretrained() "
+                          f"holding the model's config and its {what}")
+    return path.resolve()
+
+
+def _auto(kind: str, path: str, what: str, recipe_reader: str) -> Any:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    try:
+        return getattr(transformers, kind).from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"data.reader {recipe_reader}: no {what} in {path!r} ({first}); save the "
+                          f"model's {what} there with {what.replace(' ', '_')}.save_pretrained(DIR)"
+                          ) from None
+
+
+def _split(field: str, read: Any) -> Any:
+    """``read()``, its ConfigError prefixed with the recipe field it is about."""
+    try:
+        return read()
+    except ConfigError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+
+
+def _required(recipe: Recipe) -> tuple[str, str]:
+    d = recipe.data
+    for field, value in (("data.train", d.train), ("data.val", d.val)):
+        if not value:
+            raise ConfigError(f"{field}: required with data.reader {d.reader}")
+    return str(d.train), str(d.val)
+
+
+class _Collate:
+    """A padded batch of ``data`` (its own ``collate``) as ``(inputs, labels)``."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __call__(self, items: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+        import torch
+
+        batch = dict(self.data.collate(items))
+        return batch, torch.as_tensor(batch.pop("labels"))
+
+
+class _MappingReader(Reader):
+    """What the text and audio readers share: inputs are the model's keyword arguments."""
+
+    cache_off = CACHE_OFF
+
+    def describe(self, data: Any) -> dict[str, Any]:
+        return {"path": data.path, "examples": len(data)}
+
+    def move(self, x: Any, device: Any) -> Any:
+        nb = device.type == "cuda"
+        return {k: v.to(device, non_blocking=nb) for k, v in x.items()}
+
+    def forward(self, model: nn.Module, x: Any) -> Any:
+        return model(**_accepted(model, x)).logits
+
+    def shape(self, x: Any) -> tuple[int, ...]:
+        return tuple(next(iter(x.values())).shape)
+
+
+def _accepted(model: nn.Module, x: dict[str, Any]) -> dict[str, Any]:
+    """The inputs ``model.forward`` takes (a tokenizer may give ``token_type_ids`` to a model
+    without them)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return x
+    return {k: v for k, v in x.items() if k in params}
+
+
+# ------------------------------------------------------------------ text
+@dataclass
+class TextPreprocess:
+    """The text reader's preprocessing, kept in the run's ``data.json``."""
+
+    tokenizer: str
+    text_column: str
+    label_column: str
+    max_length: int
+    reader: str = "text"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load(self) -> Any:
+        return _auto("AutoTokenizer", self.tokenizer, "tokenizer", self.reader)
+
+
+class TextReader(_MappingReader):
+    """``text``: see the module docstring."""
+
+    inputs = "texts"
+
+    def scan(self, recipe: Recipe) -> Splits:
+        from .data import _label_ids, read_text_table
+
+        d = recipe.data
+        train_path, val_path = _required(recipe)
+        _, train_labels = _split("data.train", lambda: read_text_table(train_path, d.text_column,
+                                                                       d.label_column))
+        _, val_labels = _split("data.val", lambda: read_text_table(val_path, d.text_column,
+                                                                   d.label_column))
+        _, classes = _label_ids(train_labels, None, train_path)
+        _split("data.val", lambda: _label_ids(val_labels, classes, val_path))
+        _check_num_classes(recipe, classes)
+        notes = [f"data.train: {train_path!r} has a single label ({classes[0]!r})"] \
+            if len(classes) == 1 else []
+        return Splits(Source(train_path, len(train_labels)), Source(val_path, len(val_labels)),
+                      classes, notes)
+
+    def preprocess(self, recipe: Recipe, model: nn.Module) -> TextPreprocess:
+        d = recipe.data
+        prep = TextPreprocess(str(model_dir(recipe, "tokenizer")), d.text_column, d.label_column,
+                              d.max_length)
+        prep.load()  # a directory without a tokenizer fails here, before anything is written
+        return prep
+
+    def preprocess_from_dict(self, recipe: Recipe, saved: dict[str, Any]) -> TextPreprocess:
+        return TextPreprocess(**saved)
+
+    def loaders(self, recipe: Recipe, splits: Splits, prep: Any, *, seed: int,
+                pin_memory: bool) -> Loaders:
+        from .data import TextClassificationData
+
+        tokenizer = prep.load()
+        data = [TextClassificationData(s.path, tokenizer, text=prep.text_column,
+                                       label=prep.label_column, max_length=prep.max_length,
+                                       classes=splits.classes) for s in (splits.train, splits.val)]
+        return keyed_loaders(recipe, *data, splits.classes, seed=seed, pin_memory=pin_memory,
+                             collate_fn=_Collate)
+
+    def error_hint(self, recipe: Recipe, shape: tuple[int, ...]) -> str | None:
+        return (f"a batch of {shape[0]} texts of {shape[-1]} tokens (data.max_length: "
+                f"{recipe.data.max_length}); check data.max_length against the model's "
+                "max_position_embeddings, and backbone.kwargs against the model's config")
+
+    def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
+        return dict(prep.load()(items, truncation=True, max_length=prep.max_length, padding=True,
+                                return_tensors="pt"))
+
+    def example(self, prep: Any, recipe: Recipe) -> Any:
+        import torch
+
+        tokenizer = prep.load()
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, len(tokenizer), (2, 8), generator=gen)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+# ------------------------------------------------------------------ audio
+@dataclass
+class AudioPreprocess:
+    """The audio reader's preprocessing, kept in the run's ``data.json``."""
+
+    feature_extractor: str
+    sampling_rate: int
+    reader: str = "audio"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load(self) -> Any:
+        return _auto("AutoFeatureExtractor", self.feature_extractor, "feature extractor", self.reader)
+
+
+class AudioReader(_MappingReader):
+    """``audio``: see the module docstring."""
+
+    inputs = "audio files"
+
+    def scan(self, recipe: Recipe) -> Splits:
+        from .data import scan_audio_folder
+
+        train_path, val_path = _required(recipe)
+        train = _split("data.train", lambda: scan_audio_folder(train_path))
+        val = _split("data.val", lambda: scan_audio_folder(val_path, train.classes))
+        _check_num_classes(recipe, train.classes)
+        return Splits(Source(train_path, len(train.samples)), Source(val_path, len(val.samples)),
+                      train.classes)
+
+    def preprocess(self, recipe: Recipe, model: nn.Module) -> AudioPreprocess:
+        path = str(model_dir(recipe, "feature extractor"))
+        extractor = _auto("AutoFeatureExtractor", path, "feature extractor", "audio")
+        return AudioPreprocess(path, int(extractor.sampling_rate))
+
+    def preprocess_from_dict(self, recipe: Recipe, saved: dict[str, Any]) -> AudioPreprocess:
+        return AudioPreprocess(**saved)
+
+    def loaders(self, recipe: Recipe, splits: Splits, prep: Any, *, seed: int,
+                pin_memory: bool) -> Loaders:
+        from .data import AudioClassificationData
+
+        extractor = prep.load()
+        data = [AudioClassificationData(s.path, extractor, classes=splits.classes)
+                for s in (splits.train, splits.val)]
+        return keyed_loaders(recipe, *data, splits.classes, seed=seed, pin_memory=pin_memory,
+                             collate_fn=_Collate)
+
+    def error_hint(self, recipe: Recipe, shape: tuple[int, ...]) -> str | None:
+        return (f"a batch of {shape[0]} clips of {shape[-1]} values; check backbone.kwargs against "
+                "the model's config and the feature extractor saved beside it")
+
+    def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
+        import soundfile
+
+        from .data import load_audio
+
+        waves = []
+        for item in items:
+            try:
+                waves.append(load_audio(item, prep.sampling_rate))
+            except (OSError, RuntimeError, soundfile.LibsndfileError) as exc:
+                raise ConfigError(f"{item}: not a readable audio file ({exc})") from None
+        return dict(prep.load()(waves, sampling_rate=prep.sampling_rate, padding=True,
+                                return_tensors="pt"))
+
+    def example(self, prep: Any, recipe: Recipe) -> Any:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        waves = [rng.standard_normal(prep.sampling_rate // 4).astype(np.float32) for _ in range(2)]
+        return dict(prep.load()(waves, sampling_rate=prep.sampling_rate, padding=True,
+                                return_tensors="pt"))
+
+
+def _check_num_classes(recipe: Recipe, classes: list[str]) -> None:
+    n = recipe.head.num_classes
+    if n is not None and n != len(classes):
+        raise ConfigError(f"head.num_classes is {n} but data.train {recipe.data.train!r} has "
+                          f"{len(classes)} classes ({', '.join(classes[:10])}); set "
+                          f"head.num_classes: {len(classes)} or leave it out to infer it")
