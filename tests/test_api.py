@@ -8,8 +8,8 @@ its kind, its parameters (name, kind, whether it has a default) and, for a class
 members. The test compares the live API with it (names are imported, so lazy names and
 deprecated aliases count as they behave). A name that is gone or whose signature breaks a caller
 (a parameter removed, moved, made keyword-only or required) fails unless the Removed or Changed
-subsection of CHANGELOG.md's Unreleased section names it in backticks (```thawkit.adapt```). A new public name must be recorded
-too. After a deliberate change, regenerate the snapshot and commit it:
+subsection of CHANGELOG.md's Unreleased section names it in backticks (```thawkit.adapt```). A new
+public name must be recorded too. After a deliberate change, regenerate the snapshot and commit it:
 
     python tests/test_api.py --update
 

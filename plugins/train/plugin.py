@@ -2,10 +2,9 @@
 loggers, the number of classes of a recipe read from its training folder, and the split of its demo model."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawkit import ConfigError, hookimpl
+from thawkit import hookimpl
 
 if TYPE_CHECKING:
     from thawkit import Layout, Recipe, Split, ThawkitPluginManager

@@ -23,7 +23,6 @@ __all__ = ["ModelInputError", "Preflight", "check_forward", "check_weights", "me
 
 if TYPE_CHECKING:
     from thawkit import Adapted, Recipe
-    from torch import nn
 
 
 @dataclass
