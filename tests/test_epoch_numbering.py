@@ -28,7 +28,7 @@ def train(recipe, run, pm, **kw):
     from thawkit.plugins.train import train as train_run
 
     lines: list[str] = []
-    outcome = train_run(recipe, pm=pm, run_dir=run, log=lines.append, progress_bar=False, **kw)
+    outcome = train_run(recipe, run_dir=run, log=lines.append, progress_bar=False, **kw)
     return outcome, lines
 
 
@@ -84,7 +84,7 @@ def test_probe_counts_epochs_from_1_and_reads_older_files(tmp_path, pm):
     data = make_data(tmp_path)
     d = recipe_dict(data, tmp_path / "probe", data={"augment": False}, train={"epochs": 2})
     lines: list[str] = []
-    results = probe(load(d, pm), [0.01, 0.1], pm=pm, log=lines.append)
+    results = probe(load(d, pm), [0.01, 0.1], log=lines.append)
     saved = read_probe(tmp_path / "probe")
     raw = json.loads((tmp_path / "probe" / RunDir.PROBE).read_text())
     assert raw == saved

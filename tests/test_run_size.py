@@ -90,7 +90,7 @@ def test_head_only_run_holds_one_copy_of_the_backbone(tmp_path, data, pm):
 
     run = tmp_path / "run"
     d = recipe_dict(data, run, backbone={"kwargs": {"width": 16}}, train={"epochs": 3})
-    assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+    assert train(load(d, pm), log=quiet).status == "finished"
     final = _weights(run / "model.safetensors")
     copies = {k: 0 for k in final}
     for state in (final, _weights(run / "best.safetensors"), _checkpoint_model(run)):
@@ -114,10 +114,10 @@ def test_gradual_checkpoint_grows_with_what_thaws_and_resumes_exactly(tmp_path, 
 
     sections = {"strategy": {"name": "gradual", "every": 1}, "train": {"epochs": 3},
                 "data": {"augment": True}}
-    assert train(load(recipe_dict(data, tmp_path / "a", **sections), pm), pm=pm,
+    assert train(load(recipe_dict(data, tmp_path / "a", **sections), pm),
                  log=quiet).status == "finished"
     b = tmp_path / "b"
-    assert train(load(recipe_dict(data, b, **sections), pm), pm=pm, log=quiet,
+    assert train(load(recipe_dict(data, b, **sections), pm), log=quiet,
                  stop_after=1).status == "stopped"
     blocks = []
     for n in (2, 3):
@@ -140,7 +140,7 @@ def test_best_is_completed_by_the_final_weights_or_the_rebuilt_start(tmp_path, d
     run = tmp_path / "run"
     d = recipe_dict(data, run, strategy={"name": "last-block"}, train={"epochs": 3},
                     backbone={"weights": str(weights), "kwargs": {"width": 4, "num_classes": 5}})
-    assert train(load(d, pm), pm=pm, log=quiet).status == "finished"
+    assert train(load(d, pm), log=quiet).status == "finished"
     best = _weights(run / "best.safetensors")
     assert best and all(k.startswith(("fc.", "block3.")) for k in best)
     by_final = load_run_model(run, best=True, pm=pm).model.state_dict()
@@ -168,7 +168,7 @@ def test_changed_weights_file_is_a_clear_error_on_resume_and_predict(tmp_path, d
     run = tmp_path / "run"
     d = recipe_dict(data, run, train={"epochs": 3},
                     backbone={"weights": str(weights), "kwargs": {"width": 4, "num_classes": 5}})
-    assert train(load(d, pm), pm=pm, log=quiet, stop_after=1).status == "stopped"
+    assert train(load(d, pm), log=quiet, stop_after=1).status == "stopped"
     kept = (run / "checkpoint.pt").read_bytes()
     _pretrained(weights, 1)  # other weights under the same name
     capsys.readouterr()
@@ -201,7 +201,7 @@ def test_random_init_start_is_rebuilt_from_the_seed(tmp_path, data, pm):
     from thawkit.plugins.train.inference import load_run_model
 
     run = tmp_path / "run"
-    assert train(load(recipe_dict(data, run, train={"epochs": 2}), pm), pm=pm,
+    assert train(load(recipe_dict(data, run, train={"epochs": 2}), pm),
                  log=quiet, stop_after=1).status == "stopped"
     assert load_run_model(run, best=True, pm=pm).model is not None
     record = json.loads((run / "start.json").read_text())
@@ -247,10 +247,10 @@ def test_run_directories_written_before_stay_readable(tmp_path, data, pm):
 
     sections = {"strategy": {"name": "last-block"}, "train": {"epochs": 3}}
     a = tmp_path / "straight"
-    assert train(load(recipe_dict(data, a, **sections), pm), pm=pm, log=quiet).status == "finished"
+    assert train(load(recipe_dict(data, a, **sections), pm), log=quiet).status == "finished"
     old = tmp_path / "old"
     d = recipe_dict(data, old, **sections)
-    assert train(load(d, pm), pm=pm, log=quiet, stop_after=1).status == "stopped"
+    assert train(load(d, pm), log=quiet, stop_after=1).status == "stopped"
     _as_written_before(old, pm)
     assert resume(old, pm=pm, log=quiet).status == "finished"
     assert (old / "model.safetensors").read_bytes() == (a / "model.safetensors").read_bytes()
