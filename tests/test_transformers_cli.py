@@ -260,3 +260,12 @@ def test_cli_unknown_reader_names_the_field(tmp_path, capsys):
     recipe = text_recipe(tmp_path)
     _fails(["plan", str(recipe), "--set", "data.reader=txt"], capsys, "data.reader: unknown data "
            "reader 'txt'; did you mean 'text'?", "audio, images, text", lines=2)
+
+
+def test_cli_plan_warns_of_a_frozen_random_model_with_the_transformers_fix(tmp_path, capsys):
+    """A config-only model under a freezing strategy trains to chance: the warning names
+    ``pretrained: true``, the way the transformers: source takes a directory's weights."""
+    assert main(["plan", str(text_recipe(tmp_path))]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert "frozen random backbone" in line and "backbone.pretrained: true" in line
+    assert "weights: DEFAULT" not in line

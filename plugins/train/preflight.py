@@ -107,6 +107,8 @@ def is_file(path: str) -> bool:
 #: sources whose models start from random weights unless ``weights``/``pretrained`` say otherwise
 #: (a ``python:`` factory loads whatever weights it likes)
 RANDOM_WITHOUT_WEIGHTS_EXCEPT = ("python",)
+#: sources that take their published weights with ``pretrained: true`` (not ``weights: DEFAULT``)
+PRETRAINED_BY_FLAG = ("timm", "transformers")
 
 
 def random_backbone_warnings(recipe: Recipe, adapted: Adapted) -> list[str]:
@@ -120,8 +122,9 @@ def random_backbone_warnings(recipe: Recipe, adapted: Adapted) -> list[str]:
     frozen = sum(p.numel() for _, p in body if not p.requires_grad)
     if not total or frozen * 2 < total:
         return []
-    unset = "backbone.weights: null" + (", backbone.pretrained: false" if b.source == "timm" else "")
-    named = "backbone.pretrained: true" if b.source == "timm" else "backbone.weights: DEFAULT or a file"
+    by_flag = b.source in PRETRAINED_BY_FLAG
+    unset = "backbone.weights: null" + (", backbone.pretrained: false" if by_flag else "")
+    named = "backbone.pretrained: true" if by_flag else "backbone.weights: DEFAULT or a file"
     return [f"{b.spec} starts from random weights ({unset}), and strategy {recipe.strategy.name} "
             f"keeps {100 * frozen // total}% of them frozen from the first epoch: a frozen random "
             f"backbone trains to chance; name pretrained weights ({named}), use strategy full, or "
