@@ -42,3 +42,16 @@ def optimizer_errors(name: str, kwargs: dict[str, Any]) -> Any:
     """:func:`user_arguments` for an optimizer class checking its settings (TypeError, ValueError)."""
     return user_arguments(f"optimizer {name!r}", kwargs, "the optimizer section",
                           catch=(TypeError, ValueError))
+
+
+def weight_options(opts: dict[str, Any], where: str) -> tuple[bool, Any, Any]:
+    """Pop a source's ``pretrained``, ``weights`` and ``device`` options from ``opts``, checked:
+    ``pretrained`` is true or false, and never given together with a weights file."""
+    pretrained = opts.pop("pretrained", False)
+    weights = opts.pop("weights", None)
+    device = opts.pop("device", None)
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"{where}: pretrained must be true or false, got {pretrained!r}")
+    if pretrained and weights is not None:
+        raise ConfigError(f"{where}: give either pretrained=True or weights=FILE, not both")
+    return pretrained, weights, device

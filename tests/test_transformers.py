@@ -5,6 +5,7 @@ All models are tiny and random, built from configs (tests/hf_tiny.py); nothing i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -376,3 +377,13 @@ def test_a_torchvision_run_and_help_never_import_transformers():
                           "from thawkit.plugins.cli import main\ntry: main()\nexcept SystemExit: pass\n"
                           "print('transformers' in sys.modules)"], capture_output=True, text=True)
     assert out.stdout.strip().endswith("False"), out.stderr
+
+
+@pytest.mark.parametrize("spec", ["timm:resnet18", "transformers:bert"])
+@pytest.mark.parametrize("options, message", [
+    ({"pretrained": "yes"}, "pretrained must be true or false, got 'yes'"),
+    ({"pretrained": True, "weights": "w.safetensors"}, "give either pretrained=True or weights=FILE"),
+])
+def test_sources_check_their_weight_options_alike(spec, options, message):
+    with pytest.raises(thawkit.ConfigError, match=re.escape(f"backbone '{spec}': {message}")):
+        thawkit.load_backbone(spec, **options)

@@ -69,17 +69,11 @@ class TimmSource:
     def load(self, name: str, options: dict[str, Any]) -> nn.Module:
         import timm
 
-        from .._builders import builder_errors
+        from .._builders import builder_errors, weight_options
 
         opts = dict(options)
-        pretrained = opts.pop("pretrained", False)
-        weights = opts.pop("weights", None)
-        device = opts.pop("device", None)
         where = f"backbone 'timm:{name}'"
-        if not isinstance(pretrained, bool):
-            raise ConfigError(f"{where}: pretrained must be true or false, got {pretrained!r}")
-        if pretrained and weights is not None:
-            raise ConfigError(f"{where}: give either pretrained=True or weights=FILE, not both")
+        pretrained, weights, device = weight_options(opts, where)
         if pretrained and str(device) == "meta":
             raise ConfigError(f"{where}: pretrained weights cannot be loaded on the meta device")
         if not timm.is_model(name):

@@ -129,18 +129,12 @@ class TransformersSource:
     def load(self, name: str, options: dict[str, Any]) -> nn.Module:
         import torch
 
-        from thawkit.plugins._builders import builder_errors
+        from thawkit.plugins._builders import builder_errors, weight_options
 
         opts = dict(options)
         task = opts.pop("task", None)
-        pretrained = opts.pop("pretrained", False)
-        weights = opts.pop("weights", None)
-        device = opts.pop("device", None)
         where = f"backbone 'transformers:{name}'"
-        if not isinstance(pretrained, bool):
-            raise ConfigError(f"{where}: pretrained must be true or false, got {pretrained!r}")
-        if pretrained and weights is not None:
-            raise ConfigError(f"{where}: give either pretrained=True or weights=FILE, not both")
+        pretrained, weights, device = weight_options(opts, where)
         config, kind = load_config(name, opts, where)
         cls = model_class(config, task, name, where)
         meta = str(device) == "meta"
