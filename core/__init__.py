@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs
                          shorten as shorten)
     from .layout import Block as Block, Layout as Layout, Split as Split
     from .norm import (has_running_stats as has_running_stats, is_norm as is_norm,
-                       norm_modules as norm_modules)
+                       norm_modules as norm_modules, set_inference as set_inference)
     from .param_groups import (GroupSpec as GroupSpec, OptimizerSettings as OptimizerSettings)
     from .plan_report import Plan as Plan
     from .plugin_manager import (DEFAULT_PLUGINS as DEFAULT_PLUGINS, Registry as Registry,
@@ -68,7 +68,7 @@ _LAZY = {
     **dict.fromkeys(["ConfigError", "LayoutError", "PluginError", "ThawkitError", "UnknownNameError",
                      "WeightsError", "closest", "format_validation_error", "quote", "shorten"], "errors"),
     **dict.fromkeys(["Block", "Layout", "Split"], "layout"),
-    **dict.fromkeys(["has_running_stats", "is_norm", "norm_modules"], "norm"),
+    **dict.fromkeys(["has_running_stats", "is_norm", "norm_modules", "set_inference"], "norm"),
     **dict.fromkeys(["GroupSpec", "OptimizerSettings"], "param_groups"),
     "Plan": "plan_report",
     **dict.fromkeys(["DEFAULT_PLUGINS", "Registry", "ThawkitPluginManager", "default_plugin_manager",

@@ -41,7 +41,8 @@ def _force_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
 
 def set_inference(module: nn.Module, on: bool, model_training: bool) -> None:
     """Keep ``module`` in inference mode under ``model.train()`` (on), or release it to follow
-    the model's mode again (off)."""
+    the model's mode again (off). The norm policy uses it for frozen norm layers; a plugin may use
+    it for other layers (the transformers plugin: dropout in frozen layers)."""
     hooks = module._forward_pre_hooks
     for key in [k for k, h in hooks.items() if h is _force_eval]:
         del hooks[key]

@@ -109,7 +109,7 @@ def test_phases_at_step_boundaries_and_the_short_helper(tmp_path):
 
     adapted = adapted_bert()
     record = Record(adapted.model)
-    from thawkit.plugins.transformers.dropout import _inference
+    from thawkit.norm import _force_eval as _inference  # set_inference's hook
 
     class Hooked(TrainerCallback):  # which layers run without dropout at each step
         seen: list = []
