@@ -225,6 +225,8 @@ class DDPPipeline(CachedPipeline):
     def __init__(self, session: Session, log: Callable[[str], None] = print):
         super().__init__(session, log)
         kwargs = {"device_ids": [session.device.index]} if session.device.type == "cuda" else {}
+        if getattr(session.reader, "skips_parameters", False):
+            kwargs["find_unused_parameters"] = True
         self.ddp = DistributedAdapted(session.adapted, **kwargs)
 
     def phase_changed(self, adapted: Any) -> None:

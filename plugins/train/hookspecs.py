@@ -79,7 +79,10 @@ def thawkit_register_readers(register: Callable[..., None]) -> None:
             labels)``, ``inputs`` a tensor or a mapping of tensors), moves inputs to the
             device, runs the model on them (``forward(model, inputs)`` returns the logits) and
             prepares ``thawkit predict``'s inputs. ``reader.cache_off`` says why the feature
-            cache is not exact for its data (``None``: the cache decides per phase).
+            cache is not exact for its data (``None``: the cache decides per phase);
+            ``reader.skips_parameters`` (default False) that the model may leave trainable
+            parameters out of a training step (layers skipped at random), which DDP must
+            then look for.
 
     Returns: nothing (all implementations are called). The training plugin registers
     ``images`` (ImageFolder directories, the default); the transformers plugin ``text`` (CSV

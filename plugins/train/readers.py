@@ -50,10 +50,14 @@ class Reader:
     ``cache_off``: why the feature cache of frozen-prefix features is not exact for this
     reader's data (``None``: it may be, and :mod:`.cache` decides phase by phase).
     ``inputs``: what ``thawkit predict`` takes (for its messages), e.g. ``image files``.
+    ``skips_parameters``: whether a training forward may leave a trainable parameter out (a
+    layer skipped at random, as wav2vec2's ``layerdrop``); under DDP each step then looks for
+    the parameters left out (``find_unused_parameters``) instead of failing on the next step.
     """
 
     cache_off: str | None = None
     inputs: str = "inputs"
+    skips_parameters: bool = False
 
     def scan(self, recipe: Recipe) -> Splits:
         """Read and check ``data.train`` and ``data.val``; a ConfigError naming the file at fault."""

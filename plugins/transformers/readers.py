@@ -99,6 +99,9 @@ class _MappingReader(Reader):
     """What the text and audio readers share: inputs are the model's keyword arguments."""
 
     cache_off = CACHE_OFF
+    # layerdrop (wav2vec2, HuBERT, Whisper...) skips layers at random in training, as the HF
+    # Trainer assumes for every transformers model
+    skips_parameters = True
 
     def describe(self, data: Any) -> dict[str, Any]:
         return {"path": data.path, "examples": len(data)}
