@@ -156,6 +156,24 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
     """
 
 
+@hookspec(firstresult=True)
+def thawkit_example_input(model: nn.Module, spec: BackboneSpec | None, batch: int) -> Any:
+    """A batch of inputs that ``model``'s forward takes, for checks that run the model.
+
+    Parameters:
+        model: the backbone (its head possibly replaced), on the CPU.
+        spec: how it was loaded, or ``None``.
+        batch: the number of examples in the batch.
+
+    Returns: a tensor (called as ``model(x)``) or a mapping of tensors (called as
+    ``model(**x)``), with random values drawn from torch's global generator; or ``None``
+    if this plugin does not know the model. First non-None result wins; without an
+    answer, a model takes images of :func:`thawkit_data_config`'s ``input_size``. A
+    model whose input is not one image tensor (token ids and an attention mask, a
+    waveform) needs a plugin's answer here.
+    """
+
+
 # -------------------------------------------------------------------------------------------
 # describing a model
 # -------------------------------------------------------------------------------------------

@@ -101,6 +101,14 @@ def thawkit_data_config(model, spec):
 # [end]
 
 
+# [thawkit_example_input]
+@thawkit.hookimpl
+def thawkit_example_input(model, spec, batch):
+    if isinstance(model, TinyNet):  # pos_embed fixes the input: 64 px, whatever the data config
+        return torch.randn(batch, 3, 64, 64)
+# [end]
+
+
 # [thawkit_no_weight_decay]
 @thawkit.hookimpl
 def thawkit_no_weight_decay(model):

@@ -308,6 +308,46 @@ def test_thawkit_data_config(pm):
     assert fallback.image_size == 224 and fallback.mean == (0.485, 0.456, 0.406)
 
 
+class TokenNet(nn.Module):
+    """Takes token ids and a mask as keyword arguments, as a text model does."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.block = nn.Linear(8, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, ids, mask):
+        h = self.block(self.embed(ids)) * mask[..., None]
+        return self.fc(h.sum(1) / mask.sum(1, keepdim=True))
+
+
+def test_thawkit_example_input(pm):
+    """The conformance kit runs a model on the plugin's example input (a mapping: keyword
+    arguments); without an answer it feeds images of the data config's size."""
+    from thawkit.plugins.testing import ModelCase, check_head_plugin, check_strategy
+
+    case = ModelCase("tokens", TokenNet)
+    assert tuple(case.input(TokenNet(), pm).shape) == (2, 3, 224, 224)  # no answer: images
+    failed = check_strategy(pm.strategies.get("gradual"), [case], pm=pm, raises=False)
+    assert not failed.passed and "bit-identical" in str(failed)  # the model cannot take them
+
+    class Plugin:
+        @thawkit.hookimpl
+        def thawkit_example_input(self, model, spec, batch):
+            if isinstance(model, TokenNet):
+                return {"ids": torch.randint(0, 10, (batch, 5)), "mask": torch.ones(batch, 5)}
+            return None
+
+    pm.register(Plugin(), name="token-inputs")
+    x = case.input(TokenNet(), pm)
+    assert x["ids"].shape == (2, 5) and torch.equal(x["ids"], case.input(TokenNet(), pm)["ids"])
+    check_strategy(pm.strategies.get("gradual"), [case], pm=pm)  # trained on x: passes
+    check_head_plugin(thawkit.plugins.fallbacks, case, pm=pm)  # 3 and 7 scores for a batch of 2
+    sized = ModelCase("tokens as sized", TokenNet, input_size=(3, 8, 8))
+    assert tuple(sized.input(TokenNet(), pm).shape) == (2, 3, 8, 8)  # a case's size comes first
+
+
 def test_thawkit_no_weight_decay(pm):
     def decay_of(adapted):
         adapted.optimizer("adamw", lr=0.1, weight_decay=0.05)

@@ -2,11 +2,11 @@
 new head on it, against the contracts in ``thawkit.hookspecs``."""
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .models import ModelCase, ModelLike, same, as_case, changed, first_tensor, snapshot
+from .models import (ModelCase, ModelLike, as_case, call, changed, first_tensor, same, snapshot,
+                     to_meta)
 from .report import Check, Report
 
 if TYPE_CHECKING:
@@ -97,9 +97,13 @@ def check_layout_plugin(plugin: Any, model: ModelLike, *, pm: ThawkitPluginManag
         for path in [*layout.classifiers, *layout.aux, *([layout.feeds] if layout.feeds else [])]:
             if path not in modules:
                 c.fail(f"{path!r} is no module of the model")
-        for path in layout.classifiers:
-            outside = [f"{path}.{n}" for n, _ in modules[path].named_parameters()
-                       if f"{path}.{n}" not in layout.head.params]
+        # by identity: a classifier tied to the input embeddings holds the parameter the model
+        # lists under the embedding's name
+        listed = {id(t): n for n, t in model.named_parameters()}
+        for path in [p for p in layout.classifiers if p in modules]:
+            outside = [f"{path}.{n}" + (f" (listed as {listed[id(t)]})" if id(t) in listed else "")
+                       for n, t in modules[path].named_parameters()
+                       if listed.get(id(t)) not in layout.head.params]
             if outside:
                 c.fail(f"classifier {path!r} has parameters outside the head: {', '.join(outside)}")
     with report.checking(subject, "describing is pure and deterministic", PURE) as c:
@@ -110,7 +114,7 @@ def check_layout_plugin(plugin: Any, model: ModelLike, *, pm: ThawkitPluginManag
         if again is None or again.to_dict() != layout.to_dict():
             c.fail("a second call described the model differently")
     with report.checking(subject, "works on the meta device", META) as c:
-        meta = copy.deepcopy(model).to("meta")
+        meta = to_meta(model)
         on_meta = own.hook.thawkit_describe_layout(model=meta, spec=thawkit.spec_of(meta))
         if on_meta is None or on_meta.to_dict() != layout.to_dict():
             c.fail("the meta copy is described differently (or not at all)")
@@ -185,7 +189,7 @@ def check_head_plugin(plugin: Any, model: ModelLike, *, num_classes: Sequence[in
     def replace(n: int, dropout: float = 0.0, meta: bool = False) -> tuple[Any, Any, Any]:
         model = case.build()
         if meta:
-            model = model.to("meta")
+            model = to_meta(model)
         layout = thawkit.describe_layout(model, pm=full, require_head=False)
         before = snapshot(model)
         new = own.hook.thawkit_replace_head(model=model, layout=layout, num_classes=n,
@@ -206,7 +210,7 @@ def check_head_plugin(plugin: Any, model: ModelLike, *, num_classes: Sequence[in
         with report.checking(subject, f"outputs {n} scores", HEAD_OUT) as c:
             if case.infer:
                 new.eval()
-                out = first_tensor(new(case.input(new, full)))
+                out = first_tensor(call(new, case.input(new, full)))
                 if tuple(out.shape) != (2, n):
                     c.fail(f"the output has shape {tuple(out.shape)} for a batch of 2")
         with report.checking(subject, f"keeps the backbone ({n} classes)", HEAD_BACKBONE) as c:

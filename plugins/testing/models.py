@@ -7,7 +7,7 @@ plugin's layout) at 32 px. Each builds in milliseconds and trains a step on the 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 class ModelCase:
     """A model to check on: ``build()`` returns a fresh one each call.
 
-    ``input_size`` (without the batch dimension) lets the kit run it forward; ``None``
-    takes it from ``thawkit.data_config`` (``infer=False``: the model is not run, as for a
-    model built on the meta device). ``num_classes``: the new head's classes, or ``None``
-    to keep the model's own head.
+    ``input_size`` (without the batch dimension) lets the kit run it forward on random
+    tensors of that size; ``None`` asks the plugins (``thawkit_example_input``: token ids, a
+    waveform...), else takes images of ``thawkit.data_config``'s size (``infer=False``: the
+    model is not run, as for a model built on the meta device). ``num_classes``: the new
+    head's classes, or ``None`` to keep the model's own head (its head is then not replaced).
     """
 
     name: str
@@ -34,12 +35,27 @@ class ModelCase:
     num_classes: int | None = 3
     infer: bool = True
 
-    def input(self, model: nn.Module, pm: ThawkitPluginManager, batch: int = 2) -> torch.Tensor:
+    def input(self, model: nn.Module, pm: ThawkitPluginManager, batch: int = 2) -> Any:
+        """A batch for :func:`call`: the same values every time (seeded), torch's global
+        random state left as it was."""
         import thawkit
         import torch
 
+        if self.input_size is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                answer = pm.hook.thawkit_example_input(model=model, spec=thawkit.spec_of(model),
+                                                       batch=batch)
+            if answer is not None:
+                return answer
         size = self.input_size or tuple(thawkit.data_config(model, pm=pm).input_size)
         return torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
+
+
+def call(model: nn.Module, x: Any) -> Any:
+    """``model`` on a batch of :meth:`ModelCase.input`: ``model(**x)`` for a mapping of inputs
+    (keyword arguments), else ``model(x)``."""
+    return model(**x) if isinstance(x, Mapping) else model(x)
 
 
 ModelLike = Union[ModelCase, str, "nn.Module", Callable[[], "nn.Module"]]
@@ -120,6 +136,26 @@ def default_models() -> list[ModelCase]:
     """The models every strategy is checked on unless told otherwise."""
     return [ModelCase("tiny-cnn", tiny_cnn, (3, 16, 16)), ModelCase("tiny-neck", tiny_neck, (12,)),
             ModelCase("torchvision:resnet18", resnet18, (3, 32, 32))]
+
+
+def to_meta(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the meta device in which shared (tied) parameters stay shared.
+
+    ``model.to("meta")`` would untie them: it makes a new parameter for each module holding
+    one, so a language model's output layer would no longer be its input embedding.
+    """
+    import torch
+
+    meta = copy.deepcopy(model)  # keeps the sharing
+    moved: dict[int, torch.nn.Parameter] = {}
+    for module in meta.modules():
+        for key, param in list(module.named_parameters(recurse=False)):
+            if id(param) not in moved:
+                moved[id(param)] = torch.nn.Parameter(param.detach().to("meta"), param.requires_grad)
+            setattr(module, key, moved[id(param)])
+        for key, buffer in list(module.named_buffers(recurse=False)):
+            setattr(module, key, buffer.to("meta"))
+    return meta
 
 
 def snapshot(model: nn.Module) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def check_plugin(plugin: Any, *, name: str | None = None, pm: ThawkitPluginManag
                    [c for c in candidates if _answers_layout(plugin, c)])
     if "thawkit_replace_head" in hooks:
         _on_models(report, subject, "thawkit_replace_head", check_head_plugin, plugin, pm,
-                   [c for c in candidates if _answers_head(plugin, c, pm)])
+                   [c for c in candidates if _answers_head(plugin, c, pm, report, subject)])
     unchecked = sorted(hooks & set(NOT_CHECKED))
     if unchecked:
         report.skip(subject, "hooks without a check", f"the kit does not check {', '.join(unchecked)}")
@@ -126,16 +126,26 @@ def _answers_layout(plugin: Any, case: ModelCase) -> bool:
         return True  # let the check report the failure
 
 
-def _answers_head(plugin: Any, case: ModelCase, pm: ThawkitPluginManager) -> bool:
+def _answers_head(plugin: Any, case: ModelCase, pm: ThawkitPluginManager, report: Report,
+                  subject: str) -> bool:
+    """Whether the plugin puts a new head on ``case``'s model. Not for a case that keeps its
+    own head (``num_classes=None``), nor where the plugin refuses with a ConfigError (a
+    language model's head, a model without a task head): that message is what a user reads,
+    and the report shows it."""
     import thawkit
 
+    if case.num_classes is None:
+        return False
     try:
         model = case.build()
         layout = thawkit.describe_layout(model, pm=pm, require_head=False)
         return _own(plugin).hook.thawkit_replace_head(model=model, layout=layout, num_classes=3,
                                                       dropout=0.0, keep_aux=False) is not None
+    except thawkit.ConfigError as exc:
+        report.skip(f"{subject} on {case.name}", "thawkit_replace_head", f"refused: {exc}")
+        return False
     except Exception:
-        return True
+        return True  # let the check report the failure
 
 
 def _on_models(report: Report, subject: str, hook: str, check: Any, plugin: Any,

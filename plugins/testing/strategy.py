@@ -1,11 +1,11 @@
 """``check_strategy``: a strategy class against the contract of :class:`thawkit.Strategy`."""
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .models import ModelCase, ModelLike, as_case, changed, default_models, first_tensor, snapshot
+from .models import (ModelCase, ModelLike, as_case, call, changed, default_models, first_tensor,
+                     snapshot, to_meta)
 from .report import Check, Report
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def _check_on(report: Report, where: str, instance: Strategy, case: ModelCase,
         if bad:
             c.fail(f"lr_scales() gave {', '.join(bad[:5])}")
     with report.checking(where, "phases() works on the meta device", META) as c:
-        meta = copy.deepcopy(model).to("meta")
+        meta = to_meta(model)
         on_meta = instance.phases(thawkit.describe_layout(meta, pm=pm), meta)
         if _key(on_meta) != _key(phases):
             c.fail("on the meta device it gave other phases than on the real model")
@@ -226,7 +226,7 @@ def _train(adapted: Adapted, case: ModelCase, pm: ThawkitPluginManager, steps: i
         model.train()
         before = snapshot(model)
         for _ in range(steps):
-            loss = first_tensor(model(x)).float().pow(2).mean()
+            loss = first_tensor(call(model, x)).float().pow(2).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

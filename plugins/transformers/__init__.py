@@ -107,6 +107,17 @@ def thawkit_data_config(model: nn.Module, spec: BackboneSpec | None) -> DataConf
 
 
 @hookimpl
+def thawkit_example_input(model: nn.Module, spec: BackboneSpec | None, batch: int) -> Any:
+    """Token ids and an attention mask, a waveform, log-mel features or images, as the model's
+    ``main_input_name`` says (:mod:`.inputs`)."""
+    if not _known(model):
+        return None
+    from .inputs import example_input
+
+    return example_input(model, batch)
+
+
+@hookimpl
 def thawkit_no_weight_decay(model: nn.Module) -> list[str] | None:
     """Learned special-token vectors (ViT's ``cls_token`` and ``mask_token``, wav2vec2's
     ``masked_spec_embed``), as timm excludes them; biases and norms are never decayed anyway."""

@@ -191,8 +191,8 @@ def _classifiers(model: nn.Module, head_modules: list[str], tied_path: str | Non
     modules, else the last Linear there (an LM or CTC head)."""
     from torch import nn
 
-    if tied_path is not None:  # its weight is listed under the embedding's name: no classifier of its own
-        return []
+    if tied_path is not None:  # its weight is listed under the embedding's name, which the head holds
+        return [tied_path]
     linears = [(p, m) for top in head_modules for p, m in model.get_submodule(top).named_modules(prefix=top)
                if isinstance(m, nn.Linear)]
     n = getattr(getattr(model, "config", None), "num_labels", None)
