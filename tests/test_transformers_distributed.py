@@ -6,7 +6,8 @@ attention masks that cover exactly the real tokens or samples), the parts of a s
 the one-process batch and every validation example is evaluated once, both processes end with
 identical parameters, frozen ones bit-identical to the start, the metrics those of a one-process
 run, stop and ``--resume`` under 2 processes bit-identical to the uninterrupted run, and the run
-directory predicts. A wav2vec2 model that skips layers at random (``layerdrop``) trains under DDP.
+directory predicts. A wav2vec2-base-like model (group norm, no attention mask, dropout) that
+skips layers at random (``layerdrop``) trains under DDP with the processes in step.
 
 Why equal to one process only within float tolerance (as for images,
 tests/test_train_distributed.py): the all-reduce adds the processes' gradients in another order,
@@ -92,6 +93,9 @@ def audio_recipe(root: Path) -> Path:
     model = root / "tiny-wav2vec2"
     Wav2Vec2Config(**AUDIO).save_pretrained(model)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(model)
+    # wav2vec2-base's kind: group norm over time, no attention mask, dropout on
+    Wav2Vec2Config(**AUDIO).save_pretrained(root / "tiny-wav2vec2-base")
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(root / "tiny-wav2vec2-base")
     rng = np.random.default_rng(0)
     for split, n in (("train", N_TRAIN), ("val", N_VAL)):
         for i in range(n):
@@ -109,6 +113,10 @@ def audio_recipe(root: Path) -> Path:
          "data": {"reader": "audio", "train": str(root / "train"), "val": str(root / "val"),
                   "batch_size": BATCH},
          "train": {"epochs": 3, "deterministic": True, "device": "cpu", "output": str(root / "ddp")}}
+    # the same data on wav2vec2-base's kind, skipping layers at random in training (layerdrop)
+    base = {**d, "backbone": {"source": "transformers", "name": str(root / "tiny-wav2vec2-base"),
+                              "kwargs": {"task": "audio-classification", "layerdrop": 0.5}}}
+    (root / "audio_base.yaml").write_text(yaml.safe_dump(base))
     path = root / "audio.yaml"
     path.write_text(yaml.safe_dump(d))
     return path
@@ -200,8 +208,9 @@ run("text", sys.argv[2])
 codes = [main(["train", sys.argv[2], "--output", str(out / "stopped"), "--stop-after", "1"]),
          main(["train", "--resume", str(out / "stopped")])]
 run("audio", sys.argv[3])
-# layers skipped at random in training (wav2vec2's layerdrop), thawed ones included
-run("layerdrop", sys.argv[3], "backbone.kwargs.layerdrop=0.5")
+# layers skipped at random in training (wav2vec2's layerdrop), thawed ones included, on a model
+# that takes no attention mask (its clips padded with zeros), with dropout
+run("layerdrop", str(Path(sys.argv[3]).parent / "audio_base.yaml"))
 (out / f"codes{rank}.json").write_text(json.dumps(codes))
 '''
 
@@ -240,6 +249,9 @@ def test_ranks_end_identical_and_frozen_parameters_stay(ddp_runs, name):
     assert [k for k in frozen if not torch.equal(a["start"][k], a["end"][k])] == []
     thawed = [k for k in a["trainable"] if ".layers.0." in k or ".layer.0." in k]
     assert thawed and any(not torch.equal(a["start"][k], a["end"][k]) for k in thawed)
+    metrics = rows(tmp / name)  # every validation example counted once, in every epoch
+    assert [r["epoch"] for r in metrics] == [1, 2, 3]
+    assert all(r["val_top1"] * N_VAL == pytest.approx(round(r["val_top1"] * N_VAL)) for r in metrics)
 
 
 @pytest.mark.slow
