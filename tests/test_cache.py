@@ -209,6 +209,36 @@ def test_no_cache_where_it_could_differ(build, params, reason):
     assert reason in frozen.reason
 
 
+DROPOUT_IN_BLOCKS = {
+    "timm_vit_drop_path": _timm("vit_tiny_patch16_224", img_size=SIZE, depth=2, drop_path_rate=0.3,
+                                proj_drop_rate=0.2, attn_drop_rate=0.2, drop_rate=0.3),
+    "efficientnet_stochastic_depth": lambda: tvm.EfficientNet(
+        [tvm.efficientnet.MBConvConfig(1, 3, 1, 8, 8, 1), tvm.efficientnet.MBConvConfig(2, 3, 2, 8, 16, 2)],
+        dropout=0.2, stochastic_depth_prob=0.5, num_classes=3),
+}
+
+
+@pytest.mark.parametrize("strategy, params", [("head-only", {}), ("last-block", {"blocks": 1}),
+                                              ("gradual", {"epoch": 1})])
+@pytest.mark.parametrize("family", sorted(DROPOUT_IN_BLOCKS))
+def test_frozen_dropout_off_makes_the_cache_exact(family, strategy, params):
+    """Dropout and drop-path in frozen blocks refuse the cache; with the strategy's
+    ``frozen_dropout: off`` they are off there, and training on cached features equals training
+    the whole model (the head's own dropout stays on, in the rest)."""
+    build = DROPOUT_IN_BLOCKS[family]
+    refused = frozen_prefix(thawkit.adapt(build(), strategy, **{k: v for k, v in params.items()
+                                                                   if k != "epoch"}))
+    assert not refused and "set strategy frozen_dropout: off" in refused.reason
+    assert_same_training(build, strategy, frozen_dropout="off", **params)
+
+
+def test_dropout_outside_every_block_still_refuses_the_cache():
+    build = _timm("vit_tiny_patch16_224", img_size=SIZE, depth=2, pos_drop_rate=0.2)
+    frozen = frozen_prefix(thawkit.adapt(build(), "head-only", frozen_dropout="off"))
+    assert not frozen and frozen.reason.startswith("pos_drop (Dropout p=0.2) in the frozen part")
+    assert "lies in no frozen block" in frozen.reason
+
+
 def test_no_cache_when_the_first_block_trains():
     adapted = thawkit.adapt(tvm.resnet18(num_classes=3), "full")
     frozen = frozen_prefix(adapted)
