@@ -36,7 +36,8 @@ class Adapted:
         self.strategy = strategy
         self.pm = pm
         self.norm: str = strategy.params.norm
-        self.frozen_dropout: str = strategy.params.frozen_dropout
+        # a plugin's Params written before the field existed, outside StrategyParams, keeps the default
+        self.frozen_dropout: str = getattr(strategy.params, "frozen_dropout", "keep")
         entry = pm.strategies.entry(strategy.name) if strategy.name in pm.strategies else None
         self._owner = entry.plugin if entry is not None and entry.obj is type(strategy) else None
         with pm.guard(self._owner, f"strategy {strategy.name!r}: phases()"):

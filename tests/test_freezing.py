@@ -233,3 +233,23 @@ def test_frozen_dropout_in_the_plan_and_the_state(pm):
         adapted.load_state_dict(keep.state_dict())
     with pytest.raises(thawkit.ConfigError, match="strategy.frozen_dropout: Input should be 'keep' or 'off'"):
         thawkit.adapt(_dropout_vit(), "head-only", frozen_dropout="on", pm=pm)
+
+
+def test_a_plugin_params_model_from_before_frozen_dropout_keeps_dropout(pm):
+    """A strategy plugin whose ``Params`` predates the field (a pydantic model of its own with
+    ``norm``, not a StrategyParams subclass) still adapts, with dropout kept."""
+    from pydantic import BaseModel
+
+    class OldParams(BaseModel):
+        norm: str = "frozen"
+
+    class Old(thawkit.Strategy):
+        name = "old-params"
+        Params = OldParams
+
+        def phases(self, layout, model):
+            return [thawkit.Phase(0, layout.head.params)]
+
+    adapted = thawkit.adapt(_dropout_vit(), Old(OldParams()), pm=pm)
+    assert adapted.frozen_dropout == "keep" and not adapted.inference_modules()
+    assert _varies_per_block(adapted, torch.randn(2, 3, 32, 32)) == [True, True]

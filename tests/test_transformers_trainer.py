@@ -173,6 +173,11 @@ def test_frozen_dropout_off_makes_frozen_layers_deterministic_until_they_thaw():
     assert varies(layer0) and varies(embeddings, ids)
     keep = adapted_bert().model.train()  # the default keeps dropout in the frozen layers
     assert varies(keep.bert.encoder.layer[0]) and varies(keep.bert.embeddings, ids)
+    plain = adapted_bert()
+    with pytest.warns(DeprecationWarning, match=r"ThawkitCallback\(frozen_dropout=...\) is deprecated: "
+                      r"dropout in frozen layers is the strategy's setting frozen_dropout"):
+        ThawkitCallback(plain, frozen_dropout="off")
+    assert plain.frozen_dropout == "off"  # applied with the phase when training begins
     with pytest.warns(DeprecationWarning), \
             pytest.raises(thawkit.ConfigError, match="frozen_dropout must be 'keep' or 'off'"):
         ThawkitCallback(adapted, frozen_dropout="no")
