@@ -176,7 +176,6 @@ def test_no_eval_mode_warning_from_frozen_norms(full_run):
     assert full_run["callback"].adapted.norm_mode("stem.1") == "frozen"
 
 
-@pytest.mark.parametrize("checkpoint", ["epochs/epoch=0.ckpt", "steps/step=9.ckpt"])
 class DropoutNet(Net):
     """Net with dropout inside block1 and block2 (not between blocks): what frozen_dropout holds."""
 
@@ -205,12 +204,16 @@ def test_frozen_dropout_off_from_the_strategy_under_lightning(tmp_path):
             return super().training_step(batch, batch_idx)
 
     module = Module()
-    trainer(tmp_path, ThawkitFinetuning("gradual", num_classes=3, every=1, frozen_dropout="off")).fit(
-        module, train_dataloaders=Batches())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, ThawkitFinetuning("gradual", num_classes=3, every=1, frozen_dropout="off")).fit(
+            module, train_dataloaders=Batches())
     # epoch 0: only fc trains; 1: +block2; 2: +block1
     assert module.held == {0: [True, True], 1: [True, False], 2: [False, False]}
+    assert not [w for w in caught if "eval mode" in str(w.message)]  # the held layers are thawkit's
 
 
+@pytest.mark.parametrize("checkpoint", ["epochs/epoch=0.ckpt", "steps/step=9.ckpt"])
 def test_resume_equals_the_uninterrupted_run(full_run, tmp_path, checkpoint):
     """From the end of epoch 0 (phase 0, block2 thaws after the resume) and from the middle of
     epoch 1, where Lightning does not call on_train_epoch_start again: block2 must train at once."""
