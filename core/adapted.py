@@ -1,11 +1,14 @@
-"""The :class:`Adapted` model: layout, strategy phases, norm policy, parameter groups and plan."""
+"""The :class:`Adapted` model: layout, strategy phases, norm and dropout policies, parameter groups
+and plan."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from .deprecation import resolve, warn_moved
 from .errors import ConfigError, PluginError
-from .norm import has_running_stats, norm_modules, set_inference
+from .norm import has_running_stats, is_norm, norm_modules, set_inference
 from .param_groups import GroupSpec, OptimizerSettings, build_groups, torch_param_groups
 from .plan_report import BlockRow, ParamRow, PhaseRow, Plan
 from .strategy import Phase, Strategy
@@ -19,10 +22,11 @@ if TYPE_CHECKING:
 
 
 class Adapted:
-    """A model with its layout, strategy phases, norm policy and parameter groups.
+    """A model with its layout, strategy phases, norm and dropout policies and parameter groups.
 
     Attributes: ``model``, ``layout``, ``strategy``, ``phases`` (list of
-    :class:`Phase`), ``phase`` (index of the current phase), ``epoch``.
+    :class:`Phase`), ``phase`` (index of the current phase), ``epoch``, and the strategy's
+    policies ``norm`` and ``frozen_dropout`` (:class:`~thawkit.StrategyParams`).
     """
 
     def __init__(self, model: nn.Module, layout: Layout, strategy: Strategy, *,
@@ -32,12 +36,16 @@ class Adapted:
         self.strategy = strategy
         self.pm = pm
         self.norm: str = strategy.params.norm
+        # a plugin's Params written before the field existed, outside StrategyParams, keeps the default
+        self.frozen_dropout: str = getattr(strategy.params, "frozen_dropout", "keep")
         entry = pm.strategies.entry(strategy.name) if strategy.name in pm.strategies else None
         self._owner = entry.plugin if entry is not None and entry.obj is type(strategy) else None
         with pm.guard(self._owner, f"strategy {strategy.name!r}: phases()"):
             phases = strategy.phases(layout, model)
         self.phases = self._check_phases(phases)
         self._norms = self._norm_owners()
+        self._placed = self._module_blocks()
+        self._held: frozenset[str] = frozenset()
         self.ever_trainable = self.trainable_in(-1)
         self.optimizer_settings: OptimizerSettings | None = None
         self._groups: list[GroupSpec] | None = None
@@ -129,6 +137,39 @@ class Adapted:
         _, deciding = self._norms[path]
         return "trainable" if self._thawed(self.phase if index is None else index, deciding) else self.norm
 
+    # ----------------------------------------------------------- dropout
+    def _module_blocks(self) -> dict[str, tuple[nn.Module, str]]:
+        """Module path -> (module, block) for every module other than a norm layer (and the root)
+        that lies wholly inside one block: a module with parameters where they all are; one
+        without, in the block whose ``modules`` list it, else where its parent lies."""
+        block_of = self.layout.block_of()
+        block_by_id = {id(p): block_of[n] for n, p in self.model.named_parameters()}
+        listed = sorted(((m, b.name) for b in self.layout.all_blocks for m in b.modules if m),
+                        key=lambda item: -len(item[0]))
+        owner: dict[str, str | None] = {}
+        out = {}
+        for path, module in self.model.named_modules():
+            found = {block_by_id[id(p)] for p in module.parameters()}
+            if found:
+                owner[path] = found.pop() if len(found) == 1 else None
+            else:
+                owner[path] = next((b for m, b in listed if path == m or path.startswith(m + ".")),
+                                   owner.get(path.rpartition(".")[0]) if path else None)
+            block = owner[path]
+            if path and block is not None and not is_norm(module):
+                out[path] = (module, block)
+        return out
+
+    def inference_modules(self, phase: int | None = None) -> dict[str, nn.Module]:
+        """The modules that ``frozen_dropout: off`` keeps in inference mode in ``phase`` (default:
+        the current one), by path: every module, norm layers excepted, of each block none of
+        whose parameters the phase trains. Empty under ``frozen_dropout: keep``."""
+        if self.frozen_dropout != "off":
+            return {}
+        own = self.phases[self.phase if phase is None else phase].trainable
+        frozen = {b.name for b in self.layout.all_blocks if b.params and not any(p in own for p in b.params)}
+        return {path: module for path, (module, block) in self._placed.items() if block in frozen}
+
     # ------------------------------------------------------------- apply
     def _apply(self) -> None:
         trainable = self.trainable
@@ -139,6 +180,10 @@ class Adapted:
         for path, (module, _) in self._norms.items():
             fixed = self.norm_mode(path) in ("frozen", "affine") and has_running_stats(module)
             set_inference(module, fixed, self.model.training)
+        held = frozenset(self.inference_modules())
+        for path in held | self._held:  # under keep nothing is touched: the user's modes stand
+            set_inference(self._placed[path][0], path in held, self.model.training)
+        self._held = held
 
     # --------------------------------------------------------- optimizer
     def param_groups(self, settings: str | OptimizerSettings = "adamw",
@@ -230,7 +275,8 @@ class Adapted:
             notes, details = self.strategy.describe(self.model)
         plan = Plan(strategy=self.strategy.name, params=self.strategy.params.model_dump(mode="json"),
                     norm=self.norm, optimizer=optimizer, phase=self.phase, phases=phases,
-                    blocks=blocks, rows=rows, notes=[*self.layout.notes, *notes], details=details)
+                    blocks=blocks, rows=rows, notes=[*self.layout.notes, *notes], details=details,
+                    frozen_dropout=self.frozen_dropout)
         return plan.check([n for n, _ in self.model.named_parameters()])
 
     # ------------------------------------------------------------- state
@@ -246,7 +292,12 @@ class Adapted:
             raise ConfigError(f"state is for strategy {state.get('strategy')!r}, this run uses "
                               f"{self.strategy.name!r}")
         mine = self.strategy.params.model_dump(mode="json")
-        if state.get("params") != mine:
+        saved = state.get("params")
+        try:  # a state saved before a field existed holds its default
+            saved = type(self.strategy.params).model_validate(saved).model_dump(mode="json")
+        except ValidationError:
+            pass
+        if saved != mine:
             raise ConfigError(f"state was saved with strategy parameters {state.get('params')}, "
                               f"this run has {mine}")
         self.epoch = int(state["epoch"])

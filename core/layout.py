@@ -24,8 +24,9 @@ Role = Literal["stem", "block", "neck", "head"]
 class Block:
     """A named group of parameters that freezes and thaws together.
 
-    ``modules`` are the module paths the block is made of (informational, and
-    used to place parameter-less modules such as affine-free norms).
+    ``modules`` are the module paths the block is made of (shown by ``thawkit
+    describe``; a parameter-free module they list, such as a dropout between two
+    parts, belongs to the block for ``frozen_dropout``).
     """
 
     name: str

@@ -1,5 +1,6 @@
 """The plan: for every parameter, its block, phase, group, lr, weight decay, trainable flag
-and norm mode, computed before any training. Prints as a table, exports to JSON."""
+and norm mode, and the dropout policy, computed before any training. Prints as a table,
+exports to JSON."""
 from __future__ import annotations
 
 import json
@@ -52,6 +53,7 @@ class Plan:
     rows: list[ParamRow] = field(repr=False)
     notes: list[str] = field(default_factory=list)           # the strategy's lines below the table
     details: dict[str, Any] = field(default_factory=dict)    # the strategy's data, in to_dict()
+    frozen_dropout: str = "keep"
 
     # ------------------------------------------------------------ checks
     def check(self, all_names: list[str]) -> Plan:
@@ -79,6 +81,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy, "params": self.params, "norm": self.norm,
+            "frozen_dropout": self.frozen_dropout,
             "optimizer": self.optimizer, "phase": self.phase,
             "total_params": self.total, "trainable_params": self.trainable,
             "phases": [asdict(p) for p in self.phases],
@@ -99,8 +102,10 @@ class Plan:
 
     def table(self) -> str:
         opts = ", ".join(f"{k}={_short(v)}" for k, v in self.params.items()
-                         if k != "norm" and v is not None)
+                         if k not in ("norm", "frozen_dropout") and v is not None)
         head = f"strategy {self.strategy}" + (f" ({opts})" if opts else "") + f", norm={self.norm}"
+        if self.frozen_dropout != "keep":  # the default is left out, as in the strategy's own options
+            head += f", frozen_dropout={self.frozen_dropout}"
         if self.optimizer:
             o = self.optimizer
             head += f"; optimizer {o['name']} lr={o['lr']:g} weight_decay={o['weight_decay']:g}"
@@ -122,7 +127,11 @@ class Plan:
         widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
         fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines = [head, fmt.format(*cols), fmt.format(*["-" * w for w in widths])]
-        lines += [fmt.format(*r) for r in rows] + self.notes
+        lines += [fmt.format(*r) for r in rows]
+        if self.frozen_dropout == "off":
+            lines.append("frozen_dropout=off: a block shown '-' in a phase runs without dropout or "
+                         "drop-path in it")
+        lines += self.notes
         return "\n".join(line.rstrip() for line in lines)
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .plugin_manager import ThawkitPluginManager
 
 NormMode = Literal["frozen", "affine", "train"]
+FrozenDropout = Literal["keep", "off"]
 
 
 class StrategyParams(BaseModel):
@@ -32,10 +33,18 @@ class StrategyParams(BaseModel):
     fixed, even under ``model.train()``; ``affine`` trains the affine parameters
     but keeps statistics fixed; ``train`` lets statistics update (the naive
     behaviour of ``requires_grad = False``).
+
+    ``frozen_dropout`` decides what dropout does in the frozen part: ``keep`` (default)
+    leaves dropout, drop-path and stochastic depth active under ``model.train()`` everywhere,
+    as PyTorch, timm and transformers training do; ``off`` keeps every layer of a block in
+    which nothing trains (norm layers excepted: ``norm`` decides those) in inference mode, so
+    a frozen block computes the same output for the same input at every step, until it thaws.
+    Modules outside every block (a dropout between two top-level parts) keep dropout.
     """
 
     model_config = ConfigDict(extra="forbid")
     norm: NormMode = "frozen"
+    frozen_dropout: FrozenDropout = "keep"
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class Strategy:
     * Norm layers: one whose weight (or, without affine parameters, whose block) is
       listed is thawed and updates its statistics; the others follow ``params.norm``:
       ``frozen``, ``affine`` (core adds their affine parameters) or ``train``.
+    * Dropout: under ``params.frozen_dropout = "off"`` core keeps the layers of every block
+      with no parameter in the phase in inference mode (a strategy does nothing for it).
     * ``layout.thaw_order`` lists units (blocks that thaw together) for gradual
       unfreezing: ``[head, neck]``, the blocks from last to first, then ``[stem]``.
     * Optional :meth:`lr_scales`: ``{param_name: factor}`` (model names, factors > 0).

@@ -22,7 +22,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in out)
 
 
-def _params_text(model: Any, skip: tuple[str, ...] = ("norm",)) -> str:
+def _params_text(model: Any, skip: tuple[str, ...] = ("norm", "frozen_dropout")) -> str:
     parts = []
     for name, field in model.model_fields.items():
         if name in skip:
@@ -37,8 +37,9 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     reg = pm.strategies
     rows = [[name, reg.entries[name].plugin, reg.get(name).summary(), _params_text(reg.get(name).Params)]
             for name in reg.names()]
-    print(_table(rows, ["strategy", "plugin", "description", "params (besides norm)"]))
-    print("\nevery strategy also takes norm = frozen (default) | affine | train")
+    print(_table(rows, ["strategy", "plugin", "description", "params (besides norm, frozen_dropout)"]))
+    print("\nevery strategy also takes norm = frozen (default) | affine | train "
+          "and frozen_dropout = keep (default) | off")
     return 0
 
 

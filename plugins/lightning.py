@@ -160,16 +160,18 @@ class ThawkitFinetuning(Callback):
             _check_lightning_strategy(trainer)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The norm layers thawkit holds in inference mode (frozen or affine policy, with running
-        # statistics) have training=False, and a forward pre-hook sets it again before every
-        # forward pass; set their flag to the module's so that Lightning's "Found N module(s) in
-        # eval mode at the start of training" counts only the user's own.
+        # The layers thawkit holds in inference mode (norm layers under the frozen or affine
+        # policy, with running statistics; frozen blocks under frozen_dropout: off) have
+        # training=False, and a forward pre-hook sets it again before every forward pass; set
+        # their flag to the module's so that Lightning's "Found N module(s) in eval mode at the
+        # start of training" counts only the user's own.
         adapted = self._require()
+        held = list(adapted.inference_modules().values())
         for path, module in thawkit.norm_modules(adapted.model).items():
-            held = adapted.norm_mode(path) in ("frozen", "affine") and (
-                getattr(module, "running_mean", None) is not None
-                or getattr(module, "running_var", None) is not None)
-            if held and not module.training:
+            if adapted.norm_mode(path) in ("frozen", "affine") and thawkit.has_running_stats(module):
+                held.append(module)
+        for module in held:
+            if not module.training:
                 module.training = pl_module.training
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -26,7 +26,9 @@ Exactness rules (any one failing means no cache, with the reason):
   statistics normalises with the batch's own;
 * no layer in the prefix is stochastic in training: dropout, drop-path or
   stochastic depth with a probability above zero (frozen blocks run in train
-  mode in an uncached run, so they would draw new masks at every step);
+  mode in an uncached run, so they would draw new masks at every step), unless
+  the strategy's ``frozen_dropout: off`` keeps that layer in inference mode in the
+  phase (:meth:`thawkit.Adapted.inference_modules`);
 * the input transform is deterministic (no random augmentation): the training
   loop decides this one, since thawkit never sees the data.
 """
@@ -99,6 +101,7 @@ def _check(adapted: Adapted, index: int, split: Split, boundary: str) -> str | N
     name_of = {id(p): n for n, p in model.named_parameters()}
     path_of = {id(m): p for p, m in model.named_modules()}
     order = {b.name: i for i, b in enumerate(layout.all_blocks)}
+    held = {id(m) for m in adapted.inference_modules(index).values()}
     block_of = layout.block_of()
     for p in split.prefix.parameters():
         name = name_of.get(id(p))
@@ -127,9 +130,12 @@ def _check(adapted: Adapted, index: int, split: Split, boundary: str) -> str | N
             return (f"norm: train updates the running statistics of {path} at every step: the "
                     "frozen part's output changes; use norm: frozen to cache")
         what = thawkit.stochastic(module)
-        if what is not None:
+        if what is not None and id(module) not in held:
+            fix = ("set strategy frozen_dropout: off, or build the backbone with that rate at 0"
+                   if adapted.frozen_dropout == "keep" else "it lies in no frozen block, so "
+                   "frozen_dropout: off leaves it on; build the backbone with that rate at 0")
             return (f"{path} ({what}) in the frozen part is active in training, so its output "
-                    "differs at every step; build the backbone with that rate at 0 (dropout, "
-                    "drop_path_rate, stochastic_depth_prob) to cache")
+                    f"differs at every step; {fix} (dropout, drop_path_rate, stochastic_depth_prob) "
+                    "to cache")
     return None
 

@@ -209,6 +209,59 @@ def test_no_cache_where_it_could_differ(build, params, reason):
     assert reason in frozen.reason
 
 
+DROPOUT_IN_BLOCKS = {
+    "timm_vit_drop_path": _timm("vit_tiny_patch16_224", img_size=SIZE, depth=2, drop_path_rate=0.3,
+                                proj_drop_rate=0.2, attn_drop_rate=0.2, drop_rate=0.3, pos_drop_rate=0.2,
+                                patch_drop_rate=0.25),
+    "vit_dropout": lambda: tvm.VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=3, dropout=0.2,
+                                                 attention_dropout=0.2),
+    "efficientnet_stochastic_depth": lambda: tvm.EfficientNet(
+        [tvm.efficientnet.MBConvConfig(1, 3, 1, 8, 8, 1), tvm.efficientnet.MBConvConfig(2, 3, 2, 8, 16, 2)],
+        dropout=0.2, stochastic_depth_prob=0.5, num_classes=3),
+}
+
+
+@pytest.mark.parametrize("strategy, params", [("head-only", {}), ("last-block", {"blocks": 1}),
+                                              ("gradual", {"epoch": 1})])
+@pytest.mark.parametrize("family", sorted(DROPOUT_IN_BLOCKS))
+def test_frozen_dropout_off_makes_the_cache_exact(family, strategy, params):
+    """Dropout and drop-path in frozen blocks refuse the cache; with the strategy's
+    ``frozen_dropout: off`` they are off there, and training on cached features equals training
+    the whole model (the head's own dropout stays on, in the rest)."""
+    build = DROPOUT_IN_BLOCKS[family]
+    refused = frozen_prefix(thawkit.adapt(build(), strategy, **{k: v for k, v in params.items()
+                                                                   if k != "epoch"}))
+    assert not refused and "set strategy frozen_dropout: off" in refused.reason
+    assert_same_training(build, strategy, frozen_dropout="off", **params)
+
+
+def test_dropout_outside_every_block_still_refuses_the_cache(pm):
+    """A dropout that lies in no block (a parameter-free top-level module the layout does not
+    list) follows the model's mode under frozen_dropout: off too: the cache names it."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.drop = nn.Conv2d(3, 4, 3), nn.Dropout(0.3)
+            self.block, self.fc = nn.Conv2d(4, 4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.block(self.drop(self.stem(x))).mean((2, 3)))
+
+    class SplitNet:
+        @thawkit.hookimpl
+        def thawkit_split_model(self, model, layout, block):
+            return thawkit.Split(nn.Sequential(model.stem, model.drop, model.block), model.fc, block) \
+                if block == "head" else None
+
+    pm.register(SplitNet(), name="split-net")
+    adapted = thawkit.adapt(Net(), "head-only", frozen_dropout="off", pm=pm)
+    assert "drop" not in adapted.inference_modules() and "block" in adapted.inference_modules()
+    frozen = frozen_prefix(adapted)
+    assert not frozen and frozen.reason.startswith("drop (Dropout p=0.3) in the frozen part")
+    assert "it lies in no frozen block, so frozen_dropout: off leaves it on" in frozen.reason
+
+
 def test_no_cache_when_the_first_block_trains():
     adapted = thawkit.adapt(tvm.resnet18(num_classes=3), "full")
     frozen = frozen_prefix(adapted)

@@ -176,6 +176,43 @@ def test_no_eval_mode_warning_from_frozen_norms(full_run):
     assert full_run["callback"].adapted.norm_mode("stem.1") == "frozen"
 
 
+class DropoutNet(Net):
+    """Net with dropout inside block1 and block2 (not between blocks): what frozen_dropout holds."""
+
+    def __init__(self, classes=5):
+        super().__init__(classes)
+        self.block1.append(torch.nn.Dropout(0.5))
+        self.block2.insert(2, torch.nn.Dropout(0.5))
+
+
+def test_frozen_dropout_off_from_the_strategy_under_lightning(tmp_path):
+    """``ThawkitFinetuning(..., frozen_dropout="off")``: the strategy's policy, applied by core at
+    every phase change; a block's dropout is off while it is frozen and on once it thaws."""
+    from thawkit.norm import _force_eval  # set_inference's hook
+
+    class Module(Classifier):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.model, self.held = DropoutNet(), {}
+
+        def training_step(self, batch, batch_idx):
+            drops = [m for b in (self.model.block1, self.model.block2) for m in b
+                     if isinstance(m, torch.nn.Dropout)]
+            self.held.setdefault(self.current_epoch, [_force_eval in d._forward_pre_hooks.values()
+                                                      for d in drops])
+            return super().training_step(batch, batch_idx)
+
+    module = Module()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, ThawkitFinetuning("gradual", num_classes=3, every=1, frozen_dropout="off")).fit(
+            module, train_dataloaders=Batches())
+    # epoch 0: only fc trains; 1: +block2; 2: +block1
+    assert module.held == {0: [True, True], 1: [True, False], 2: [False, False]}
+    assert not [w for w in caught if "eval mode" in str(w.message)]  # the held layers are thawkit's
+
+
 @pytest.mark.parametrize("checkpoint", ["epochs/epoch=0.ckpt", "steps/step=9.ckpt"])
 def test_resume_equals_the_uninterrupted_run(full_run, tmp_path, checkpoint):
     """From the end of epoch 0 (phase 0, block2 thaws after the resume) and from the middle of

@@ -138,11 +138,14 @@ def test_missing_file(tmp_path, toy_pm):
 # ----------------------------------------------------- each strategy validates its params
 @pytest.mark.parametrize("strategy, expected", [
     ({"name": "gradual", "every": 0}, "strategy.every: Input should be greater than or equal to 1"),
-    ({"name": "gradual", "evry": 2}, "strategy.evry: unknown field; allowed fields: norm, every"),
+    ({"name": "gradual", "evry": 2},
+     "strategy.evry: unknown field; allowed fields: norm, frozen_dropout, every"),
     ({"name": "last-block", "blocks": "two"}, "strategy.blocks: Input should be a valid integer"),
     ({"name": "head-only", "blocks": 1}, "strategy.blocks: unknown field; allowed fields: norm"),
     ({"name": "full", "norm": "frozn"},
      "strategy.norm: Input should be 'frozen', 'affine' or 'train'"),
+    ({"name": "gradual", "frozen_dropout": False},
+     "strategy.frozen_dropout: Input should be 'keep' or 'off'"),
     ({"name": "pattern", "include": ["layer[4"]}, "strategy.include"),
     ({"every": 2}, "strategy.name: field required"),
 ])
@@ -190,7 +193,8 @@ def test_misspelt_field_inside_a_list_of_models_lists_allowed_fields(toy_pm):
 # ------------------------------------------- unknown fields: the closest name, or the right section
 @pytest.mark.parametrize("change, expected", [
     ({"strategy": {"name": "gradual", "evry": 2}},
-     "strategy.evry: unknown field; allowed fields: norm, every, start, phases; did you mean 'every'?"),
+     "strategy.evry: unknown field; allowed fields: norm, frozen_dropout, every, start, phases; "
+     "did you mean 'every'?"),
     ({"strategy": {"name": "gradual", "phases": [{"epoch": 0, "bloks": ["head"]}]}},
      "strategy.phases.0.bloks: unknown field; allowed fields: epoch, blocks, params, rest; "
      "did you mean 'blocks'?"),
@@ -237,8 +241,8 @@ def test_unknown_field_suggestions_cover_plugin_sections_and_strategy_params(toy
                              "did you mean 'synonym_file'?")
     param = error_of(ConfigError, validate_recipe, {**BASE, "strategy": {"name": "warm", "warm_epoch": 2}},
                      pm=toy_pm)
-    assert param.endswith("strategy.warm_epoch: unknown field; allowed fields: norm, warm_epochs; "
-                          "did you mean 'warm_epochs'?")
+    assert param.endswith("strategy.warm_epoch: unknown field; allowed fields: norm, frozen_dropout, "
+                          "warm_epochs; did you mean 'warm_epochs'?")
 
 
 # ------------------------------------------------------------ unknown names
@@ -275,6 +279,20 @@ def test_set_overrides_parse_values_as_yaml(tmp_path, toy_pm):
     assert recipe.data.mean == (0.5, 0.5, 0.5) and recipe.train.amp is False
     assert recipe.strategy.name == "last-block"
     assert recipe.strategy.params == {"blocks": 2}
+
+
+def test_frozen_dropout_off_is_a_string_in_yaml_and_by_set(tmp_path, toy_pm):
+    """YAML 1.2 reads ``off`` as the string it is (YAML 1.1 would make it false), in the file and
+    in a --set override; every strategy takes it."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "strategy": {"name": "full"}}).replace(
+        "  name: full\n", "  name: full\n  frozen_dropout: off\n"))
+    recipe = load_recipe(path, pm=toy_pm)
+    assert recipe.strategy.params == {"frozen_dropout": "off"}
+    assert recipe.strategy.instance.params.frozen_dropout == "off"
+    by_set = load_recipe(write(tmp_path, BASE), overrides=["strategy.frozen_dropout=off"], pm=toy_pm)
+    assert by_set.strategy.instance.params.frozen_dropout == "off"
+    assert load_recipe(write(tmp_path, BASE), pm=toy_pm).strategy.instance.params.frozen_dropout == "keep"
 
 
 def test_set_creates_missing_sections(toy_pm):

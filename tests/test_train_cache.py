@@ -126,6 +126,37 @@ def test_resumed_cached_run_is_bit_identical(tmp_path, data, pm, stop_after):
     assert_same_run(straight, tmp_path / "resumed")
 
 
+#: a ViT with drop-path and dropout in its blocks (random weights: the test is about exactness)
+DROPOUT_VIT = {"source": "timm", "name": "vit_tiny_patch16_224", "random_init_ok": True,
+               "kwargs": {"img_size": 16, "patch_size": 8, "depth": 2, "drop_path_rate": 0.3,
+                          "proj_drop_rate": 0.2}}
+
+
+def test_frozen_dropout_off_caches_a_vit_with_drop_path_exactly_and_resumes(tmp_path, data, pm):
+    """With the strategy's ``frozen_dropout: off`` the frozen blocks of a ViT with drop-path are
+    deterministic: the cache is on in both gradual phases, the cached run equals the uncached
+    one, a resumed run is bit-identical, and what stays frozen is the starting tensors."""
+    from thawkit.plugins.interpolation import state_digest
+    from thawkit.plugins.train import resume, train
+
+    sections = {"backbone": DROPOUT_VIT, "train": {"epochs": 4},
+                "strategy": {"name": "gradual", "every": 2, "frozen_dropout": "off"}}
+    cached, lines = run(tmp_path, data, pm, "cached", **sections)
+    assert "cache on for epochs 1-2: features below 'head'" in lines[0]
+    assert any(line.startswith("cache on for epochs 3-4: features below 'blocks.1'") for line in lines)
+    plain, _ = run(tmp_path, data, pm, "plain", **{**sections, "train": {"epochs": 4, "cache": "off"}})
+    assert_close_runs(plain, cached)
+    d = recipe_dict(data, tmp_path / "resumed", **sections, data={"augment": False})
+    assert train(load(d, pm), log=lambda _: None, stop_after=3).status == "stopped"
+    assert resume(tmp_path / "resumed", pm=pm, log=lambda _: None).status == "finished"
+    assert_same_run(cached, tmp_path / "resumed")
+    final = load_file(str(cached / "model.safetensors"))
+    start = json.loads((cached / "start.json").read_text())["tensors"]
+    frozen = [k for k in start if k.startswith(("blocks.0.", "patch_embed.", "pos_embed", "cls_token"))]
+    assert frozen and all(state_digest(final, [k]) == start[k] for k in frozen)
+    assert state_digest(final, ["blocks.1.mlp.fc1.weight"]) != start["blocks.1.mlp.fc1.weight"]
+
+
 def test_float16_storage_trains_close_to_float32(tmp_path, data, pm):
     exact, _ = run(tmp_path, data, pm, "f32", train={"epochs": 2})
     half, lines = run(tmp_path, data, pm, "f16", train={"epochs": 2, "cache_dtype": "float16"})
@@ -142,6 +173,9 @@ def test_float16_storage_trains_close_to_float32(tmp_path, data, pm):
     ({"strategy": {"name": "full"}}, "block 'stem', the first, trains"),
     ({"backbone": {"kwargs": {"width": 4, "dropout": 0.3}}, "strategy": {"name": "last-block"},
       "head": {"dropout": 0.0}}, None),
+    ({"backbone": DROPOUT_VIT}, "proj_drop (Dropout p=0.2) in the frozen part is active in training, so "
+                                "its output differs at every step; set strategy frozen_dropout: off"),
+    ({"backbone": DROPOUT_VIT, "strategy": {"name": "head-only", "frozen_dropout": "off"}}, None),
 ])
 def test_cache_off_with_the_reason(tmp_path, data, pm, sections, reason):
     from thawkit.plugins.train.cache import decide

@@ -151,6 +151,47 @@ def test_cli_text_run_resumes_exactly_and_predicts(tmp_path, capsys):
     assert out.is_file()
 
 
+def test_cli_text_run_with_frozen_dropout_off(tmp_path, capsys):
+    """``frozen_dropout: off`` in a recipe (YAML 1.2: ``off`` is a string) or by ``--set``: the plan
+    says so, the layers frozen in each epoch run without dropout, frozen tensors stay the
+    starting ones, and a stopped run resumes bit-identical."""
+    from thawkit import load_recipe
+    from thawkit.norm import _force_eval  # set_inference's hook
+    from thawkit.plugins.interpolation import state_digest
+    from thawkit.plugins.train import train
+
+    recipe = text_recipe(tmp_path)
+    assert main(["plan", str(recipe), "--set", "strategy.frozen_dropout=off"]) == 0
+    assert "norm=frozen, frozen_dropout=off" in capsys.readouterr().out
+    assert main(["plan", str(recipe), "--set", "strategy.frozen_dropout=sometimes"]) == 2
+    err = capsys.readouterr().err
+    assert "strategy.frozen_dropout: Input should be 'keep' or 'off'" in err and "Traceback" not in err
+    assert "  name: gradual\n" in recipe.read_text()
+    recipe.write_text(recipe.read_text().replace("  name: gradual\n",
+                                                 "  name: gradual\n  frozen_dropout: off\n"))
+    assert load_recipe(str(recipe)).strategy.params["frozen_dropout"] == "off"
+
+    held: dict[int, list[bool]] = {}
+
+    def watch(trainer):
+        layers = trainer.s.adapted.model.bert.encoder.layer
+        held.setdefault(trainer.state.epoch, [_force_eval in layers[i]._forward_pre_hooks.values()
+                                              for i in (0, 1)])
+
+    assert train(load_recipe(str(recipe)), run_dir=tmp_path / "full", log=lambda s: None,
+                 on_step=watch).status == "finished"
+    # gradual, one layer per epoch from the top: the frozen ones hold inference mode
+    assert held == {0: [True, True], 1: [True, False], 2: [False, False]}
+    final = weights(tmp_path / "full")
+    start = json.loads((tmp_path / "full" / "start.json").read_text())["tensors"]
+    stem = [k for k in start if k.startswith("bert.embeddings.")]
+    assert stem and all(state_digest(final, [k]) == start[k] for k in stem)
+    assert main(["train", str(recipe), "--output", str(tmp_path / "split"), "--stop-after", "2"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split")]) == 0
+    split = weights(tmp_path / "split")
+    assert final.keys() == split.keys() and all(torch.equal(final[k], split[k]) for k in final)
+
+
 def test_cli_text_run_with_a_relative_model_directory_resumes_from_elsewhere(tmp_path, monkeypatch,
                                                                               capsys):
     recipe = text_recipe(tmp_path, max_length=6)

@@ -2,6 +2,8 @@
 frozen after Trainer steps, resume from any checkpoint equals the uninterrupted run."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 pytest.importorskip("transformers")
@@ -104,10 +106,21 @@ def test_an_optimizer_without_the_later_blocks_is_refused(tmp_path):
         trainer.train()
 
 
-def test_phases_at_step_boundaries_and_the_short_helper(tmp_path):
+def adapted_bert_without_frozen_dropout(how: str):
+    """A gradual BERT whose frozen layers run without dropout, set as the strategy's policy or,
+    deprecated, by the callback's argument (``thawkit_trainer`` passes it on)."""
+    quiet()
+    torch.manual_seed(0)
+    if how == "strategy":
+        return thawkit.adapt(build("bert"), "gradual", num_classes=3, every=1, frozen_dropout="off"), {}
+    return adapted_bert(), {"frozen_dropout": "off"}
+
+
+@pytest.mark.parametrize("how", ["strategy", "deprecated-argument"])
+def test_phases_at_step_boundaries_and_the_short_helper(tmp_path, how):
     from thawkit.plugins.transformers import thawkit_trainer
 
-    adapted = adapted_bert()
+    adapted, extra = adapted_bert_without_frozen_dropout(how)
     record = Record(adapted.model)
     from thawkit.norm import _force_eval as _inference  # set_inference's hook
 
@@ -118,9 +131,12 @@ def test_phases_at_step_boundaries_and_the_short_helper(tmp_path):
             layers = adapted.model.bert.encoder.layer
             self.seen.append([_inference in layers[i]._forward_pre_hooks.values() for i in (0, 1)])
 
-    trainer = thawkit_trainer(adapted, args(tmp_path, num_train_epochs=1, weight_decay=0.05),
-                              train_dataset=Texts(), steps_per_epoch=1, layer_decay=0.5,
-                              frozen_dropout="off", callbacks=[record, Hooked()])
+    with pytest.warns(DeprecationWarning, match=r"thawkit_trainer\(frozen_dropout=...\) is deprecated.*"
+                      r"thawkit.adapt\(model, \"gradual\", frozen_dropout=\"off\"\)") if extra else \
+            contextlib.nullcontext():
+        trainer = thawkit_trainer(adapted, args(tmp_path, num_train_epochs=1, weight_decay=0.05),
+                                  train_dataset=Texts(), steps_per_epoch=1, layer_decay=0.5,
+                                  callbacks=[record, Hooked()], **extra)
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     assert groups["head"]["lr"] == 1e-3 and groups["stem"]["lr"] == pytest.approx(1e-3 * 0.5 ** 3)
     assert groups["head"]["weight_decay"] == 0.05 and groups["head.no_decay"]["weight_decay"] == 0.0
@@ -128,34 +144,46 @@ def test_phases_at_step_boundaries_and_the_short_helper(tmp_path):
     # one phase per optimizer step: head+neck, +layer 1, +layer 0, +stem
     assert record.sets == [adapted.trainable_in(i) for i in range(4)]
     assert Hooked.seen == [[True, True], [True, False], [False, False], [False, False]]
+    assert "frozen_dropout=off" in adapted.plan.table().splitlines()[0]
 
 
-def test_frozen_dropout_off_makes_frozen_layers_deterministic_until_they_thaw(tmp_path):
+def test_frozen_dropout_off_makes_frozen_layers_deterministic_until_they_thaw():
+    """The strategy's policy, applied by core: no callback is needed outside the Trainer."""
     from thawkit.plugins.transformers import ThawkitCallback
-    from thawkit.plugins.transformers.dropout import apply_frozen_dropout
 
-    adapted = adapted_bert()
+    adapted, _ = adapted_bert_without_frozen_dropout("strategy")
     model = adapted.model.train()
-    layer0, layer1 = (model.bert.encoder.layer[i] for i in (0, 1))
+    embeddings, layer0, layer1 = model.bert.embeddings, *(model.bert.encoder.layer[i] for i in (0, 1))
     hidden = torch.randn(2, 10, 32)
+    ids = torch.randint(3, 99, (2, 10))
 
-    def out(layer):
-        found = layer(hidden)
-        return found[0] if isinstance(found, tuple) else found
+    def out(module, x):
+        found = module(x)
+        return found if isinstance(found, torch.Tensor) else found[0]
 
-    def varies(layer):
-        return not torch.equal(out(layer), out(layer))
+    def varies(module, x=hidden):
+        return not torch.equal(out(module, x), out(module, x))
 
-    assert varies(layer0) and varies(layer1)  # dropout 0.1 in train mode
-    assert apply_frozen_dropout(adapted, off=True) == ["encoder.layer.0", "encoder.layer.1"]
-    model.train()  # the hooks outlive model.train()
-    assert not varies(layer0) and not varies(layer1)
-    adapted.on_epoch_start(1)  # layer 1 thaws
-    assert apply_frozen_dropout(adapted, off=True) == ["encoder.layer.0"]
+    model.train()  # the policy outlives model.train()
+    assert not varies(layer0) and not varies(layer1) and not varies(embeddings, ids)
+    assert not varies(model.bert, ids)  # the whole frozen encoder: the same output at every step
+    adapted.on_epoch_start(1)  # layer 1 thaws: its dropout (0.1) is active again
     assert not varies(layer0) and varies(layer1)
-    assert apply_frozen_dropout(adapted, off=False) == [] and varies(layer0)
-    with pytest.raises(thawkit.ConfigError, match="frozen_dropout must be 'keep' or 'off'"):
+    adapted.on_epoch_start(3)  # everything trains
+    assert varies(layer0) and varies(embeddings, ids)
+    keep = adapted_bert().model.train()  # the default keeps dropout in the frozen layers
+    assert varies(keep.bert.encoder.layer[0]) and varies(keep.bert.embeddings, ids)
+    plain = adapted_bert()
+    with pytest.warns(DeprecationWarning, match=r"ThawkitCallback\(frozen_dropout=...\) is deprecated: "
+                      r"dropout in frozen layers is the strategy's setting frozen_dropout"):
+        ThawkitCallback(plain, frozen_dropout="off")
+    assert plain.frozen_dropout == "off"  # applied with the phase when training begins
+    with pytest.warns(DeprecationWarning), \
+            pytest.raises(thawkit.ConfigError, match="frozen_dropout must be 'keep' or 'off'"):
         ThawkitCallback(adapted, frozen_dropout="no")
+    with pytest.warns(DeprecationWarning), \
+            pytest.raises(thawkit.ConfigError, match="frozen_dropout='keep' contradicts the strategy's"):
+        ThawkitCallback(adapted, frozen_dropout="keep")
 
 
 def _state(model):

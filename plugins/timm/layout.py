@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 STEM, NECK, HEAD = "stem", "neck", "head"
+#: parameter-free modules timm applies to the stem's output before the first block (the dropout of
+#: the position embedding, patch dropout): listed with the stem, whose frozen_dropout they follow
+STEM_DROPOUTS = ("pos_drop", "patch_drop")
 
 
 #: what a model provides to be treated as a timm model (timm's conventions)
@@ -184,7 +187,8 @@ def _matcher_layout(model: nn.Module, matcher: dict | Callable, head: list[str])
         ordinal, _, key = info[names[0]]
         is_stem = lid == 0 and ordinal[0] == 0 and (key is None or key.startswith("stem"))
         if is_stem:
-            stem = Block(STEM, "stem", names, sorted({n.rsplit(".", 1)[0] for n in names}))
+            extra = [m for m in STEM_DROPOUTS if m in dict(model.named_children())]
+            stem = Block(STEM, "stem", names, sorted({n.rsplit(".", 1)[0] for n in names}) + extra)
             continue
         # the block is named after its first own (not merged-into-previous) parameter
         lead = next((n for n in names if info[n][0][-1] != MATCH_PREV_GROUP[0]), names[0])

@@ -315,7 +315,8 @@ def _swin(model):
 
 
 def _vit(model):
-    stem = ["conv_proj", "class_token", "encoder.pos_embedding"]
+    # encoder.dropout acts on the embedded patches before the first layer: the stem's part
+    stem = ["conv_proj", "class_token", "encoder.pos_embedding", "encoder.dropout"]
     blocks = [(p.rsplit(".", 1)[-1], [p]) for p, _ in _children(model, "encoder.layers")]
     if blocks:
         blocks[-1][1].append("encoder.ln")

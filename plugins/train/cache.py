@@ -13,7 +13,8 @@ its own, before training, in this order; the first rule that says off wins:
    frozen part once per epoch anyway; building the cache costs that same pass.
 4. No exact split: off, with the reason from :func:`thawkit.plugins.split.frozen_prefix`
    (a block that trains below the boundary, ``norm: affine`` or ``train``, active
-   dropout or drop-path in the frozen part, a model no plugin can split).
+   dropout or drop-path in the frozen part (the strategy's ``frozen_dropout: off`` turns
+   it off in frozen blocks), a model no plugin can split).
 5. The frozen part does less than :data:`MIN_SHARE` (a quarter) of the forward
    pass's FLOPs (counted once, on one sample, with ``torch.utils.flop_counter``):
    off, too little is frozen to pay for the memory. This is what ends caching

@@ -22,10 +22,14 @@ or, the same in one call, :func:`thawkit_trainer`.
   restores it and checks that the checkpoint was made with the same strategy.
 * **Processes.** Under ``torchrun``/``accelerate launch`` every rank applies the same phase at
   the same step; thawed parameters are synchronised because DDP registered them at the wrap.
+* **Dropout.** The strategy's ``frozen_dropout`` decides it, as everywhere:
+  ``thawkit.adapt(model, "gradual", frozen_dropout="off")`` runs the layers frozen in the
+  current phase without dropout until they thaw.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
@@ -50,22 +54,20 @@ class ThawkitCallback(TrainerCallback):
         adapted: what :func:`thawkit.adapt` returned; its model is the ``Trainer``'s model.
         steps_per_epoch: move phases at step boundaries instead: the strategy's epoch ``e`` starts
             after ``e * steps_per_epoch`` optimizer steps (``None``: at the Trainer's epochs).
-        frozen_dropout: ``"keep"`` (transformers' behaviour: dropout everywhere) or ``"off"``: the
-            layers that are frozen in the current phase run without dropout
-            (:mod:`thawkit.plugins.transformers.dropout`).
+        frozen_dropout: deprecated: the strategy's ``frozen_dropout`` decides it
+            (``thawkit.adapt(model, "gradual", frozen_dropout="off")``). ``"off"`` still sets
+            ``adapted``'s policy to off.
     """
 
     def __init__(self, adapted: Adapted, *, steps_per_epoch: int | None = None,
-                 frozen_dropout: str = "keep") -> None:
+                 frozen_dropout: str | None = None) -> None:
         if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise ConfigError(f"ThawkitCallback: steps_per_epoch must be a positive integer or None, "
                               f"got {steps_per_epoch!r}")
-        if frozen_dropout not in ("keep", "off"):
-            raise ConfigError(f"ThawkitCallback: frozen_dropout must be 'keep' or 'off', "
-                              f"got {frozen_dropout!r}")
+        if frozen_dropout is not None:
+            _deprecated_frozen_dropout(adapted, frozen_dropout, "ThawkitCallback")
         self.adapted = adapted
         self.steps_per_epoch = steps_per_epoch
-        self.frozen_dropout = frozen_dropout
 
     # ------------------------------------------------------------ helpers
     def epoch_of(self, state: TrainerState) -> int:
@@ -78,7 +80,6 @@ class ThawkitCallback(TrainerCallback):
     def _move(self, state: TrainerState) -> None:
         if self.adapted.on_epoch_start(self.epoch_of(state)) or STATE_KEY not in state.stateful_callbacks:
             state.stateful_callbacks[STATE_KEY] = self.adapted.state_dict()
-            self._dropout()
         else:
             state.stateful_callbacks[STATE_KEY]["epoch"] = self.adapted.epoch
 
@@ -119,13 +120,6 @@ class ThawkitCallback(TrainerCallback):
         state_now = {k: v for k, v in self.adapted.state_dict().items() if k != "trainable"}
         self.adapted.load_state_dict({**state_now, "epoch": epoch, "phase": target})  # re-applies it
         state.stateful_callbacks[STATE_KEY] = self.adapted.state_dict()
-        self._dropout()
-
-    def _dropout(self) -> None:
-        if self.frozen_dropout == "off":
-            from .dropout import apply_frozen_dropout
-
-            apply_frozen_dropout(self.adapted, off=True)
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
@@ -138,16 +132,31 @@ class ThawkitCallback(TrainerCallback):
             self._move(state)
 
 
+def _deprecated_frozen_dropout(adapted: Adapted, value: str, who: str) -> None:
+    """The ``frozen_dropout=`` argument of ``who``, from before the policy moved to the strategy."""
+    warnings.warn(f"{who}(frozen_dropout=...) is deprecated: dropout in frozen layers is "
+                  "the strategy's setting frozen_dropout, e.g. thawkit.adapt(model, \"gradual\", "
+                  "frozen_dropout=\"off\") or strategy: {name: gradual, frozen_dropout: off} in a "
+                  "recipe", DeprecationWarning, stacklevel=3)
+    if value not in ("keep", "off"):
+        raise ConfigError(f"{who}: frozen_dropout must be 'keep' or 'off', got {value!r}")
+    if value == "keep" and adapted.frozen_dropout == "off":
+        raise ConfigError(f"{who}: frozen_dropout='keep' contradicts the strategy's "
+                          "frozen_dropout='off'; leave the argument out (the strategy decides)")
+    adapted.frozen_dropout = value  # applied with the phase, when training begins
+
+
 def thawkit_trainer(adapted: Adapted, args: TrainingArguments, *, optimizer: str = "adamw",
-                    steps_per_epoch: int | None = None, frozen_dropout: str = "keep",
+                    steps_per_epoch: int | None = None, frozen_dropout: str | None = None,
                     trainer_class: type[Trainer] | None = None, **kwargs: Any) -> Trainer:
     """A ``Trainer`` for ``adapted`` with thawkit's optimizer and callback, in one call.
 
     ``optimizer``: the optimizer name; its settings come from ``args`` (``learning_rate``,
     ``weight_decay``, ``adam_beta1/2``, ``adam_epsilon``), plus ``layer_decay``, ``head_lr_mult``
     and ``lrs`` when given here. The learning-rate schedule is the ``Trainer``'s own
-    (``args.lr_scheduler_type``, warmup); ``steps_per_epoch`` and ``frozen_dropout`` go to
-    :class:`ThawkitCallback`. Other keyword arguments go to the ``Trainer``::
+    (``args.lr_scheduler_type``, warmup); ``steps_per_epoch`` and ``frozen_dropout`` (deprecated:
+    the strategy's ``frozen_dropout`` decides it) go to :class:`ThawkitCallback`. Other keyword
+    arguments go to the ``Trainer``::
 
         trainer = thawkit_trainer(adapted, args, train_dataset=ds, layer_decay=0.8)
     """
@@ -158,7 +167,8 @@ def thawkit_trainer(adapted: Adapted, args: TrainingArguments, *, optimizer: str
         if optimizer.startswith("adam") else {}
     built = adapted.optimizer(optimizer, lr=args.learning_rate, weight_decay=args.weight_decay,
                               **extra, **settings)
-    callbacks = [*kwargs.pop("callbacks", []),
-                 ThawkitCallback(adapted, steps_per_epoch=steps_per_epoch, frozen_dropout=frozen_dropout)]
+    if frozen_dropout is not None:
+        _deprecated_frozen_dropout(adapted, frozen_dropout, "thawkit_trainer")
+    callbacks = [*kwargs.pop("callbacks", []), ThawkitCallback(adapted, steps_per_epoch=steps_per_epoch)]
     return (trainer_class or Trainer)(model=adapted.model, args=args, optimizers=(built, None),
                                       callbacks=callbacks, **kwargs)
