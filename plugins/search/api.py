@@ -56,6 +56,7 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
         log(f"{killed} trial(s) of an earlier, killed session marked failed; continuing the search")
     try:
         main.head_batch()
+        main.first_trials()
         _save_spent(out, spent_before + time.time() - started)
         procs = _start_workers(settings, cands, deadline)
         try:
