@@ -122,7 +122,8 @@ class Search:
         sampler = optuna.samplers.TPESampler(seed=settings.seed + worker, n_startup_trials=5)
         pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=recipe.train.epochs)
         try:
-            self.study = optuna.create_study(study_name=STUDY_NAME, storage=open_storage(settings.storage_url),
+            self.study = optuna.create_study(study_name=STUDY_NAME,
+                                             storage=open_storage(settings.storage_url),
                                              sampler=sampler, pruner=pruner, direction="minimize",
                                              load_if_exists=True)
         except ValueError as exc:  # a study an earlier thawkit made, maximising hold-out top-1

@@ -47,7 +47,8 @@ def paired_noise(a: list[float] | None, b: list[float] | None) -> float:
     return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
 
 
-def pick(rows: list[dict[str, Any]], per_image: dict[int, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+def pick(rows: list[dict[str, Any]],
+         per_image: dict[int, dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """The complete trial with the best hold-out top-1, the lower hold-out loss breaking ties
     (top-1 on a small hold-out ties often; the loss is finer). A trial with the same top-1 whose
     loss is within one paired standard error of the best's (image by image on the same hold-out:

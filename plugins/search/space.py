@@ -72,16 +72,19 @@ class Candidate:
             blocks = min(max(int(given.get("blocks", max(1, self.blocks // 2))), 1), self.blocks)
             params["last-block.blocks"] = blocks
         elif name == "gradual":
-            params["gradual.every"] = min(max(int(given.get("every", 1)), 1), max(1, min(3, self.epochs // 2)))
+            top = max(1, min(3, self.epochs // 2))
+            params["gradual.every"] = min(max(int(given.get("every", 1)), 1), top)
         elif name == "lp-ft":
             params["lp-ft.probe_epochs"] = min(max(int(given.get("probe_epochs", 1)), 1),
                                                max(1, self.epochs // 2))
-            params["lp-ft.backbone_lr_scale"] = min(max(float(given.get("backbone_lr_scale", 0.1)), 0.01), 1.0)
+            scale = float(given.get("backbone_lr_scale", 0.1))
+            params["lp-ft.backbone_lr_scale"] = min(max(scale, 0.01), 1.0)
         elif name in ("lora", "loha"):
             rank = given.get("rank", 8)
             params[f"{name}.rank"] = rank if rank in (4, 8, 16) else 8
         if name in DECAYED and (name != "last-block" or blocks > 1):
-            params[f"{name}.layer_decay"] = min(max(layer_decay if layer_decay is not None else 1.0, 0.5), 1.0)
+            decay = 1.0 if layer_decay is None else layer_decay
+            params[f"{name}.layer_decay"] = min(max(decay, 0.5), 1.0)
         return params
 
 
