@@ -472,3 +472,73 @@ def test_the_first_trials_are_the_recipe_then_every_candidate_once(tmp_path, dat
     import optuna
     study = optuna.load_study(study_name="thawkit-search", storage=f"sqlite:///{out / 'study.db'}")
     assert not [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+
+
+def test_folds_hold_out_the_next_images_of_each_class(tmp_path, data):
+    from thawkit.plugins.search.holdout import carve
+
+    def held(fold):
+        _, holdout, n = carve(str(data / "train"), tmp_path / f"fold-{fold}", 0.2, 5, fold=fold)
+        return n, {os.path.realpath(f) for f in holdout.rglob("*.png")}
+
+    n0, first = held(0)
+    n1, second = held(1)
+    assert n0 == n1 == 6 and len(first) == len(second) == 6  # 10 per class: 2 per class each
+    assert not first & second                                  # disjoint hold-outs
+    for cls in ("cat", "dog", "eel"):
+        assert sum(cls in f for f in second) == 2               # stratified as fold 0 is
+    _, again = held(1)
+    assert again == second                                     # seeded: the same fold again
+
+
+def test_the_finalists_are_confirmed_on_more_folds_before_the_pick(tmp_path, data, pm):
+    from thawkit.plugins.search.confirm import FINALISTS
+    from thawkit.plugins.search.report import paired_noise, pick
+
+    out = tmp_path / "s"
+    result, lines = run_search(recipe_for(data, tmp_path), out, pm, trials=6,
+                               strategies="head-only,last-block", confirm=2)
+    c = result["confirm"]
+    assert c["folds"] == 2 and 2 <= len(c["finalists"]) <= FINALISTS
+    done = sorted((t for t in result["trials"] if t["state"] == "complete"),
+                  key=lambda t: (-t["holdout_top1"], t["holdout_loss"]))
+    assert c["finalists"][0] == done[0]["number"]             # the best on the first hold-out
+
+    def losses(n):
+        return json.loads((out / "trials" / f"{n:04d}" / "trial.json").read_text())["holdout"]["losses"]
+    for t in done[1:]:  # the others: finalists exactly when within 2 paired standard errors
+        reach = done[0]["holdout_loss"] + 2 * paired_noise(losses(t["number"]), losses(done[0]["number"]))
+        if t["number"] in c["finalists"]:
+            assert t["holdout_loss"] <= reach + 1e-12
+        elif len(c["finalists"]) < FINALISTS:
+            assert t["holdout_loss"] > reach
+    rows, scores = [], {}
+    for n in c["finalists"]:
+        folder = out / "trials" / f"{n:04d}"
+        assert c["scored"][str(n)] == [1, 2]
+        first = json.loads((folder / "trial.json").read_text())["holdout"]
+        losses, correct = list(first["losses"]), list(first["correct"])
+        for fold in (1, 2):
+            extra = json.loads((folder / f"fold-{fold}.json").read_text())["holdout"]
+            assert len(extra["losses"]) == 6
+            losses += extra["losses"]
+            correct += extra["correct"]
+        assert not (folder / "fold-1" / "trained.safetensors").exists()  # scores only, no weights
+        pooled = c["pooled"][str(n)]
+        assert pooled["images"] == 18
+        assert pooled["holdout_top1"] == pytest.approx(sum(correct) / 18)
+        row = next(dict(t) for t in result["trials"] if t["number"] == n)
+        rows.append({**row, "holdout_top1": sum(correct) / 18, "holdout_loss": sum(losses) / 18})
+        scores[n] = {"losses": losses}
+    assert result["best"]["trial"] == pick(rows, scores)["number"]  # the pick: on all 18 images
+    picked = c["pooled"][str(result["best"]["trial"])]
+    assert result["best"]["confirmed_top1"] == pytest.approx(picked["holdout_top1"])
+    assert any(line.startswith("confirming trial") for line in lines)
+    assert "scored again on 2 more hold-out fold(s)" in (out / "leaderboard.md").read_text()
+    # continued, the search reuses the confirmation runs it has
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/fold-*.json")}
+    again, lines = run_search(recipe_for(data, tmp_path), out, pm, trials=6,
+                              strategies="head-only,last-block", confirm=2)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("trials/*/fold-*.json")} == stamps
+    assert not any(line.startswith("confirming trial") for line in lines)
+    assert again["best"]["trial"] == result["best"]["trial"]

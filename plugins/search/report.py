@@ -72,7 +72,8 @@ def pick(rows: list[dict[str, Any]],
 
 def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence: dict[str, Any],
                  skipped: dict[str, str], n_holdout: int, num_classes: int,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, confirmed: dict[str, Any] | None = None) -> dict[str, Any]:
+    from .confirm import pooled
     from .trial import evaluate_folder, read_per_image, restore_trial
 
     out = settings.output
@@ -86,11 +87,18 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
         chosen = pick([r for r in rows if r["strategy"] == name], per_image)
         if chosen is not None:
             per_strategy[name] = chosen
+    final_rows, final_scores = pooled(search, rows, per_image, confirmed or {})
+    best = pick(final_rows, final_scores) if final_rows else pick(rows, per_image)
+    if best is not None:  # the pick stands for its strategy in the leaderboard
+        per_strategy[best["strategy"]] = next(dict(r) for r in rows if r["number"] == best["number"])
     for row in per_strategy.values():  # scored on data.val after the choice, never for it
         folder = search.trial_dir(row["number"])
         model = restore_trial(folder, pm, num_classes)
         row["val_top1"] = evaluate_folder(model, original, recipe.data.val, pm)
-    best = pick(rows, per_image)
+    if confirmed is not None:
+        confirmed = {**confirmed, "pooled": {str(r["number"]): {
+            "strategy": r["strategy"], "holdout_top1": r["holdout_top1"], "holdout_loss": r["holdout_loss"],
+            "images": len(final_scores[r["number"]]["losses"])} for r in final_rows}}
     result: dict[str, Any] = {
         "recipe": original, "seed": settings.seed,
         "budget": {"seconds": settings.budget, "trials": settings.trials, "spent": round(seconds, 3),
@@ -100,19 +108,18 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
         "holdout": {"fraction": settings.holdout, "images": n_holdout},
         "evidence": evidence, "skipped": skipped,
         "caches": {"built": search.shared.builds, "reused": search.shared.reuses},
+        "confirm": confirmed,
         "trials": [{k: v for k, v in r.items() if k != "changes"} for r in rows],
         "best": None}
     if best is not None:
         best_recipe = trial_recipe(original, best["changes"])
         best_recipe["train"] = {**best_recipe["train"], "output": str((out / "best").resolve())}
+        first = next(r for r in rows if r["number"] == best["number"])  # its first hold-out's score
         result["best"] = {"trial": best["number"], "strategy": best["strategy"], "params": best["params"],
-                          "holdout_top1": best["holdout_top1"],
-                          "val_top1": per_strategy[best["strategy"]]["val_top1"]
-                          if per_strategy[best["strategy"]]["number"] == best["number"] else None,
+                          "holdout_top1": first["holdout_top1"],
+                          "confirmed_top1": best["holdout_top1"] if final_rows else None,
+                          "val_top1": per_strategy[best["strategy"]]["val_top1"],
                           "recipe": best_recipe}
-        if result["best"]["val_top1"] is None:
-            model = restore_trial(search.trial_dir(best["number"]), pm, num_classes)
-            result["best"]["val_top1"] = evaluate_folder(model, original, recipe.data.val, pm)
         _write_yaml(out / "best.yaml", best_recipe)
     (out / "search.json").write_text(json.dumps(result, indent=1))
     (out / "leaderboard.md").write_text(leaderboard(rows, per_strategy, best, skipped, result))
@@ -120,8 +127,11 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
     log = settings.log
     log((out / "leaderboard.md").read_text().rstrip())
     if best is not None:
+        b = result["best"]
+        more = f" ({100 * b['confirmed_top1']:.2f}% over its confirmation folds)" \
+            if b["confirmed_top1"] is not None else ""
         log(f"pick: trial {best['number']}, {best['strategy']}; hold-out top-1 "
-            f"{100 * best['holdout_top1']:.2f}%, data.val top-1 {100 * result['best']['val_top1']:.2f}%; "
+            f"{100 * b['holdout_top1']:.2f}%{more}, data.val top-1 {100 * b['val_top1']:.2f}%; "
             f"recipe in {out / 'best.yaml'}")
     return result
 
@@ -159,6 +169,13 @@ def leaderboard(rows: list[dict[str, Any]], per_strategy: dict[str, dict[str, An
               f"(summed over workers). Shared features: built {result['caches']['built']} time(s), "
               f"reused {result['caches']['reused']} time(s)."]
     lines += [f"{r[0].upper()}{r[1:]}." for r in b["not_started"]]
+    c = result.get("confirm") or {}
+    if c.get("pooled"):
+        lines.append(f"Finalists, scored again on {c['folds']} more hold-out fold(s) of data.train "
+                     f"({c['seconds']:.1f}s): " + "; ".join(
+                         f"trial {n} ({v['strategy']}) {100 * v['holdout_top1']:.2f}% on {v['images']} images"
+                         for n, v in c["pooled"].items()) + ". The pick is made on those scores.")
+    lines += [f"Confirmation not started: {r}." for r in c.get("not_started", [])]
     lines += [f"Skipped {k}: {v}" for k, v in skipped.items()]
     lines += [f"Trial {r['number']} ({r['strategy']}) failed: {r['reason'].splitlines()[0][:200]}"
               for r in rows if r["state"] == "failed" and r["reason"]]

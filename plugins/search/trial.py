@@ -189,11 +189,12 @@ def cacheable(recipe: Any) -> bool:
 
 
 def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFeatures,
-              reporter: Reporter, pm: ThawkitPluginManager, scratch: Path) -> TrialOutcome:
+              reporter: Reporter, pm: ThawkitPluginManager, scratch: Path,
+              keep_tensors: bool = True) -> TrialOutcome:
     """Train ``recipe_data`` (its ``data.val`` is the search's hold-out) and keep in ``trial_dir``
-    what it trained. The run's own directory is a scratch folder, removed at the end. A recipe
-    whose frozen prefix can be shared trains on the search's features; any other goes through
-    :func:`thawkit.plugins.train.train` as it is."""
+    what it trained (``keep_tensors=False``: only ``trial.json``, as a confirmation run keeps).
+    The run's own directory is a scratch folder, removed at the end. A recipe whose frozen prefix
+    can be shared trains on the search's features."""
     from thawkit import validate_recipe
 
     started = time.perf_counter()
@@ -213,7 +214,7 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
         except ThawkitError as exc:  # a diverging run (DivergedError), a recipe it cannot run
             status, reason = "failed", str(exc)
         changed = reporter.changed
-        if changed and all(bool(t.float().isfinite().all()) for t in changed.values()):
+        if keep_tensors and changed and all(bool(t.float().isfinite().all()) for t in changed.values()):
             save_trained(trial_dir, changed, reporter.optimizer_state)
         seconds = time.perf_counter() - started
         epochs = reporter.epochs
