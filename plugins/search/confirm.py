@@ -43,9 +43,9 @@ def rank_key(row: dict[str, Any]) -> tuple[Any, ...]:
 def finalists(rows: list[dict[str, Any]], per_image: dict[int, Any] | None = None,
               k: int = FINALISTS) -> list[dict[str, Any]]:
     """The best complete trial on the first hold-out (top-1, then loss), and up to ``k - 1`` next
-    ones still in reach of it: a hold-out loss less than two paired standard errors above its
-    own (image by image, on the same hold-out; the loss, because on a few dozen images top-1's
-    noise leaves every trial in reach). A trial clearly behind is not worth confirming."""
+    ones still in reach of it: a top-1 and a hold-out loss each within two paired standard
+    errors of its own (image by image, on the same hold-out). A trial clearly behind on either
+    is not worth confirming."""
     from .report import paired_noise
 
     done = sorted((r for r in rows if r["state"] == "complete" and r.get("holdout_top1") is not None
@@ -54,10 +54,16 @@ def finalists(rows: list[dict[str, Any]], per_image: dict[int, Any] | None = Non
     if not done:
         return []
     losses = {n: v["losses"] for n, v in (per_image or {}).items() if v}
+    hits = {n: [float(c) for c in v["correct"]] for n, v in (per_image or {}).items() if v}
     best = done[0]
-    ref = losses.get(best["number"])
-    near = [r for r in done[1:] if r["holdout_loss"] <= best["holdout_loss"] +
-            2 * paired_noise(losses.get(r["number"]), ref) + 1e-12]
+    n = best["number"]
+
+    def in_reach(r: dict[str, Any]) -> bool:
+        m = r["number"]
+        return r["holdout_top1"] >= best["holdout_top1"] - 2 * paired_noise(hits.get(m), hits.get(n)) \
+            - 1e-12 and r["holdout_loss"] <= best["holdout_loss"] + \
+            2 * paired_noise(losses.get(m), losses.get(n)) + 1e-12
+    near = [r for r in done[1:] if in_reach(r)]
     return [best] + near[:k - 1]
 
 
