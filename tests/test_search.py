@@ -111,8 +111,9 @@ def data(tmp_path_factory):
 
 
 def recipe_for(data: Path, tmp: Path, **sections) -> dict:
-    return recipe_dict(data, tmp / "run", data={"augment": False}, schedule={"name": "constant",
-                       "warmup_epochs": 0}, train={"epochs": 3}, **sections)
+    sections = {"data": {"augment": False}, "schedule": {"name": "constant", "warmup_epochs": 0},
+                "train": {"epochs": 3}, **sections}
+    return recipe_dict(data, tmp / "run", **sections)
 
 
 def run_search(recipe: dict, out: Path, pm, **kwargs):
@@ -202,7 +203,9 @@ def test_cached_trials_share_features_computed_once(tmp_path, data, pm):
     caches = result["caches"]
     lpft = [t for t in result["trials"] if t["strategy"] == "lp-ft"]
     assert lpft  # lp-ft's probe stage takes the head-only features of the batch of heads
-    assert caches["built"] == 1 and caches["reused"] == len(lpft)
+    # and so does a head-only trial outside the batch (the recipe's own, queued first)
+    single_heads = [t for t in result["trials"][4:] if t["strategy"] == "head-only"]
+    assert caches["built"] == 1 and caches["reused"] == len(lpft) + len(single_heads)
 
 
 def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on_then_trains_the_pick(
@@ -289,7 +292,8 @@ def finished_trials(out: Path) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, why", [(signal.SIGKILL, "killed"), (signal.SIGINT, "interrupted")])
 def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, data, sig, why):
-    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path))
+    # trials long enough (scratch runs are quick) for the signal to land inside one
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path, train={"epochs": 12}))
     out = tmp_path / "out"
     args = ["search", str(recipe), "--output", str(out), "--trials", "7",
             "--strategies", "head-only,full"]
@@ -300,7 +304,8 @@ def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, 
     try:
         while time.time() < deadline:  # wait until the heads are done and a full trial runs
             time.sleep(0.5)
-            if running_numbers(out) and max(running_numbers(out)) >= 4:
+            running = running_numbers(out)
+            if running and max(running) >= 4:
                 break
         os.kill(proc.pid, sig)
         output, _ = proc.communicate(timeout=300)
@@ -353,19 +358,194 @@ def test_the_docs_report_is_in_the_format_the_search_writes():
     assert "LogME below 'head'" in snippet and "Auto-RGN relative gradient norms" in snippet
 
 
-def test_the_pick_breaks_ties_within_noise_by_cost_then_score_then_loss():
-    from thawkit.plugins.search.report import noise, pick
+def test_the_pick_is_the_best_top1_with_ties_within_paired_noise_going_to_the_cheaper():
+    from thawkit.plugins.search.report import paired_noise, pick
 
     def row(number, strategy, top1, loss, params, state="complete"):
         return {"number": number, "strategy": strategy, "holdout_top1": top1, "holdout_loss": loss,
                 "trainable_params": params, "state": state}
 
-    n = 100  # one standard error at 90% is 3 points
-    assert noise(0.9, n) == pytest.approx(0.03)
-    rows = [row(0, "full", 0.90, 0.3, 1000), row(1, "last-block", 0.88, 0.5, 400),
-            row(2, "head-only", 0.80, 0.2, 10), row(3, "gradual", 0.95, 0.1, 1000, "pruned")]
-    assert pick(rows, n)["number"] == 1          # within noise of the best and cheaper
-    assert pick(rows[:1] + rows[2:], n)["number"] == 0  # head-only is 10 points worse: not a tie
+    # paired: the standard error of the mean per-image difference, by hand
+    a, b = [0.1, 0.5, 0.2, 0.9], [0.2, 0.4, 0.6, 0.9]
+    diffs = [-0.1, 0.1, -0.4, 0.0]
+    mean = sum(diffs) / 4
+    by_hand = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3 / 4)
+    assert paired_noise(a, b) == pytest.approx(by_hand)
+    assert paired_noise(a, a) == 0.0 and paired_noise(None, a) == 0.0 and paired_noise(a, b[:3]) == 0.0
+
+    rows = [row(0, "full", 0.90, 0.30, 1000), row(1, "last-block", 0.90, 0.32, 400),
+            row(2, "head-only", 0.85, 0.20, 10), row(3, "gradual", 0.95, 0.1, 1000, "pruned")]
+    close = {0: {"losses": [0.3, 0.1, 0.5, 0.3]}, 1: {"losses": [0.4, 0.1, 0.5, 0.28]},
+             2: {"losses": [0.2, 0.2, 0.2, 0.2]}}
+    # the same top-1, a loss within one paired standard error of the best's: cheaper wins
+    assert paired_noise(close[1]["losses"], close[0]["losses"]) > 0.02
+    assert pick(rows, close)["number"] == 1
+    # the same losses shifted so that every image is worse by 0.02: a real difference, no tie
+    far = {0: {"losses": [0.3, 0.1, 0.5, 0.3]}, 1: {"losses": [0.32, 0.12, 0.52, 0.32]}}
+    assert paired_noise(far[1]["losses"], far[0]["losses"]) == pytest.approx(0.0, abs=1e-9)
+    assert pick(rows, far)["number"] == 0
+    # without per-image losses only equal losses tie
+    assert pick(rows)["number"] == 0
+    # a lower top-1 never ties, however low its loss and few its parameters (the old rule's flaw)
+    assert pick(rows[:1] + rows[2:], close)["number"] == 0
     same_cost = [row(4, "gradual", 1.0, 0.12, 1000), row(5, "lp-ft", 1.0, 0.16, 1000)]
-    assert pick(same_cost, 10)["number"] == 4    # equal cost and top-1: the lower hold-out loss
-    assert pick([row(6, "full", None, None, 5, "failed")], n) is None
+    assert pick(same_cost)["number"] == 4    # equal cost and top-1: the lower hold-out loss
+    assert pick([row(6, "full", None, None, 5, "failed")]) is None
+
+
+# ------------------------------------------------- trials: scratch runs, per-image, first trials
+def test_a_scratch_run_writes_no_weights_but_reports_per_image_and_still_stops_on_nan(tmp_path, data, pm):
+    """A search's trial trains as a scratch run: no checkpoint, weights or plot (the trial keeps
+    what it needs itself), the same events and metrics, per-image hold-out outputs, NaN guards."""
+    import torch
+    from thawkit import hookimpl
+    from thawkit.plugins.train import DivergedError
+    from thawkit.plugins.train.loop import Trainer
+    from thawkit.plugins.train.session import prepare
+
+    seen = []
+
+    class Spy:
+        @hookimpl
+        def thawkit_epoch_end(self, run, epoch, metrics):
+            out = run.val_outputs
+            seen.append((metrics, out.losses.clone(), out.correct.clone()))
+
+    d = recipe_for(data, tmp_path, strategy={"name": "last-block", "blocks": 1})
+    session = prepare(load(d, pm), run_dir=tmp_path / "scratch")
+    outcome = Trainer(session, log=lambda line: None, progress_bar=False, callbacks=[Spy()],
+                      scratch=True).fit()
+    assert outcome.status == "finished" and len(seen) == 3
+    names = {p.name for p in (tmp_path / "scratch").iterdir()}
+    assert not names & {"checkpoint.pt", "model.safetensors", "best.safetensors", "curves.png"}, names
+    assert "metrics.jsonl" in names
+    n_val = sum(1 for _ in (data / "val").rglob("*.png"))
+    for metrics, losses, correct in seen:  # one entry per val image, the epoch's figures exactly
+        assert losses.shape == (n_val,) and correct.shape == (n_val,)
+        assert float(losses.mean()) == pytest.approx(metrics["val_loss"], rel=1e-5)
+        assert float(correct.float().mean()) == pytest.approx(metrics["val_top1"])
+
+    def poison(trainer):
+        if trainer.state.epoch == 1 and trainer.state.step == 1:
+            with torch.no_grad():
+                trainer.s.model.fc.weight.fill_(float("nan"))
+    session = prepare(load(d, pm), run_dir=tmp_path / "nan")
+    with pytest.raises(DivergedError):
+        Trainer(session, log=lambda line: None, progress_bar=False, on_step=poison, scratch=True).fit()
+
+
+def test_trials_keep_their_hold_out_image_by_image(tmp_path, data, pm):
+    result, _ = run_search(recipe_for(data, tmp_path), tmp_path / "s", pm, trials=6,
+                           strategies="head-only,last-block")
+    n_holdout = result["holdout"]["images"]
+    for t in result["trials"]:
+        if t["state"] != "complete":
+            continue
+        info = json.loads((tmp_path / "s" / "trials" / f"{t['number']:04d}" / "trial.json").read_text())
+        held = info["holdout"]
+        assert len(held["losses"]) == len(held["correct"]) == n_holdout
+        assert sum(held["correct"]) / n_holdout == pytest.approx(t["holdout_top1"])
+        assert sum(held["losses"]) / n_holdout == pytest.approx(t["holdout_loss"], abs=1e-5)
+        assert [e["epoch"] for e in info["epochs"]] == [1, 2, 3]  # counted from 1, batch or not
+
+
+def test_the_first_trials_are_the_recipe_then_every_candidate_once(tmp_path, data, pm):
+    from thawkit.plugins.search.space import LR_RANGES
+
+    recipe = recipe_for(data, tmp_path, strategy={"name": "last-block", "blocks": 2},
+                        optimizer={"name": "adamw", "lr": 0.002, "layer_decay": 0.8})
+    out = tmp_path / "s"
+    result, _ = run_search(recipe, out, pm, trials=7, strategies="full,head-only,last-block,lp-ft")
+    after_batch = result["trials"][4:]
+    # the recipe as written first, with its own strategy parameters and layer decay
+    assert after_batch[0]["strategy"] == "last-block"
+    assert after_batch[0]["params"] == {"lr": 0.002, "blocks": 2, "layer_decay": 0.8}
+    # then every other candidate once, cheapest first, at the middle of its range, with its
+    # strategy's own defaults and no layer decay (head-only ran as the batch of heads)
+    lo, hi = LR_RANGES["lp-ft"]
+    assert after_batch[1]["strategy"] == "last-block" and after_batch[1]["params"]["blocks"] == 1
+    assert after_batch[2]["strategy"] == "lp-ft"
+    assert after_batch[2]["params"] == {"lr": pytest.approx(math.sqrt(lo * hi)), "probe_epochs": 1,
+                                        "backbone_lr_scale": 0.1, "layer_decay": 1.0}
+    # a continued search takes the rest of the queue and does not queue them again
+    more, _ = run_search(recipe, out, pm, trials=9, strategies="full,head-only,last-block,lp-ft")
+    assert [t["strategy"] for t in more["trials"][7:9]] == ["full", more["trials"][8]["strategy"]]
+    assert more["trials"][7]["params"]["lr"] == pytest.approx(math.sqrt(3e-5 * 1e-2))
+    import optuna
+    study = optuna.load_study(study_name="thawkit-search", storage=f"sqlite:///{out / 'study.db'}")
+    assert not [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+
+
+def test_folds_hold_out_the_next_images_of_each_class(tmp_path, data):
+    from thawkit.plugins.search.holdout import carve
+
+    def held(fold):
+        _, holdout, n = carve(str(data / "train"), tmp_path / f"fold-{fold}", 0.2, 5, fold=fold)
+        return n, {os.path.realpath(f) for f in holdout.rglob("*.png")}
+
+    n0, first = held(0)
+    n1, second = held(1)
+    assert n0 == n1 == 6 and len(first) == len(second) == 6  # 10 per class: 2 per class each
+    assert not first & second                                  # disjoint hold-outs
+    for cls in ("cat", "dog", "eel"):
+        assert sum(cls in f for f in second) == 2               # stratified as fold 0 is
+    _, again = held(1)
+    assert again == second                                     # seeded: the same fold again
+
+
+def test_the_finalists_are_confirmed_on_more_folds_before_the_pick(tmp_path, data, pm):
+    from thawkit.plugins.search.confirm import FINALISTS
+    from thawkit.plugins.search.report import paired_noise, pick
+
+    out = tmp_path / "s"
+    result, lines = run_search(recipe_for(data, tmp_path), out, pm, trials=6,
+                               strategies="head-only,last-block", confirm=2)
+    c = result["confirm"]
+    assert c["folds"] == 2 and 2 <= len(c["finalists"]) <= FINALISTS
+    done = sorted((t for t in result["trials"] if t["state"] == "complete"),
+                  key=lambda t: (-t["holdout_top1"], t["holdout_loss"]))
+    assert c["finalists"][0] == done[0]["number"]             # the best on the first hold-out
+
+    def held(n, key):
+        info = json.loads((out / "trials" / f"{n:04d}" / "trial.json").read_text())
+        return [float(v) for v in info["holdout"][key]]
+    first = done[0]["number"]
+    for t in done[1:]:  # the others: finalists exactly when within 2 paired standard errors
+        n = t["number"]
+        near = t["holdout_top1"] >= done[0]["holdout_top1"] - 2 * paired_noise(
+            held(n, "correct"), held(first, "correct")) - 1e-12 and t["holdout_loss"] <= \
+            done[0]["holdout_loss"] + 2 * paired_noise(held(n, "losses"), held(first, "losses")) + 1e-12
+        if n in c["finalists"]:
+            assert near
+        elif len(c["finalists"]) < FINALISTS:
+            assert not near
+    rows, scores = [], {}
+    for n in c["finalists"]:
+        folder = out / "trials" / f"{n:04d}"
+        assert c["scored"][str(n)] == [1, 2]
+        first = json.loads((folder / "trial.json").read_text())["holdout"]
+        losses, correct = list(first["losses"]), list(first["correct"])
+        for fold in (1, 2):
+            extra = json.loads((folder / f"fold-{fold}.json").read_text())["holdout"]
+            assert len(extra["losses"]) == 6
+            losses += extra["losses"]
+            correct += extra["correct"]
+        assert not (folder / "fold-1" / "trained.safetensors").exists()  # scores only, no weights
+        pooled = c["pooled"][str(n)]
+        assert pooled["images"] == 18
+        assert pooled["holdout_top1"] == pytest.approx(sum(correct) / 18)
+        row = next(dict(t) for t in result["trials"] if t["number"] == n)
+        rows.append({**row, "holdout_top1": sum(correct) / 18, "holdout_loss": sum(losses) / 18})
+        scores[n] = {"losses": losses}
+    assert result["best"]["trial"] == pick(rows, scores)["number"]  # the pick: on all 18 images
+    picked = c["pooled"][str(result["best"]["trial"])]
+    assert result["best"]["confirmed_top1"] == pytest.approx(picked["holdout_top1"])
+    assert any(line.startswith("confirming trial") for line in lines)
+    assert "scored again on 2 more hold-out fold(s)" in (out / "leaderboard.md").read_text()
+    # continued, the search reuses the confirmation runs it has
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/fold-*.json")}
+    again, lines = run_search(recipe_for(data, tmp_path), out, pm, trials=6,
+                              strategies="head-only,last-block", confirm=2)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("trials/*/fold-*.json")} == stamps
+    assert not any(line.startswith("confirming trial") for line in lines)
+    assert again["best"]["trial"] == result["best"]["trial"]

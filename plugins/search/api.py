@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = None,
            trials: int | None = None, strategies: str | list[str] | None = None, jobs: int = 1,
            storage: str | None = None, seed: int = 0, holdout: float = 0.2, train: bool = False,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
+           confirm: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Search strategies and learning rates for ``recipe`` into ``output``; returns what
     ``output/search.json`` holds (``best``, ``trials``, ``evidence``, ``budget``...).
 
@@ -30,10 +30,11 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
 
     Run again with the same arguments to continue a search that was stopped or killed.
     """
-    from .report import write_report
+    from . import confirm as confirming
+    from .report import trial_rows, write_report
 
     settings = Settings(Path(output), parse_budget(budget), trials,
-                        strategies, jobs, storage, seed, holdout, log)
+                        strategies, jobs, storage, seed, holdout, log, confirm)
     cands, skipped = check(recipe, settings)
     if storage is not None:
         open_storage(storage)  # before anything is written
@@ -56,6 +57,7 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
         log(f"{killed} trial(s) of an earlier, killed session marked failed; continuing the search")
     try:
         main.head_batch()
+        main.first_trials()
         _save_spent(out, spent_before + time.time() - started)
         procs = _start_workers(settings, cands, deadline)
         try:
@@ -64,6 +66,7 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
         finally:
             for p in procs:
                 p.join()
+        confirmed = confirming.confirm(main, trial_rows(main), deadline)
     except KeyboardInterrupt:
         log(f"search interrupted; run the same command again to continue it ({out})")
         raise
@@ -72,7 +75,7 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
         _save_spent(out, spent_before + time.time() - started)
     result = write_report(main, recipe, settings, evidence=evidence, skipped=skipped,
                           n_holdout=n_holdout, num_classes=num_classes,
-                          seconds=spent_before + time.time() - started)
+                          seconds=spent_before + time.time() - started, confirmed=confirmed)
     if train:
         from thawkit import load_recipe
         from thawkit.plugins.train import train as train_run
@@ -147,7 +150,7 @@ def _start_workers(settings: Settings, cands: list[Any], deadline: float | None)
     ctx = multiprocessing.get_context("spawn")
     recipe_path = str(settings.output / "trial-base.json")
     plain = Settings(settings.output, settings.budget, settings.trials, settings.strategies, 1,
-                     settings.storage, settings.seed, settings.holdout, None)
+                     settings.storage, settings.seed, settings.holdout, None, settings.confirm)
     procs = [ctx.Process(target=worker_main, args=(recipe_path, plain, cands, w, deadline))
              for w in range(1, settings.jobs + 1)]
     for p in procs:

@@ -4,7 +4,9 @@ and main parameters, picked on a hold-out carved from ``data.train``.
 The study lives in ``DIR/study.db`` (or ``--storage URL``): a killed search continues with the
 same command, ``--jobs N`` runs N worker processes against it, and workers on several machines
 share one study through a database server (``--storage postgresql://user:pw@host/db``).
-Optuna's Hyperband pruner stops weak trials from their per-epoch hold-out top-1.
+The study minimises the hold-out loss (cross-entropy: on a small hold-out it separates trials
+that top-1 counts as ties); Optuna's Hyperband pruner stops weak trials from their per-epoch
+hold-out loss.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
 
-from .space import Candidate, candidates, check_variable, parse_strategies, trial_recipe
+from .space import BUILTINS, Candidate, candidates, check_variable, parse_strategies, trial_recipe
 
 if TYPE_CHECKING:
     from thawkit import Recipe
@@ -61,25 +63,45 @@ class Settings:
     seed: int = 0
     holdout: float = 0.2
     log: Any = print
+    confirm: int = 2
 
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.output / 'study.db').resolve()}"
 
 
-def open_storage(url: str) -> Any:
-    """Optuna's storage for ``url``, or a :class:`ConfigError` saying why it cannot be opened."""
+def open_storage(url: str, *, wal: bool = False) -> Any:
+    """Optuna's storage for ``url``, or a :class:`ConfigError` saying why it cannot be opened.
+    ``wal``: a local SQLite file is switched to write-ahead logging first (persistent in the
+    file; a commit no longer syncs the whole database, a third of the storage time per trial,
+    and a killed process still loses nothing committed). A filesystem without WAL support keeps
+    SQLite's default journal."""
     import optuna
 
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        if wal and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            _write_ahead(url[len("sqlite:///"):])
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and drivers' errors vary
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConfigError(f"--storage: Optuna cannot open {url!r} ({type(exc).__name__}: {first}); "
                           "use sqlite:///path/study.db or postgresql://user:password@host/db") from None
+
+
+def _write_ahead(path: str) -> None:
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(path, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+    except sqlite3.Error:
+        pass  # e.g. a network filesystem: the default journal works there
 
 
 def check(recipe: Recipe, settings: Settings) -> tuple[list[Candidate], dict[str, str]]:
@@ -90,6 +112,8 @@ def check(recipe: Recipe, settings: Settings) -> tuple[list[Candidate], dict[str
         raise ConfigError(f"--trials: at least 1, got {settings.trials}")
     if settings.jobs < 1:
         raise ConfigError(f"--jobs: at least 1, got {settings.jobs}")
+    if settings.confirm < 0:
+        raise ConfigError(f"--confirm: 0 or more hold-out folds, got {settings.confirm}")
     if not 0 < settings.holdout < 1:
         raise ConfigError(f"--holdout: a fraction of data.train between 0 and 1, got {settings.holdout}")
     check_variable(recipe)
@@ -119,9 +143,15 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=settings.seed + worker, n_startup_trials=5)
         pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=recipe.train.epochs)
-        self.study = optuna.create_study(study_name=STUDY_NAME, storage=open_storage(settings.storage_url),
-                                         sampler=sampler, pruner=pruner, direction="maximize",
-                                         load_if_exists=True)
+        try:
+            self.study = optuna.create_study(study_name=STUDY_NAME,
+                                             storage=open_storage(settings.storage_url, wal=True),
+                                             sampler=sampler, pruner=pruner, direction="minimize",
+                                             load_if_exists=True)
+        except ValueError as exc:  # a study an earlier thawkit made, maximising hold-out top-1
+            raise ConfigError(f"search: the study in {settings.storage_url} was made by an earlier "
+                              f"thawkit search and cannot be continued ({exc}); give another --output "
+                              "(or --storage)") from None
         self._check_same_candidates()
         self.shared = SharedFeatures()
 
@@ -158,8 +188,38 @@ class Search:
         return max((t.user_attrs["seconds"] for t in done), default=0.0)
 
     # ------------------------------------------------------------- trials
+    def first_trials(self) -> list[dict[str, Any]]:
+        """Queue the search's first trials, before the sampler's own: the recipe as written (its
+        strategy and learning rate, when the strategy is a candidate), then every other candidate
+        once, cheapest first, at the middle of its learning-rate range with its strategy's own
+        defaults. A small budget then covers every strategy before the sampler narrows in, and
+        the user's own choice is always among the trials. Head-only is left to :meth:`head_batch`
+        where that runs. Queued once per study: a continued search does not queue them again."""
+        if any(t.params.get("strategy") not in (None, "head-only") or t.state.name == "WAITING"
+               for t in self.study.get_trials(deepcopy=False)):
+            return []
+        recipe, batch = self.recipe, self.head_batch_applies()
+        queued: list[dict[str, Any]] = []
+        own = self.cands.get(recipe.strategy.name)
+        if own is not None:
+            queued.append(own.first_params(recipe.optimizer.lr, recipe.strategy.model_dump(),
+                                           recipe.optimizer.layer_decay))
+        for name in BUILTINS + tuple(sorted(set(self.cands) - set(BUILTINS))):
+            if name in self.cands and not (name == "head-only" and batch):
+                params = self.cands[name].first_params()
+                if params not in queued:
+                    queued.append(params)
+        for params in queued:
+            self.study.enqueue_trial(params, skip_if_exists=True)
+        return queued
+
     def run(self) -> None:
-        """Start trials until the trial count or the budget says stop."""
+        """Start trials until the trial count or the budget says stop. A trial that would not
+        fit in the budget left is not started (recorded with why); after 3 such in a row the
+        search stops starting trials."""
+        from .confirm import reserve
+
+        misses = 0
         while True:
             remaining = self.remaining_trials()
             if remaining is not None and remaining <= 0:
@@ -172,11 +232,18 @@ class Search:
             trial.set_user_attr("pid", os.getpid())
             strategy = trial.suggest_categorical("strategy", sorted(self.cands))
             changes = self.cands[strategy].suggest(trial)
-            if left is not None and self.estimate(strategy) > left:
+            kept = 0.0 if left is None else reserve(self)
+            if left is not None and self.estimate(strategy) > left - kept:
+                kept_text = f", {kept:.0f}s of them kept to confirm the finalists" if kept else ""
                 trial.set_user_attr("reason", f"not started: a {strategy} trial takes about "
-                                    f"{self.estimate(strategy):.0f}s, {left:.0f}s of the budget were left")
+                                    f"{self.estimate(strategy):.0f}s, {left:.0f}s of the budget were "
+                                    f"left{kept_text}")
                 self.study.tell(trial, state=_optuna().trial.TrialState.FAIL)
-                return
+                misses += 1
+                if misses >= 3:
+                    return
+                continue
+            misses = 0
             self._run_one(trial, strategy, changes)
 
     def _run_one(self, trial: Any, strategy: str, changes: dict[str, Any]) -> None:
@@ -210,13 +277,15 @@ class Search:
         trial.set_user_attr("seconds", round(seconds, 3))
         if loss is not None and math.isfinite(loss):
             trial.set_user_attr("holdout_loss", loss)
+        if holdout is not None:
+            trial.set_user_attr("holdout_top1", holdout)
         trial.set_user_attr("trainable_params", trainable)
         trial.set_user_attr("changes", changes)
         trial.set_user_attr("counts", True)
         if reason:
             trial.set_user_attr("reason", reason[:500])
-        if state == "complete":
-            self.study.tell(trial, holdout)
+        if state == "complete" and loss is not None and math.isfinite(loss):
+            self.study.tell(trial, loss)
         elif state == "pruned":
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
@@ -227,6 +296,10 @@ class Search:
         return self.s.output / "trials" / f"{number:04d}"
 
     # ---------------------------------------------------- head-only batch
+    def head_batch_applies(self) -> bool:
+        return "head-only" in self.cands and not self.recipe.data.augment and \
+            self.recipe.train.cache != "off"
+
     def head_batch(self) -> None:
         """Several head-only learning rates at once, as heads on one set of shared features
         (as ``thawkit probe`` does), when the recipe lets the features be cached."""
@@ -234,7 +307,7 @@ class Search:
 
         optuna = _optuna()
         cand = self.cands.get("head-only")
-        if cand is None or self.recipe.data.augment or self.recipe.train.cache == "off":
+        if cand is None or not self.head_batch_applies():
             return
         if any(t.params.get("strategy") == "head-only" and (t.state.name in ("COMPLETE", "PRUNED")
                or t.user_attrs.get("counts")) for t in self.study.get_trials(deepcopy=False)):
@@ -260,7 +333,8 @@ class Search:
             raise
         for (trial, changes), (result, trainable) in zip(trials, results):
             for row in result.epochs:
-                trial.report(row["val_top1"], row["epoch"] + 1)
+                if math.isfinite(row["val_loss"]):
+                    trial.report(row["val_loss"], row["epoch"])
             top1 = result.final_top1
             state = "complete" if math.isfinite(result.epochs[-1]["val_loss"]) else "failed"
             self.record(trial, "head-only", changes, state, top1 if state == "complete" else None,
@@ -275,7 +349,7 @@ class Search:
         from thawkit import validate_recipe
         from thawkit.plugins.train.probe import probe
 
-        from .trial import _pipeline_class, fingerprint, save_trained, tensor_digests, write_trial
+        from .trial import _pipeline_class, fingerprint, per_image, save_trained, tensor_digests, write_trial
 
         started = time.perf_counter()
         scratch = self.s.output / "scratch"
@@ -308,11 +382,11 @@ class Search:
             trainable = sum(v.numel() for v in mine.values())
             write_trial(folder, trial_recipe(self.base, change), status="complete",
                         reason="", seconds=seconds / len(changes), trainable=trainable,
-                        epochs=[{"epoch": r["epoch"] + 1, "holdout_top1": r["val_top1"],
+                        epochs=[{"epoch": r["epoch"], "holdout_top1": r["val_top1"],
                                  "holdout_loss": r["val_loss"], "train_loss": r["train_loss"]}
                                 for r in result.epochs],
                         fingerprint=fingerprint(start, [n for n in start if n not in mine]),
-                        unchanged=len(start) - len(mine))
+                        unchanged=len(start) - len(mine), holdout=per_image(result.val_outputs))
             out.append((result, trainable))
         return out, seconds
 

@@ -21,7 +21,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         search(recipe, output=output, budget=args.budget, trials=args.trials,
                strategies=args.strategies, jobs=args.jobs, storage=args.storage, seed=args.seed,
-               holdout=args.holdout, train=args.train)
+               holdout=args.holdout, train=args.train, confirm=args.confirm)
     except KeyboardInterrupt:
         return 130
     return 0
@@ -54,6 +54,8 @@ def thawkit_register_commands(subparsers: Any) -> None:
     p.add_argument("--seed", type=_count, default=0, metavar="S", help="sampler and hold-out seed (0)")
     p.add_argument("--holdout", type=float, default=0.2, metavar="F",
                    help="share of data.train held out to pick on (0.2)")
+    p.add_argument("--confirm", type=_count, default=2, metavar="N",
+                   help="score the best 3 trials again on N more hold-out folds before the pick (2; 0: off)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field; repeatable")
     p.add_argument("--train", action="store_true", help="then train the pick (best.yaml) in full")

@@ -1,5 +1,6 @@
 """What a search writes: ``search.json``, ``leaderboard.md``, ``search.png`` and ``best.yaml``,
-and the honest pick: the best hold-out top-1, ties within noise going to the cheaper trial."""
+and the honest pick: the best hold-out top-1 (the loss breaking ties), ties within noise going to
+the cheaper trial."""
 from __future__ import annotations
 
 import json
@@ -19,58 +20,85 @@ def trial_rows(search: Search) -> list[dict[str, Any]]:
     """One row per trial of the study, in trial order."""
     rows = []
     for t in search.study.get_trials(deepcopy=False):
+        if t.state.name == "WAITING":  # queued, never started (a later session starts it)
+            continue
         state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed",
                  "RUNNING": "running", "WAITING": "waiting"}[t.state.name]
         changes = t.user_attrs.get("changes")
         rows.append({"number": t.number, "strategy": t.params.get("strategy"),
                      "params": {k.split(".", 1)[1]: v for k, v in t.params.items() if "." in k},
-                     "state": state, "holdout_top1": t.value if state == "complete" else None,
-                     "holdout_loss": t.user_attrs.get("holdout_loss"),
+                     "state": state,
+                     "holdout_top1": t.user_attrs.get("holdout_top1") if state == "complete" else None,
+                     "holdout_loss": t.value if state == "complete" else t.user_attrs.get("holdout_loss"),
                      "seconds": t.user_attrs.get("seconds"),
                      "trainable_params": t.user_attrs.get("trainable_params"),
                      "reason": t.user_attrs.get("reason", ""), "changes": changes})
     return rows
 
 
-def noise(top1: float, n: int) -> float:
-    """One standard error of a top-1 measured on ``n`` images."""
-    return math.sqrt(max(top1 * (1 - top1), 0.25 / max(n, 1)) / max(n, 1))
+def paired_noise(a: list[float] | None, b: list[float] | None) -> float:
+    """One standard error of the difference between two trials' mean hold-out losses, image by
+    image on the same hold-out (a paired comparison: the images both get right or wrong cancel
+    out); 0 when either trial's per-image losses are missing or the hold-out has one image."""
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return 0.0
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = sum(diffs) / len(diffs)
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
 
 
-def pick(rows: list[dict[str, Any]], n_holdout: int) -> dict[str, Any] | None:
-    """The best complete trial on the hold-out; within one standard error of it, the one with the
-    fewest trainable parameters; among those, the higher hold-out top-1, then the lower hold-out
-    loss (finer than top-1 on a small hold-out), then the cheaper strategy, then the earlier trial."""
-    done = [r for r in rows if r["state"] == "complete" and r["holdout_top1"] is not None]
+def pick(rows: list[dict[str, Any]],
+         per_image: dict[int, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The complete trial with the best hold-out top-1, the lower hold-out loss breaking ties
+    (top-1 on a small hold-out ties often; the loss is finer). A trial with the same top-1 whose
+    loss is within one paired standard error of the best's (image by image on the same hold-out:
+    a tie within noise) competes with it, and the one with the fewest trainable parameters wins;
+    then the lower loss, the cheaper strategy, the earlier trial. ``per_image``:
+    ``{trial number: {"losses": [...], ...}}`` (without it, only equal losses tie)."""
+    done = [r for r in rows if r["state"] == "complete" and r.get("holdout_top1") is not None
+            and r.get("holdout_loss") is not None and math.isfinite(r["holdout_loss"])]
     if not done:
         return None
-    best = max(r["holdout_top1"] for r in done)
-    close = [r for r in done if r["holdout_top1"] >= best - noise(best, n_holdout) - 1e-12]
     order = {name: i for i, name in enumerate(BUILTINS)}
-    return min(close, key=lambda r: (r["trainable_params"] or 0, -r["holdout_top1"],
-                                     r.get("holdout_loss") if r.get("holdout_loss") is not None
-                                     else math.inf, order.get(r["strategy"], len(order)), r["number"]))
+    best = min(done, key=lambda r: (-r["holdout_top1"], r["holdout_loss"],
+                                    order.get(r["strategy"], len(order)), r["number"]))
+    losses = {n: v.get("losses") for n, v in (per_image or {}).items() if v}
+    ref = losses.get(best["number"])
+    close = [r for r in done if r["holdout_top1"] >= best["holdout_top1"] - 1e-12 and
+             r["holdout_loss"] <= best["holdout_loss"] + paired_noise(losses.get(r["number"]), ref) + 1e-12]
+    return min(close, key=lambda r: (r["trainable_params"] or 0, r["holdout_loss"],
+                                     order.get(r["strategy"], len(order)), r["number"]))
 
 
 def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence: dict[str, Any],
                  skipped: dict[str, str], n_holdout: int, num_classes: int,
-                 seconds: float) -> dict[str, Any]:
-    from .trial import evaluate_folder, restore_trial
+                 seconds: float, confirmed: dict[str, Any] | None = None) -> dict[str, Any]:
+    from .confirm import pooled
+    from .trial import evaluate_folder, read_per_image, restore_trial
 
     out = settings.output
     rows = trial_rows(search)
     pm = recipe.plugin_manager
     original = recipe.model_dump(mode="json")
     per_strategy: dict[str, dict[str, Any]] = {}
+    per_image = {r["number"]: read_per_image(search.trial_dir(r["number"])) for r in rows
+                 if r["state"] == "complete"}
     for name in sorted({r["strategy"] for r in rows if r["strategy"]}):
-        chosen = pick([r for r in rows if r["strategy"] == name], n_holdout)
+        chosen = pick([r for r in rows if r["strategy"] == name], per_image)
         if chosen is not None:
             per_strategy[name] = chosen
+    final_rows, final_scores = pooled(search, rows, per_image, confirmed or {})
+    best = pick(final_rows, final_scores) if final_rows else pick(rows, per_image)
+    if best is not None:  # the pick stands for its strategy in the leaderboard
+        per_strategy[best["strategy"]] = next(dict(r) for r in rows if r["number"] == best["number"])
     for row in per_strategy.values():  # scored on data.val after the choice, never for it
         folder = search.trial_dir(row["number"])
         model = restore_trial(folder, pm, num_classes)
         row["val_top1"] = evaluate_folder(model, original, recipe.data.val, pm)
-    best = pick(rows, n_holdout)
+    if confirmed is not None:
+        confirmed = {**confirmed, "pooled": {str(r["number"]): {
+            "strategy": r["strategy"], "holdout_top1": r["holdout_top1"], "holdout_loss": r["holdout_loss"],
+            "images": len(final_scores[r["number"]]["losses"])} for r in final_rows}}
     result: dict[str, Any] = {
         "recipe": original, "seed": settings.seed,
         "budget": {"seconds": settings.budget, "trials": settings.trials, "spent": round(seconds, 3),
@@ -80,19 +108,18 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
         "holdout": {"fraction": settings.holdout, "images": n_holdout},
         "evidence": evidence, "skipped": skipped,
         "caches": {"built": search.shared.builds, "reused": search.shared.reuses},
+        "confirm": confirmed,
         "trials": [{k: v for k, v in r.items() if k != "changes"} for r in rows],
         "best": None}
     if best is not None:
         best_recipe = trial_recipe(original, best["changes"])
         best_recipe["train"] = {**best_recipe["train"], "output": str((out / "best").resolve())}
+        first = next(r for r in rows if r["number"] == best["number"])  # its first hold-out's score
         result["best"] = {"trial": best["number"], "strategy": best["strategy"], "params": best["params"],
-                          "holdout_top1": best["holdout_top1"],
-                          "val_top1": per_strategy[best["strategy"]]["val_top1"]
-                          if per_strategy[best["strategy"]]["number"] == best["number"] else None,
+                          "holdout_top1": first["holdout_top1"],
+                          "confirmed_top1": best["holdout_top1"] if final_rows else None,
+                          "val_top1": per_strategy[best["strategy"]]["val_top1"],
                           "recipe": best_recipe}
-        if result["best"]["val_top1"] is None:
-            model = restore_trial(search.trial_dir(best["number"]), pm, num_classes)
-            result["best"]["val_top1"] = evaluate_folder(model, original, recipe.data.val, pm)
         _write_yaml(out / "best.yaml", best_recipe)
     (out / "search.json").write_text(json.dumps(result, indent=1))
     (out / "leaderboard.md").write_text(leaderboard(rows, per_strategy, best, skipped, result))
@@ -100,8 +127,11 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
     log = settings.log
     log((out / "leaderboard.md").read_text().rstrip())
     if best is not None:
+        b = result["best"]
+        more = f" ({100 * b['confirmed_top1']:.2f}% over its confirmation folds)" \
+            if b["confirmed_top1"] is not None else ""
         log(f"pick: trial {best['number']}, {best['strategy']}; hold-out top-1 "
-            f"{100 * best['holdout_top1']:.2f}%, data.val top-1 {100 * result['best']['val_top1']:.2f}%; "
+            f"{100 * b['holdout_top1']:.2f}%{more}, data.val top-1 {100 * b['val_top1']:.2f}%; "
             f"recipe in {out / 'best.yaml'}")
     return result
 
@@ -139,6 +169,13 @@ def leaderboard(rows: list[dict[str, Any]], per_strategy: dict[str, dict[str, An
               f"(summed over workers). Shared features: built {result['caches']['built']} time(s), "
               f"reused {result['caches']['reused']} time(s)."]
     lines += [f"{r[0].upper()}{r[1:]}." for r in b["not_started"]]
+    c = result.get("confirm") or {}
+    if c.get("pooled"):
+        lines.append(f"Finalists, scored again on {c['folds']} more hold-out fold(s) of data.train "
+                     f"({c['seconds']:.1f}s): " + "; ".join(
+                         f"trial {n} ({v['strategy']}) {100 * v['holdout_top1']:.2f}% on {v['images']} images"
+                         for n, v in c["pooled"].items()) + ". The pick is made on those scores.")
+    lines += [f"Confirmation not started: {r}." for r in c.get("not_started", [])]
     lines += [f"Skipped {k}: {v}" for k, v in skipped.items()]
     lines += [f"Trial {r['number']} ({r['strategy']}) failed: {r['reason'].splitlines()[0][:200]}"
               for r in rows if r["state"] == "failed" and r["reason"]]

@@ -55,6 +55,39 @@ class Candidate:
         return {"strategy": strategy, "optimizer": optimizer}
 
 
+    def first_params(self, lr: float | None = None, strategy: dict[str, Any] | None = None,
+                     layer_decay: float | None = None) -> dict[str, Any]:
+        """Optuna parameters of a first trial of this candidate (``study.enqueue_trial``):
+        ``lr`` (default: the geometric middle of its range, clipped into it), the strategy's own
+        defaults for the rest unless ``strategy`` (a recipe's strategy section) gives them, and
+        no layer decay unless ``layer_decay`` says otherwise."""
+        import math
+
+        lo, hi = self.lr_range
+        name, given = self.name, strategy or {}
+        value = math.sqrt(lo * hi) if lr is None else min(max(lr, lo), hi)
+        params: dict[str, Any] = {"strategy": name, f"{name}.lr": value}
+        blocks = 1
+        if name == "last-block":
+            blocks = min(max(int(given.get("blocks", max(1, self.blocks // 2))), 1), self.blocks)
+            params["last-block.blocks"] = blocks
+        elif name == "gradual":
+            top = max(1, min(3, self.epochs // 2))
+            params["gradual.every"] = min(max(int(given.get("every", 1)), 1), top)
+        elif name == "lp-ft":
+            params["lp-ft.probe_epochs"] = min(max(int(given.get("probe_epochs", 1)), 1),
+                                               max(1, self.epochs // 2))
+            scale = float(given.get("backbone_lr_scale", 0.1))
+            params["lp-ft.backbone_lr_scale"] = min(max(scale, 0.01), 1.0)
+        elif name in ("lora", "loha"):
+            rank = given.get("rank", 8)
+            params[f"{name}.rank"] = rank if rank in (4, 8, 16) else 8
+        if name in DECAYED and (name != "last-block" or blocks > 1):
+            decay = 1.0 if layer_decay is None else layer_decay
+            params[f"{name}.layer_decay"] = min(max(decay, 0.5), 1.0)
+        return params
+
+
 def check_variable(recipe: Recipe) -> None:
     """A recipe whose learning rates the search cannot vary is an error."""
     if recipe.optimizer.lrs:

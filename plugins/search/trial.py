@@ -132,7 +132,7 @@ class Reporter:
     the starting weights, every epoch's metrics and, when the run ends however it ends, the
     tensors that changed and the optimizer's state.
 
-    ``report(epoch, holdout_top1) -> bool``: True when the trial should stop (pruned).
+    ``report(epoch, holdout_loss) -> bool``: True when the trial should stop (pruned).
     """
 
     def __init__(self, report: Callable[[int, float], bool]):
@@ -144,6 +144,7 @@ class Reporter:
         self.optimizer_state: dict[str, Any] | None = None
         self.trainable = 0
         self.interrupted = False
+        self.outputs: Any = None
 
     @hookimpl
     def thawkit_run_start(self, run: Any) -> None:
@@ -155,7 +156,8 @@ class Reporter:
     def thawkit_epoch_end(self, run: Any, epoch: int, metrics: dict[str, Any]) -> None:
         self.epochs.append({"epoch": epoch, "holdout_top1": metrics["val_top1"],
                             "holdout_loss": metrics["val_loss"], "train_loss": metrics["train_loss"]})
-        if self.report(epoch, float(metrics["val_top1"])):
+        self.outputs = run.val_outputs
+        if self.report(epoch, float(metrics["val_loss"])):
             self.pruned_at = epoch
             run.request_stop("pruned by the search")
 
@@ -187,11 +189,12 @@ def cacheable(recipe: Any) -> bool:
 
 
 def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFeatures,
-              reporter: Reporter, pm: ThawkitPluginManager, scratch: Path) -> TrialOutcome:
+              reporter: Reporter, pm: ThawkitPluginManager, scratch: Path,
+              keep_tensors: bool = True) -> TrialOutcome:
     """Train ``recipe_data`` (its ``data.val`` is the search's hold-out) and keep in ``trial_dir``
-    what it trained. The run's own directory is a scratch folder, removed at the end. A recipe
-    whose frozen prefix can be shared trains on the search's features; any other goes through
-    :func:`thawkit.plugins.train.train` as it is."""
+    what it trained (``keep_tensors=False``: only ``trial.json``, as a confirmation run keeps).
+    The run's own directory is a scratch folder, removed at the end. A recipe whose frozen prefix
+    can be shared trains on the search's features."""
     from thawkit import validate_recipe
 
     started = time.perf_counter()
@@ -202,7 +205,7 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
                              where=str(trial_dir / TRIAL_FILE), pm=pm)
     try:
         try:
-            outcome = (_train_shared if cacheable(recipe) else _train)(recipe, run_dir, shared, reporter)
+            outcome = _train(recipe, run_dir, shared if cacheable(recipe) else None, reporter)
             if outcome.status == "interrupted" or reporter.interrupted:  # Ctrl-C: the search stops
                 raise KeyboardInterrupt
             status = "pruned" if reporter.pruned_at is not None else \
@@ -211,7 +214,7 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
         except ThawkitError as exc:  # a diverging run (DivergedError), a recipe it cannot run
             status, reason = "failed", str(exc)
         changed = reporter.changed
-        if changed and all(bool(t.float().isfinite().all()) for t in changed.values()):
+        if keep_tensors and changed and all(bool(t.float().isfinite().all()) for t in changed.values()):
             save_trained(trial_dir, changed, reporter.optimizer_state)
         seconds = time.perf_counter() - started
         epochs = reporter.epochs
@@ -220,28 +223,41 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
         write_trial(trial_dir, recipe_data, status=status, reason=reason, epochs=epochs,
                     seconds=seconds, trainable=reporter.trainable,
                     fingerprint=fingerprint(start, [n for n in start if n not in changed]),
-                    unchanged=len(start) - len(changed))
+                    unchanged=len(start) - len(changed),
+                    holdout=per_image(reporter.outputs) if status == "complete" else None)
         return TrialOutcome(status, top1, seconds, reporter.trainable, epochs, reason)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train(recipe: Any, run_dir: Path, shared: SharedFeatures, reporter: Reporter) -> Any:
-    from thawkit.plugins.train import train
-
-    return train(recipe, run_dir=run_dir, log=lambda line: None,
-                 progress_bar=False, callbacks=[reporter])
-
-
-def _train_shared(recipe: Any, run_dir: Path, shared: SharedFeatures, reporter: Reporter) -> Any:
+def _train(recipe: Any, run_dir: Path, shared: SharedFeatures | None, reporter: Reporter) -> Any:
+    """The training plugin's loop as a scratch run (no checkpoints, weights or plot: the trial
+    keeps what it needs through ``reporter``), on the search's shared features when given."""
     from thawkit.plugins.train.loop import Trainer
     from thawkit.plugins.train.session import prepare, torch_flags_restored
 
     with torch_flags_restored():
         session = prepare(recipe, run_dir=run_dir)
-        trainer = Trainer(session, log=lambda line: None, progress_bar=False,
-                          pipeline=_pipeline_class()(session, shared), callbacks=[reporter])
+        pipeline = _pipeline_class()(session, shared) if shared is not None else None
+        trainer = Trainer(session, log=lambda line: None, progress_bar=False, pipeline=pipeline,
+                          callbacks=[reporter], scratch=True)
         return trainer.fit()
+
+
+def per_image(outputs: Any) -> dict[str, list[Any]] | None:
+    """A trial's last hold-out evaluation, image by image (``losses`` rounded to 6 digits,
+    ``correct``), in the hold-out folder's order: what the pick compares two trials on."""
+    if outputs is None:
+        return None
+    return {"losses": [round(float(v), 6) for v in outputs.losses.tolist()],
+            "correct": [bool(v) for v in outputs.correct.tolist()]}
+
+
+def read_per_image(trial_dir: Path) -> dict[str, list[Any]] | None:
+    path = trial_dir / TRIAL_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("holdout")
 
 
 def save_trained(trial_dir: Path, tensors: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:

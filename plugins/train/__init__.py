@@ -32,6 +32,7 @@ _LAZY = {
     "load_exported": "inference", "exported_transform": "inference", "ExportError": "inference",
     "run_demo": "demo", "plot_run": "plot", "FeatureCache": "features",
     "wise_model": "wise", "start_state": "wise", "Run": "events",
+    "ValOutputs": "events",
 }
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Pipeline",
     "Run",
     "Trainer",
+    "ValOutputs",
     "export_run",
     "exported_transform",
     "load_exported",

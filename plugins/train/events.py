@@ -8,6 +8,7 @@ one run it registers the caller's ``callbacks`` (on every process) and the recip
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,17 @@ if TYPE_CHECKING:
     from thawkit import Adapted, Recipe, ThawkitPluginManager
 
     from .loop import Trainer
+
+
+@dataclass(frozen=True)
+class ValOutputs:
+    """Per-sample results of one evaluation on ``data.val``, in the order the validation batches
+    come (the folder's order; under torchrun, this process's share): ``losses``, each sample's
+    cross-entropy (float32, no label smoothing), and ``correct``, whether its top-1 was right.
+    A search compares two runs image by image with them (a paired comparison)."""
+
+    losses: Any
+    correct: Any
 
 
 class Run:
@@ -93,6 +105,12 @@ class Run:
         ends normally if that was its last one; a plugin that drives several runs (a search)
         reads this to stop too."""
         return bool(self._trainer.interrupt_requested)
+
+    @property
+    def val_outputs(self) -> ValOutputs | None:
+        """Per-sample results of the latest evaluation (None before the first): at
+        ``thawkit_epoch_end``, those of that epoch."""
+        return self._trainer.val_outputs
 
     def request_stop(self, reason: str) -> None:
         """End the run after the current epoch, with its checkpoint: ``run.json`` says

@@ -43,7 +43,7 @@ from .rundir import RunDir, RunDirError, describe_os_error
 from .schedules import end_epoch
 from .start import CHANGED_ONLY, changed_only, changing_keys, complete_state, read_start
 from .wise import sweep, sweep_line
-from .events import Run, run_failed, run_plugins
+from .events import Run, ValOutputs, run_failed, run_plugins
 
 if TYPE_CHECKING:
     from .session import Session
@@ -82,14 +82,19 @@ class Trainer:
     ``stop_after``: end (as if interrupted) once that many epochs of the run are done.
     ``on_step(trainer)``: called after every optimizer step (tests use it to interrupt).
     ``callbacks``: plugin objects registered for this run only (:func:`~.events.run_plugins`).
+    ``scratch``: a run nobody resumes or reads back, such as a search's trial: it writes no
+    checkpoint, best or final weights and no plot (events, metrics and divergence checks as usual).
     Its events reach plugins as hooks (:mod:`~.hookspecs`), with :attr:`run` as ``run``.
     """
 
     def __init__(self, session: Session, *, stop_after: int | None = None,
                  log: Callable[[str], None] = print, progress_bar: bool | None = None,
                  on_step: Callable[[Trainer], None] | None = None, pipeline: Pipeline | None = None,
-                 callbacks: Sequence[object] = ()):
+                 callbacks: Sequence[object] = (), scratch: bool = False):
         self.s = session
+        #: a run nobody resumes or reads back (a search's trial): no checkpoint, best or final
+        #: weights and no plot; the events, metrics.jsonl and the divergence checks are the same
+        self.scratch = scratch
         self.run = Run(self)
         self.callbacks = list(callbacks)
         self.hook = session.recipe.plugin_manager.hook
@@ -113,6 +118,8 @@ class Trainer:
         label_smoothing = session.recipe.train.label_smoothing
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.num_classes = len(session.loaders.classes)
+        #: per-sample results of the latest :meth:`evaluate` (this process's samples)
+        self.val_outputs: ValOutputs | None = None
 
     # ------------------------------------------------------------ state
     def checkpoint_state(self) -> dict[str, Any]:
@@ -195,6 +202,9 @@ class Trainer:
 
     def save(self) -> None:
         self._check_finite()
+        if self.scratch:
+            self._saved = (self.state.epoch, self.state.step)
+            return
         state = self.checkpoint_state()  # on every process: it gathers their RNG states
         if self.world.is_main:
             save_checkpoint(self.s.run_dir, state)
@@ -297,7 +307,7 @@ class Trainer:
                 return Outcome("stopped", st.epoch, f"stopped after {st.epoch} of {s.epochs} epochs: "
                                f"{asked[0]}; continue with: thawkit train --resume {s.run_dir}")
         self._check_finite()
-        if self.world.is_main:
+        if self.world.is_main and not self.scratch:
             save_weights(s.files.model, s.model.state_dict())
         if s.recipe.train.wise_alphas:
             try:
@@ -407,15 +417,22 @@ class Trainer:
         s = self.s
         s.model.eval()
         loss_sum, top1, top5, n = 0.0, 0, 0, 0
+        losses, hits = [], []
         with torch.no_grad(), torch.autocast(s.device.type, dtype=s.amp_dtype or torch.float32,
                                              enabled=s.amp_dtype is not None):
             for x, y in self.pipeline.val_batches():
                 logits = self._forward(x, validating=True).float()
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                top1 += int((logits.argmax(1) == y).sum())
+                each = F.cross_entropy(logits, y, reduction="none")
+                right = logits.argmax(1) == y
+                losses.append(each.cpu())
+                hits.append(right.cpu())
+                loss_sum += float(each.sum())
+                top1 += int(right.sum())
                 if self.num_classes > 5:
                     top5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
                 n += int(y.shape[0])
+        self.val_outputs = ValOutputs(torch.cat(losses) if losses else torch.zeros(0),
+                                      torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool))
         if self.world.distributed:  # each process evaluated its own images: sum the counts
             loss_sum, top1, top5, n = self.world.sum([loss_sum, top1, top5, n])
         out = {"val_loss": loss_sum / n, "val_top1": top1 / n}
@@ -436,7 +453,7 @@ class Trainer:
         self.hook.thawkit_epoch_end(run=self.run, epoch=st.epoch + 1, metrics=metrics)  # metrics.jsonl
         if val["val_top1"] > st.best_top1:
             st.best_top1, st.best_epoch = val["val_top1"], st.epoch
-            if self.world.is_main:
+            if self.world.is_main and not self.scratch:
                 # what the whole run can change, so that the final weights complete it too
                 best, partial = self._changed_state(s.adapted.phase_at(s.epochs - 1))
                 save_weights(s.files.best, best, {CHANGED_ONLY: "1"} if partial else None)
@@ -495,7 +512,7 @@ class Trainer:
             **({"wise": self.wise} if self.wise else {})})
 
     def _plot(self) -> None:
-        if not self.world.is_main:
+        if not self.world.is_main or self.scratch:
             return
 
         if extras.available("matplotlib"):

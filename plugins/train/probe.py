@@ -37,6 +37,7 @@ from .rundir import RunDir, make_run_dir, remove_if_unused, run_lock
 from .schedules import end_epoch
 from .session import check_new_run_dir, make_scheduler, prepare, torch_flags_restored
 from .data import RESUME_ADVICE, DataError
+from .events import ValOutputs
 from .loop import _worker_message
 from .readers import reader_for
 
@@ -55,6 +56,8 @@ class ProbeResult:
 
     lr: float
     epochs: list[dict[str, float]] = field(default_factory=list)
+    #: per-sample results of the latest epoch's evaluation
+    val_outputs: ValOutputs | None = None
 
     @property
     def final_top1(self) -> float:
@@ -188,7 +191,7 @@ def _sweep(session: Session, split: Any, lrs: list[float], log: Callable[[str], 
                 seen += int(y.shape[0])
             model.eval()
             for k, head in enumerate(heads):
-                val = _evaluate(pipeline, rest, head.params)
+                val, head.result.val_outputs = _evaluate(pipeline, rest, head.params)
                 end_epoch(head.scheduler, head.interval, val["val_loss"])
                 head.result.epochs.append({"epoch": epoch + 1, "train_loss": sums[k] / max(seen, 1), **val})
             log(f"epoch {epoch + 1}/{session.epochs} top1 "
@@ -206,15 +209,16 @@ def _sweep(session: Session, split: Any, lrs: list[float], log: Callable[[str], 
     return results
 
 
-def _evaluate(pipeline: Any, rest: Any, params: dict[str, Any]) -> dict[str, float]:
-    loss_sum, top1, n = 0.0, 0, 0
+def _evaluate(pipeline: Any, rest: Any, params: dict[str, Any]) -> tuple[dict[str, float], ValOutputs]:
+    losses, hits = [], []
     with torch.no_grad():
         for x, y in pipeline.val_batches():
             logits = functional_call(rest, params, (x,)).float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            top1 += int((logits.argmax(1) == y).sum())
-            n += int(y.shape[0])
-    return {"val_loss": loss_sum / n, "val_top1": top1 / n}
+            losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
+            hits.append((logits.argmax(1) == y).cpu())
+    each, right = torch.cat(losses), torch.cat(hits)
+    n = int(each.numel())
+    return {"val_loss": float(each.sum()) / n, "val_top1": int(right.sum()) / n}, ValOutputs(each, right)
 
 
 def format_results(results: list[ProbeResult]) -> str:

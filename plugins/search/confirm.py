@@ -1,0 +1,174 @@
+"""Confirming the finalists on more hold-outs before the pick.
+
+A hold-out of a few dozen images ranks close trials largely by chance: with 10 labels per
+class and ``--holdout 0.2``, one image is 10 points of top-1. So the search does not trust one
+hold-out for its final choice. The best trial on the search's hold-out (fold 0, ranked as
+:func:`~.report.pick` ranks) and up to :data:`FINALISTS` - 1 next ones still within reach of it
+train again, each with its own recipe, on
+``--confirm N`` more folds of ``data.train`` (``DIR/data/fold-1/``, ...: the next images of each
+class held out, see :mod:`~.holdout`). The pick is then made as on one hold-out, on every
+image of every fold the finalists were all scored on: three folds score each finalist on three
+times as many images.
+
+A confirmation run keeps only its scores (``DIR/trials/NNNN/fold-J.json``: per-image losses
+and hits), never weights: the pick's weights are the fold-0 trial's, and ``best.yaml`` trains
+on the whole of ``data.train`` anyway. A continued search reuses the runs already done. Each
+fold has its own shared features (they are features of other images). Under a budget the
+search's trial loop keeps the time the finalists of the moment would need (:func:`reserve`),
+and a confirmation run starts only while it fits.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .space import BUILTINS
+
+if TYPE_CHECKING:
+    from .engine import Search
+
+#: how many of the best trials on the first hold-out are confirmed on more folds
+FINALISTS = 3
+
+
+def rank_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    order = {name: i for i, name in enumerate(BUILTINS)}
+    return (-row["holdout_top1"], row["holdout_loss"], order.get(row["strategy"], len(order)),
+            row["number"])
+
+
+def finalists(rows: list[dict[str, Any]], per_image: dict[int, Any] | None = None,
+              k: int = FINALISTS) -> list[dict[str, Any]]:
+    """The best complete trial on the first hold-out (top-1, then loss), and up to ``k - 1`` next
+    ones still in reach of it: a top-1 and a hold-out loss each within two paired standard
+    errors of its own (image by image, on the same hold-out). A trial clearly behind on either
+    is not worth confirming."""
+    from .report import paired_noise
+
+    done = sorted((r for r in rows if r["state"] == "complete" and r.get("holdout_top1") is not None
+                   and r.get("holdout_loss") is not None and math.isfinite(r["holdout_loss"])),
+                  key=rank_key)
+    if not done:
+        return []
+    losses = {n: v["losses"] for n, v in (per_image or {}).items() if v}
+    hits = {n: [float(c) for c in v["correct"]] for n, v in (per_image or {}).items() if v}
+    best = done[0]
+    n = best["number"]
+
+    def in_reach(r: dict[str, Any]) -> bool:
+        m = r["number"]
+        return r["holdout_top1"] >= best["holdout_top1"] - 2 * paired_noise(hits.get(m), hits.get(n)) \
+            - 1e-12 and r["holdout_loss"] <= best["holdout_loss"] + \
+            2 * paired_noise(losses.get(m), losses.get(n)) + 1e-12
+    near = [r for r in done[1:] if in_reach(r)]
+    return [best] + near[:k - 1]
+
+
+def reserve(search: Search) -> float:
+    """Seconds to keep for confirming the finalists as they stand now (0 without ``--confirm``
+    or with one finalist): what the search's trial loop leaves free of new trials."""
+    from .report import trial_rows
+    from .trial import read_per_image
+
+    if search.s.confirm < 1:
+        return 0.0
+    rows = trial_rows(search)
+    per_image = {r["number"]: read_per_image(search.trial_dir(r["number"])) for r in rows
+                 if r["state"] == "complete"}
+    chosen = finalists(rows, per_image)
+    if len(chosen) < 2:
+        return 0.0
+    return search.s.confirm * sum(r["seconds"] or 0.0 for r in chosen)
+
+
+def fold_file(trial_dir: Path, fold: int) -> Path:
+    return trial_dir / f"fold-{fold}.json"
+
+
+def confirm(search: Search, rows: list[dict[str, Any]], deadline: float | None) -> dict[str, Any]:
+    """Score the finalists on folds 1..``--confirm``; returns what ``search.json`` keeps under
+    ``confirm``: the finalists, the folds each was scored on, and the runs not started."""
+    from .holdout import carve
+    from .space import trial_recipe
+    from .trial import Reporter, SharedFeatures, per_image, read_per_image, run_trial
+
+    settings = search.s
+    chosen = finalists(rows, {r["number"]: read_per_image(search.trial_dir(r["number"])) for r in rows
+                              if r["state"] == "complete"})
+    info: dict[str, Any] = {"folds": settings.confirm, "finalists": [r["number"] for r in chosen],
+                            "scored": {}, "not_started": [], "seconds": 0.0}
+    if settings.confirm < 1 or len(chosen) < 2:
+        return info
+    started = time.perf_counter()
+    recipe = search.recipe
+    for fold in range(1, settings.confirm + 1):
+        train_dir, holdout_dir, _ = carve(recipe.data.train, settings.output / "data" / f"fold-{fold}",
+                                          settings.holdout, settings.seed, fold=fold)
+        shared = SharedFeatures()
+        try:
+            for row in chosen:
+                folder = search.trial_dir(row["number"])
+                path = fold_file(folder, fold)
+                if path.is_file():
+                    continue
+                left = None if deadline is None else deadline - time.time()
+                cost = row["seconds"] or 0.0
+                if left is not None and cost > left:
+                    info["not_started"].append(f"trial {row['number']} on fold {fold}: it takes about "
+                                               f"{cost:.0f}s, {max(left, 0):.0f}s of the budget were left")
+                    continue
+                data = trial_recipe(search.base, row["changes"])
+                data["data"] = {**data["data"], "train": str(train_dir.resolve()),
+                                "val": str(holdout_dir.resolve())}
+                settings.log(f"confirming trial {row['number']} ({row['strategy']}) on hold-out fold {fold}")
+                reporter = Reporter(lambda epoch, value: False)
+                outcome = run_trial(data, folder / f"fold-{fold}", shared=shared, reporter=reporter,
+                                    pm=recipe.plugin_manager, scratch=settings.output / "scratch",
+                                    keep_tensors=False)
+                scores = per_image(reporter.outputs) if outcome.state == "complete" else None
+                path.write_text(json.dumps({"state": outcome.state, "reason": outcome.reason,
+                                            "seconds": round(outcome.seconds, 3), "holdout": scores}))
+        finally:
+            shared.close()
+    for row in chosen:
+        folds = []
+        for fold in range(1, settings.confirm + 1):
+            path = fold_file(search.trial_dir(row["number"]), fold)
+            if path.is_file() and json.loads(path.read_text()).get("holdout"):
+                folds.append(fold)
+        info["scored"][str(row["number"])] = folds
+    info["seconds"] = round(time.perf_counter() - started, 3)
+    return info
+
+
+def pooled(search: Search, rows: list[dict[str, Any]], per_image: dict[int, Any],
+           info: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, Any]]:
+    """The finalists as rows scored on every image of the folds they were all scored on (the
+    first hold-out included), with those per-image scores, for :func:`~.report.pick`."""
+    numbers = info.get("finalists", [])
+    scored = info.get("scored", {})
+    if len(numbers) < 2 or not scored:
+        return [], {}
+    common = set.intersection(*(set(scored.get(str(n), [])) for n in numbers))
+    if not common:
+        return [], {}
+    out_rows, out_scores = [], {}
+    by_number = {r["number"]: r for r in rows}
+    for n in numbers:
+        first = per_image.get(n)
+        if not first:
+            return [], {}
+        losses, correct = list(first["losses"]), list(first["correct"])
+        for fold in sorted(common):
+            extra = json.loads(fold_file(search.trial_dir(n), fold).read_text())["holdout"]
+            losses += extra["losses"]
+            correct += extra["correct"]
+        row = dict(by_number[n])
+        row["holdout_top1"] = sum(correct) / len(correct)
+        row["holdout_loss"] = sum(losses) / len(losses)
+        out_rows.append(row)
+        out_scores[n] = {"losses": losses, "correct": correct}
+    return out_rows, out_scores
