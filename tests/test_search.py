@@ -312,8 +312,11 @@ def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, 
         assert "run the same command again" in output
     before = {t.number: t.value for t in finished_trials(out) if t.state.name == "COMPLETE"}
     assert len(before) >= 4 and not (out / "search.json").exists()
+    # the heads' features stay for the session that continues the search
+    assert [p.name.split("-")[0] for p in (out / "features").iterdir() if p.is_dir()] == ["head"]
     result = cli(*args)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not (out / "features").exists()  # the search finished: its features are deleted
     trials = finished_trials(out)
     assert {t.number: t.value for t in trials if t.number in before} == before
     stopped = [t for t in trials if why in t.user_attrs.get("reason", "")]

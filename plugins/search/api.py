@@ -64,6 +64,7 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
         finally:
             for p in procs:
                 p.join()
+        main.shared.remove()  # kept above for a session that continues an interrupted search
     except KeyboardInterrupt:
         log(f"search interrupted; run the same command again to continue it ({out})")
         raise

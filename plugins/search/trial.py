@@ -1,5 +1,5 @@
 """One trial of a search: a recipe trained through the training plugin's loop, on features shared
-with the other trials of the search where its frozen prefix allows, into a trial folder that
+with the other trials of the search where its frozen prefix allows (:mod:`.shared`), into a trial folder that
 holds what the trial trained and nothing of the frozen backbone.
 
 A trial folder holds ``trial.json`` (its recipe, status, metrics per epoch, and a fingerprint
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError, ThawkitError, hookimpl
+
+from .shared import SharedFeatures, pipeline_class
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
@@ -51,68 +53,6 @@ def fingerprint(digests: dict[str, str], names: list[str]) -> str:
     return h.hexdigest()
 
 
-class SharedFeatures:
-    """The frozen prefixes' features of one search process, computed once per boundary and kept
-    for every later trial that freezes the same prefix (same block, same weights)."""
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self.builds = 0
-        self.reuses = 0
-
-    def close(self) -> None:
-        for train, val in self.entries.values():
-            train.close()
-            val.close()
-        self.entries.clear()
-
-
-def _pipeline_class():
-    from thawkit.plugins.train.cache import CacheDecision, CachedPipeline
-
-    class SharedCachePipeline(CachedPipeline):
-        """The training plugin's cached pipeline, with its features taken from (or added to) the
-        search's :class:`SharedFeatures` instead of computed per run. A phase whose frozen prefix
-        is exact uses them whatever its length: across trials, the features pay at once."""
-
-        def __init__(self, session: Any, shared: SharedFeatures):
-            super().__init__(session, log=lambda line: None)
-            self.shared = shared
-
-        def status(self, phase: int) -> str | None:
-            return None
-
-        def phase_changed(self, adapted: Any) -> None:
-            from thawkit.plugins.split import frozen_prefix
-
-            self.close()
-            s = self.session
-            if s.prep.augment or s.recipe.train.cache == "off":
-                return
-            frozen = frozen_prefix(adapted, adapted.phase)
-            if frozen:
-                self.build(CacheDecision(adapted.phase, 0, s.epochs, True, frozen.reason,
-                                         frozen.block, split=frozen.split))
-
-        def build(self, d: Any) -> None:
-            state = d.split.prefix.state_dict()
-            key = (d.block, fingerprint(tensor_digests(state), list(state)))
-            entry = self.shared.entries.get(key)
-            if entry is None:
-                super().build(d)
-                self.shared.entries[key] = (self.train_cache, self.val_cache)
-                self.shared.builds += 1
-            else:
-                self.train_cache, self.val_cache = entry
-                self.shared.reuses += 1
-            self.current = d
-
-        def close(self) -> None:  # the features belong to the search, not to this run
-            self.train_cache = self.val_cache = self.current = None
-
-    return SharedCachePipeline
-
-
 @dataclass
 class TrialOutcome:
     """How a trial ended: ``complete``, ``pruned`` or ``failed`` (with ``reason``)."""
@@ -123,6 +63,7 @@ class TrialOutcome:
     trainable_params: int
     epochs: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
+    features: dict[str, int] = field(default_factory=dict)  # built and reused, this trial
 
 
 class Reporter:
@@ -195,6 +136,7 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
     from thawkit import validate_recipe
 
     started = time.perf_counter()
+    mark = shared.counts()
     trial_dir.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
@@ -221,7 +163,8 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
                     seconds=seconds, trainable=reporter.trainable,
                     fingerprint=fingerprint(start, [n for n in start if n not in changed]),
                     unchanged=len(start) - len(changed))
-        return TrialOutcome(status, top1, seconds, reporter.trainable, epochs, reason)
+        return TrialOutcome(status, top1, seconds, reporter.trainable, epochs, reason,
+                            shared.since(mark))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -240,7 +183,7 @@ def _train_shared(recipe: Any, run_dir: Path, shared: SharedFeatures, reporter: 
     with torch_flags_restored():
         session = prepare(recipe, run_dir=run_dir)
         trainer = Trainer(session, log=lambda line: None, progress_bar=False,
-                          pipeline=_pipeline_class()(session, shared), callbacks=[reporter])
+                          pipeline=pipeline_class()(session, shared), callbacks=[reporter])
         return trainer.fit()
 
 
