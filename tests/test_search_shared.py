@@ -138,7 +138,7 @@ def test_the_key_changes_with_what_changes_the_features(tmp_path, pm):
     from thawkit.plugins.split import frozen_prefix
     from thawkit.plugins.train.session import prepare
 
-    from thawkit.plugins.search.shared import feature_key
+    from thawkit.plugins.search.trial import feature_key
 
     write_folder(tmp_path / "train", per_class=3, seed=1)
     write_folder(tmp_path / "val", per_class=2, seed=2)

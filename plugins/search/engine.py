@@ -280,8 +280,7 @@ class Search:
         from thawkit import validate_recipe
         from thawkit.plugins.train.probe import probe
 
-        from .shared import pipeline_class
-        from .trial import fingerprint, save_trained, tensor_digests, write_trial
+        from .trial import _pipeline_class, fingerprint, save_trained, tensor_digests, write_trial
 
         started = time.perf_counter()
         scratch = self.s.output / "scratch"
@@ -293,7 +292,7 @@ class Search:
 
         def pipeline(session):
             sessions.append(session)
-            return pipeline_class()(session, self.shared)
+            return _pipeline_class()(session, self.shared)
 
         lrs = [c["optimizer"]["lr"] for c in changes]
         try:

@@ -2,7 +2,8 @@
 machine, by whichever process needs them first, and read by every other.
 
 A trial whose frozen prefix can be cached asks :class:`SharedFeatures` for the features below
-its boundary. They are looked up by a key of everything that changes them: the boundary block,
+its boundary (``trial.SharedCachePipeline``). They are looked up by a key of everything that
+changes them (``trial.feature_key``): the boundary block,
 a fingerprint of the prefix's weights and structure, the data section, every train and hold-out
 file (path, label, size, modification time), the preprocessing, the storage dtype, mixed
 precision, the device type and torch's version. A process keeps the features it has opened for
@@ -37,10 +38,8 @@ Each trial records what it did in its Optuna user attribute ``features`` (``buil
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -207,29 +206,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def feature_key(session: Any, block: str, prefix: Any) -> str:
-    """The key of the features below ``block`` computed by ``prefix`` in ``session``'s run:
-    ``<block>-<digest>`` of everything that changes them (see the module docstring)."""
-    import torch
-
-    from .trial import fingerprint, tensor_digests
-
-    state = prefix.state_dict()
-    recipe = session.recipe
-    files = []
-    for loader in (session.loaders.train, session.loaders.val):
-        for path, label in loader.dataset.samples:
-            st = os.stat(path)
-            files.append([path, label, st.st_size, st.st_mtime_ns])
-    what = {"block": block, "weights": fingerprint(tensor_digests(state), list(state)),
-            "structure": repr(prefix), "data": recipe.data.model_dump(mode="json"),
-            "prep": session.prep.to_dict(), "dtype": recipe.train.cache_dtype,
-            "autocast": str(session.amp_dtype), "device": session.device.type,
-            "torch": torch.__version__, "files": files}
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', block)}-{digest[:20]}"
-
-
 def cache_figures(study: Any) -> dict[str, int]:
     """``search.json``'s ``caches``: features built and reused, added up over the trials of every
     process and session of the search."""
@@ -238,48 +214,3 @@ def cache_figures(study: Any) -> dict[str, int]:
         for k, v in t.user_attrs.get(TRIAL_ATTR, {}).items():
             out[k] = out.get(k, 0) + int(v)
     return out
-
-
-def pipeline_class() -> type:
-    """The class of :class:`thawkit.plugins.train.cache.CachedPipeline` that takes its features
-    from a :class:`SharedFeatures` (a function: the training plugin imports torch)."""
-    from thawkit.plugins.train.cache import CacheDecision, CachedPipeline
-
-    class SharedCachePipeline(CachedPipeline):
-        """The training plugin's cached pipeline, with its features taken from (or added to) the
-        search's :class:`SharedFeatures` instead of computed per run. A phase whose frozen prefix
-        is exact uses them whatever its length: across trials, the features pay at once."""
-
-        def __init__(self, session: Any, shared: SharedFeatures):
-            super().__init__(session, log=lambda line: None)
-            self.shared = shared
-
-        def status(self, phase: int) -> str | None:
-            return None
-
-        def phase_changed(self, adapted: Any) -> None:
-            from thawkit.plugins.split import frozen_prefix
-
-            self.close()
-            s = self.session
-            if s.prep.augment or s.recipe.train.cache == "off":
-                return
-            frozen = frozen_prefix(adapted, adapted.phase)
-            if frozen:
-                self.build(CacheDecision(adapted.phase, 0, s.epochs, True, frozen.reason,
-                                         frozen.block, split=frozen.split))
-
-        def build(self, d: Any) -> None:
-            key = feature_key(self.session, d.block, d.split.prefix)
-            self.train_cache, self.val_cache = self.shared.get(key, lambda: self._compute(d))
-            self.current = d
-
-        def _compute(self, d: Any) -> Pair:
-            super().build(d)
-            assert self.train_cache is not None and self.val_cache is not None
-            return self.train_cache, self.val_cache
-
-        def close(self) -> None:  # the features belong to the search, not to this run
-            self.train_cache = self.val_cache = self.current = None
-
-    return SharedCachePipeline

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError, ThawkitError, hookimpl
 
-from .shared import SharedFeatures, pipeline_class
+from .shared import Pair, SharedFeatures
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
@@ -51,6 +53,72 @@ def fingerprint(digests: dict[str, str], names: list[str]) -> str:
     for n in sorted(names):
         h.update(f"{n}={digests[n]};".encode())
     return h.hexdigest()
+
+
+def feature_key(session: Any, block: str, prefix: Any) -> str:
+    """The key of the features below ``block`` computed by ``prefix`` in ``session``'s run:
+    ``<block>-<digest>`` of everything that changes them (listed in :mod:`.shared`)."""
+    import torch
+
+    state = prefix.state_dict()
+    recipe = session.recipe
+    files = []
+    for loader in (session.loaders.train, session.loaders.val):
+        for path, label in loader.dataset.samples:
+            st = os.stat(path)
+            files.append([path, label, st.st_size, st.st_mtime_ns])
+    what = {"block": block, "weights": fingerprint(tensor_digests(state), list(state)),
+            "structure": repr(prefix), "data": recipe.data.model_dump(mode="json"),
+            "prep": session.prep.to_dict(), "dtype": recipe.train.cache_dtype,
+            "autocast": str(session.amp_dtype), "device": session.device.type,
+            "torch": torch.__version__, "files": files}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', block)}-{digest[:20]}"
+
+
+def _pipeline_class() -> type:
+    """The class of :class:`thawkit.plugins.train.cache.CachedPipeline` that takes its features
+    from a :class:`SharedFeatures` (a function: the training plugin imports torch)."""
+    from thawkit.plugins.train.cache import CacheDecision, CachedPipeline
+
+    class SharedCachePipeline(CachedPipeline):
+        """The training plugin's cached pipeline, with its features taken from (or added to) the
+        search's :class:`SharedFeatures` instead of computed per run. A phase whose frozen prefix
+        is exact uses them whatever its length: across trials, the features pay at once."""
+
+        def __init__(self, session: Any, shared: SharedFeatures):
+            super().__init__(session, log=lambda line: None)
+            self.shared = shared
+
+        def status(self, phase: int) -> str | None:
+            return None
+
+        def phase_changed(self, adapted: Any) -> None:
+            from thawkit.plugins.split import frozen_prefix
+
+            self.close()
+            s = self.session
+            if s.prep.augment or s.recipe.train.cache == "off":
+                return
+            frozen = frozen_prefix(adapted, adapted.phase)
+            if frozen:
+                self.build(CacheDecision(adapted.phase, 0, s.epochs, True, frozen.reason,
+                                         frozen.block, split=frozen.split))
+
+        def build(self, d: Any) -> None:
+            key = feature_key(self.session, d.block, d.split.prefix)
+            self.train_cache, self.val_cache = self.shared.get(key, lambda: self._compute(d))
+            self.current = d
+
+        def _compute(self, d: Any) -> Pair:
+            super().build(d)
+            assert self.train_cache is not None and self.val_cache is not None
+            return self.train_cache, self.val_cache
+
+        def close(self) -> None:  # the features belong to the search, not to this run
+            self.train_cache = self.val_cache = self.current = None
+
+    return SharedCachePipeline
 
 
 @dataclass
@@ -183,7 +251,7 @@ def _train_shared(recipe: Any, run_dir: Path, shared: SharedFeatures, reporter: 
     with torch_flags_restored():
         session = prepare(recipe, run_dir=run_dir)
         trainer = Trainer(session, log=lambda line: None, progress_bar=False,
-                          pipeline=pipeline_class()(session, shared), callbacks=[reporter])
+                          pipeline=_pipeline_class()(session, shared), callbacks=[reporter])
         return trainer.fit()
 
 
