@@ -7,8 +7,10 @@ same search where each worker process computes its own (as before the features w
 Runs A (shared) and B (per worker) interleaved, A B A B ..., each a fresh search of the same
 seed into its own folder, in its own process, one thread; prints each run's wall time (the
 process, start to end), the search's own figure (``budget.spent``), the features built and
-reused, and the medians. B is A with ``SharedFeatures`` restricted to its own process, patched
-in the main process and (through spawn's re-import of this script) in every worker.
+reused and the seconds spent computing them (summed over processes), and the medians. B is A
+with ``SharedFeatures`` restricted to its own process, patched in the main process and
+(through spawn's re-import of this script) in every worker. With ``--jobs 2`` the workers draw
+their trials as they free up, so A and B need not run the very same trials.
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def main() -> None:
                 times[name].append(wall)
                 print(f"round {r} {name}: {wall:.1f}s wall, search {saved['budget']['spent']:.1f}s, "
                       f"{saved['budget']['in_trials']:.1f}s in trials; features built "
-                      f"{saved['caches']['built']}, reused {saved['caches']['reused']}", flush=True)
+                      f"{saved['caches']['built']}, reused {saved['caches']['reused']}, "
+                      f"{saved['caches']['seconds']:.1f}s computing them", flush=True)
                 shutil.rmtree(out)
         for name, values in times.items():
             print(f"{name}: median {statistics.median(values):.1f}s over {len(values)} runs")

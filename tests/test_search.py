@@ -339,6 +339,21 @@ def test_jobs_run_worker_processes_on_one_study(tmp_path, data):
     assert len(pids) == 2, pids
     assert sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED")) == 7
     assert "[worker 1]" in result.stdout and "[worker 2]" in result.stdout
+    saved = json.loads((out / "search.json").read_text())
+    caches = saved["caches"]  # over every process, each boundary once
+    assert {k: caches[k] for k in ("built", "reused")} == shared_once(saved["trials"])
+    assert not (out / "features").exists()
+
+
+def shared_once(trials: list[dict]) -> dict:
+    """``caches`` when every boundary's features are computed once for the whole search: the batch
+    of heads (trials 0-3) builds the head's features; every later trial that can share
+    (head-only, lp-ft's probe, last-block) builds its boundary's if none did before, else reuses."""
+    later = [t for t in trials if t["number"] >= 4 and not t["reason"].startswith("not started")
+             and t["strategy"] in ("head-only", "lp-ft", "last-block")]
+    boundaries = {"head"} | {t["params"]["blocks"] if t["strategy"] == "last-block" else "head"
+                             for t in later}
+    return {"built": len(boundaries), "reused": 1 + len(later) - len(boundaries)}
 
 
 def test_the_docs_report_is_in_the_format_the_search_writes():

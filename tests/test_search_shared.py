@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from test_search import finished_trials, recipe_for, run_search  # noqa: E402
+from test_search import finished_trials, recipe_for, run_search, shared_once  # noqa: E402
 from test_train import write_folder  # noqa: E402
 
 # a tiny prefix and data set, and a build that counts itself in a file (any process can add to it)
@@ -56,7 +56,8 @@ def test_processes_that_need_the_same_features_compute_them_once(tmp_path):
         from build import build, SharedFeatures
         shared = SharedFeatures(Path("features"))
         train, val = shared.get("head-k1", lambda: build("builds.txt", pause=1.5))
-        print("SUM", float(train.take(list(range(len(train))))[0].sum()), len(val), shared.counts())
+        print("SUM", float(train.take(list(range(len(train))))[0].sum()), len(val), shared.builds,
+              shared.reuses)
     """
     procs = [run_python(code, tmp_path) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -64,8 +65,7 @@ def test_processes_that_need_the_same_features_compute_them_once(tmp_path):
     assert len(builds(tmp_path / "builds.txt")) == 1, outputs
     sums = [line for out in outputs for line in out.splitlines() if line.startswith("SUM")]
     assert len(sums) == 2 and sums[0].split()[1:3] == sums[1].split()[1:3]
-    assert sorted(s.split(" ", 3)[3] for s in sums) == ["{'built': 0, 'reused': 1}",
-                                                        "{'built': 1, 'reused': 0}"]
+    assert sorted(s.split()[3:] for s in sums) == [["0", "1"], ["1", "0"]]  # built, reused
     sys.path.insert(0, str(tmp_path))
     try:
         from build import SharedFeatures, build
@@ -73,7 +73,7 @@ def test_processes_that_need_the_same_features_compute_them_once(tmp_path):
         shared = SharedFeatures(tmp_path / "features")
         train, val = shared.get("head-k1", lambda: build(str(tmp_path / "builds.txt")))
         own_train, own_val = build(str(tmp_path / "own.txt"))
-        assert shared.counts() == {"built": 0, "reused": 1}
+        assert (shared.builds, shared.reuses) == (0, 1)
         assert train.path is not None and train.path.parent == tmp_path / "features" / "head-k1"
         for mapped, own in ((train, own_train), (val, own_val)):
             every = list(range(len(own)))
@@ -116,7 +116,7 @@ def test_a_half_written_entry_of_a_killed_writer_is_never_read_and_is_rebuilt(tm
 
         shared = SharedFeatures(features)
         train, val = shared.get("head-k1", lambda: build(str(tmp_path / "builds.txt")))
-        assert shared.counts() == {"built": 1, "reused": 0}
+        assert (shared.builds, shared.reuses) == (1, 0)
         assert len(builds(tmp_path / "builds.txt")) == 2 and len(train) == 6 and len(val) == 4
         assert not [p for p in features.iterdir() if p.name.endswith(".tmp")]
         shared.close()
@@ -124,7 +124,7 @@ def test_a_half_written_entry_of_a_killed_writer_is_never_read_and_is_rebuilt(tm
         npy.write_bytes(npy.read_bytes()[:-8])  # damaged after the fact
         again = SharedFeatures(features)
         train, val = again.get("head-k1", lambda: build(str(tmp_path / "builds.txt")))
-        assert again.counts() == {"built": 1, "reused": 0} and len(val) == 4
+        assert (again.builds, again.reuses) == (1, 0) and len(val) == 4
         again.remove()
     finally:
         sys.path.remove(str(tmp_path))
@@ -176,21 +176,18 @@ def test_jobs_2_compute_each_boundary_once_and_train_as_one_process_would(tmp_pa
                                strategies="head-only,lp-ft,last-block")
     trials = finished_trials(out)
     assert len({t.user_attrs["pid"] for t in trials if t.number >= 4}) == 2  # both workers ran
-    cached = [t for t in result["trials"] if t["number"] >= 4 and t["state"] != "failed"]
-    boundaries = {t["params"]["blocks"] if t["strategy"] == "last-block" else "head" for t in cached}
-    assert "head" in boundaries  # the head batch's features, computed by the main process
-    # each boundary once over all processes; every other cached trial (and the batch) reused
-    assert result["caches"] == {"built": len(boundaries), "reused": 1 + len(cached) - len(boundaries)}
+    assert {k: result["caches"][k] for k in ("built", "reused")} == shared_once(result["trials"])
+    assert result["caches"]["seconds"] > 0
     assert not (out / "features").exists()  # deleted when the search finished
     # a trial on another process's features trains as it does on its own process's
-    for t in cached:
-        if t["state"] != "complete":
+    for t in result["trials"]:
+        if t["number"] < 4 or t["state"] != "complete":
             continue
         info = json.loads((out / "trials" / f"{t['number']:04d}" / "trial.json").read_text())
         alone = run_trial(info["recipe"], tmp_path / "alone" / str(t["number"]),
                           shared=SharedFeatures(), reporter=Reporter(lambda epoch, top1: False),
                           pm=pm, scratch=tmp_path / "scratch")
-        assert alone.features == {"built": 1, "reused": 0}
+        assert (alone.features["built"], alone.features["reused"]) == (1, 0)
         assert alone.holdout_top1 == pytest.approx(t["holdout_top1"], abs=1e-6)
         assert [e["holdout_loss"] for e in alone.epochs] == pytest.approx(
             [e["holdout_loss"] for e in info["epochs"]], rel=1e-4)

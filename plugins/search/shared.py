@@ -33,7 +33,8 @@ that folder read-only, so the operating system keeps one copy in its page cache 
   and compute their own features.
 
 Each trial records what it did in its Optuna user attribute ``features`` (``built``,
-``reused``); ``search.json``'s ``caches`` adds them up over every trial, worker and session.
+``reused``, and the ``seconds`` it spent computing features); ``search.json``'s ``caches`` adds
+them up over every trial, worker and session.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,8 +65,8 @@ class SharedFeatures:
     """The frozen prefixes' features of one search, computed once per key for all its processes.
 
     ``directory``: where they are shared between processes (``DIR/features``); ``None``
-    shares them within this process only. ``builds`` and ``reuses`` count this process's
-    computations and reuses.
+    shares them within this process only. ``builds``, ``reuses`` and ``seconds`` count this
+    process's computations, its reuses and the seconds it spent computing.
     """
 
     def __init__(self, directory: Path | None = None, log: Callable[[str], None] | None = None):
@@ -73,15 +75,18 @@ class SharedFeatures:
         self.entries: dict[str, Pair] = {}
         self.builds = 0
         self.reuses = 0
+        self.seconds = 0.0
         self._said: set[str] = set()
 
-    def counts(self) -> dict[str, int]:
-        return {"built": self.builds, "reused": self.reuses}
+    def counts(self) -> dict[str, float]:
+        return {"built": self.builds, "reused": self.reuses, "seconds": self.seconds}
 
-    def since(self, mark: dict[str, int]) -> dict[str, int]:
-        """What this process built and reused since ``mark`` (from :meth:`counts`)."""
+    def since(self, mark: dict[str, float]) -> dict[str, float]:
+        """What this process built and reused, and the seconds it computed, since ``mark``
+        (from :meth:`counts`)."""
         now = self.counts()
-        return {k: now[k] - mark[k] for k in now}
+        return {"built": now["built"] - mark["built"], "reused": now["reused"] - mark["reused"],
+                "seconds": round(now["seconds"] - mark["seconds"], 3)}
 
     def get(self, key: str, build: Callable[[], Pair]) -> Pair:
         """The train and hold-out features of ``key``: this process's, another process's (from
@@ -92,9 +97,15 @@ class SharedFeatures:
             return entry
         entry = self._across_processes(key, build) if self.directory is not None else None
         if entry is None:
-            entry = build()
-            self.builds += 1
+            entry = self._compute(build)
         self.entries[key] = entry
+        return entry
+
+    def _compute(self, build: Callable[[], Pair]) -> Pair:
+        started = time.perf_counter()
+        entry = build()
+        self.builds += 1
+        self.seconds += time.perf_counter() - started
         return entry
 
     def _across_processes(self, key: str, build: Callable[[], Pair]) -> Pair | None:
@@ -111,8 +122,7 @@ class SharedFeatures:
                 self.reuses += 1
                 return entry
             _remove_entry(self.directory, key)  # what a killed writer left, or a damaged entry
-            train, val = build()
-            self.builds += 1
+            train, val = self._compute(build)
             need = train.nbytes + val.nbytes
             free = shutil.disk_usage(self.directory).free
             if need + DISK_MARGIN > free:
@@ -206,11 +216,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def cache_figures(study: Any) -> dict[str, int]:
-    """``search.json``'s ``caches``: features built and reused, added up over the trials of every
-    process and session of the search."""
-    out = {"built": 0, "reused": 0}
+def cache_figures(study: Any) -> dict[str, float]:
+    """``search.json``'s ``caches``: features built and reused, and the seconds spent computing
+    them, added up over the trials of every process and session of the search."""
+    out: dict[str, float] = {"built": 0, "reused": 0, "seconds": 0.0}
     for t in study.get_trials(deepcopy=False):
         for k, v in t.user_attrs.get(TRIAL_ATTR, {}).items():
-            out[k] = out.get(k, 0) + int(v)
+            out[k] = out.get(k, 0) + v
+    out["seconds"] = round(out["seconds"], 3)
     return out

@@ -131,7 +131,7 @@ class TrialOutcome:
     trainable_params: int
     epochs: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
-    features: dict[str, int] = field(default_factory=dict)  # built and reused, this trial
+    features: dict[str, float] = field(default_factory=dict)  # built, reused, seconds: this trial
 
 
 class Reporter:
