@@ -6,17 +6,19 @@ same search where each worker process computes its own (as before the features w
 
 Runs A (shared) and B (per worker) interleaved, A B A B ..., each a fresh search of the same
 seed into its own folder, in its own process, one thread; prints each run's wall time (the
-process, start to end), the search's own figure (``budget.spent``), the features built and
-reused and the seconds spent computing them (summed over processes), and the medians. B is A
-with ``SharedFeatures`` restricted to its own process, patched in the main process and
-(through spawn's re-import of this script) in every worker. With ``--jobs 2`` the workers draw
-their trials as they free up, so A and B need not run the very same trials.
+process, start to end), its CPU seconds (with its workers'), the search's own figure
+(``budget.spent``), the features built and reused and the seconds spent computing them (summed
+over processes), and the medians. B is A with ``SharedFeatures`` restricted to its own process,
+patched in the main process and (through spawn's re-import of this script) in every worker.
+With ``--jobs 2`` the workers draw their trials as they free up, so A and B need not run the
+very same trials. On a machine shared with other work, CPU seconds vary less than wall time.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -47,6 +49,12 @@ def one(recipe: str, out: str, trials: int, jobs: int, strategies: str) -> None:
            log=lambda line: None)
 
 
+def _children_cpu() -> float:
+    """CPU seconds of every finished child process and its children (the workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("recipe")
@@ -61,25 +69,29 @@ def main() -> None:
         return
     root = Path(tempfile.mkdtemp(prefix="shared-features-"))
     times: dict[str, list[float]] = {"A shared": [], "B per worker": []}
+    cpu: dict[str, list[float]] = {name: [] for name in times}
     try:
         for r in range(args.rounds):
             for name in times:
                 out = root / f"{name[0]}{r}"
                 env = {**os.environ, PER_WORKER: "1" if name.startswith("B") else "0"}
-                started = time.perf_counter()
+                started, used = time.perf_counter(), _children_cpu()
                 subprocess.run([sys.executable, __file__, args.recipe, "--trials", str(args.trials),
                                 "--jobs", str(args.jobs), "--strategies", args.strategies,
                                 "--one", str(out)], env=env, check=True, stdout=subprocess.DEVNULL)
-                wall = time.perf_counter() - started
+                wall, seconds = time.perf_counter() - started, _children_cpu() - used
                 saved = json.loads((out / "search.json").read_text())
                 times[name].append(wall)
-                print(f"round {r} {name}: {wall:.1f}s wall, search {saved['budget']['spent']:.1f}s, "
+                cpu[name].append(seconds)
+                print(f"round {r} {name}: {wall:.1f}s wall, {seconds:.1f}s CPU, "
+                      f"search {saved['budget']['spent']:.1f}s, "
                       f"{saved['budget']['in_trials']:.1f}s in trials; features built "
                       f"{saved['caches']['built']}, reused {saved['caches']['reused']}, "
                       f"{saved['caches']['seconds']:.1f}s computing them", flush=True)
                 shutil.rmtree(out)
         for name, values in times.items():
-            print(f"{name}: median {statistics.median(values):.1f}s over {len(values)} runs")
+            print(f"{name}: median {statistics.median(values):.1f}s wall, "
+                  f"{statistics.median(cpu[name]):.1f}s CPU over {len(values)} runs")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
