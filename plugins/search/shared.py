@@ -3,10 +3,11 @@ machine, by whichever process needs them first, and read by every other.
 
 A trial whose frozen prefix can be cached asks :class:`SharedFeatures` for the features below
 its boundary (``trial.SharedCachePipeline``). They are looked up by a key of everything that
-changes them (``trial.feature_key``): the boundary block,
-a fingerprint of the prefix's weights and structure, the data section, every train and hold-out
-file (path, label, size, modification time), the preprocessing, the storage dtype, mixed
-precision, the device type and torch's version. A process keeps the features it has opened for
+changes them (``trial.feature_key``): the boundary block, a fingerprint of the prefix's weights
+and structure, the data section, every train and hold-out file (path, label, size, modification
+time), the preprocessing, the storage dtype, mixed precision, the device type and torch's
+version. A trial's batches are those it would draw without sharing (same seed, same order), so
+its result is the same within float tolerance. A process keeps the features it has opened for
 its later trials; the first process to need a key computes it and writes it to
 ``DIR/features/<block>-<digest>/`` (``train.npy``, ``val.npy`` and their labels), and every
 process (``--jobs N`` workers, and the main one that trains the batch of heads) memory-maps
