@@ -298,3 +298,24 @@ def test_feature_cache_goes_to_a_file_beyond_its_memory(tmp_path):
     torch.testing.assert_close(half.take([0, 1])[0], in_ram.take([0, 1])[0], rtol=1e-3, atol=1e-3)
     on_disk.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_feature_cache_saved_and_opened_memory_mapped(tmp_path):
+    x, y, batches = data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=5)
+    prefix = nn.Conv2d(3, 2, 3)
+    for dtype, memory in (("float32", None), ("float16", None), ("float32", 100)):
+        built = FeatureCache(prefix, loader, dtype=dtype, memory=memory, directory=tmp_path / "tmp")
+        built.save(tmp_path / dtype, "train")
+        opened = FeatureCache.open(tmp_path / dtype, "train")
+        assert opened.path == tmp_path / dtype / "train.npy" and len(opened) == len(built)
+        assert opened.shape == built.shape and opened.nbytes == built.nbytes
+        for (a, la), (b, lb) in zip(built.batches(batches), opened.batches(batches)):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+        opened.close()
+        built.close()
+        assert sorted(p.name for p in (tmp_path / dtype).iterdir()) == ["train-labels.npy", "train.npy"]
+    npy = tmp_path / "float32" / "train.npy"
+    npy.write_bytes(npy.read_bytes()[:-4])
+    with pytest.raises(ValueError):
+        FeatureCache.open(tmp_path / "float32", "train")

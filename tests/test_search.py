@@ -317,8 +317,11 @@ def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, 
         assert "run the same command again" in output
     before = {t.number: t.value for t in finished_trials(out) if t.state.name == "COMPLETE"}
     assert len(before) >= 4 and not (out / "search.json").exists()
+    # the heads' features stay for the session that continues the search
+    assert [p.name.split("-")[0] for p in (out / "features").iterdir() if p.is_dir()] == ["head"]
     result = cli(*args)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not (out / "features").exists()  # the search finished: its features are deleted
     trials = finished_trials(out)
     assert {t.number: t.value for t in trials if t.number in before} == before
     stopped = [t for t in trials if why in t.user_attrs.get("reason", "")]
@@ -341,6 +344,21 @@ def test_jobs_run_worker_processes_on_one_study(tmp_path, data):
     assert len(pids) == 2, pids
     assert sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED")) == 7
     assert "[worker 1]" in result.stdout and "[worker 2]" in result.stdout
+    saved = json.loads((out / "search.json").read_text())
+    caches = saved["caches"]  # over every process, each boundary once
+    assert {k: caches[k] for k in ("built", "reused")} == shared_once(saved["trials"])
+    assert not (out / "features").exists()
+
+
+def shared_once(trials: list[dict]) -> dict:
+    """``caches`` when every boundary's features are computed once for the whole search: the batch
+    of heads (trials 0-3) builds the head's features; every later trial that can share
+    (head-only, lp-ft's probe, last-block) builds its boundary's if none did before, else reuses."""
+    later = [t for t in trials if t["number"] >= 4 and not t["reason"].startswith("not started")
+             and t["strategy"] in ("head-only", "lp-ft", "last-block")]
+    boundaries = {"head"} | {t["params"]["blocks"] if t["strategy"] == "last-block" else "head"
+                             for t in later}
+    return {"built": len(boundaries), "reused": 1 + len(later) - len(boundaries)}
 
 
 def test_the_docs_report_is_in_the_format_the_search_writes():

@@ -67,6 +67,7 @@ def search(recipe: Recipe, *, output: str | Path, budget: str | float | None = N
             for p in procs:
                 p.join()
         confirmed = confirming.confirm(main, trial_rows(main), deadline)
+        main.shared.remove()  # kept until now for a session that continues an interrupted search
     except KeyboardInterrupt:
         log(f"search interrupted; run the same command again to continue it ({out})")
         raise

@@ -12,10 +12,11 @@ times as many images.
 
 A confirmation run keeps only its scores (``DIR/trials/NNNN/fold-J.json``: per-image losses
 and hits), never weights: the pick's weights are the fold-0 trial's, and ``best.yaml`` trains
-on the whole of ``data.train`` anyway. A continued search reuses the runs already done. Each
-fold has its own shared features (they are features of other images). Under a budget the
-search's trial loop keeps the time the finalists of the moment would need (:func:`reserve`),
-and a confirmation run starts only while it fits.
+on the whole of ``data.train`` anyway. A continued search reuses the runs already done. A
+fold's features go through the search's shared features too (their key names the files, so a
+fold never takes another's). Under a budget the search's trial loop keeps the time the
+finalists of the moment would need (:func:`reserve`), and a confirmation run starts only while
+it fits; its feature counts are not in ``search.json``'s ``caches`` (they count trials).
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def confirm(search: Search, rows: list[dict[str, Any]], deadline: float | None) 
     ``confirm``: the finalists, the folds each was scored on, and the runs not started."""
     from .holdout import carve
     from .space import trial_recipe
-    from .trial import Reporter, SharedFeatures, per_image, read_per_image, run_trial
+    from .trial import Reporter, per_image, read_per_image, run_trial
 
     settings = search.s
     chosen = finalists(rows, {r["number"]: read_per_image(search.trial_dir(r["number"])) for r in rows
@@ -107,32 +108,28 @@ def confirm(search: Search, rows: list[dict[str, Any]], deadline: float | None) 
     for fold in range(1, settings.confirm + 1):
         train_dir, holdout_dir, _ = carve(recipe.data.train, settings.output / "data" / f"fold-{fold}",
                                           settings.holdout, settings.seed, fold=fold)
-        shared = SharedFeatures()
-        try:
-            for row in chosen:
-                folder = search.trial_dir(row["number"])
-                path = fold_file(folder, fold)
-                if path.is_file():
-                    continue
-                left = None if deadline is None else deadline - time.time()
-                cost = row["seconds"] or 0.0
-                if left is not None and cost > left:
-                    info["not_started"].append(f"trial {row['number']} on fold {fold}: it takes about "
-                                               f"{cost:.0f}s, {max(left, 0):.0f}s of the budget were left")
-                    continue
-                data = trial_recipe(search.base, row["changes"])
-                data["data"] = {**data["data"], "train": str(train_dir.resolve()),
-                                "val": str(holdout_dir.resolve())}
-                settings.log(f"confirming trial {row['number']} ({row['strategy']}) on hold-out fold {fold}")
-                reporter = Reporter(lambda epoch, value: False)
-                outcome = run_trial(data, folder / f"fold-{fold}", shared=shared, reporter=reporter,
-                                    pm=recipe.plugin_manager, scratch=settings.output / "scratch",
-                                    keep_tensors=False)
-                scores = per_image(reporter.outputs) if outcome.state == "complete" else None
-                path.write_text(json.dumps({"state": outcome.state, "reason": outcome.reason,
-                                            "seconds": round(outcome.seconds, 3), "holdout": scores}))
-        finally:
-            shared.close()
+        for row in chosen:
+            folder = search.trial_dir(row["number"])
+            path = fold_file(folder, fold)
+            if path.is_file():
+                continue
+            left = None if deadline is None else deadline - time.time()
+            cost = row["seconds"] or 0.0
+            if left is not None and cost > left:
+                info["not_started"].append(f"trial {row['number']} on fold {fold}: it takes about "
+                                           f"{cost:.0f}s, {max(left, 0):.0f}s of the budget were left")
+                continue
+            data = trial_recipe(search.base, row["changes"])
+            data["data"] = {**data["data"], "train": str(train_dir.resolve()),
+                            "val": str(holdout_dir.resolve())}
+            settings.log(f"confirming trial {row['number']} ({row['strategy']}) on hold-out fold {fold}")
+            reporter = Reporter(lambda epoch, value: False)
+            outcome = run_trial(data, folder / f"fold-{fold}", shared=search.shared, reporter=reporter,
+                                pm=recipe.plugin_manager, scratch=settings.output / "scratch",
+                                keep_tensors=False)
+            scores = per_image(reporter.outputs) if outcome.state == "complete" else None
+            path.write_text(json.dumps({"state": outcome.state, "reason": outcome.reason,
+                                        "seconds": round(outcome.seconds, 3), "holdout": scores}))
     for row in chosen:
         folds = []
         for fold in range(1, settings.confirm + 1):

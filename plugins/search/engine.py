@@ -2,8 +2,9 @@
 and main parameters, picked on a hold-out carved from ``data.train``.
 
 The study lives in ``DIR/study.db`` (or ``--storage URL``): a killed search continues with the
-same command, ``--jobs N`` runs N worker processes against it, and workers on several machines
-share one study through a database server (``--storage postgresql://user:pw@host/db``).
+same command, ``--jobs N`` runs N worker processes against it (sharing one set of features,
+:mod:`.shared`), and workers on several machines share one study through a database server
+(``--storage postgresql://user:pw@host/db``; each machine computes its own features).
 The study minimises the hold-out loss (cross-entropy: on a small hold-out it separates trials
 that top-1 counts as ties); Optuna's Hyperband pruner stops weak trials from their per-epoch
 hold-out loss.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
 
+from .shared import TRIAL_ATTR
 from .space import BUILTINS, Candidate, candidates, check_variable, parse_strategies, trial_recipe
 
 if TYPE_CHECKING:
@@ -135,7 +137,7 @@ class Search:
                  worker: int = 0, deadline: float | None = None):
         import optuna
 
-        from .trial import SharedFeatures
+        from .shared import FEATURES_DIR, SharedFeatures
 
         self.recipe, self.s, self.cands = recipe, settings, {c.name: c for c in cands}
         self.worker, self.deadline = worker, deadline
@@ -153,7 +155,7 @@ class Search:
                               f"thawkit search and cannot be continued ({exc}); give another --output "
                               "(or --storage)") from None
         self._check_same_candidates()
-        self.shared = SharedFeatures()
+        self.shared = SharedFeatures(settings.output / FEATURES_DIR, log=settings.log)
 
     def _check_same_candidates(self) -> None:
         """A study continues with the candidates it started with (Optuna's choices are fixed)."""
@@ -266,6 +268,7 @@ class Search:
                                 "command")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
+        trial.set_user_attr(TRIAL_ATTR, outcome.features)
         loss = outcome.epochs[-1]["holdout_loss"] if outcome.epochs else None
         self.record(trial, strategy, changes, outcome.state, outcome.holdout_top1, outcome.seconds,
                     outcome.trainable_params, outcome.reason, loss)
@@ -323,6 +326,7 @@ class Search:
             trials.append((trial, cand.suggest(trial)))
         self.s.log(f"trials {trials[0][0].number}-{trials[-1][0].number}: head-only at {k} learning "
                    f"rates ({', '.join(f'{lr:.2g}' for lr in lrs)}), trained at once on shared features")
+        mark = self.shared.counts()
         try:
             results, seconds = self._probe([c for _, c in trials], [t.number for t, _ in trials])
         except KeyboardInterrupt:
@@ -331,6 +335,7 @@ class Search:
                                     "same command")
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
+        trials[0][0].set_user_attr(TRIAL_ATTR, self.shared.since(mark))  # one build for the batch
         for (trial, changes), (result, trainable) in zip(trials, results):
             for row in result.epochs:
                 if math.isfinite(row["val_loss"]):
@@ -446,7 +451,7 @@ def _alive(pid: int) -> bool:
 
 def worker_main(recipe_path: str, settings: Settings, cands: list[Candidate], worker: int,
                 deadline: float | None) -> None:
-    """A ``--jobs`` worker process: the same study, its own sampler seed and shared features."""
+    """A ``--jobs`` worker process: the same study and shared features, its own sampler seed."""
     from thawkit import load_recipe
 
     recipe = load_recipe(recipe_path)

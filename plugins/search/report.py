@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .shared import cache_figures
 from .space import BUILTINS, trial_recipe
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
                    "not_started": [r["reason"] for r in rows if r["reason"].startswith("not started")]},
         "holdout": {"fraction": settings.holdout, "images": n_holdout},
         "evidence": evidence, "skipped": skipped,
-        "caches": {"built": search.shared.builds, "reused": search.shared.reuses},
+        "caches": cache_figures(search.study),
         "confirm": confirmed,
         "trials": [{k: v for k, v in r.items() if k != "changes"} for r in rows],
         "best": None}

@@ -1,5 +1,5 @@
 """One trial of a search: a recipe trained through the training plugin's loop, on features shared
-with the other trials of the search where its frozen prefix allows, into a trial folder that
+with the other trials of the search where its frozen prefix allows (:mod:`.shared`), into a trial folder that
 holds what the trial trained and nothing of the frozen backbone.
 
 A trial folder holds ``trial.json`` (its recipe, status, metrics per epoch, and a fingerprint
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError, ThawkitError, hookimpl
+
+from .shared import Pair, SharedFeatures
 
 if TYPE_CHECKING:
     from thawkit import ThawkitPluginManager
@@ -51,23 +55,30 @@ def fingerprint(digests: dict[str, str], names: list[str]) -> str:
     return h.hexdigest()
 
 
-class SharedFeatures:
-    """The frozen prefixes' features of one search process, computed once per boundary and kept
-    for every later trial that freezes the same prefix (same block, same weights)."""
+def feature_key(session: Any, block: str, prefix: Any) -> str:
+    """The key of the features below ``block`` computed by ``prefix`` in ``session``'s run:
+    ``<block>-<digest>`` of everything that changes them (listed in :mod:`.shared`)."""
+    import torch
 
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self.builds = 0
-        self.reuses = 0
+    state = prefix.state_dict()
+    recipe = session.recipe
+    files = []
+    for loader in (session.loaders.train, session.loaders.val):
+        for path, label in loader.dataset.samples:
+            st = os.stat(path)
+            files.append([path, label, st.st_size, st.st_mtime_ns])
+    what = {"block": block, "weights": fingerprint(tensor_digests(state), list(state)),
+            "structure": repr(prefix), "data": recipe.data.model_dump(mode="json"),
+            "prep": session.prep.to_dict(), "dtype": recipe.train.cache_dtype,
+            "autocast": str(session.amp_dtype), "device": session.device.type,
+            "torch": torch.__version__, "files": files}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', block)}-{digest[:20]}"
 
-    def close(self) -> None:
-        for train, val in self.entries.values():
-            train.close()
-            val.close()
-        self.entries.clear()
 
-
-def _pipeline_class():
+def _pipeline_class() -> type:
+    """The class of :class:`thawkit.plugins.train.cache.CachedPipeline` that takes its features
+    from a :class:`SharedFeatures` (a function: the training plugin imports torch)."""
     from thawkit.plugins.train.cache import CacheDecision, CachedPipeline
 
     class SharedCachePipeline(CachedPipeline):
@@ -95,17 +106,14 @@ def _pipeline_class():
                                          frozen.block, split=frozen.split))
 
         def build(self, d: Any) -> None:
-            state = d.split.prefix.state_dict()
-            key = (d.block, fingerprint(tensor_digests(state), list(state)))
-            entry = self.shared.entries.get(key)
-            if entry is None:
-                super().build(d)
-                self.shared.entries[key] = (self.train_cache, self.val_cache)
-                self.shared.builds += 1
-            else:
-                self.train_cache, self.val_cache = entry
-                self.shared.reuses += 1
+            key = feature_key(self.session, d.block, d.split.prefix)
+            self.train_cache, self.val_cache = self.shared.get(key, lambda: self._compute(d))
             self.current = d
+
+        def _compute(self, d: Any) -> Pair:
+            super().build(d)
+            assert self.train_cache is not None and self.val_cache is not None
+            return self.train_cache, self.val_cache
 
         def close(self) -> None:  # the features belong to the search, not to this run
             self.train_cache = self.val_cache = self.current = None
@@ -123,6 +131,7 @@ class TrialOutcome:
     trainable_params: int
     epochs: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
+    features: dict[str, float] = field(default_factory=dict)  # built, reused, seconds: this trial
 
 
 class Reporter:
@@ -198,6 +207,7 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
     from thawkit import validate_recipe
 
     started = time.perf_counter()
+    mark = shared.counts()
     trial_dir.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
@@ -225,7 +235,8 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: Path, *, shared: SharedFea
                     fingerprint=fingerprint(start, [n for n in start if n not in changed]),
                     unchanged=len(start) - len(changed),
                     holdout=per_image(reporter.outputs) if status == "complete" else None)
-        return TrialOutcome(status, top1, seconds, reporter.trainable, epochs, reason)
+        return TrialOutcome(status, top1, seconds, reporter.trainable, epochs, reason,
+                            shared.since(mark))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 

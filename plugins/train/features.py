@@ -25,7 +25,9 @@ Build a new cache when the phase (and so ``frozen_prefix()``) changes. The data
 must come in dataset order (a ``DataLoader`` with ``shuffle=False``): features are
 stored by index. Features stay in RAM up to ``memory`` bytes; beyond, they go to
 a memory-mapped file in ``directory``. ``dtype=torch.float16`` halves the size
-(no longer bit-exact: measure it on your task).
+(no longer bit-exact: measure it on your task). ``features.save(folder)`` writes them
+to numpy files that ``FeatureCache.open(folder)`` memory-maps read-only, in any
+process (``thawkit search`` shares one set between its worker processes this way).
 """
 from __future__ import annotations
 
@@ -57,11 +59,31 @@ class FeatureStore:
         import torch
 
         self.n, self.shape, self.dtype, self.path = n, tuple(shape), dtype, path
+        self.kept = False  # a file of :meth:`open`, left in place by :meth:`close`
         if path is None:
             self.data: Any = torch.empty((n, *self.shape), dtype=getattr(torch, dtype))
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.data = np.memmap(path, dtype=getattr(np, dtype), mode="w+", shape=(n, *self.shape))
+
+    @classmethod
+    def open(cls, path: Path) -> FeatureStore:
+        """A ``.npy`` file written by :meth:`save`, memory-mapped read-only (processes that open
+        the same file share one copy in the page cache); :meth:`close` leaves the file."""
+        import numpy as np
+
+        data = np.load(path, mmap_mode="r")  # a truncated file fails here
+        if data.dtype.name not in DTYPES or data.ndim < 1:
+            raise ValueError(f"{path}: {data.dtype.name} array of {data.ndim} dimensions, not features")
+        store = cls.__new__(cls)
+        store.n, store.shape, store.dtype, store.path = data.shape[0], tuple(data.shape[1:]), \
+            data.dtype.name, Path(path)
+        store.data, store.kept = data, True
+        return store
+
+    def save(self, path: Path) -> None:
+        """Write the features to ``path`` in numpy's ``.npy`` format, flushed to the disk."""
+        _save_array(path, self.data if self.path is not None else self.data.numpy())
 
     @property
     def nbytes(self) -> int:
@@ -92,7 +114,8 @@ class FeatureStore:
     def close(self) -> None:
         if self.path is not None:
             del self.data
-            self.path.unlink(missing_ok=True)
+            if not self.kept:
+                self.path.unlink(missing_ok=True)
             self.path = None
 
 
@@ -216,12 +239,47 @@ class FeatureCache:
             x, y = self.take(list(indices))
             yield (x, y) if device is None else (x.to(device), y.to(device))
 
+    def save(self, folder: str | os.PathLike, name: str = "features") -> None:
+        """Write the features and labels to ``folder/NAME.npy`` and ``folder/NAME-labels.npy``
+        (numpy's format: shape and dtype in the header), for :meth:`open` in any process."""
+        assert self.store is not None and self.labels is not None, "the cache is closed"
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.store.save(folder / f"{name}.npy")
+        _save_array(folder / f"{name}-labels.npy", self.labels.numpy())
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, name: str = "features") -> FeatureCache:
+        """Features written by :meth:`save`, memory-mapped read-only: processes that open the
+        same folder share one copy in the operating system's page cache. :meth:`close` leaves
+        the files; a missing, truncated or inconsistent file raises ``OSError`` or ``ValueError``."""
+        import numpy as np
+        import torch
+
+        folder = Path(folder)
+        cache = cls.__new__(cls)
+        cache.store = FeatureStore.open(folder / f"{name}.npy")
+        cache.labels = torch.from_numpy(np.load(folder / f"{name}-labels.npy"))
+        if cache.labels.shape != (cache.store.n,):
+            raise ValueError(f"{folder}: {tuple(cache.labels.shape)} labels for {cache.store.n} "
+                             "features")
+        return cache
+
     def close(self) -> None:
-        """Free the features (and delete a memory-mapped file)."""
+        """Free the features (and delete a memory-mapped file this cache created)."""
         if self.store is not None:
             self.store.close()
         self.store = None
         self.labels = None
+
+
+def _save_array(path: Path, array: Any) -> None:
+    import numpy as np
+
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _check_order(data: Iterable) -> None:
