@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .space import BUILTINS
@@ -85,15 +84,12 @@ def reserve(search: Search) -> float:
     return search.s.confirm * sum(r["seconds"] or 0.0 for r in chosen)
 
 
-def fold_file(trial_dir: Path, fold: int) -> Path:
-    return trial_dir / f"fold-{fold}.json"
-
-
 def confirm(search: Search, rows: list[dict[str, Any]], deadline: float | None) -> dict[str, Any]:
     """Score the finalists on folds 1..``--confirm``; returns what ``search.json`` keeps under
     ``confirm``: the finalists, the folds each was scored on, and the runs not started."""
     from .holdout import carve
     from .space import trial_recipe
+    from .report import fold_file
     from .trial import Reporter, per_image, read_per_image, run_trial
 
     settings = search.s
@@ -139,33 +135,3 @@ def confirm(search: Search, rows: list[dict[str, Any]], deadline: float | None) 
         info["scored"][str(row["number"])] = folds
     info["seconds"] = round(time.perf_counter() - started, 3)
     return info
-
-
-def pooled(search: Search, rows: list[dict[str, Any]], per_image: dict[int, Any],
-           info: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, Any]]:
-    """The finalists as rows scored on every image of the folds they were all scored on (the
-    first hold-out included), with those per-image scores, for :func:`~.report.pick`."""
-    numbers = info.get("finalists", [])
-    scored = info.get("scored", {})
-    if len(numbers) < 2 or not scored:
-        return [], {}
-    common = set.intersection(*(set(scored.get(str(n), [])) for n in numbers))
-    if not common:
-        return [], {}
-    out_rows, out_scores = [], {}
-    by_number = {r["number"]: r for r in rows}
-    for n in numbers:
-        first = per_image.get(n)
-        if not first:
-            return [], {}
-        losses, correct = list(first["losses"]), list(first["correct"])
-        for fold in sorted(common):
-            extra = json.loads(fold_file(search.trial_dir(n), fold).read_text())["holdout"]
-            losses += extra["losses"]
-            correct += extra["correct"]
-        row = dict(by_number[n])
-        row["holdout_top1"] = sum(correct) / len(correct)
-        row["holdout_loss"] = sum(losses) / len(losses)
-        out_rows.append(row)
-        out_scores[n] = {"losses": losses, "correct": correct}
-    return out_rows, out_scores

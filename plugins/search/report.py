@@ -74,7 +74,6 @@ def pick(rows: list[dict[str, Any]],
 def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence: dict[str, Any],
                  skipped: dict[str, str], n_holdout: int, num_classes: int,
                  seconds: float, confirmed: dict[str, Any] | None = None) -> dict[str, Any]:
-    from .confirm import pooled
     from .trial import evaluate_folder, read_per_image, restore_trial
 
     out = settings.output
@@ -206,3 +205,37 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def fold_file(trial_dir: Path, fold: int) -> Path:
+    return trial_dir / f"fold-{fold}.json"
+
+
+def pooled(search: Search, rows: list[dict[str, Any]], per_image: dict[int, Any],
+           info: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, Any]]:
+    """The finalists as rows scored on every image of the folds they were all scored on (the
+    first hold-out included), with those per-image scores, for :func:`~.report.pick`."""
+    numbers = info.get("finalists", [])
+    scored = info.get("scored", {})
+    if len(numbers) < 2 or not scored:
+        return [], {}
+    common = set.intersection(*(set(scored.get(str(n), [])) for n in numbers))
+    if not common:
+        return [], {}
+    out_rows, out_scores = [], {}
+    by_number = {r["number"]: r for r in rows}
+    for n in numbers:
+        first = per_image.get(n)
+        if not first:
+            return [], {}
+        losses, correct = list(first["losses"]), list(first["correct"])
+        for fold in sorted(common):
+            extra = json.loads(fold_file(search.trial_dir(n), fold).read_text())["holdout"]
+            losses += extra["losses"]
+            correct += extra["correct"]
+        row = dict(by_number[n])
+        row["holdout_top1"] = sum(correct) / len(correct)
+        row["holdout_loss"] = sum(losses) / len(losses)
+        out_rows.append(row)
+        out_scores[n] = {"losses": losses, "correct": correct}
+    return out_rows, out_scores
