@@ -293,7 +293,7 @@ def finished_trials(out: Path) -> list:
 @pytest.mark.parametrize("sig, why", [(signal.SIGKILL, "killed"), (signal.SIGINT, "interrupted")])
 def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, data, sig, why):
     # trials long enough (scratch runs are quick) for the signal to land inside one
-    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path, train={"epochs": 12}))
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(data, tmp_path, train={"epochs": 30}))
     out = tmp_path / "out"
     args = ["search", str(recipe), "--output", str(out), "--trials", "7",
             "--strategies", "head-only,full"]
@@ -305,7 +305,7 @@ def test_a_killed_or_interrupted_search_resumes_with_the_same_command(tmp_path, 
         while time.time() < deadline:  # wait until the heads are done and a full trial runs
             time.sleep(0.5)
             running = running_numbers(out)
-            if running and max(running) >= 4:
+            if running and max(running) >= 5:  # trial 5: the first full trial, the longest
                 break
         os.kill(proc.pid, sig)
         output, _ = proc.communicate(timeout=300)
@@ -419,7 +419,7 @@ def test_a_scratch_run_writes_no_weights_but_reports_per_image_and_still_stops_o
     from thawkit import hookimpl
     from thawkit.plugins.train import DivergedError
     from thawkit.plugins.train.loop import Trainer
-    from thawkit.plugins.train.session import prepare
+    from thawkit.plugins.train.session import prepare, torch_flags_restored
 
     seen = []
 
@@ -430,9 +430,10 @@ def test_a_scratch_run_writes_no_weights_but_reports_per_image_and_still_stops_o
             seen.append((metrics, out.losses.clone(), out.correct.clone()))
 
     d = recipe_for(data, tmp_path, strategy={"name": "last-block", "blocks": 1})
-    session = prepare(load(d, pm), run_dir=tmp_path / "scratch")
-    outcome = Trainer(session, log=lambda line: None, progress_bar=False, callbacks=[Spy()],
-                      scratch=True).fit()
+    with torch_flags_restored():  # as train() does: leave torch's flags as they were
+        session = prepare(load(d, pm), run_dir=tmp_path / "scratch")
+        outcome = Trainer(session, log=lambda line: None, progress_bar=False, callbacks=[Spy()],
+                          scratch=True).fit()
     assert outcome.status == "finished" and len(seen) == 3
     names = {p.name for p in (tmp_path / "scratch").iterdir()}
     assert not names & {"checkpoint.pt", "model.safetensors", "best.safetensors", "curves.png"}, names
@@ -447,8 +448,8 @@ def test_a_scratch_run_writes_no_weights_but_reports_per_image_and_still_stops_o
         if trainer.state.epoch == 1 and trainer.state.step == 1:
             with torch.no_grad():
                 trainer.s.model.fc.weight.fill_(float("nan"))
-    session = prepare(load(d, pm), run_dir=tmp_path / "nan")
-    with pytest.raises(DivergedError):
+    with torch_flags_restored(), pytest.raises(DivergedError):
+        session = prepare(load(d, pm), run_dir=tmp_path / "nan")
         Trainer(session, log=lambda line: None, progress_bar=False, on_step=poison, scratch=True).fit()
 
 

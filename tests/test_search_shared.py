@@ -136,7 +136,7 @@ def test_the_key_changes_with_what_changes_the_features(tmp_path, pm):
     import torch
     from thawkit import validate_recipe
     from thawkit.plugins.split import frozen_prefix
-    from thawkit.plugins.train.session import prepare
+    from thawkit.plugins.train.session import prepare, torch_flags_restored
 
     from thawkit.plugins.search.trial import feature_key
 
@@ -146,7 +146,8 @@ def test_the_key_changes_with_what_changes_the_features(tmp_path, pm):
 
     def key(**train):
         data = {**base, "train": {**base["train"], **train}}
-        session = prepare(validate_recipe(data, where="test", pm=pm), run_dir=tmp_path / "run")
+        with torch_flags_restored():  # prepare() sets the run's determinism flags
+            session = prepare(validate_recipe(data, where="test", pm=pm), run_dir=tmp_path / "run")
         frozen = frozen_prefix(session.adapted, 0)
         return feature_key(session, frozen.block, frozen.split.prefix), session, frozen
 
