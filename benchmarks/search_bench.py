@@ -36,24 +36,30 @@ def _train(recipe: dict[str, Any], out: Path, pm: Any, stop_after: int | None = 
     return time.perf_counter() - started, summary(out)["final_top1"]
 
 
-def grid(recipe: dict[str, Any], out: Path, pm: Any) -> list[dict[str, Any]]:
-    """Every candidate at 3 learning rates (last-block at every block count), full epochs."""
+def configurations(recipe: dict[str, Any], pm: Any) -> list[tuple[dict[str, Any], float]]:
+    """The grid's configurations: every candidate at 3 learning rates (the ends and the
+    geometric middle of its range), last-block at every block count."""
     import thawkit
     from thawkit.plugins.search.space import candidates
 
     cands, _ = candidates(thawkit.validate_recipe(recipe, where="benchmark", pm=pm), None)
-    rows = []
+    out = []
     for c in cands:
         lo, hi = c.lr_range
         variants = [{"name": c.name, "blocks": b} for b in range(1, c.blocks + 1)] \
             if c.name == "last-block" else [{"name": c.name}]
-        for strategy in variants:
-            for lr in (lo, math.sqrt(lo * hi), hi):
-                name = f"{strategy['name']}{strategy.get('blocks', '')}-{lr:.1e}"
-                seconds, top1 = _train({**recipe, "strategy": strategy,
-                                        "optimizer": {**recipe["optimizer"], "lr": lr}},
-                                       out / name, pm)
-                rows.append({"strategy": strategy, "lr": lr, "seconds": seconds, "val_top1": top1})
+        out += [(v, lr) for v in variants for lr in (lo, math.sqrt(lo * hi), hi)]
+    return out
+
+
+def grid(recipe: dict[str, Any], out: Path, pm: Any) -> list[dict[str, Any]]:
+    """Every configuration of :func:`configurations`, full epochs."""
+    rows = []
+    for strategy, lr in configurations(recipe, pm):
+        name = f"{strategy['name']}{strategy.get('blocks', '')}-{lr:.1e}"
+        seconds, top1 = _train({**recipe, "strategy": strategy,
+                                "optimizer": {**recipe["optimizer"], "lr": lr}}, out / name, pm)
+        rows.append({"strategy": strategy, "lr": lr, "seconds": seconds, "val_top1": top1})
     return rows
 
 

@@ -29,21 +29,8 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SEEDS = (0, 1, 2)
-
-
-def configurations(recipe: dict[str, Any], pm: Any) -> list[tuple[dict[str, Any], float]]:
-    """The grid's configurations, in ``search_bench.grid``'s order."""
-    import thawkit
-    from thawkit.plugins.search.space import candidates
-
-    cands, _ = candidates(thawkit.validate_recipe(recipe, where="rules", pm=pm), None)
-    out = []
-    for c in cands:
-        lo, hi = c.lr_range
-        variants = [{"name": c.name, "blocks": b} for b in range(1, c.blocks + 1)] \
-            if c.name == "last-block" else [{"name": c.name}]
-        out += [(v, lr) for v in variants for lr in (lo, math.sqrt(lo * hi), hi)]
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_bench import configurations  # noqa: E402
 
 
 def scores(root: Path, seed: int, pm: Any) -> list[dict[str, Any]]:
