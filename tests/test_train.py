@@ -155,6 +155,24 @@ def test_cli_train_via_parser(tmp_path, capsys):
     assert (tmp_path / "cli" / "model.safetensors").read_bytes() == before
 
 
+def test_cli_output_is_a_folder_name_even_when_it_reads_as_a_number(tmp_path, monkeypatch, capsys):
+    """``--output 2024`` names the folder 2024: it used to be read as YAML, an integer, and the
+    run refused with "train.output: Input should be a valid string"."""
+    from thawkit.plugins.cli import main
+
+    data = make_data(tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(data, tmp_path / "unused"))
+    monkeypatch.chdir(tmp_path)
+    for name in ("2024", "0755", "null"):
+        rc = main(["train", str(recipe), "--output", name, "--epochs", "1",
+                   "--set", "schedule.warmup_epochs=0"])
+        assert rc == 0, capsys.readouterr().err
+        assert json.loads((tmp_path / name / "run.json").read_text())["status"] == "finished"
+        assert yaml.safe_load((tmp_path / name / "recipe.yaml").read_text())["train"]["output"] == \
+            str(tmp_path / name)
+    assert not (tmp_path / "unused").exists()
+
+
 # --------------------------------------------------------------- bad data
 def _bad(tmp_path, pm, mutate, **sections):
     from thawkit.plugins.train import train

@@ -3,6 +3,7 @@ when one runs)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
@@ -38,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.recipe:
             raise ConfigError("train: name a RECIPE file, or --resume RUN_DIR")
         if args.output:
-            overrides.append(f"train.output={args.output}")
+            overrides.append(output_override(args.output))
         recipe = load_recipe(args.recipe, overrides=overrides, pm=pm)
         if args.nproc is not None:  # the recipe is checked here once, before any process starts
             return launch(args, recipe.data.batch_size)
@@ -46,6 +47,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone speaks
         print(outcome.message)
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else 0
+
+
+def output_override(folder: str) -> str:
+    """``--output DIR`` as a ``--set`` override whose value stays the text given: a folder named
+    ``2024``, ``0755`` or ``null`` is a folder name, not a YAML number or nothing."""
+    return f"train.output={json.dumps(str(folder))}"
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -61,7 +68,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.output:
-        overrides.append(f"train.output={args.output}")
+        overrides.append(output_override(args.output))
     recipe = load_recipe(args.recipe, overrides=overrides, pm=args.pm)
     probe(recipe, args.lr)
     return 0
