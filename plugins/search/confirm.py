@@ -21,11 +21,9 @@ it fits; its feature counts are not in ``search.json``'s ``caches`` (they count 
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from .space import BUILTINS
 
 if TYPE_CHECKING:
     from .engine import Search
@@ -34,23 +32,15 @@ if TYPE_CHECKING:
 FINALISTS = 3
 
 
-def rank_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    order = {name: i for i, name in enumerate(BUILTINS)}
-    return (-row["holdout_top1"], row["holdout_loss"], order.get(row["strategy"], len(order)),
-            row["number"])
-
-
 def finalists(rows: list[dict[str, Any]], per_image: dict[int, Any] | None = None,
               k: int = FINALISTS) -> list[dict[str, Any]]:
     """The best complete trial on the first hold-out (top-1, then loss), and up to ``k - 1`` next
     ones still in reach of it: a top-1 and a hold-out loss each within two paired standard
     errors of its own (image by image, on the same hold-out). A trial clearly behind on either
     is not worth confirming."""
-    from .report import paired_noise
+    from .report import paired_noise, rank_key, scored
 
-    done = sorted((r for r in rows if r["state"] == "complete" and r.get("holdout_top1") is not None
-                   and r.get("holdout_loss") is not None and math.isfinite(r["holdout_loss"])),
-                  key=rank_key)
+    done = sorted(scored(rows), key=rank_key)
     if not done:
         return []
     losses = {n: v["losses"] for n, v in (per_image or {}).items() if v}
@@ -71,14 +61,11 @@ def reserve(search: Search) -> float:
     """Seconds to keep for confirming the finalists as they stand now (0 without ``--confirm``
     or with one finalist): what the search's trial loop leaves free of new trials."""
     from .report import trial_rows
-    from .trial import read_per_image
 
     if search.s.confirm < 1:
         return 0.0
     rows = trial_rows(search)
-    per_image = {r["number"]: read_per_image(search.trial_dir(r["number"])) for r in rows
-                 if r["state"] == "complete"}
-    chosen = finalists(rows, per_image)
+    chosen = finalists(rows, search.holdout_scores(rows))
     if len(chosen) < 2:
         return 0.0
     return search.s.confirm * sum(r["seconds"] or 0.0 for r in chosen)
@@ -90,11 +77,10 @@ def confirm(search: Search, rows: list[dict[str, Any]], deadline: float | None) 
     from .holdout import carve
     from .space import trial_recipe
     from .report import fold_file
-    from .trial import Reporter, per_image, read_per_image, run_trial
+    from .trial import Reporter, per_image, run_trial
 
     settings = search.s
-    chosen = finalists(rows, {r["number"]: read_per_image(search.trial_dir(r["number"])) for r in rows
-                              if r["state"] == "complete"})
+    chosen = finalists(rows, search.holdout_scores(rows))
     info: dict[str, Any] = {"folds": settings.confirm, "finalists": [r["number"] for r in chosen],
                             "scored": {}, "not_started": [], "seconds": 0.0}
     if settings.confirm < 1 or len(chosen) < 2:

@@ -156,6 +156,7 @@ class Search:
                               "(or --storage)") from None
         self._check_same_candidates()
         self.shared = SharedFeatures(settings.output / FEATURES_DIR, log=settings.log)
+        self._scores: dict[int, Any] = {}  # a complete trial's hold-out scores never change
 
     def _check_same_candidates(self) -> None:
         """A study continues with the candidates it started with (Optuna's choices are fixed)."""
@@ -297,6 +298,20 @@ class Search:
 
     def trial_dir(self, number: int) -> Path:
         return self.s.output / "trials" / f"{number:04d}"
+
+    def holdout_scores(self, rows: list[dict[str, Any]]) -> dict[int, Any]:
+        """``{number: {"losses": [...], "correct": [...]}}`` of the complete trials among
+        ``rows``, from their ``trial.json``, each read once per process."""
+        from .trial import read_per_image
+
+        out = {}
+        for r in rows:
+            if r["state"] == "complete":
+                n = r["number"]
+                if n not in self._scores:
+                    self._scores[n] = read_per_image(self.trial_dir(n))
+                out[n] = self._scores[n]
+        return out
 
     # ---------------------------------------------------- head-only batch
     def head_batch_applies(self) -> bool:

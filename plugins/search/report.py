@@ -48,6 +48,19 @@ def paired_noise(a: list[float] | None, b: list[float] | None) -> float:
     return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
 
 
+def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The complete trials with a hold-out top-1 and a finite hold-out loss."""
+    return [r for r in rows if r["state"] == "complete" and r.get("holdout_top1") is not None
+            and r.get("holdout_loss") is not None and math.isfinite(r["holdout_loss"])]
+
+
+def rank_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Best first: the higher hold-out top-1, the lower loss, the cheaper strategy, the earlier."""
+    order = {name: i for i, name in enumerate(BUILTINS)}
+    return (-row["holdout_top1"], row["holdout_loss"], order.get(row["strategy"], len(order)),
+            row["number"])
+
+
 def pick(rows: list[dict[str, Any]],
          per_image: dict[int, dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """The complete trial with the best hold-out top-1, the lower hold-out loss breaking ties
@@ -56,33 +69,28 @@ def pick(rows: list[dict[str, Any]],
     a tie within noise) competes with it, and the one with the fewest trainable parameters wins;
     then the lower loss, the cheaper strategy, the earlier trial. ``per_image``:
     ``{trial number: {"losses": [...], ...}}`` (without it, only equal losses tie)."""
-    done = [r for r in rows if r["state"] == "complete" and r.get("holdout_top1") is not None
-            and r.get("holdout_loss") is not None and math.isfinite(r["holdout_loss"])]
+    done = scored(rows)
     if not done:
         return None
-    order = {name: i for i, name in enumerate(BUILTINS)}
-    best = min(done, key=lambda r: (-r["holdout_top1"], r["holdout_loss"],
-                                    order.get(r["strategy"], len(order)), r["number"]))
+    best = min(done, key=rank_key)
     losses = {n: v.get("losses") for n, v in (per_image or {}).items() if v}
     ref = losses.get(best["number"])
     close = [r for r in done if r["holdout_top1"] >= best["holdout_top1"] - 1e-12 and
              r["holdout_loss"] <= best["holdout_loss"] + paired_noise(losses.get(r["number"]), ref) + 1e-12]
-    return min(close, key=lambda r: (r["trainable_params"] or 0, r["holdout_loss"],
-                                     order.get(r["strategy"], len(order)), r["number"]))
+    return min(close, key=lambda r: (r["trainable_params"] or 0, *rank_key(r)[1:]))
 
 
 def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence: dict[str, Any],
                  skipped: dict[str, str], n_holdout: int, num_classes: int,
                  seconds: float, confirmed: dict[str, Any] | None = None) -> dict[str, Any]:
-    from .trial import evaluate_folder, read_per_image, restore_trial
+    from .trial import evaluate_folder, restore_trial
 
     out = settings.output
     rows = trial_rows(search)
     pm = recipe.plugin_manager
     original = recipe.model_dump(mode="json")
     per_strategy: dict[str, dict[str, Any]] = {}
-    per_image = {r["number"]: read_per_image(search.trial_dir(r["number"])) for r in rows
-                 if r["state"] == "complete"}
+    per_image = search.holdout_scores(rows)
     for name in sorted({r["strategy"] for r in rows if r["strategy"]}):
         chosen = pick([r for r in rows if r["strategy"] == name], per_image)
         if chosen is not None:
