@@ -21,6 +21,10 @@ LR_RANGES = {"head-only": (1e-3, 3e-1), "last-block": (1e-4, 3e-2), "lora": (1e-
 SGD_LIKE = ("sgd", "rmsprop")
 #: strategies that train several blocks, where layer-wise decay applies
 DECAYED = ("last-block", "lp-ft", "gradual", "full")
+#: the ranges of lp-ft's backbone_lr_scale and of layer_decay, and the adapters' ranks
+SCALE_RANGE = (0.01, 1.0)
+DECAY_RANGE = (0.5, 1.0)
+RANKS = (4, 8, 16)
 
 
 @dataclass
@@ -33,58 +37,81 @@ class Candidate:
     epochs: int
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """The range of each numeric parameter this candidate varies besides ``lr``, by its
+        Optuna name (``layer_decay`` where :meth:`decayed` says it applies)."""
+        name = self.name
+        out: dict[str, tuple[float, float]] = {}
+        if name == "last-block":
+            out["last-block.blocks"] = (1, self.blocks)
+        elif name == "gradual":
+            out["gradual.every"] = (1, max(1, min(3, self.epochs // 2)))
+        elif name == "lp-ft":
+            out["lp-ft.probe_epochs"] = (1, max(1, self.epochs // 2))
+            out["lp-ft.backbone_lr_scale"] = SCALE_RANGE
+        if name in DECAYED:
+            out[f"{name}.layer_decay"] = DECAY_RANGE
+        return out
+
+    def decayed(self, blocks: int) -> bool:
+        """Whether layer decay applies (to ``last-block``, from 2 blocks)."""
+        return self.name in DECAYED and (self.name != "last-block" or blocks > 1)
+
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Sample this candidate's parameters into ``trial``: ``{"strategy": {...},
         "optimizer": {...}}``, the parts of the recipe a trial changes."""
-        name = self.name
+        name, bounds = self.name, self.bounds()
         lr = trial.suggest_float(f"{name}.lr", *self.lr_range, log=True)
         strategy: dict[str, Any] = {"name": name}
         optimizer: dict[str, Any] = {"lr": lr}
         if name == "last-block":
-            strategy["blocks"] = trial.suggest_int("last-block.blocks", 1, self.blocks)
+            strategy["blocks"] = trial.suggest_int("last-block.blocks", *bounds["last-block.blocks"])
         elif name == "gradual":
-            strategy["every"] = trial.suggest_int("gradual.every", 1, max(1, min(3, self.epochs // 2)))
+            strategy["every"] = trial.suggest_int("gradual.every", *bounds["gradual.every"])
         elif name == "lp-ft":
-            strategy["probe_epochs"] = trial.suggest_int("lp-ft.probe_epochs", 1, max(1, self.epochs // 2))
-            strategy["backbone_lr_scale"] = trial.suggest_float("lp-ft.backbone_lr_scale", 0.01, 1.0,
-                                                                log=True)
+            strategy["probe_epochs"] = trial.suggest_int("lp-ft.probe_epochs", *bounds["lp-ft.probe_epochs"])
+            strategy["backbone_lr_scale"] = trial.suggest_float(
+                "lp-ft.backbone_lr_scale", *bounds["lp-ft.backbone_lr_scale"], log=True)
         elif name in ("lora", "loha"):
-            strategy["rank"] = trial.suggest_categorical(f"{name}.rank", [4, 8, 16])
-        if name in DECAYED and (name != "last-block" or strategy["blocks"] > 1):
-            optimizer["layer_decay"] = trial.suggest_float(f"{name}.layer_decay", 0.5, 1.0)
+            strategy["rank"] = trial.suggest_categorical(f"{name}.rank", list(RANKS))
+        if self.decayed(strategy.get("blocks", 1)):
+            optimizer["layer_decay"] = trial.suggest_float(f"{name}.layer_decay",
+                                                           *bounds[f"{name}.layer_decay"])
         return {"strategy": strategy, "optimizer": optimizer}
-
 
     def first_params(self, lr: float | None = None, strategy: dict[str, Any] | None = None,
                      layer_decay: float | None = None) -> dict[str, Any]:
         """Optuna parameters of a first trial of this candidate (``study.enqueue_trial``):
-        ``lr`` (default: the geometric middle of its range, clipped into it), the strategy's own
-        defaults for the rest unless ``strategy`` (a recipe's strategy section) gives them, and
-        no layer decay unless ``layer_decay`` says otherwise."""
+        ``lr`` (default: the geometric middle of its range), the strategy's own defaults for the
+        rest unless ``strategy`` (a recipe's strategy section) gives them, and no layer decay
+        unless ``layer_decay`` says otherwise; every value clipped into the search's range."""
         import math
 
+        name, given, bounds = self.name, strategy or {}, self.bounds()
+
+        def clip(key: str, value: float) -> Any:
+            lo, hi = bounds[key]
+            return type(lo)(min(max(value, lo), hi))
+
         lo, hi = self.lr_range
-        name, given = self.name, strategy or {}
-        value = math.sqrt(lo * hi) if lr is None else min(max(lr, lo), hi)
-        params: dict[str, Any] = {"strategy": name, f"{name}.lr": value}
+        params: dict[str, Any] = {"strategy": name,
+                                  f"{name}.lr": math.sqrt(lo * hi) if lr is None else min(max(lr, lo), hi)}
         blocks = 1
         if name == "last-block":
-            blocks = min(max(int(given.get("blocks", max(1, self.blocks // 2))), 1), self.blocks)
-            params["last-block.blocks"] = blocks
+            blocks = params["last-block.blocks"] = clip("last-block.blocks",
+                                                        int(given.get("blocks", max(1, self.blocks // 2))))
         elif name == "gradual":
-            top = max(1, min(3, self.epochs // 2))
-            params["gradual.every"] = min(max(int(given.get("every", 1)), 1), top)
+            params["gradual.every"] = clip("gradual.every", int(given.get("every", 1)))
         elif name == "lp-ft":
-            params["lp-ft.probe_epochs"] = min(max(int(given.get("probe_epochs", 1)), 1),
-                                               max(1, self.epochs // 2))
-            scale = float(given.get("backbone_lr_scale", 0.1))
-            params["lp-ft.backbone_lr_scale"] = min(max(scale, 0.01), 1.0)
+            params["lp-ft.probe_epochs"] = clip("lp-ft.probe_epochs", int(given.get("probe_epochs", 1)))
+            params["lp-ft.backbone_lr_scale"] = clip("lp-ft.backbone_lr_scale",
+                                                     float(given.get("backbone_lr_scale", 0.1)))
         elif name in ("lora", "loha"):
             rank = given.get("rank", 8)
-            params[f"{name}.rank"] = rank if rank in (4, 8, 16) else 8
-        if name in DECAYED and (name != "last-block" or blocks > 1):
-            decay = 1.0 if layer_decay is None else layer_decay
-            params[f"{name}.layer_decay"] = min(max(decay, 0.5), 1.0)
+            params[f"{name}.rank"] = rank if rank in RANKS else 8
+        if self.decayed(blocks):
+            params[f"{name}.layer_decay"] = clip(f"{name}.layer_decay",
+                                                 1.0 if layer_decay is None else layer_decay)
         return params
 
 
