@@ -2,6 +2,7 @@
 and plan."""
 from __future__ import annotations
 
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -44,7 +45,6 @@ class Adapted:
             phases = strategy.phases(layout, model)
         self.phases = self._check_phases(phases)
         self._norms = self._norm_owners()
-        self._placed = self._module_blocks()
         self._held: frozenset[str] = frozenset()
         self.ever_trainable = self.trainable_in(-1)
         self.optimizer_settings: OptimizerSettings | None = None
@@ -138,6 +138,11 @@ class Adapted:
         return "trainable" if self._thawed(self.phase if index is None else index, deciding) else self.norm
 
     # ----------------------------------------------------------- dropout
+    @cached_property
+    def _placed(self) -> dict[str, tuple[nn.Module, str]]:
+        """:meth:`_module_blocks`, worked out the first time ``frozen_dropout: off`` needs it."""
+        return self._module_blocks()
+
     def _module_blocks(self) -> dict[str, tuple[nn.Module, str]]:
         """Module path -> (module, block) for every module other than a norm layer (and the root)
         that lies wholly inside one block: a module with parameters where they all are; one
