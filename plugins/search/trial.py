@@ -135,7 +135,7 @@ class TrialOutcome:
 
 
 class Reporter:
-    """Hands a trial's per-epoch hold-out top-1 to the search engine and stops the run when the
+    """Hands a trial's per-epoch hold-out loss to the search engine and stops the run when the
     engine prunes it: a plugin object for the training plugin's events, registered for one run
     (``train(..., callbacks=[reporter])``). It also records what the trial keeps: the digests of
     the starting weights, every epoch's metrics and, when the run ends however it ends, the
