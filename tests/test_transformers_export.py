@@ -147,6 +147,11 @@ def test_export_of_a_text_run_writes_its_tokenizer_once_and_force_replaces_it(te
         export_run(text_run, out)
     export_run(text_run, out, force=True)
     assert not (folder / "stale.txt").exists() and (folder / "tokenizer_config.json").is_file()
+    out.unlink()
+    out.with_suffix(".json").unlink()
+    with pytest.raises(thawkit.ConfigError, match="reviews.preprocess already exists.*--force"):
+        export_run(text_run, out)  # the folder alone is not overwritten either
+    assert not out.exists() and (folder / "tokenizer_config.json").is_file()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -210,3 +215,14 @@ def test_bad_inputs_to_an_exports_transform_are_one_config_error(text_run, audio
     with pytest.raises(thawkit.ConfigError, match="audio 0 is list.*path"):
         exported_transform(config)([0.0, 0.1])
 
+
+
+def test_the_snippet_docs_show_classifies_as_predict(text_run, audio_run, tmp_path):
+    import runpy
+
+    snippet = runpy.run_path(str(Path(__file__).parent.parent / "docs" / "snippets" /
+                                 "classify_text_export.py"))
+    clips = [str(audio_run.parent / f"clip{i}.wav") for i in range(3)]
+    for run, items in ((text_run, TEXTS), (audio_run, clips)):
+        weights, _ = export_run(run, tmp_path / run.parent.name)
+        assert snippet["classify"](str(weights), items) == [top[0][0] for _, top in predict(run, items)]
