@@ -70,16 +70,16 @@ def assert_same_as_predict(predicted: list, probs: torch.Tensor, classes: list[s
 
 @contextlib.contextmanager
 def only_the_export(run: Path, items: list[str]):
-    """Yields predict's inputs and answers for ``items``, then leaves only the model's config in
-    the backbone directory: the tokenizer or feature extractor the run used is gone, so only the
-    export's own copy can serve, until the block ends."""
+    """Yields predict's inputs and answers for ``items``, then leaves only the model's config
+    (and weights) in the backbone directory: the tokenizer or feature extractor the run used is
+    gone, so only the export's own copy can serve, until the block ends."""
     from thawkit.plugins.train.run_model import load_run_model
 
     model = load_run_model(run)
     expected = model.reader.predict_inputs(items, model.prep, model.recipe)
     predicted = predict(run, items, top_k=2)
     backbone = Path(model.recipe.backbone.name)
-    hidden = [f for f in backbone.iterdir() if f.name != "config.json"]
+    hidden = [f for f in backbone.iterdir() if f.name not in ("config.json", "model.safetensors")]
     for f in hidden:
         f.rename(f.with_name(f".hidden-{f.name}"))
     try:
@@ -226,3 +226,32 @@ def test_the_snippet_docs_show_classifies_as_predict(text_run, audio_run, tmp_pa
     for run, items in ((text_run, TEXTS), (audio_run, clips)):
         weights, _ = export_run(run, tmp_path / run.parent.name)
         assert snippet["classify"](str(weights), items) == [top[0][0] for _, top in predict(run, items)]
+
+
+def test_an_adapter_export_of_a_text_run_serves_its_inputs(tmp_path):
+    """``lora`` on a saved tiny BERT, exported in PEFT's format: the directory holds the
+    tokenizer too, and ``load_adapter_export`` + ``exported_batch`` give predict's answers."""
+    from thawkit.plugins.train.adapter_export import load_adapter_export
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_tiny import TEXT
+
+    pytest.importorskip("peft")
+    recipe = text_recipe(tmp_path)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**TEXT)).save_pretrained(tmp_path / "tiny-bert")
+    data = yaml.safe_load(recipe.read_text())
+    data["backbone"]["pretrained"] = True
+    data["strategy"] = {"name": "lora", "rank": 2}
+    data["train"]["epochs"] = 1
+    recipe.write_text(yaml.safe_dump(data))
+    assert train(thawkit.load_recipe(str(recipe)), run_dir=tmp_path / "run",
+                 log=lambda s: None).status == "finished"
+    export_run(tmp_path / "run", tmp_path / "export")
+    assert (tmp_path / "export" / "adapter_model.safetensors").is_file()
+    with only_the_export(tmp_path / "run", TEXTS) as (expected, predicted):
+        model, config = load_adapter_export(tmp_path / "export")
+        assert config["reader"] == "text" and config["preprocess"]["tokenizer"] == "preprocess"
+        batch = exported_batch(config)(TEXTS)
+    assert all(torch.equal(batch[k], expected[k]) for k in expected)
+    assert_same_as_predict(predicted, probabilities(model, batch), config["classes"])
