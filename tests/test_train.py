@@ -397,6 +397,8 @@ def test_exported_transform_is_what_predict_uses(finished_run, tmp_path):
         assert [p for _, p in top] == pytest.approx(sorted(row.tolist(), reverse=True), abs=1e-6)
     # the batch form is predict's batch; an older export (no 'reader') is an image export
     assert torch.equal(exported_batch(config)(images), used)
+    with Image.open(images[1]) as opened:
+        assert torch.equal(exported_batch(config)([images[0], opened]), used)
     older = {k: v for k, v in config.items() if k not in ("reader", "directory")}
     assert torch.equal(exported_batch(older)(images), used)
     with pytest.raises(thawkit.ConfigError, match="preprocess"):

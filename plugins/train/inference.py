@@ -1,4 +1,4 @@
-"""Use a finished run: rebuild its model, predict classes for images, export standalone weights.
+"""Use a finished run: rebuild its model, predict classes for its inputs, export standalone weights.
 
 An export is a ``.safetensors`` file plus a JSON config (also embedded in the
 file's metadata) holding the backbone spec and the ``load_backbone`` options
@@ -9,7 +9,10 @@ that rebuild the architecture, so the weights load with thawkit alone::
                                   **config["load_options"])
 
 Export checks this round trip before writing: the rebuilt model must give the
-trained model's logits.
+trained model's logits. The config also names the run's data reader and its
+preprocessing; files that preprocessing reads (a text run's tokenizer) are saved
+beside the weights, so :func:`exported_transform` and :func:`exported_batch` prepare
+``predict``'s inputs from the export alone.
 """
 from __future__ import annotations
 

@@ -8,6 +8,10 @@
   per class, read with soundfile, resampled to the rate of the feature extractor saved in the
   backbone's directory, each batch padded to its longest clip.
 
+An export of such a run saves the tokenizer or feature extractor beside its weights
+(``save_pretrained``), so its ``exported_batch`` gives ``predict``'s inputs without the backbone's
+directory.
+
 The classes are the training data's labels (sorted names). Batches are ``(inputs, labels)`` with
 ``inputs`` the model's keyword arguments; the model's ``.logits`` are the loop's logits. The
 feature cache stays off: it splits a model that takes one image tensor.
