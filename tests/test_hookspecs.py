@@ -560,6 +560,16 @@ def test_thawkit_register_readers(pm, tmp_path):
     [(name, top)] = predict(tmp_path / "run", [str(tmp_path / "one.pt")], top_k=2, pm=pm)
     assert name == str(tmp_path / "one.pt") and {c for c, _ in top} == {"dim", "bright"}
     assert abs(sum(p for _, p in top) - 1) < 1e-5
+    # an export's config ('reader', 'preprocess') serves the reader's inputs by the Reader's
+    # defaults: predict's batch, and one input as a batch of one (the zoo's source loads no
+    # weights, so its export cannot pass export's round-trip check)
+    from thawkit.plugins.train import exported_batch, exported_transform
+
+    config = {"reader": "tensors", "preprocess": info["preprocess"]}
+    one = [str(tmp_path / "one.pt")]
+    x = exported_batch(config, pm=pm)(one)
+    assert x.shape == (1, 3, 64, 64) and torch.equal(x[0], torch.load(one[0], weights_only=True))
+    assert torch.equal(exported_transform(config, pm=pm)(one[0]), x)
     wrong = {**recipe, "data": {**recipe["data"], "reader": "tensor"}}
     with pytest.raises(thawkit.UnknownNameError, match=r"data\.reader: unknown data reader 'tensor'"
                                                        r"; did you mean 'tensors'"):

@@ -353,7 +353,9 @@ def test_export_round_trip_gives_the_same_logits(finished_run, tmp_path, capsys)
     with torch.no_grad():
         assert torch.equal(model(x), trained(x))
         again, meta = load_exported(out)
-        assert torch.equal(again(x), trained(x)) and meta == config
+        assert torch.equal(again(x), trained(x))
+    # the JSON beside the weights, and where the export is (its preprocessing's paths are relative)
+    assert meta == {**config, "directory": str(tmp_path.resolve())} and config["reader"] == "images"
     assert main(["export", str(run), str(out)]) == 2  # never overwrites without --force
     assert "--force" in capsys.readouterr().err
     assert main(["export", str(run), str(tmp_path / "dir"), "--best"]) == 0
@@ -367,7 +369,13 @@ def test_exported_transform_is_what_predict_uses(finished_run, tmp_path):
     import thawkit
     import torch
     from PIL import Image
-    from thawkit.plugins.train import export_run, exported_transform, load_exported, predict
+    from thawkit.plugins.train import (
+        export_run,
+        exported_batch,
+        exported_transform,
+        load_exported,
+        predict,
+    )
     from thawkit.plugins.train.data import Preprocess, preprocess_images
     from thawkit.plugins.train.session import read_data_info
 
@@ -387,6 +395,12 @@ def test_exported_transform_is_what_predict_uses(finished_run, tmp_path):
         assert file == image
         assert [name for name, _ in top] == [config["classes"][i] for i in row.argsort(descending=True)]
         assert [p for _, p in top] == pytest.approx(sorted(row.tolist(), reverse=True), abs=1e-6)
+    # the batch form is predict's batch; an older export (no 'reader') is an image export
+    assert torch.equal(exported_batch(config)(images), used)
+    with Image.open(images[1]) as opened:
+        assert torch.equal(exported_batch(config)([images[0], opened]), used)
+    older = {k: v for k, v in config.items() if k not in ("reader", "directory")}
+    assert torch.equal(exported_batch(older)(images), used)
     with pytest.raises(thawkit.ConfigError, match="preprocess"):
         exported_transform({"spec": config["spec"]})
     # the snippet docs/training.md shows does the same

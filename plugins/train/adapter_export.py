@@ -81,7 +81,9 @@ def load_adapter_export(directory: str | Path, *,
                         pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The model of an adapter export, in eval mode, and its config: the base loaded with
     ``config["base_load_options"]`` (its pretrained weights), the new head from
-    ``head.safetensors``, and the adapters injected and loaded through PEFT."""
+    ``head.safetensors``, and the adapters injected and loaded through PEFT. The config has
+    ``directory`` added, as :func:`~thawkit.plugins.train.load_exported`'s: ``exported_transform``
+    and ``exported_batch`` serve it."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
 
     directory = Path(directory)
@@ -103,4 +105,4 @@ def load_adapter_export(directory: str | Path, *,
     if getattr(loaded, "unexpected_keys", None):
         raise ConfigError(f"{directory / 'adapter_model.safetensors'} holds adapters the config does "
                           f"not describe: {', '.join(loaded.unexpected_keys[:3])}")
-    return model.eval(), config
+    return model.eval(), {**config, "directory": str(directory.resolve())}

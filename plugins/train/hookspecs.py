@@ -78,7 +78,9 @@ def thawkit_register_readers(register: Callable[..., None]) -> None:
             (kept in the run's ``data.json``), builds the loaders (batches of ``(inputs,
             labels)``, ``inputs`` a tensor or a mapping of tensors), moves inputs to the
             device, runs the model on them (``forward(model, inputs)`` returns the logits) and
-            prepares ``thawkit predict``'s inputs. ``reader.cache_off`` says why the feature
+            prepares ``thawkit predict``'s inputs, and an export's (``export_preprocess``,
+            ``preprocess_from_export``, ``transform``: their defaults serve a reader whose
+            preprocessing reads no files). ``reader.cache_off`` says why the feature
             cache is not exact for its data (``None``: the cache decides per phase);
             ``reader.skips_parameters`` (default False) that the model may leave trainable
             parameters out of a training step (layers skipped at random), which DDP must

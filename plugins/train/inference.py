@@ -1,4 +1,4 @@
-"""Use a finished run: rebuild its model, predict classes for images, export standalone weights.
+"""Use a finished run: rebuild its model, predict classes for its inputs, export standalone weights.
 
 An export is a ``.safetensors`` file plus a JSON config (also embedded in the
 file's metadata) holding the backbone spec and the ``load_backbone`` options
@@ -9,12 +9,16 @@ that rebuild the architecture, so the weights load with thawkit alone::
                                   **config["load_options"])
 
 Export checks this round trip before writing: the rebuilt model must give the
-trained model's logits.
+trained model's logits. The config also names the run's data reader and its
+preprocessing; files that preprocessing reads (a text run's tokenizer) are saved
+beside the weights, so :func:`exported_transform` and :func:`exported_batch` prepare
+``predict``'s inputs from the export alone.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +27,11 @@ from thawkit import ConfigError, ThawkitError, load_backbone
 from ..interpolation import check_alpha
 from .adapter_export import export_adapters, has_adapters, merge_run
 from .checkpoint import read_jsonl, save_weights, write_json
-from .data import Preprocess, image_transform
 from .rundir import RunDir, disk_errors
 from .run_model import load_run_model, plain_head
 from .wise import interpolate_run
 
 if TYPE_CHECKING:
-    import torch
     from thawkit import ThawkitPluginManager
     from torch import nn
 
@@ -87,8 +89,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     :func:`thawkit.plugins.train.adapter_export.export_adapters`), or, with ``merge=True``,
     merged into the base layers as plain weights, checked against the adapter model's logits.
     """
-    import torch
-
     if wise is not None:
         wise = check_alpha(wise, "export --wise")
     weights_path, config_path = _export_paths(out)
@@ -108,14 +108,31 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     if wise is not None:
         interpolate_run(run, run_dir, wise)
     recipe = run.recipe
-    options = {**recipe.backbone.kwargs, "num_classes": len(run.classes)}
-    config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,
-              "classes": run.classes, "preprocess": run.prep.to_dict(),
-              "source_run": str(Path(run_dir)), "source_weights": run.weights.name,
-              "epochs": len(read_jsonl(RunDir(run_dir).metrics)),
-              **({"wise_alpha": float(wise)} if wise is not None else {})}
-    if has_adapters(run.model) and not merge:
-        return export_adapters(run, out, config, force=force)
+    # the files the preprocessing reads (a tokenizer): OUT/preprocess, or NAME.preprocess
+    files = weights_path.with_suffix(".preprocess") if Path(out).suffix == ".safetensors" \
+        else Path(out) / "preprocess"
+    with _staged(files) as stage:
+        options = {**recipe.backbone.kwargs, "num_classes": len(run.classes)}
+        config = {"format": EXPORT_FORMAT, "spec": recipe.backbone.spec, "load_options": options,
+                  "classes": run.classes, "reader": getattr(recipe.data, "reader", "images"),
+                  "preprocess": run.reader.export_preprocess(run.prep, stage),
+                  "source_run": str(Path(run_dir)), "source_weights": run.weights.name,
+                  "epochs": len(read_jsonl(RunDir(run_dir).metrics)),
+                  **({"wise_alpha": float(wise)} if wise is not None else {})}
+        if stage.exists() and (files.exists() or files.is_symlink()) and not force:
+            raise ConfigError(f"export: {files} already exists; choose another OUT or pass --force "
+                              "to overwrite")
+        if has_adapters(run.model) and not merge:
+            return export_adapters(run, out, config, force=force)
+        return _export_weights(run, config, weights_path, config_path, merge)
+
+
+def _export_weights(run: Any, config: dict[str, Any], weights_path: Path, config_path: Path,
+                    merge: bool) -> tuple[Path, Path]:
+    """The plain (or merged) weights and their config, written once the rebuilt model is checked."""
+    import torch
+
+    recipe, options = run.recipe, config["load_options"]
     reference = merge_run(run) if merge else run.model   # merge: a copy of the unmerged model
     state = plain_head(run.model, run.layout, run.model.state_dict())
     with disk_errors("create the export directory", weights_path.parent):
@@ -145,6 +162,28 @@ def export_run(run_dir: str | Path, out: str | Path, *, best: bool = False, forc
     return weights_path, config_path
 
 
+@contextlib.contextmanager
+def _staged(folder: Path) -> Iterator[Path]:
+    """A place for the files an export's preprocessing reads (:meth:`Reader.export_preprocess`):
+    a path named as ``folder``, in a hidden directory beside it; moved to ``folder`` when the
+    export succeeds (replacing it: the caller checks ``--force``), removed when it fails. A
+    reader that saves no files leaves ``folder`` as it was."""
+    import shutil
+
+    hidden = folder.with_name(f".{folder.name}.tmp")
+    try:
+        yield hidden / folder.name
+        if (hidden / folder.name).exists():
+            if folder.exists() or folder.is_symlink():  # the caller checked --force
+                with disk_errors("replace", folder):
+                    shutil.rmtree(folder) if folder.is_dir() and not folder.is_symlink() \
+                        else folder.unlink()
+            with disk_errors("write", folder):
+                (hidden / folder.name).replace(folder)
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
 def _check_not_run_file(run_dir: Path, *targets: Path) -> None:
     """Export never writes over a file of a run directory (its own or another run's)."""
     for target in targets:
@@ -163,8 +202,9 @@ def _check_not_run_file(run_dir: Path, *targets: Path) -> None:
 def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -> tuple[nn.Module, dict]:
     """Rebuild an exported model from its ``.safetensors`` file; returns ``(model, config)``: the
     model in eval mode, and the export's config from the file's metadata (``spec``,
-    ``load_options``, ``classes``, ``preprocess``, ...: the JSON written beside the file).
-    :func:`exported_transform` turns the config into the preprocessing ``predict`` uses.
+    ``load_options``, ``classes``, ``reader``, ``preprocess``, ...: the JSON written beside the
+    file) with ``directory``, the export's directory, added. :func:`exported_transform` and
+    :func:`exported_batch` turn the config into the inputs ``predict`` gives the model.
 
     Example::
 
@@ -184,17 +224,85 @@ def load_exported(path: str | Path, *, pm: ThawkitPluginManager | None = None) -
         raise ConfigError(f"{str(path)!r} is not a thawkit export (no thawkit_export metadata)")
     config = json.loads(meta["thawkit_export"])
     model = load_backbone(config["spec"], pm=pm, weights=str(path), **config["load_options"])
-    return model.eval(), config
+    return model.eval(), {**config, "directory": str(path.resolve().parent)}
 
 
-def exported_transform(config: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """The preprocessing of an export (its ``config``, as :func:`load_exported` returns it), exactly
-    as ``thawkit predict`` applies it: ``transform(image)`` takes an image file's path or a PIL
-    image (converted to RGB) and returns a ``3 x H x W`` tensor (resize, centre crop, normalise);
-    ``torch.stack`` several for a batch."""
+def exported_transform(config: dict[str, Any], *,
+                       pm: ThawkitPluginManager | None = None) -> Callable[[Any], Any]:
+    """The preprocessing of an export (its ``config``, as :func:`load_exported` returns it) for
+    one input, exactly as ``thawkit predict`` applies it, through the data reader that made
+    the run (``config["reader"]``):
+
+    * ``images``: ``transform(image)`` takes an image file's path or a PIL image (converted to
+      RGB) and returns a ``3 x H x W`` tensor (resize, centre crop, normalise); ``torch.stack``
+      several for a batch, and call ``model(batch)``;
+    * ``text`` and ``audio`` (the transformers plugin): ``transform(text)`` or
+      ``transform(audio_file)`` returns the model's keyword inputs for a batch of one
+      (``input_ids`` and ``attention_mask``; ``input_values``): ``model(**inputs).logits``.
+      Several of them make a batch only padded to one length: :func:`exported_batch` does that.
+
+    A config without a valid ``preprocess`` entry, or of a reader no loaded plugin registers,
+    is a ConfigError; so is an input the reader does not take."""
+    reader, prep = _exported_reader(config, pm, "exported_transform")
+    return _prefixed(reader.transform(prep), "exported_transform")
+
+
+def exported_batch(config: dict[str, Any], *,
+                   pm: ThawkitPluginManager | None = None) -> Callable[[Sequence[Any]], Any]:
+    """The preprocessing of an export for a batch: ``batch(items)`` takes a list of inputs
+    (image paths or PIL images, texts, audio files) and returns the model's inputs exactly as
+    ``thawkit predict`` builds them for those items: an ``N x 3 x H x W`` tensor for images
+    (``model(batch)``); for text and audio, the model's keyword inputs padded to the longest
+    item, with their attention mask where the model takes one (``model(**batch).logits``)."""
+    reader, prep = _exported_reader(config, pm, "exported_batch")
+
+    def batch(items: Sequence[Any]) -> Any:
+        if isinstance(items, (str, bytes, Path)) or not isinstance(items, Sequence):
+            raise ConfigError(f"give a list of inputs, not {type(items).__name__} (one input: "
+                              "exported_transform)")
+        if not items:
+            raise ConfigError("no inputs (an empty list)")
+        return reader.predict_inputs(list(items), prep, None)
+    return _prefixed(batch, "exported_batch")
+
+
+def _prefixed(prepare: Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
+    """``prepare``, its ConfigError (an input the reader does not take) prefixed with ``what``."""
+    def apply(x: Any) -> Any:
+        try:
+            return prepare(x)
+        except ConfigError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+    return apply
+
+
+def _exported_reader(config: dict[str, Any], pm: ThawkitPluginManager | None,
+                     what: str) -> tuple[Any, Any]:
+    """The reader that made an export (``config["reader"]``; older configs: the one its
+    preprocessing names, else ``images``) and the export's preprocessing."""
+    from thawkit import get_plugin_manager
+
+    from .readers import reader_registry
+
+    saved = config.get("preprocess") if isinstance(config, dict) else None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{what}: the config has no valid 'preprocess' entry; pass the config "
+                          "load_exported returns")
+    name = config.get("reader", saved.get("reader", "images"))
+    registry = reader_registry(pm or get_plugin_manager())
+    if not isinstance(name, str) or name not in registry:
+        from thawkit import UnknownNameError
+
+        unknown = UnknownNameError("data reader", str(name), registry.names(),
+                                   where=f"{what}: config['reader']")
+        raise ConfigError(f"{unknown}; each comes from a plugin: load the one the run used (text "
+                          "and audio: pip install 'thawkit[transformers]')")
+    reader = registry.get(name)
     try:
-        prep = Preprocess.from_dict(config["preprocess"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"exported_transform: the config has no valid 'preprocess' entry "
-                          f"({type(exc).__name__}: {exc}); pass the config load_exported returns") from None
-    return image_transform(prep)
+        return reader, reader.preprocess_from_export(saved, Path(config.get("directory", ".")))
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{what}: the config has no valid 'preprocess' entry for the data reader "
+                          f"{name!r} ({type(exc).__name__}: {exc}); pass the config load_exported "
+                          "returns") from None

@@ -11,6 +11,7 @@ plugin registers ``text`` and ``audio``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from .data import (
     build_loaders,
     check_classes,
     data_warnings,
+    image_transform,
     preprocess_images,
     scan_folder,
 )
@@ -72,8 +74,9 @@ class Reader:
         """The resolved preprocessing: an object with ``to_dict()`` (kept in ``data.json``)."""
         raise NotImplementedError
 
-    def preprocess_from_dict(self, recipe: Recipe, saved: dict[str, Any]) -> Any:
-        """The preprocessing a run kept in its ``data.json`` (resume, predict)."""
+    def preprocess_from_dict(self, recipe: Recipe | None, saved: dict[str, Any]) -> Any:
+        """The preprocessing a run kept in its ``data.json`` (resume, predict); ``recipe`` is
+        ``None`` for an export's (:meth:`preprocess_from_export`)."""
         raise NotImplementedError
 
     def check_forward(self, recipe: Recipe, twin: Adapted, prep: Any, n_train: int | None) -> None:
@@ -104,13 +107,34 @@ class Reader:
         image size's fields, as for images)."""
         return None
 
-    def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
-        """``thawkit predict``'s arguments as one batch of inputs."""
+    def predict_inputs(self, items: list[Any], prep: Any, recipe: Recipe | None) -> Any:
+        """``thawkit predict``'s arguments as one batch of inputs; ``recipe`` is ``None`` for an
+        export's inputs (``exported_batch``: an export has no recipe)."""
         raise NotImplementedError
+
+    def transform(self, prep: Any) -> Callable[[Any], Any]:
+        """``exported_transform``: one item to the model's inputs for it, as predict prepares
+        it; by default a batch of one (:meth:`predict_inputs`)."""
+        return lambda item: self.predict_inputs([item], prep, None)
 
     def example(self, prep: Any, recipe: Recipe) -> Any:
         """Two random inputs of the data's shape (export checks its round trip with them)."""
         raise NotImplementedError
+
+    def export_preprocess(self, prep: Any, folder: Path) -> dict[str, Any]:
+        """An export's ``preprocess`` entry: what :meth:`preprocess_from_export` needs to prepare
+        inputs without the recipe or the run (by default ``prep.to_dict()``). Files the
+        preprocessing reads (a tokenizer) are saved into ``folder``, a sub-directory of the
+        export's directory that does not exist yet, and recorded by its name, so that the
+        export serves without the directories the run read them from."""
+        return prep.to_dict()
+
+    def preprocess_from_export(self, saved: dict[str, Any], directory: Path) -> Any:
+        """The preprocessing an export recorded (:meth:`export_preprocess`), its relative paths
+        resolved against the export's ``directory``; by default :meth:`preprocess_from_dict`
+        without a recipe. Raise ConfigError, KeyError, TypeError or ValueError for a damaged
+        entry."""
+        return self.preprocess_from_dict(None, saved)
 
 
 class ImageReader(Reader):
@@ -138,7 +162,7 @@ class ImageReader(Reader):
 
         return Preprocess.resolve(data_config(model, pm=recipe.plugin_manager), recipe.data)
 
-    def preprocess_from_dict(self, recipe: Recipe, saved: dict[str, Any]) -> Preprocess:
+    def preprocess_from_dict(self, recipe: Recipe | None, saved: dict[str, Any]) -> Preprocess:
         return Preprocess.from_dict(saved)
 
     def check_forward(self, recipe: Recipe, twin: Adapted, prep: Any, n_train: int | None) -> None:
@@ -152,8 +176,12 @@ class ImageReader(Reader):
     def describe(self, data: Any) -> dict[str, Any]:
         return {"dir": str(data.root), "images": len(data)}
 
-    def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
+    def predict_inputs(self, items: list[Any], prep: Any, recipe: Recipe | None) -> Any:
         return preprocess_images(items, prep)
+
+    def transform(self, prep: Any) -> Callable[[Any], Any]:
+        """An image file's path or a PIL image to a ``3 x H x W`` tensor."""
+        return image_transform(prep)
 
     def example(self, prep: Any, recipe: Recipe) -> Any:
         import torch

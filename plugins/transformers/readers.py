@@ -8,18 +8,24 @@
   per class, read with soundfile, resampled to the rate of the feature extractor saved in the
   backbone's directory, each batch padded to its longest clip.
 
+An export of such a run saves the tokenizer or feature extractor beside its weights
+(``save_pretrained``), so its ``exported_batch`` gives ``predict``'s inputs without the backbone's
+directory.
+
 The classes are the training data's labels (sorted names). Batches are ``(inputs, labels)`` with
 ``inputs`` the model's keyword arguments; the model's ``.logits`` are the loop's logits. The
 feature cache stays off: it splits a model that takes one image tensor.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thawkit import ConfigError
 from thawkit.plugins.train.readers import Reader, Splits, keyed_loaders
+from thawkit.plugins.train.rundir import disk_errors
 
 if TYPE_CHECKING:
     from thawkit import Recipe
@@ -54,16 +60,31 @@ def model_dir(recipe: Recipe, what: str) -> Path:
 
 
 def _auto(kind: str, path: str, what: str, recipe_reader: str) -> Any:
-    import transformers
+    from .source import _transformers
 
+    transformers = _transformers()  # missing: a ConfigError naming the extra
     transformers.logging.set_verbosity_error()
     try:
-        return getattr(transformers, kind).from_pretrained(path, local_files_only=True)
+        loaded = getattr(transformers, kind).from_pretrained(path, local_files_only=True)
+        vocab = loaded.get_vocab() if hasattr(loaded, "get_vocab") else None
+        if vocab is not None and set(vocab) <= set(loaded.all_special_tokens):
+            # transformers 5 builds a tokenizer from config.json alone, every word unknown
+            raise ValueError("only special tokens, no vocabulary: built from config.json alone")
+        return loaded
     except (OSError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConfigError(f"data.reader {recipe_reader}: no {what} in {path!r} ({first}); save the "
                           f"model's {what} there with {what.replace(' ', '_')}.save_pretrained(DIR)"
                           ) from None
+
+
+def _loaded(prep: Any, kind: str, path: str) -> Any:
+    """``prep``'s tokenizer or feature extractor, read from ``path`` once (an export's transform
+    prepares every input with it)."""
+    cached = prep.__dict__.get("_loaded")
+    if cached is None or cached[0] != path:
+        cached = prep.__dict__["_loaded"] = (path, _auto(kind, path, prep.what, prep.reader))
+    return cached[1]
 
 
 def _split(field: str, read: Any) -> Any:
@@ -116,6 +137,32 @@ class _MappingReader(Reader):
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(next(iter(x.values())).shape)
 
+    #: the preprocessing's dataclass, and its field naming the directory it loads from
+    prep_class: Any = None
+    files: str = ""
+
+    def preprocess_from_dict(self, recipe: Recipe | None, saved: dict[str, Any]) -> Any:
+        return self.prep_class(**saved)
+
+    def export_preprocess(self, prep: Any, folder: Path) -> dict[str, Any]:
+        """The tokenizer or feature extractor saved into ``folder`` (``save_pretrained``), its
+        path in the entry relative to the export's directory."""
+        with disk_errors(f"save the {prep.what} of the export", folder):
+            prep.load().save_pretrained(str(folder))
+        return {**prep.to_dict(), self.files: folder.name}
+
+    def preprocess_from_export(self, saved: dict[str, Any], directory: Path) -> Any:
+        prep = self.prep_class(**saved)
+        path = directory / getattr(prep, self.files)
+        if not path.is_dir():
+            raise ConfigError(f"the export's {prep.what} directory {str(path)!r} does not exist (it is "
+                              f"saved beside the exported weights, {saved[self.files]!r} in the config, "
+                              "relative to the export's directory); pass the config load_exported "
+                              "returns, whose 'directory' says where the export is")
+        setattr(prep, self.files, str(path))
+        prep.load()  # a damaged directory fails here, not at the first input
+        return prep
+
 
 def _accepted(model: nn.Module, x: dict[str, Any]) -> dict[str, Any]:
     """The inputs ``model.forward`` takes (a tokenizer may give ``token_type_ids`` to a model
@@ -138,18 +185,21 @@ class TextPreprocess:
     label_column: str
     max_length: int
     reader: str = "text"
+    what = "tokenizer"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load(self) -> Any:
-        return _auto("AutoTokenizer", self.tokenizer, "tokenizer", self.reader)
+        return _loaded(self, "AutoTokenizer", self.tokenizer)
 
 
 class TextReader(_MappingReader):
     """``text``: see the module docstring."""
 
     inputs = "texts"
+    prep_class = TextPreprocess
+    files = "tokenizer"
 
     def scan(self, recipe: Recipe) -> Splits:
         from .data import _label_ids, read_text_table
@@ -175,9 +225,6 @@ class TextReader(_MappingReader):
         prep.load()  # a directory without a tokenizer fails here, before anything is written
         return prep
 
-    def preprocess_from_dict(self, recipe: Recipe, saved: dict[str, Any]) -> TextPreprocess:
-        return TextPreprocess(**saved)
-
     def loaders(self, recipe: Recipe, splits: Splits, prep: Any, *, seed: int,
                 pin_memory: bool) -> Loaders:
         from .data import TextClassificationData
@@ -194,7 +241,11 @@ class TextReader(_MappingReader):
                 f"{recipe.data.max_length}); check data.max_length against the model's "
                 "max_position_embeddings, and backbone.kwargs against the model's config")
 
-    def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
+    def predict_inputs(self, items: list[Any], prep: Any, recipe: Recipe | None) -> Any:
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise ConfigError(f"text {i} is {type(item).__name__} {_short(item)}: the text reader "
+                                  "takes texts, each a string")
         return dict(prep.load()(items, truncation=True, max_length=prep.max_length, padding=True,
                                 return_tensors="pt"))
 
@@ -215,18 +266,21 @@ class AudioPreprocess:
     feature_extractor: str
     sampling_rate: int
     reader: str = "audio"
+    what = "feature extractor"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load(self) -> Any:
-        return _auto("AutoFeatureExtractor", self.feature_extractor, "feature extractor", self.reader)
+        return _loaded(self, "AutoFeatureExtractor", self.feature_extractor)
 
 
 class AudioReader(_MappingReader):
     """``audio``: see the module docstring."""
 
     inputs = "audio files"
+    prep_class = AudioPreprocess
+    files = "feature_extractor"
 
     def scan(self, recipe: Recipe) -> Splits:
         from .data import scan_audio_folder
@@ -243,9 +297,6 @@ class AudioReader(_MappingReader):
         extractor = _auto("AutoFeatureExtractor", path, "feature extractor", "audio")
         return AudioPreprocess(path, int(extractor.sampling_rate))
 
-    def preprocess_from_dict(self, recipe: Recipe, saved: dict[str, Any]) -> AudioPreprocess:
-        return AudioPreprocess(**saved)
-
     def loaders(self, recipe: Recipe, splits: Splits, prep: Any, *, seed: int,
                 pin_memory: bool) -> Loaders:
         from .data import AudioClassificationData
@@ -260,15 +311,20 @@ class AudioReader(_MappingReader):
         return (f"a batch of {shape[0]} clips of {shape[-1]} values; check backbone.kwargs against "
                 "the model's config and the feature extractor saved beside it")
 
-    def predict_inputs(self, items: list[str], prep: Any, recipe: Recipe) -> Any:
+    def predict_inputs(self, items: list[Any], prep: Any, recipe: Recipe | None) -> Any:
         import soundfile
 
         from .data import load_audio
 
         waves = []
-        for item in items:
+        for i, item in enumerate(items):
+            if not isinstance(item, (str, os.PathLike)):
+                raise ConfigError(f"audio {i} is {type(item).__name__} {_short(item)}: the audio "
+                                  "reader takes audio files, each a path (.wav, .flac)")
+            if not Path(item).is_file():
+                raise ConfigError(f"audio file {str(item)!r} does not exist")
             try:
-                waves.append(load_audio(item, prep.sampling_rate))
+                waves.append(load_audio(str(item), prep.sampling_rate))
             except (OSError, RuntimeError, soundfile.LibsndfileError) as exc:
                 raise ConfigError(f"{item}: not a readable audio file ({exc})") from None
         return dict(prep.load()(waves, sampling_rate=prep.sampling_rate, padding=True,
@@ -281,6 +337,11 @@ class AudioReader(_MappingReader):
         waves = [rng.standard_normal(prep.sampling_rate // 4).astype(np.float32) for _ in range(2)]
         return dict(prep.load()(waves, sampling_rate=prep.sampling_rate, padding=True,
                                 return_tensors="pt"))
+
+
+def _short(item: Any) -> str:
+    text = repr(item)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_num_classes(recipe: Recipe, classes: list[str]) -> None:
