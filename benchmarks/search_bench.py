@@ -18,6 +18,13 @@ seed. On 50 training images two runs of one recipe differ by a point or more, an
 rather than the choice. The spread across seeds is reported beside the means. The grid's wall
 time is one run per configuration (the first seed), the grid a user would run; the search's
 is its own plus one ``--train`` run.
+
+A "poor start" per task: the same search from the recipe with ``full`` at the bottom of its
+learning-rate range (``POOR_LR``), which the pick keeps as its incumbent unless beaten, to show
+that the search leaves a poor recipe. ``SEARCH_BENCH_KEEP=DIR`` writes each task's grid rows to
+``DIR/TASK/grid.json``; ``SEARCH_BENCH_GRID=DIR`` reuses them instead of training the grid again
+(its runs are deterministic; only the search's side then runs, with the grid's wall time as
+measured when it ran).
 """
 from __future__ import annotations
 
@@ -63,6 +70,8 @@ def configurations(recipe: dict[str, Any], pm: Any) -> list[tuple[dict[str, Any]
 
 
 TRAIN_SEEDS = (0, 1, 2)
+#: the learning rate of the "poor start": full's recipe at the bottom of its search range
+POOR_LR = 3e-5
 
 
 def _seeded(recipe: dict[str, Any], out: Path, pm: Any, seeds: tuple[int, ...]) -> dict[str, Any]:
@@ -102,6 +111,8 @@ def separate_runs(search_dir: Path, pm: Any) -> float:
 
 
 SEEDS = (0, 1, 2)
+#: the learning rate of the "poor start": full's recipe at the bottom of its search range
+POOR_LR = 3e-5
 
 
 def task(name: str, root: Path, *, quick: bool) -> dict[str, Any]:
@@ -118,7 +129,13 @@ def task(name: str, root: Path, *, quick: bool) -> dict[str, Any]:
     recipe = yaml.safe_load(path.read_text())
     seeds = TRAIN_SEEDS[:1] if quick else TRAIN_SEEDS
     default = _seeded(recipe, root / name / "default", pm, seeds)
-    rows = grid(recipe, root / name / "grid", pm, seeds) if not quick else []
+    reuse = Path(os.environ.get("SEARCH_BENCH_GRID", "-")) / name / "grid.json"
+    if quick:
+        rows = []
+    elif reuse.is_file():  # an earlier run's grid of this task (deterministic runs, same code)
+        rows = json.loads(reuse.read_text())["rows"]
+    else:
+        rows = grid(recipe, root / name / "grid", pm, seeds)
     grid_seconds = sum(r["seconds"] for r in rows)
     picks = []
     for seed in SEEDS[:1] if quick else SEEDS:
@@ -134,6 +151,21 @@ def task(name: str, root: Path, *, quick: bool) -> dict[str, Any]:
                       "train_seconds": trained["seconds"], "train_top1": trained["val_top1"],
                       "train_top1_seeds": trained["val_top1_seeds"], "train_sd": trained["sd"],
                       "separate_seconds": separate_runs(out, pm) if seed == SEEDS[0] else None})
+    poor = []
+    if not quick:  # the recipe as written at the bottom of full's range: does the search leave it?
+        bad = {**recipe, "optimizer": {**recipe["optimizer"], "lr": POOR_LR}}
+        own = _seeded(bad, root / name / "poor", pm, seeds)
+        for seed in SEEDS:
+            out = root / name / f"search-poor-{seed}"
+            started = time.perf_counter()
+            result = search(thawkit.validate_recipe(bad, where=name, pm=pm), output=out,
+                            budget=2 * default["seconds"], seed=seed, log=lambda line: None)
+            search_seconds = time.perf_counter() - started
+            trained = _seeded(yaml.safe_load((out / "best.yaml").read_text()), out / "best", pm, seeds)
+            poor.append({"seed": seed, "recipe_top1": own["val_top1"], "pick": result["best"],
+                         "search_seconds": search_seconds, "train_top1": trained["val_top1"],
+                         "train_top1_seeds": trained["val_top1_seeds"]})
+    _keep(name, root / name)
     best_grid = max(rows, key=lambda r: r["val_top1"]) if rows else None
     best_single = max(rows, key=lambda r: r["val_top1_seeds"][0]) if rows else None
     return {"task": name, "train_seeds": list(seeds), "default_top1": default["val_top1"],
@@ -141,10 +173,22 @@ def task(name: str, root: Path, *, quick: bool) -> dict[str, Any]:
             "grid_runs": len(rows), "grid_seconds": grid_seconds, "grid_best": best_grid,
             "grid_best_first_seed": best_single,
             "grid_sd_median": statistics.median(r["sd"] for r in rows) if rows else None,
-            "grid": rows, "picks": picks}
+            "grid_reused": str(reuse) if rows and reuse.is_file() else None,
+            "grid": rows, "picks": picks, "poor": poor}
 
 
 TASKS = ("digits", "digits-inverted", "mnist-animals")
+
+
+def _keep(name: str, folder: Path) -> None:
+    """With ``SEARCH_BENCH_KEEP=DIR``: each search's ``search.json`` as ``DIR/TASK/SEARCH.json``."""
+    import shutil
+
+    keep = os.environ.get("SEARCH_BENCH_KEEP")
+    if keep:
+        (Path(keep) / name).mkdir(parents=True, exist_ok=True)
+        for found in folder.glob("search-*/search.json"):
+            shutil.copyfile(found, Path(keep) / name / f"{found.parent.name}.json")
 
 
 def _name(strategy: dict[str, Any]) -> str:
@@ -167,7 +211,7 @@ def rows(quick: bool, row_class: Any, tasks: tuple[str, ...] = TASKS) -> list[An
                 strategy = pick.get("recipe", {}).get("strategy", {"name": "-"})
                 text = (f"{_name(strategy)} {100 * p['train_top1']:.1f}% "
                         f"(trial {100 * pick.get('val_top1', 0):.1f}%)")
-                gap = f"{100 * (p['train_top1'] - best['val_top1']):+.1f} pt" if best else "-"
+                gap = f"{100 * (p['train_top1'] - best['val_top1']):+.2f} pt" if best else "-"
                 out.append(row_class("7 search", f"{name} seed {p['seed']}: val top-1 (mean of "
                                      f"{len(r['train_seeds'])} training seeds), pick (trained as best.yaml) "
                                      f"vs grid best ({r['grid_runs']} configurations)", text, grid_text,
@@ -186,6 +230,14 @@ def rows(quick: bool, row_class: Any, tasks: tuple[str, ...] = TASKS) -> list[An
                                      f"sd {100 * r['grid_sd_median']:.1f} pt", "-", ""))
             out.append(row_class("7 search", f"{name}: default recipe (full) val top-1, s",
                                  f"{100 * r['default_top1']:.1f}%", f"{r['default_seconds']:.0f}", "-", ""))
+            for poor in r["poor"] if best else []:
+                pick = poor["pick"] or {}
+                strategy = pick.get("recipe", {}).get("strategy", {"name": "-"})
+                gap = f"{100 * (poor['train_top1'] - best['val_top1']):+.2f} pt"
+                out.append(row_class("7 search", f"{name} seed {poor['seed']}, poor start (full at "
+                                     f"{POOR_LR:g}: {100 * poor['recipe_top1']:.1f}%): pick vs grid best",
+                                     f"{_name(strategy)} {100 * poor['train_top1']:.1f}%", grid_text,
+                                     gap, ""))
             first = r["picks"][0]
             out.append(row_class("7 search", f"{name}: trial s, search vs same trials as thawkit train",
                                  f"{first['trial_seconds']:.0f}", f"{first['separate_seconds']:.0f}",

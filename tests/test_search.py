@@ -411,6 +411,73 @@ def test_the_pick_is_the_best_top1_with_ties_within_paired_noise_going_to_the_ch
     assert pick([row(6, "full", None, None, 5, "failed")]) is None
 
 
+def test_the_recipe_as_written_stays_the_pick_unless_beaten_on_top1_beyond_noise_or_cost():
+    from thawkit.plugins.search.confirm import finalists
+    from thawkit.plugins.search.report import challenger_margin, pick
+
+    def row(number, strategy, top1, loss, params, written=False):
+        return {"number": number, "strategy": strategy, "holdout_top1": top1, "holdout_loss": loss,
+                "trainable_params": params, "state": "complete", "as_written": written}
+
+    def scores(hits, losses):
+        return {"correct": hits, "losses": losses}
+
+    ten = [True] * 10
+    own = row(4, "full", 1.0, 0.33, 1000, written=True)
+    sharper = row(13, "full", 1.0, 0.06, 1000)          # the same hits, a far lower loss
+    per_image = {4: scores(ten, [0.33] * 10), 13: scores(ten, [0.06] * 10)}
+    # without the incumbent the lower loss wins, as before; with it, the recipe stays
+    assert pick([sharper, dict(own, as_written=False)], per_image)["number"] == 13
+    assert pick([own, sharper], per_image)["number"] == 4
+    # ahead by one image of ten: within one paired standard error (0.1), still the recipe
+    one_wrong = [True] * 9 + [False]
+    assert pick([dict(own, holdout_top1=0.9), sharper],
+                {**per_image, 4: scores(one_wrong, [0.33] * 10)})["number"] == 4
+    # ahead by three images of ten: beyond the noise (0.3 > 0.153), the challenger wins
+    three_wrong = [True] * 7 + [False] * 3
+    beaten = {**per_image, 4: scores(three_wrong, [0.33] * 10)}
+    assert challenger_margin(sharper, dict(own, holdout_top1=0.7), beaten) > 0
+    assert pick([dict(own, holdout_top1=0.7), sharper], beaten)["number"] == 13
+    # a cheaper winner of the tie within noise wins over the recipe (ties go to the cheaper)
+    cheap = row(2, "last-block", 1.0, 0.30, 400)
+    tied = {**per_image, 2: scores(ten, [0.30, 0.36] * 5)}
+    assert pick([own, cheap], tied)["number"] == 2
+    # no per-image scores: only an equal top-1 keeps the recipe
+    assert pick([own, sharper])["number"] == 4
+    assert pick([dict(own, holdout_top1=0.9), sharper])["number"] == 13
+    # the incumbent is confirmed with the best whenever its top-1 alone is in reach, although
+    # its loss is far behind (so far that no other rule would make it a finalist)
+    other = row(7, "gradual", 1.0, 0.5, 1000)
+    per_image[7] = scores(ten, [0.5] * 10)
+    assert [r["number"] for r in finalists([own, sharper, other], per_image)] == [13, 4]
+    assert [r["number"] for r in finalists([dict(own, as_written=False), sharper, other], per_image)] == [13]
+    # three images behind is within two standard errors (0.306): still confirmed; four is not
+    assert [r["number"] for r in finalists([dict(own, holdout_top1=0.7), sharper], beaten)] == [13, 4]
+    four_wrong = {**per_image, 4: scores([True] * 6 + [False] * 4, [0.33] * 10)}
+    assert [r["number"] for r in finalists([dict(own, holdout_top1=0.6), sharper], four_wrong)] == [13]
+
+
+def test_a_poor_recipe_as_written_is_not_kept(tmp_path, data, pm):
+    """The incumbent rule is no rubber stamp: ``full`` at the bottom of its range for 3 epochs
+    learns next to nothing, and the search moves to a trial that beats it beyond noise."""
+    from thawkit.plugins.search.report import challenger_margin
+
+    recipe = recipe_for(data, tmp_path, strategy={"name": "full"}, optimizer={"name": "adamw", "lr": 1e-7})
+    out = tmp_path / "s"
+    result, lines = run_search(recipe, out, pm, trials=6, strategies="head-only,full", confirm=0)
+    own = next(t for t in result["trials"] if t["as_written"])
+    assert own["strategy"] == "full" and own["params"]["lr"] == pytest.approx(3e-5)  # clipped
+    assert result["best"]["as_written"] is False
+    best = next(t for t in result["trials"] if t["number"] == result["best"]["trial"])
+    assert own["state"] == "complete", own  # scored, so the incumbent rule did apply
+
+    def held(n):
+        return json.loads((out / "trials" / f"{n:04d}" / "trial.json").read_text())["holdout"]
+    # beaten on top-1 beyond the paired noise (or by a cheaper trial)
+    assert challenger_margin(best, own, {n: held(n) for n in (own["number"], best["number"])}) > 0
+    assert "(the recipe as written)" not in lines[-1]
+
+
 # ------------------------------------------------- trials: scratch runs, per-image, first trials
 def test_a_scratch_run_writes_no_weights_but_reports_per_image_and_still_stops_on_nan(tmp_path, data, pm):
     """A search's trial trains as a scratch run: no checkpoint, weights or plot (the trial keeps
@@ -479,6 +546,7 @@ def test_the_first_trials_are_the_recipe_then_every_candidate_once(tmp_path, dat
     # the recipe as written first, with its own strategy parameters and layer decay
     assert after_batch[0]["strategy"] == "last-block"
     assert after_batch[0]["params"] == {"lr": 0.002, "blocks": 2, "layer_decay": 0.8}
+    assert [t["as_written"] for t in result["trials"]] == [False] * 4 + [True] + [False] * 2
     # then every other candidate once, cheapest first, at the middle of its range, with its
     # strategy's own defaults and no layer decay (head-only ran as the batch of heads)
     lo, hi = LR_RANGES["lp-ft"]

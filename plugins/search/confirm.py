@@ -37,8 +37,10 @@ def finalists(rows: list[dict[str, Any]], per_image: dict[int, Any] | None = Non
     """The best complete trial on the first hold-out (top-1, then loss), and up to ``k - 1`` next
     ones still in reach of it: a top-1 and a hold-out loss each within two paired standard
     errors of its own (image by image, on the same hold-out). A trial clearly behind on either
-    is not worth confirming."""
-    from .report import paired_noise, rank_key, scored
+    is not worth confirming, except the recipe as written, which the pick keeps unless it is
+    beaten on top-1 (:func:`~.report.pick`): it is a finalist, first after the best, whenever
+    its top-1 alone is in reach."""
+    from .report import incumbent, paired_noise, rank_key, scored
 
     done = sorted(scored(rows), key=rank_key)
     if not done:
@@ -54,6 +56,11 @@ def finalists(rows: list[dict[str, Any]], per_image: dict[int, Any] | None = Non
             - 1e-12 and r["holdout_loss"] <= best["holdout_loss"] + \
             2 * paired_noise(losses.get(m), losses.get(n)) + 1e-12
     near = [r for r in done[1:] if in_reach(r)]
+    own = incumbent(done)
+    if own is not None and own is not best and own not in near[:k - 1] and \
+            own["holdout_top1"] >= best["holdout_top1"] - 2 * paired_noise(hits.get(own["number"]),
+                                                                        hits.get(n)) - 1e-12:
+        near = [own] + [r for r in near if r is not own]  # the pick's incumbent: top-1 alone decides
     return [best] + near[:k - 1]
 
 

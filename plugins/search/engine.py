@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from thawkit import ConfigError
 
 from .shared import TRIAL_ATTR
-from .space import BUILTINS, Candidate, candidates, check_variable, parse_strategies, trial_recipe
+from .space import AS_WRITTEN, BUILTINS, Candidate, candidates, check_variable, parse_strategies, trial_recipe
 
 if TYPE_CHECKING:
     from thawkit import Recipe
@@ -207,6 +207,7 @@ class Search:
         if own is not None:
             queued.append(own.first_params(recipe.optimizer.lr, recipe.strategy.model_dump(),
                                            recipe.optimizer.layer_decay))
+            self.study.set_user_attr(AS_WRITTEN, queued[0])  # the incumbent of the pick
         for name in BUILTINS + tuple(sorted(set(self.cands) - set(BUILTINS))):
             if name in self.cands and not (name == "head-only" and batch):
                 params = self.cands[name].first_params()

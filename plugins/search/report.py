@@ -1,6 +1,6 @@
 """What a search writes: ``search.json``, ``leaderboard.md``, ``search.png`` and ``best.yaml``,
 and the honest pick: the best hold-out top-1 (the loss breaking ties), ties within noise going to
-the cheaper trial."""
+the cheaper trial, and the recipe as written kept unless a trial beats its top-1 beyond noise."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .shared import cache_figures
-from .space import BUILTINS, trial_recipe
+from .space import AS_WRITTEN, BUILTINS, trial_recipe
 
 if TYPE_CHECKING:
     from thawkit import Recipe
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 def trial_rows(search: Search) -> list[dict[str, Any]]:
     """One row per trial of the study, in trial order."""
     rows = []
+    written = search.study.user_attrs.get(AS_WRITTEN)
     for t in search.study.get_trials(deepcopy=False):
         if t.state.name == "WAITING":  # queued, never started (a later session starts it)
             continue
@@ -33,8 +34,17 @@ def trial_rows(search: Search) -> list[dict[str, Any]]:
                      "holdout_loss": t.value if state == "complete" else t.user_attrs.get("holdout_loss"),
                      "seconds": t.user_attrs.get("seconds"),
                      "trainable_params": t.user_attrs.get("trainable_params"),
-                     "reason": t.user_attrs.get("reason", ""), "changes": changes})
+                     "reason": t.user_attrs.get("reason", ""), "changes": changes,
+                     "as_written": written is not None and same_params(t.params, written)})
     return rows
+
+
+def same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two trials' Optuna parameters are the same (floats to storage precision)."""
+    if a.keys() != b.keys():
+        return False
+    return all(math.isclose(v, b[k], rel_tol=1e-12) if isinstance(v, float) and isinstance(b[k], (int, float))
+               else v == b[k] for k, v in a.items())
 
 
 def paired_noise(a: list[float] | None, b: list[float] | None) -> float:
@@ -67,8 +77,15 @@ def pick(rows: list[dict[str, Any]],
     (top-1 on a small hold-out ties often; the loss is finer). A trial with the same top-1 whose
     loss is within one paired standard error of the best's (image by image on the same hold-out:
     a tie within noise) competes with it, and the one with the fewest trainable parameters wins;
-    then the lower loss, the cheaper strategy, the earlier trial. ``per_image``:
-    ``{trial number: {"losses": [...], ...}}`` (without it, only equal losses tie)."""
+    then the lower loss, the cheaper strategy, the earlier trial.
+
+    Then the recipe as written (rows with ``as_written``) is the incumbent: it stays the pick
+    unless that winner has fewer trainable parameters or a hold-out top-1 ahead of it by more than
+    one paired standard error of the per-image hits. A lower loss alone never displaces it: once
+    both get the hold-out right, the loss mostly measures confidence, which a higher learning rate
+    buys without accuracy (see :func:`challenger_margin`). ``per_image``:
+    ``{trial number: {"losses": [...], "correct": [...]}}`` (without it, only equal losses and
+    equal top-1 tie)."""
     done = scored(rows)
     if not done:
         return None
@@ -77,7 +94,29 @@ def pick(rows: list[dict[str, Any]],
     ref = losses.get(best["number"])
     close = [r for r in done if r["holdout_top1"] >= best["holdout_top1"] - 1e-12 and
              r["holdout_loss"] <= best["holdout_loss"] + paired_noise(losses.get(r["number"]), ref) + 1e-12]
-    return min(close, key=lambda r: (r["trainable_params"] or 0, *rank_key(r)[1:]))
+    winner = min(close, key=lambda r: (r["trainable_params"] or 0, *rank_key(r)[1:]))
+    own = incumbent(done)
+    if own is None or own is winner or challenger_margin(winner, own, per_image) > 0:
+        return winner
+    return own
+
+
+def incumbent(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The scored trial of the recipe as written (the best-ranked, should there be several)."""
+    written = [r for r in scored(rows) if r.get("as_written")]
+    return min(written, key=rank_key) if written else None
+
+
+def challenger_margin(challenger: dict[str, Any], own: dict[str, Any],
+                      per_image: dict[int, dict[str, Any]] | None) -> float:
+    """How far ``challenger`` is ahead of the recipe as written, ``own``, on the pick's terms:
+    positive when it displaces it (fewer trainable parameters, or a hold-out top-1 ahead by more
+    than one paired standard error of the per-image hits), else 0 or less."""
+    if (challenger["trainable_params"] or 0) < (own["trainable_params"] or 0):
+        return 1.0
+    hits = {n: [float(c) for c in v["correct"]] for n, v in (per_image or {}).items() if v and "correct" in v}
+    noise = paired_noise(hits.get(challenger["number"]), hits.get(own["number"]))
+    return challenger["holdout_top1"] - own["holdout_top1"] - noise - 1e-12
 
 
 def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence: dict[str, Any],
@@ -119,6 +158,10 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
         "confirm": confirmed,
         "trials": [{k: v for k, v in r.items() if k != "changes"} for r in rows],
         "best": None}
+    kept_over = None
+    if best is not None and best.get("as_written"):  # the trial it was kept over, if any
+        leader = min(scored(final_rows or rows), key=rank_key)
+        kept_over = None if leader["number"] == best["number"] else leader
     if best is not None:
         best_recipe = trial_recipe(original, best["changes"])
         best_recipe["train"] = {**best_recipe["train"], "output": str((out / "best").resolve())}
@@ -127,6 +170,10 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
                           "holdout_top1": first["holdout_top1"],
                           "confirmed_top1": best["holdout_top1"] if final_rows else None,
                           "val_top1": per_strategy[best["strategy"]]["val_top1"],
+                          "as_written": bool(best.get("as_written")),
+                          "kept_over": None if kept_over is None else {
+                              "trial": kept_over["number"], "holdout_top1": kept_over["holdout_top1"],
+                              "holdout_loss": kept_over["holdout_loss"]},
                           "recipe": best_recipe}
         _write_yaml(out / "best.yaml", best_recipe)
     (out / "search.json").write_text(json.dumps(result, indent=1))
@@ -138,7 +185,8 @@ def write_report(search: Search, recipe: Recipe, settings: Settings, *, evidence
         b = result["best"]
         more = f" ({100 * b['confirmed_top1']:.2f}% over its confirmation folds)" \
             if b["confirmed_top1"] is not None else ""
-        log(f"pick: trial {best['number']}, {best['strategy']}; hold-out top-1 "
+        log(f"pick: trial {best['number']}, {best['strategy']}"
+            f"{' (the recipe as written)' if b['as_written'] else ''}; hold-out top-1 "
             f"{100 * b['holdout_top1']:.2f}%{more}, data.val top-1 {100 * b['val_top1']:.2f}%; "
             f"recipe in {out / 'best.yaml'}")
     return result
@@ -184,6 +232,13 @@ def leaderboard(rows: list[dict[str, Any]], per_strategy: dict[str, dict[str, An
                          f"trial {n} ({v['strategy']}) {100 * v['holdout_top1']:.2f}% on {v['images']} images"
                          for n, v in c["pooled"].items()) + ". The pick is made on those scores.")
     lines += [f"Confirmation not started: {r}." for r in c.get("not_started", [])]
+    kept = (result.get("best") or {}).get("kept_over")
+    if kept:
+        lines.append(f"The recipe as written (trial {result['best']['trial']}) is kept over trial "
+                     f"{kept['trial']} (hold-out top-1 {100 * kept['holdout_top1']:.2f}%, loss "
+                     f"{kept['holdout_loss']:.4f}): its top-1 is not ahead by more than the paired noise "
+                     "and it trains as many parameters; a lower hold-out loss alone does not replace "
+                     "your recipe.")
     lines += [f"Skipped {k}: {v}" for k, v in skipped.items()]
     lines += [f"Trial {r['number']} ({r['strategy']}) failed: {r['reason'].splitlines()[0][:200]}"
               for r in rows if r["state"] == "failed" and r["reason"]]

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 #: the built-in strategies the search tries by default, cheapest first (the tie-break order)
 BUILTINS = ("head-only", "last-block", "lora", "loha", "lp-ft", "gradual", "auto-rgn", "full")
+#: the study's user attribute holding the Optuna parameters of the recipe as written (its trial
+#: is the incumbent of the pick, see :func:`~.report.pick`)
+AS_WRITTEN = "as_written"
 #: learning-rate ranges (log scale) for Adam-type optimizers; SGD-type ones get ten times more
 LR_RANGES = {"head-only": (1e-3, 3e-1), "last-block": (1e-4, 3e-2), "lora": (1e-4, 3e-2),
              "loha": (1e-4, 3e-2), "lp-ft": (1e-4, 3e-2), "gradual": (1e-4, 3e-2),
