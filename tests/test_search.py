@@ -563,6 +563,23 @@ def test_the_first_trials_are_the_recipe_then_every_candidate_once(tmp_path, dat
     assert not [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
 
 
+def test_the_first_trials_start_before_any_time_is_kept_for_confirming(tmp_path, data, pm, monkeypatch):
+    """Time kept for confirming the finalists never stops a first trial (every candidate once);
+    the sampler's trials do respect it. Here the finalists would need more than the budget."""
+    import thawkit.plugins.search.confirm as confirm
+
+    monkeypatch.setattr(confirm, "reserve", lambda search: 1e6)
+    result, _ = run_search(recipe_for(data, tmp_path), tmp_path / "s", pm, budget=600,
+                           strategies="head-only,last-block,full", confirm=0)
+    trials = result["trials"]
+    started = [t for t in trials if not t["reason"].startswith("not started")]
+    # the head-only batch, the recipe as written (head-only at 0.01), last-block and full once
+    assert [t["strategy"] for t in started] == ["head-only"] * 5 + ["last-block", "full"]
+    assert trials[:len(started)] == started            # then only trials that did not start
+    left_out = trials[len(started):]
+    assert len(left_out) == 3 and all("kept to confirm the finalists" in t["reason"] for t in left_out)
+
+
 def test_folds_hold_out_the_next_images_of_each_class(tmp_path, data):
     from thawkit.plugins.search.holdout import carve
 

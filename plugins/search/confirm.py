@@ -15,8 +15,9 @@ and hits), never weights: the pick's weights are the fold-0 trial's, and ``best.
 on the whole of ``data.train`` anyway. A continued search reuses the runs already done. A
 fold's features go through the search's shared features too (their key names the files, so a
 fold never takes another's). Under a budget the search's trial loop keeps the time the
-finalists of the moment would need (:func:`reserve`), and a confirmation run starts only while
-it fits; its feature counts are not in ``search.json``'s ``caches`` (they count trials).
+finalists of the moment would need (:func:`reserve`) once its first trials (every candidate
+once) have started, and a confirmation run starts only while it fits; its feature counts are
+not in ``search.json``'s ``caches`` (they count trials).
 """
 from __future__ import annotations
 

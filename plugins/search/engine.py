@@ -220,9 +220,12 @@ class Search:
     def run(self) -> None:
         """Start trials until the trial count or the budget says stop. A trial that would not
         fit in the budget left is not started (recorded with why); after 3 such in a row the
-        search stops starting trials."""
+        search stops starting trials. Time is kept for confirming the finalists only once the
+        first trials (:meth:`first_trials`) have all been asked for: trying every candidate once
+        comes before confirming the best of too few."""
         from .confirm import reserve
 
+        optuna = _optuna()
         misses = 0
         while True:
             remaining = self.remaining_trials()
@@ -231,12 +234,13 @@ class Search:
             left = self.left()
             if left is not None and left <= 0:
                 return
-            trial = self.study.ask()
+            queued = bool(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+            trial = self.study.ask()  # a queued first trial while there is one
             trial.set_user_attr("host", socket.gethostname())
             trial.set_user_attr("pid", os.getpid())
             strategy = trial.suggest_categorical("strategy", sorted(self.cands))
             changes = self.cands[strategy].suggest(trial)
-            kept = 0.0 if left is None else reserve(self)
+            kept = 0.0 if left is None or queued else reserve(self)
             if left is not None and self.estimate(strategy) > left - kept:
                 kept_text = f", {kept:.0f}s of them kept to confirm the finalists" if kept else ""
                 trial.set_user_attr("reason", f"not started: a {strategy} trial takes about "
