@@ -41,13 +41,13 @@ def finalists(rows: list[dict[str, Any]], per_image: dict[int, Any] | None = Non
     is not worth confirming, except the recipe as written, which the pick keeps unless it is
     beaten on top-1 (:func:`~.report.pick`): it is a finalist, first after the best, whenever
     its top-1 alone is in reach."""
-    from .report import incumbent, paired_noise, rank_key, scored
+    from .report import incumbent, paired_noise, per_image_hits, rank_key, scored
 
     done = sorted(scored(rows), key=rank_key)
     if not done:
         return []
     losses = {n: v["losses"] for n, v in (per_image or {}).items() if v}
-    hits = {n: [float(c) for c in v["correct"]] for n, v in (per_image or {}).items() if v}
+    hits = per_image_hits(per_image)
     best = done[0]
     n = best["number"]
 

@@ -47,6 +47,13 @@ def same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
                else v == b[k] for k, v in a.items())
 
 
+def per_image_hits(per_image: dict[int, dict[str, Any]] | None) -> dict[int, list[float]]:
+    """``{trial number: [1.0 or 0.0 per hold-out image]}`` from per-image scores, for
+    :func:`paired_noise` on top-1 (trials without ``correct`` left out)."""
+    return {n: [float(c) for c in v["correct"]] for n, v in (per_image or {}).items()
+            if v and "correct" in v}
+
+
 def paired_noise(a: list[float] | None, b: list[float] | None) -> float:
     """One standard error of the difference between two trials' mean hold-out losses, image by
     image on the same hold-out (a paired comparison: the images both get right or wrong cancel
@@ -120,7 +127,7 @@ def challenger_margin(challenger: dict[str, Any], own: dict[str, Any],
     than :data:`INCUMBENT_SE` paired standard errors of the per-image hits), else 0 or less."""
     if (challenger["trainable_params"] or 0) < (own["trainable_params"] or 0):
         return 1.0
-    hits = {n: [float(c) for c in v["correct"]] for n, v in (per_image or {}).items() if v and "correct" in v}
+    hits = per_image_hits(per_image)
     noise = INCUMBENT_SE * paired_noise(hits.get(challenger["number"]), hits.get(own["number"]))
     return challenger["holdout_top1"] - own["holdout_top1"] - noise - 1e-12
 
@@ -243,8 +250,8 @@ def leaderboard(rows: list[dict[str, Any]], per_strategy: dict[str, dict[str, An
         lines.append(f"The recipe as written (trial {result['best']['trial']}) is kept over trial "
                      f"{kept['trial']} (hold-out top-1 {100 * kept['holdout_top1']:.2f}%, loss "
                      f"{kept['holdout_loss']:.4f}): its top-1 is not ahead by more than two paired "
-                     "standard errors and it trains as many parameters; a lower hold-out loss alone does "
-                     "not replace your recipe.")
+                     "standard errors and it trains no fewer parameters; a lower hold-out loss alone "
+                     "does not replace your recipe.")
     lines += [f"Skipped {k}: {v}" for k, v in skipped.items()]
     lines += [f"Trial {r['number']} ({r['strategy']}) failed: {r['reason'].splitlines()[0][:200]}"
               for r in rows if r["state"] == "failed" and r["reason"]]
